@@ -1,0 +1,268 @@
+// Package redistest starts real redis-server processes on free loopback ports for tests:
+// a standalone server, several independent masters (for Redlock) and a 3-master Redis
+// Cluster. Every process is stopped by its PID when the test ends.
+package redistest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// startTimeout bounds how long a server may take to answer PING after it was started.
+const startTimeout = 15 * time.Second
+
+// Server is one redis-server child process.
+type Server struct {
+	tb   testing.TB
+	port int
+	dir  string
+	args []string
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+// Option changes how a Server is started.
+type Option func(*[]string)
+
+// WithArgs adds raw redis-server arguments (for example "--cluster-enabled", "yes").
+func WithArgs(args ...string) Option {
+	return func(a *[]string) { *a = append(*a, args...) }
+}
+
+// binary returns the path of redis-server, failing the test with install advice when absent.
+func binary(tb testing.TB, name string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		tb.Fatalf("%s not found on PATH: install it (apt-get install redis-server redis-tools); the tests need real Redis", name)
+	}
+	return p
+}
+
+// MustStart starts a standalone redis-server without persistence on a free loopback port and
+// registers its shutdown with tb.Cleanup. It fails the test if the server does not come up.
+func MustStart(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	var extra []string
+	for _, o := range opts {
+		o(&extra)
+	}
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		s := &Server{tb: tb, port: freePort(tb), dir: tb.TempDir(), args: extra}
+		if lastErr = s.start(); lastErr == nil {
+			tb.Cleanup(s.Stop)
+			return s
+		}
+	}
+	tb.Fatalf("redistest: start redis-server: %v", lastErr)
+	return nil
+}
+
+// MustStartN starts n independent standalone servers (for example Redlock masters).
+func MustStartN(tb testing.TB, n int, opts ...Option) []*Server {
+	tb.Helper()
+	out := make([]*Server, n)
+	for i := range out {
+		out[i] = MustStart(tb, opts...)
+	}
+	return out
+}
+
+func (s *Server) start() error {
+	args := []string{
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", s.dir,
+		"--loglevel", "warning",
+		"--protected-mode", "no",
+	}
+	args = append(args, s.args...)
+	cmd := exec.Command(binary(s.tb, "redis-server"), args...)
+	logFile, err := os.Create(filepath.Join(s.dir, "redis.log"))
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); logFile.Close() }()
+	s.mu.Lock()
+	s.cmd = cmd
+	s.mu.Unlock()
+
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			go func() { <-exited }() // keep reaping
+			return nil
+		}
+		select {
+		case werr := <-exited:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("redis-server on port %d exited (%v): %s", s.port, werr, strings.TrimSpace(string(log)))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			return errors.New("redis-server did not answer PING in time")
+		}
+	}
+}
+
+// Addr returns host:port of the server.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// PID returns the process ID of the running server, or 0 when it is stopped.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// Client returns a new go-redis client for the server, closed when the test ends.
+func (s *Server) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	s.tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
+}
+
+// Kill stops the server with SIGKILL and waits until its port refuses connections.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	_ = cmd.Process.Kill()
+	s.waitPortClosed()
+}
+
+// Stop stops the server with SIGTERM (SIGKILL after a deadline). Safe to call twice.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	s.waitPortClosed()
+}
+
+// Pause freezes the server with SIGSTOP; Resume continues it.
+func (s *Server) Pause() { s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server with SIGCONT.
+func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
+
+// Restart kills the server and starts a fresh one on the same port with no data (no
+// persistence), as a node that lost its memory would come back.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Kill()
+	var err error
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		if err = s.start(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.tb.Fatalf("redistest: restart redis-server on %s: %v", s.Addr(), err)
+}
+
+func (s *Server) waitPortClosed() {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		conn, err := net.DialTimeout("tcp", s.Addr(), 100*time.Millisecond)
+		if err != nil {
+			return
+		}
+		conn.Close()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Addrs returns the addresses of servers.
+func Addrs(servers []*Server) []string {
+	out := make([]string, len(servers))
+	for i, s := range servers {
+		out[i] = s.Addr()
+	}
+	return out
+}
+
+// freePort asks the kernel for a free loopback port. Ports for cluster nodes must also have
+// port+10000 free (the cluster bus).
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	for i := 0; i < 100; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("redistest: listen: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if port+10000 > 65535 {
+			continue
+		}
+		bus, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
+		if err != nil {
+			continue
+		}
+		bus.Close()
+		return port
+	}
+	tb.Fatalf("redistest: no free port pair found")
+	return 0
+}
