@@ -1,0 +1,270 @@
+// Package handlers is Tally's HTTP API (DESIGN §8): the gin router, request decoding,
+// problem+json errors, authentication and request limits.
+package handlers
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Ledger is what the handlers need of the ledger.
+type Ledger interface {
+	OpenAccount(ctx context.Context, cmd ledger.OpenAccount, opts ledger.WriteOptions) (ledger.Receipt, error)
+	Deposit(ctx context.Context, cmd ledger.Deposit, opts ledger.WriteOptions) (ledger.Receipt, error)
+	Withdraw(ctx context.Context, cmd ledger.Withdraw, opts ledger.WriteOptions) (ledger.Receipt, error)
+	Account(ctx context.Context, id string) (*ledger.Account, error)
+	Events(ctx context.Context, id string, after int64, limit int) ([]ledger.Event, int64, error)
+	Ping(ctx context.Context) error
+}
+
+// Config configures the HTTP API.
+type Config struct {
+	// MaxBodyBytes bounds request bodies; larger ones get 413 payload_too_large.
+	// Default 1 MiB.
+	MaxBodyBytes int64
+	// APIKeys, when non-empty, are the bearer tokens accepted on /v1 routes
+	// (Authorization: Bearer KEY). Empty means no authentication.
+	APIKeys []string
+	// Logger receives errors the API could not map to a client error. Default: discard.
+	Logger *slog.Logger
+	// Routes, when set, is called with the /v1 route group so that other components (the
+	// relay's status endpoints) can add routes behind the same auth and limits.
+	Routes func(v1 *gin.RouterGroup)
+}
+
+// Validate returns an error for an unusable configuration.
+func (c Config) Validate() error {
+	if c.MaxBodyBytes < 0 {
+		return errors.New("handlers: max body bytes must not be negative")
+	}
+	for _, k := range c.APIKeys {
+		if len(k) < 16 {
+			return errors.New("handlers: API keys must be at least 16 characters")
+		}
+	}
+	return nil
+}
+
+// DefaultEventsLimit is the page size of GET /v1/accounts/{id}/events without ?limit.
+const DefaultEventsLimit = 100
+
+type server struct {
+	ledger Ledger
+	cfg    Config
+	log    *slog.Logger
+}
+
+// New returns the HTTP handler of the API, or an error for an invalid cfg.
+func New(l Ledger, cfg Config) (http.Handler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &server{ledger: l, cfg: cfg, log: cfg.Logger}
+
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.Use(s.recover, s.limitBody)
+	r.NoRoute(func(c *gin.Context) { writeProblem(c, specNotFound, "no such route") })
+	r.NoMethod(func(c *gin.Context) { writeProblem(c, specNotAllowed, "method not allowed on this route") })
+
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	r.GET("/readyz", s.ready)
+
+	v1 := r.Group("/v1", s.auth)
+	v1.POST("/accounts", s.openAccount)
+	v1.GET("/accounts/:id", s.getAccount)
+	v1.GET("/accounts/:id/events", s.listEvents)
+	v1.POST("/accounts/:id/deposits", s.deposit)
+	v1.POST("/accounts/:id/withdrawals", s.withdraw)
+	if cfg.Routes != nil {
+		cfg.Routes(v1)
+	}
+	return r, nil
+}
+
+// recover turns a panic into a 500 problem without a stack trace in the response.
+func (s *server) recover(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.Error("panic in handler", "method", c.Request.Method, "path", c.Request.URL.Path, "panic", fmt.Sprint(v))
+			writeProblem(c, specInternal, "")
+		}
+	}()
+	c.Next()
+}
+
+func (s *server) limitBody(c *gin.Context) {
+	if c.Request.ContentLength > s.cfg.MaxBodyBytes {
+		writeProblem(c, specTooLarge, fmt.Sprintf("request bodies are limited to %d bytes", s.cfg.MaxBodyBytes))
+		return
+	}
+	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.cfg.MaxBodyBytes)
+	c.Next()
+}
+
+func (s *server) auth(c *gin.Context) {
+	if len(s.cfg.APIKeys) == 0 {
+		c.Next()
+		return
+	}
+	token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+	if ok {
+		for _, k := range s.cfg.APIKeys {
+			if subtle.ConstantTimeCompare([]byte(token), []byte(k)) == 1 {
+				c.Next()
+				return
+			}
+		}
+	}
+	c.Header("WWW-Authenticate", `Bearer realm="tally"`)
+	writeProblem(c, specUnauthed, "send Authorization: Bearer <API key>")
+}
+
+func (s *server) ready(c *gin.Context) {
+	if err := s.ledger.Ping(c.Request.Context()); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ready"})
+}
+
+type openAccountBody struct {
+	ID            string            `json:"id"`
+	AllowNegative bool              `json:"allow_negative"`
+	Metadata      map[string]string `json:"metadata"`
+}
+
+func (s *server) openAccount(c *gin.Context) {
+	var body openAccountBody
+	if !s.decode(c, &body) {
+		return
+	}
+	if body.ID == "" {
+		writeProblem(c, specInvalid, "id is required")
+		return
+	}
+	s.write(c, http.StatusCreated, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+		return s.ledger.OpenAccount(ctx, ledger.OpenAccount{ID: body.ID, AllowNegative: body.AllowNegative, Metadata: body.Metadata}, opts)
+	})
+}
+
+func (s *server) getAccount(c *gin.Context) {
+	acc, err := s.ledger.Account(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, acc)
+}
+
+type eventsPage struct {
+	Events []ledger.Event `json:"events"`
+	Next   *int64         `json:"next"`
+}
+
+func (s *server) listEvents(c *gin.Context) {
+	after, err := queryInt(c, "after", 0)
+	if err != nil {
+		writeProblem(c, specInvalid, err.Error())
+		return
+	}
+	limit, err := queryInt(c, "limit", DefaultEventsLimit)
+	if err != nil {
+		writeProblem(c, specInvalid, err.Error())
+		return
+	}
+	if limit > int64(ledger.MaxEventsPage) {
+		writeProblem(c, specInvalid, fmt.Sprintf("limit must be 1..%d", ledger.MaxEventsPage))
+		return
+	}
+	events, next, err := s.ledger.Events(c.Request.Context(), c.Param("id"), after, int(limit))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	page := eventsPage{Events: events}
+	if next > 0 {
+		page.Next = &next
+	}
+	c.JSON(http.StatusOK, page)
+}
+
+func queryInt(c *gin.Context, name string, def int64) (int64, error) {
+	raw, ok := c.GetQuery(name)
+	if !ok {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s must be a non-negative integer", name)
+	}
+	return n, nil
+}
+
+type moneyBody struct {
+	Currency string `json:"currency"`
+	Amount   Amount `json:"amount"`
+}
+
+func (s *server) deposit(c *gin.Context) {
+	var body moneyBody
+	if !s.decode(c, &body) || !requireAmount(c, body.Amount) {
+		return
+	}
+	s.write(c, http.StatusCreated, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+		return s.ledger.Deposit(ctx, ledger.Deposit{Account: c.Param("id"), Currency: body.Currency, Amount: body.Amount.Value}, opts)
+	})
+}
+
+func (s *server) withdraw(c *gin.Context) {
+	var body moneyBody
+	if !s.decode(c, &body) || !requireAmount(c, body.Amount) {
+		return
+	}
+	s.write(c, http.StatusCreated, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+		return s.ledger.Withdraw(ctx, ledger.Withdraw{Account: c.Param("id"), Currency: body.Currency, Amount: body.Amount.Value}, opts)
+	})
+}
+
+func requireAmount(c *gin.Context, a Amount) bool {
+	if !a.Set {
+		writeProblem(c, specInvalid, "amount is required")
+		return false
+	}
+	return true
+}
+
+// write runs a ledger write with the request's Idempotency-Key and writes its receipt.
+func (s *server) write(c *gin.Context, status int, fn func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error)) {
+	opts := ledger.WriteOptions{IdempotencyKey: c.GetHeader("Idempotency-Key")}
+	rc, err := fn(c.Request.Context(), opts)
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	if rc.Replayed {
+		c.Header("Idempotent-Replayed", "true")
+	}
+	c.Data(status, "application/json", rc.Body)
+}

@@ -1,0 +1,262 @@
+package handlers_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/handlers"
+	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// api is a running API on a fresh real Redis.
+type api struct {
+	t   *testing.T
+	h   http.Handler
+	rdb *redis.Client
+}
+
+func mustAPI(t *testing.T, cfg handlers.Config) *api {
+	t.Helper()
+	rdb := redistest.MustStart(t).Client()
+	l, err := ledger.Open(context.Background(), rdb, ledger.Config{})
+	require.NoError(t, err)
+	h, err := handlers.New(l, cfg)
+	require.NoError(t, err)
+	return &api{t: t, h: h, rdb: rdb}
+}
+
+// do sends a request and returns the recorder.
+func (a *api) do(method, path, body string, headers ...string) *httptest.ResponseRecorder {
+	a.t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	rec := httptest.NewRecorder()
+	a.h.ServeHTTP(rec, req)
+	return rec
+}
+
+// mustDo sends a request and requires the status.
+func (a *api) mustDo(status int, method, path, body string, headers ...string) *httptest.ResponseRecorder {
+	a.t.Helper()
+	rec := a.do(method, path, body, headers...)
+	require.Equal(a.t, status, rec.Code, "%s %s: %s", method, path, rec.Body.String())
+	return rec
+}
+
+// digest returns every key of the Redis with its full content, so tests can assert that a
+// rejected request changed nothing at all.
+func (a *api) digest() string {
+	a.t.Helper()
+	ctx := context.Background()
+	keys, err := a.rdb.Keys(ctx, "*").Result()
+	require.NoError(a.t, err)
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		typ := a.rdb.Type(ctx, k).Val()
+		var v any
+		switch typ {
+		case "hash":
+			v = a.rdb.HGetAll(ctx, k).Val()
+		case "stream":
+			v = a.rdb.XRange(ctx, k, "-", "+").Val()
+		default:
+			v = a.rdb.Dump(ctx, k).Val()
+		}
+		fmt.Fprintf(&b, "%s %s %v\n", k, typ, v)
+	}
+	return b.String()
+}
+
+func requireProblem(t *testing.T, rec *httptest.ResponseRecorder, status int, code string) {
+	t.Helper()
+	require.Equal(t, status, rec.Code, rec.Body.String())
+	require.Equal(t, "application/problem+json", rec.Header().Get("Content-Type"))
+	var p handlers.Problem
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &p), rec.Body.String())
+	assert.Equal(t, code, p.Code)
+	assert.Equal(t, status, p.Status)
+	assert.NotEmpty(t, p.Title)
+	assert.NotEmpty(t, p.Type)
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	a := mustAPI(t, handlers.Config{})
+	a.mustDo(http.StatusCreated, "POST", "/v1/accounts", `{"id":"alice"}`)
+	a.mustDo(http.StatusCreated, "POST", "/v1/accounts/alice/deposits", `{"currency":"USD","amount":9223372036854775000}`)
+	a.mustDo(http.StatusCreated, "POST", "/v1/accounts/alice/deposits", `{"currency":"EUR","amount":100}`)
+
+	dep := "/v1/accounts/alice/deposits"
+	big := `{"currency":"USD","amount":1,"pad":"` + strings.Repeat("x", 2<<20) + `"}`
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		code                     string
+	}{
+		{"malformed JSON", "POST", dep, `{"currency":"USD",`, 400, "invalid_request"},
+		{"not JSON", "POST", dep, `hello`, 400, "invalid_request"},
+		{"empty body", "POST", dep, ``, 400, "invalid_request"},
+		{"JSON array", "POST", dep, `[1,2]`, 400, "invalid_request"},
+		{"trailing data", "POST", dep, `{"currency":"USD","amount":1}{}`, 400, "invalid_request"},
+		{"unknown field", "POST", dep, `{"currency":"USD","amount":1,"memo":"x"}`, 400, "invalid_request"},
+		{"missing amount", "POST", dep, `{"currency":"USD"}`, 400, "invalid_request"},
+		{"null amount", "POST", dep, `{"currency":"USD","amount":null}`, 400, "invalid_request"},
+		{"zero amount", "POST", dep, `{"currency":"USD","amount":0}`, 400, "invalid_request"},
+		{"negative amount", "POST", dep, `{"currency":"USD","amount":-5}`, 400, "invalid_request"},
+		{"float amount", "POST", dep, `{"currency":"USD","amount":1.5}`, 400, "invalid_request"},
+		{"integral float amount", "POST", dep, `{"currency":"USD","amount":10.0}`, 400, "invalid_request"},
+		{"string amount", "POST", dep, `{"currency":"USD","amount":"10"}`, 400, "invalid_request"},
+		{"exponent amount", "POST", dep, `{"currency":"USD","amount":1e3}`, 400, "invalid_request"},
+		{"amount beyond int64", "POST", dep, `{"currency":"USD","amount":9223372036854775808}`, 400, "invalid_request"},
+		{"overflowing deposit", "POST", dep, `{"currency":"USD","amount":9223372036854775000}`, 422, "amount_overflow"},
+		{"lowercase currency", "POST", dep, `{"currency":"usd","amount":1}`, 400, "invalid_request"},
+		{"one-letter currency", "POST", dep, `{"currency":"U","amount":1}`, 400, "invalid_request"},
+		{"missing currency", "POST", dep, `{"amount":1}`, 400, "invalid_request"},
+		{"withdraw too much", "POST", "/v1/accounts/alice/withdrawals", `{"currency":"EUR","amount":101}`, 422, "insufficient_funds"},
+		{"withdraw other currency", "POST", "/v1/accounts/alice/withdrawals", `{"currency":"GBP","amount":1}`, 422, "insufficient_funds"},
+		{"id with braces", "POST", "/v1/accounts", `{"id":"a{1}b"}`, 400, "invalid_request"},
+		{"id with colon", "POST", "/v1/accounts", `{"id":"a:b"}`, 400, "invalid_request"},
+		{"id with space", "POST", "/v1/accounts", `{"id":"a b"}`, 400, "invalid_request"},
+		{"id of 65 chars", "POST", "/v1/accounts", `{"id":"` + strings.Repeat("a", 65) + `"}`, 400, "invalid_request"},
+		{"missing id", "POST", "/v1/accounts", `{}`, 400, "invalid_request"},
+		{"non-bool allow_negative", "POST", "/v1/accounts", `{"id":"zed","allow_negative":"yes"}`, 400, "invalid_request"},
+		{"path id with colon", "POST", "/v1/accounts/a:b/deposits", `{"currency":"USD","amount":1}`, 400, "invalid_request"},
+		{"path id with braces", "GET", "/v1/accounts/%7Bx%7D", ``, 400, "invalid_request"},
+		{"unknown account deposit", "POST", "/v1/accounts/nobody/deposits", `{"currency":"USD","amount":1}`, 404, "account_not_found"},
+		{"unknown account read", "GET", "/v1/accounts/nobody", ``, 404, "account_not_found"},
+		{"unknown account events", "GET", "/v1/accounts/nobody/events", ``, 404, "account_not_found"},
+		{"duplicate account", "POST", "/v1/accounts", `{"id":"alice"}`, 409, "account_exists"},
+		{"bad events limit", "GET", "/v1/accounts/alice/events?limit=abc", ``, 400, "invalid_request"},
+		{"events limit too big", "GET", "/v1/accounts/alice/events?limit=100000", ``, 400, "invalid_request"},
+		{"zero events limit", "GET", "/v1/accounts/alice/events?limit=0", ``, 400, "invalid_request"},
+		{"negative after", "GET", "/v1/accounts/alice/events?after=-1", ``, 400, "invalid_request"},
+		{"2 MiB body", "POST", dep, big, 413, "payload_too_large"},
+		{"bad idempotency key", "POST", dep, `{"currency":"USD","amount":1}`, 400, "invalid_request"},
+		{"unknown route", "GET", "/v1/nothing", ``, 404, "not_found"},
+		{"wrong method", "DELETE", "/v1/accounts/alice", ``, 405, "method_not_allowed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := a.digest()
+			var headers []string
+			if tc.name == "bad idempotency key" {
+				headers = []string{"Idempotency-Key", "has spaces in it"}
+			}
+			requireProblem(t, a.do(tc.method, tc.path, tc.body, headers...), tc.status, tc.code)
+			require.Equal(t, before, a.digest(), "a rejected request must change nothing")
+		})
+	}
+
+	t.Run("2 MiB body without Content-Length", func(t *testing.T) {
+		before := a.digest()
+		req := httptest.NewRequest("POST", dep, struct{ *strings.Reader }{strings.NewReader(big)})
+		req.ContentLength = -1
+		rec := httptest.NewRecorder()
+		a.h.ServeHTTP(rec, req)
+		requireProblem(t, rec, 413, "payload_too_large")
+		require.Equal(t, before, a.digest())
+	})
+}
+
+func TestWalkthrough(t *testing.T) {
+	a := mustAPI(t, handlers.Config{})
+	rec := a.mustDo(201, "POST", "/v1/accounts", `{"id":"alice","metadata":{"plan":"pro"}}`)
+	assert.JSONEq(t, `{"id":"alice","version":1,"allow_negative":false,"metadata":{"plan":"pro"},"balances":{}}`, rec.Body.String())
+	rec = a.mustDo(201, "POST", "/v1/accounts/alice/deposits", `{"currency":"USD","amount":1500}`)
+	assert.JSONEq(t, `{"operation_id":"alice:2","account":{"id":"alice","version":2,"allow_negative":false,"metadata":{"plan":"pro"},
+		"balances":{"USD":{"posted":1500,"held":0,"available":1500}}}}`, rec.Body.String())
+	a.mustDo(201, "POST", "/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":500}`)
+	requireProblem(t, a.do("POST", "/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":5000}`), 422, "insufficient_funds")
+	rec = a.mustDo(200, "GET", "/v1/accounts/alice", ``)
+	assert.JSONEq(t, `{"id":"alice","version":3,"allow_negative":false,"metadata":{"plan":"pro"},
+		"balances":{"USD":{"posted":1000,"held":0,"available":1000}}}`, rec.Body.String())
+
+	rec = a.mustDo(200, "GET", "/v1/accounts/alice/events?limit=2", ``)
+	var page struct {
+		Events []ledger.Event `json:"events"`
+		Next   *int64         `json:"next"`
+	}
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &page))
+	require.Len(t, page.Events, 2)
+	require.NotNil(t, page.Next)
+	assert.Equal(t, []string{"AccountOpened", "Deposited"}, []string{page.Events[0].Type, page.Events[1].Type})
+	rec = a.mustDo(200, "GET", fmt.Sprintf("/v1/accounts/alice/events?after=%d", *page.Next), ``)
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &page))
+	require.Len(t, page.Events, 1)
+	assert.Equal(t, "Withdrawn", page.Events[0].Type)
+	assert.Nil(t, page.Next)
+
+	a.mustDo(200, "GET", "/healthz", ``)
+	a.mustDo(200, "GET", "/readyz", ``)
+}
+
+func TestIdempotencyOverHTTP(t *testing.T) {
+	a := mustAPI(t, handlers.Config{})
+	a.mustDo(201, "POST", "/v1/accounts", `{"id":"bob"}`)
+	key := []string{"Idempotency-Key", "order-42"}
+	first := a.mustDo(201, "POST", "/v1/accounts/bob/deposits", `{"currency":"USD","amount":250}`, key...)
+	again := a.mustDo(201, "POST", "/v1/accounts/bob/deposits", `{"amount":250, "currency":"USD"}`, key...)
+	assert.Equal(t, first.Body.String(), again.Body.String(), "same key and request: original body byte for byte")
+	assert.Equal(t, "true", again.Header().Get("Idempotent-Replayed"))
+	requireProblem(t, a.do("POST", "/v1/accounts/bob/deposits", `{"currency":"USD","amount":251}`, key...), 409, "idempotency_key_reused")
+
+	// Concurrent duplicates of one key apply once.
+	var wg sync.WaitGroup
+	bodies := make([]string, 20)
+	for i := range bodies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := a.do("POST", "/v1/accounts/bob/withdrawals", `{"currency":"USD","amount":10}`, "Idempotency-Key", "wd-1")
+			assert.Equal(t, 201, rec.Code, rec.Body.String())
+			bodies[i] = rec.Body.String()
+		}()
+	}
+	wg.Wait()
+	for _, b := range bodies {
+		assert.Equal(t, bodies[0], b)
+	}
+	rec := a.mustDo(200, "GET", "/v1/accounts/bob", ``)
+	assert.JSONEq(t, `{"id":"bob","version":3,"allow_negative":false,"balances":{"USD":{"posted":240,"held":0,"available":240}}}`, rec.Body.String())
+}
+
+func TestAuth(t *testing.T) {
+	key := "0123456789abcdef-secret"
+	a := mustAPI(t, handlers.Config{APIKeys: []string{key}})
+	requireProblem(t, a.do("GET", "/v1/accounts/x", ``), 401, "unauthorized")
+	requireProblem(t, a.do("GET", "/v1/accounts/x", ``, "Authorization", "Bearer wrong-key-wrong-key"), 401, "unauthorized")
+	requireProblem(t, a.do("GET", "/v1/accounts/x", ``, "Authorization", "Bearer "+key), 404, "account_not_found")
+	a.mustDo(200, "GET", "/healthz", ``)
+
+	_, err := handlers.New(nil, handlers.Config{APIKeys: []string{"short"}})
+	require.Error(t, err)
+}
+
+func TestStoreDownIs503(t *testing.T) {
+	srv := redistest.MustStart(t)
+	l, err := ledger.Open(context.Background(), srv.Client(), ledger.Config{MaxRetries: 2})
+	require.NoError(t, err)
+	h, err := handlers.New(l, handlers.Config{})
+	require.NoError(t, err)
+	a := &api{t: t, h: h}
+	a.mustDo(201, "POST", "/v1/accounts", `{"id":"x"}`)
+	srv.Kill()
+	rec := a.do("POST", "/v1/accounts/x/deposits", `{"currency":"USD","amount":1}`)
+	requireProblem(t, rec, 503, "store_unavailable")
+	assert.Equal(t, "1", rec.Header().Get("Retry-After"))
+	assert.NotContains(t, rec.Body.String(), "127.0.0.1", "internal addresses are not leaked")
+	requireProblem(t, a.do("GET", "/readyz", ``), 503, "store_unavailable")
+}

@@ -1,0 +1,93 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Problem is an RFC 9457 problem+json body. Code is the stable machine-readable reason.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	Code   string `json:"code"`
+}
+
+// problemSpec is one row of the error→HTTP table.
+type problemSpec struct {
+	status int
+	code   string
+	title  string
+}
+
+// errorTable maps ledger sentinel errors to HTTP. It is the only place that does.
+var errorTable = []struct {
+	err  error
+	spec problemSpec
+}{
+	{ledger.ErrInvalid, problemSpec{http.StatusBadRequest, "invalid_request", "Invalid request"}},
+	{ledger.ErrAccountNotFound, problemSpec{http.StatusNotFound, "account_not_found", "Account not found"}},
+	{ledger.ErrAccountExists, problemSpec{http.StatusConflict, "account_exists", "Account already exists"}},
+	{ledger.ErrVersionConflict, problemSpec{http.StatusConflict, "version_conflict", "Version conflict"}},
+	{ledger.ErrIdempotencyKeyReused, problemSpec{http.StatusConflict, "idempotency_key_reused", "Idempotency key reused"}},
+	{ledger.ErrInsufficientFunds, problemSpec{http.StatusUnprocessableEntity, "insufficient_funds", "Insufficient funds"}},
+	{ledger.ErrOverflow, problemSpec{http.StatusUnprocessableEntity, "amount_overflow", "Amount overflow"}},
+	{ledger.ErrLockUnavailable, problemSpec{http.StatusServiceUnavailable, "lock_unavailable", "Lock unavailable"}},
+	{ledger.ErrStoreUnavailable, problemSpec{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable"}},
+	{context.DeadlineExceeded, problemSpec{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable"}},
+}
+
+var (
+	specInternal   = problemSpec{http.StatusInternalServerError, "internal", "Internal error"}
+	specNotFound   = problemSpec{http.StatusNotFound, "not_found", "Not found"}
+	specTooLarge   = problemSpec{http.StatusRequestEntityTooLarge, "payload_too_large", "Payload too large"}
+	specInvalid    = problemSpec{http.StatusBadRequest, "invalid_request", "Invalid request"}
+	specUnauthed   = problemSpec{http.StatusUnauthorized, "unauthorized", "Unauthorized"}
+	specNotAllowed = problemSpec{http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed"}
+)
+
+// retryAfterSeconds is sent with every 503.
+const retryAfterSeconds = "1"
+
+// writeProblem writes a problem+json response and aborts the gin chain.
+func writeProblem(c *gin.Context, spec problemSpec, detail string) {
+	if spec.status == http.StatusServiceUnavailable {
+		c.Header("Retry-After", retryAfterSeconds)
+	}
+	c.Header("Content-Type", "application/problem+json")
+	c.AbortWithStatusJSON(spec.status, Problem{
+		Type:   "https://tally.dev/problems/" + spec.code,
+		Title:  spec.title,
+		Status: spec.status,
+		Detail: detail,
+		Code:   spec.code,
+	})
+}
+
+// writeError maps err through errorTable. Errors it does not know are logged (once, here,
+// at the edge) and answered with a 500 that reveals nothing.
+func (s *server) writeError(c *gin.Context, err error) {
+	for _, row := range errorTable {
+		if errors.Is(err, row.err) {
+			detail := err.Error()
+			if row.spec.status >= 500 {
+				s.log.Warn("request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
+				detail = row.spec.title + "; retry later"
+			}
+			writeProblem(c, row.spec, detail)
+			return
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		c.Abort() // the client went away; nobody reads a response
+		return
+	}
+	s.log.Error("unexpected error", "method", c.Request.Method, "path", c.FullPath(), "err", err)
+	writeProblem(c, specInternal, "")
+}

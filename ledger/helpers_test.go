@@ -1,0 +1,69 @@
+package ledger_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// backend starts one kind of Redis and returns a client for it.
+type backend struct {
+	name  string
+	start func(t *testing.T) redis.UniversalClient
+}
+
+// backends are the three Redis implementations every store contract test runs against.
+func backends() []backend {
+	return []backend{
+		{"standalone", func(t *testing.T) redis.UniversalClient { return redistest.MustStart(t).Client() }},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.MustStartCluster(t).Client() }},
+		{"embedded", func(t *testing.T) redis.UniversalClient {
+			m := miniredis.RunT(t)
+			c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+			t.Cleanup(func() { c.Close() })
+			return c
+		}},
+	}
+}
+
+// MustOpen returns a ledger on rdb or fails the test.
+func MustOpen(tb testing.TB, rdb redis.UniversalClient, cfg ledger.Config) *ledger.Ledger {
+	tb.Helper()
+	l, err := ledger.Open(context.Background(), rdb, cfg)
+	require.NoError(tb, err)
+	return l
+}
+
+// MustOpenAccount opens an account or fails the test.
+func MustOpenAccount(tb testing.TB, l *ledger.Ledger, id string, allowNegative bool) {
+	tb.Helper()
+	_, err := l.OpenAccount(context.Background(), ledger.OpenAccount{ID: id, AllowNegative: allowNegative}, ledger.WriteOptions{})
+	require.NoError(tb, err)
+}
+
+// decodeOp decodes a deposit/withdrawal receipt.
+func decodeOp(tb testing.TB, rc ledger.Receipt) ledger.OperationResult {
+	tb.Helper()
+	var out ledger.OperationResult
+	require.NoError(tb, json.Unmarshal(rc.Body, &out))
+	return out
+}
+
+// requireConsistent asserts that replaying the account's stream yields its snapshot.
+func requireConsistent(tb testing.TB, l *ledger.Ledger, id string) *ledger.Account {
+	tb.Helper()
+	ctx := context.Background()
+	snap, err := l.Account(ctx, id)
+	require.NoError(tb, err)
+	replayed, err := l.Replay(ctx, id)
+	require.NoError(tb, err)
+	require.Equal(tb, snap, replayed, "replaying the event stream must yield the snapshot")
+	return snap
+}

@@ -1,0 +1,342 @@
+// Package ledger holds Tally's money model: accounts, commands decided as pure functions into
+// events, and the Redis store that commits events, the account snapshot, the partition outbox
+// and idempotency records in one atomic script guarded by a version check.
+package ledger
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Mode selects how concurrent writers of one account are coordinated.
+type Mode string
+
+const (
+	// ModeOptimistic takes no lock: a version conflict re-reads and retries with jittered
+	// backoff, a bounded number of times, then fails with ErrVersionConflict.
+	ModeOptimistic Mode = "optimistic"
+	// ModeLock takes the account's lease (Config.Locker) around read, decide and commit. The
+	// version check stays on as the fencing token.
+	ModeLock Mode = "lock"
+)
+
+// Locker runs fn while holding the lease for key (package lock provides it). fn's context
+// is cancelled when the lease is lost. Any error not returned by fn means the lease could
+// not be taken or kept.
+type Locker interface {
+	Do(ctx context.Context, key string, fn func(ctx context.Context) error) error
+}
+
+// Config configures a Ledger. The zero value of every field but Locker has a usable default.
+type Config struct {
+	// Prefix starts every Redis key. Default "tally".
+	Prefix string
+	// Partitions is the number of partitions accounts hash into (P). It is recorded in Redis
+	// on first start; Open refuses another value later. Default 16, at most 16384.
+	Partitions int
+	// Mode is ModeOptimistic (default) or ModeLock.
+	Mode Mode
+	// Locker provides account leases; required in ModeLock.
+	Locker Locker
+	// DisableGroupCommit turns off per-account group commit: every request then reads,
+	// decides and commits on its own (optimistic mode then relies on the version check alone).
+	DisableGroupCommit bool
+	// MaxBatch bounds how many waiting commands of one account are committed together.
+	// Default 64.
+	MaxBatch int
+	// BatchTimeout bounds one group commit, which runs on behalf of several requests and so
+	// does not follow any single request's context. Default 10s.
+	BatchTimeout time.Duration
+	// MaxRetries bounds re-reads after a version conflict or an unreachable store.
+	// Default 20.
+	MaxRetries int
+	// RetryBackoff is the base of the jittered exponential backoff between retries;
+	// RetryBackoffMax caps it. Defaults 1ms and 50ms.
+	RetryBackoff, RetryBackoffMax time.Duration
+	// IdempotencyTTL is how long a client Idempotency-Key is remembered. Default 24h.
+	IdempotencyTTL time.Duration
+	// OperationTokenTTL is how long the internal record of a request without an
+	// Idempotency-Key is kept; it only has to outlive the request's own retries. Default 2m.
+	OperationTokenTTL time.Duration
+	// Clock returns the current time. Default time.Now.
+	Clock func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = "tally"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 16
+	}
+	if c.Mode == "" {
+		c.Mode = ModeOptimistic
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 64
+	}
+	if c.BatchTimeout == 0 {
+		c.BatchTimeout = 10 * time.Second
+	}
+	if c.MaxRetries == 0 {
+		c.MaxRetries = 20
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = time.Millisecond
+	}
+	if c.RetryBackoffMax == 0 {
+		c.RetryBackoffMax = 50 * time.Millisecond
+	}
+	if c.IdempotencyTTL == 0 {
+		c.IdempotencyTTL = 24 * time.Hour
+	}
+	if c.OperationTokenTTL == 0 {
+		c.OperationTokenTTL = 2 * time.Minute
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	return c
+}
+
+// Validate returns an error describing the first invalid field of c (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.Partitions < 1 || c.Partitions > 16384:
+		return fmt.Errorf("ledger: partitions must be 1..16384, got %d", c.Partitions)
+	case c.Mode != ModeOptimistic && c.Mode != ModeLock:
+		return fmt.Errorf("ledger: mode must be %q or %q, got %q", ModeOptimistic, ModeLock, c.Mode)
+	case c.Mode == ModeLock && c.Locker == nil:
+		return errors.New("ledger: lock mode needs a Locker")
+	case c.MaxBatch < 1 || c.MaxBatch > 1024:
+		return fmt.Errorf("ledger: max batch must be 1..1024, got %d", c.MaxBatch)
+	case c.MaxRetries < 1:
+		return errors.New("ledger: max retries must be positive")
+	case c.RetryBackoff < 0 || c.RetryBackoffMax < c.RetryBackoff:
+		return errors.New("ledger: retry backoff must be 0 <= base <= max")
+	case c.BatchTimeout < 0 || c.IdempotencyTTL < time.Second || c.OperationTokenTTL < time.Second:
+		return errors.New("ledger: timeouts and TTLs must be positive (TTLs at least 1s)")
+	}
+	return nil
+}
+
+// Ledger executes commands against accounts stored in Redis. It is safe for concurrent use;
+// several Ledgers (in one or many processes) may share the same Redis.
+type Ledger struct {
+	cfg   Config
+	store *store
+	queue groupQueue
+	stats counters
+
+	beforeCommit func() // test hook: runs between read and commit
+}
+
+// Open checks cfg, records or verifies the partition count in Redis and returns a Ledger.
+// It returns ErrPartitionMismatch when Redis already records another partition count, and
+// an error wrapping ErrStoreUnavailable when Redis cannot be reached.
+func Open(ctx context.Context, rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	ks := keyspace{prefix: cfg.Prefix, partitions: cfg.Partitions}
+	if err := rdb.HSetNX(ctx, ks.meta(), "partitions", cfg.Partitions).Err(); err != nil {
+		return nil, storeErr(ctx, err)
+	}
+	recorded, err := rdb.HGet(ctx, ks.meta(), "partitions").Int()
+	if err != nil {
+		return nil, storeErr(ctx, err)
+	}
+	if recorded != cfg.Partitions {
+		return nil, fmt.Errorf("%w: Redis records %d partitions under %q, this process was started with %d; start with --partitions %d",
+			ErrPartitionMismatch, recorded, ks.meta(), cfg.Partitions, recorded)
+	}
+	return &Ledger{
+		cfg:   cfg,
+		store: &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
+		queue: groupQueue{accounts: map[string]*accountQueue{}},
+	}, nil
+}
+
+// Partitions returns the partition count.
+func (l *Ledger) Partitions() int { return l.cfg.Partitions }
+
+// Partition returns the partition an account belongs to.
+func (l *Ledger) Partition(account string) int { return l.store.keys.partition(account) }
+
+// Prefix returns the key prefix.
+func (l *Ledger) Prefix() string { return l.cfg.Prefix }
+
+// Mode returns the concurrency mode.
+func (l *Ledger) Mode() Mode { return l.cfg.Mode }
+
+// Ping returns nil when Redis answers.
+func (l *Ledger) Ping(ctx context.Context) error {
+	if err := l.store.rdb.Ping(ctx).Err(); err != nil {
+		return storeErr(ctx, err)
+	}
+	return nil
+}
+
+// WriteOptions carries per-request options of a write.
+type WriteOptions struct {
+	// IdempotencyKey, when set, makes a retry of the same command return the first
+	// response without applying anything; another command with the same key (on the same
+	// account) fails with ErrIdempotencyKeyReused.
+	IdempotencyKey string
+}
+
+// Receipt is the result of a write: the response body (JSON), byte for byte the same when
+// an idempotent retry returns it again.
+type Receipt struct {
+	Body     []byte
+	Replayed bool // true when Body is the stored response of an earlier request
+}
+
+// OpenAccount opens an account. It returns the account as JSON, ErrAccountExists, or an
+// error wrapping ErrInvalid.
+func (l *Ledger) OpenAccount(ctx context.Context, cmd OpenAccount, opts WriteOptions) (Receipt, error) {
+	if err := cmd.Validate(); err != nil {
+		return Receipt{}, err
+	}
+	return l.submit(ctx, cmd, opts)
+}
+
+// Deposit adds money to an account. It returns an OperationResult as JSON,
+// ErrAccountNotFound, ErrOverflow, or an error wrapping ErrInvalid.
+func (l *Ledger) Deposit(ctx context.Context, cmd Deposit, opts WriteOptions) (Receipt, error) {
+	if err := cmd.Validate(); err != nil {
+		return Receipt{}, err
+	}
+	return l.submit(ctx, cmd, opts)
+}
+
+// Withdraw takes money out of an account. It returns an OperationResult as JSON,
+// ErrInsufficientFunds, ErrAccountNotFound, ErrOverflow, or an error wrapping ErrInvalid.
+func (l *Ledger) Withdraw(ctx context.Context, cmd Withdraw, opts WriteOptions) (Receipt, error) {
+	if err := cmd.Validate(); err != nil {
+		return Receipt{}, err
+	}
+	return l.submit(ctx, cmd, opts)
+}
+
+// Account returns the snapshot of an account, ErrAccountNotFound, or an error wrapping
+// ErrInvalid for a malformed ID.
+func (l *Ledger) Account(ctx context.Context, id string) (*Account, error) {
+	if err := ValidateID("account", id); err != nil {
+		return nil, err
+	}
+	acc, err := l.store.account(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !acc.exists() {
+		return nil, ErrAccountNotFound
+	}
+	return acc, nil
+}
+
+// MaxEventsPage bounds the events one Events call returns.
+const MaxEventsPage = 1000
+
+// Events returns up to limit (1..MaxEventsPage) events of an account with versions above
+// after, and the version to pass as after for the next page (0 when there is none). It
+// returns ErrAccountNotFound or an error wrapping ErrInvalid.
+func (l *Ledger) Events(ctx context.Context, id string, after int64, limit int) ([]Event, int64, error) {
+	if limit < 1 || limit > MaxEventsPage {
+		return nil, 0, invalidf("limit must be 1..%d", MaxEventsPage)
+	}
+	if after < 0 {
+		return nil, 0, invalidf("after must be a non-negative version")
+	}
+	acc, err := l.Account(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	events, err := l.store.events(ctx, id, after, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	var next int64
+	if n := len(events); n == limit && events[n-1].Version < acc.Version {
+		next = events[n-1].Version
+	}
+	return events, next, nil
+}
+
+// Replay rebuilds an account's snapshot from its whole event stream. It returns
+// ErrAccountNotFound, or an error when the stream has a gap or an undecodable event.
+func (l *Ledger) Replay(ctx context.Context, id string) (*Account, error) {
+	acc := &Account{ID: id, Balances: map[string]Balance{}}
+	var after int64
+	for {
+		events, err := l.store.events(ctx, id, after, MaxEventsPage)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range events {
+			if err := acc.apply(e); err != nil {
+				return nil, err
+			}
+		}
+		if len(events) < MaxEventsPage {
+			break
+		}
+		after = events[len(events)-1].Version
+	}
+	if !acc.exists() {
+		return nil, ErrAccountNotFound
+	}
+	return acc, nil
+}
+
+// Stats are cumulative counters of a Ledger's write path.
+type Stats struct {
+	Commits      int64 // script calls that committed
+	Operations   int64 // requests committed (>= Commits with group commit)
+	Conflicts    int64 // commits rejected by the version check (or a record race)
+	Retries      int64 // attempts repeated after a conflict or store error
+	Replays      int64 // requests answered from an idempotency record
+	LockFailures int64 // attempts that could not take or keep the lease
+}
+
+type counters struct {
+	commits, operations, conflicts, retries, replays, lockFailures atomic.Int64
+}
+
+// Stats returns a copy of the counters.
+func (l *Ledger) Stats() Stats {
+	return Stats{
+		Commits: l.stats.commits.Load(), Operations: l.stats.operations.Load(),
+		Conflicts: l.stats.conflicts.Load(), Retries: l.stats.retries.Load(),
+		Replays: l.stats.replays.Load(), LockFailures: l.stats.lockFailures.Load(),
+	}
+}
+
+// fingerprint identifies a command so that an idempotency key can tell a retry (same
+// fingerprint) from a reuse with another request.
+func fingerprint(cmd command) string {
+	raw, _ := json.Marshal(cmd) // commands are plain structs of strings, ints and maps
+	sum := sha256.Sum256(append([]byte(fmt.Sprintf("%T:", cmd)), raw...))
+	return hex.EncodeToString(sum[:])
+}
+
+// groupQueue holds, per account, the requests waiting for the account's current leader.
+type groupQueue struct {
+	mu       sync.Mutex
+	accounts map[string]*accountQueue
+}
+
+type accountQueue struct {
+	waiting []*request
+}

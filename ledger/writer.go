@@ -1,0 +1,308 @@
+package ledger
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"time"
+)
+
+// request is one write waiting for its result.
+type request struct {
+	ctx  context.Context
+	cmd  command
+	ref  recordRef
+	fp   string
+	lead chan struct{} // receives when this request becomes its account's leader
+	done chan struct{} // closed when receipt/err are set
+
+	receipt Receipt
+	err     error
+}
+
+func (r *request) finish(rc Receipt, err error) {
+	r.receipt, r.err = rc, err
+	close(r.done)
+}
+
+// errRetry means the attempt changed nothing and should be repeated after a re-read.
+var errRetry = errors.New("ledger: retry")
+
+// submit runs one command through the write path: alone, or in its account's group commit.
+func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Receipt, error) {
+	account := cmd.target()
+	p := l.store.keys.partition(account)
+	req := &request{ctx: ctx, cmd: cmd, fp: fingerprint(cmd), lead: make(chan struct{}, 1), done: make(chan struct{})}
+	if opts.IdempotencyKey != "" {
+		if err := ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
+			return Receipt{}, err
+		}
+		req.ref = recordRef{key: l.store.keys.idem(p, account, opts.IdempotencyKey), kind: "idem"}
+	} else {
+		req.ref = recordRef{key: l.store.keys.op(p, account, newToken()), kind: "op"}
+	}
+	if l.cfg.DisableGroupCommit {
+		l.execute(ctx, account, []*request{req})
+		return req.receipt, req.err
+	}
+	return l.enqueue(ctx, account, req)
+}
+
+// enqueue adds req to its account's queue. The first request of an idle account becomes the
+// leader: it commits everything that waits (up to MaxBatch) in one script call, then hands
+// leadership to the next waiting request. Others wait for their result or for leadership.
+func (l *Ledger) enqueue(ctx context.Context, account string, req *request) (Receipt, error) {
+	q := &l.queue
+	q.mu.Lock()
+	aq, busy := q.accounts[account]
+	if !busy {
+		aq = &accountQueue{}
+		q.accounts[account] = aq
+		q.mu.Unlock()
+		l.lead(account, aq, req)
+		return req.receipt, req.err
+	}
+	aq.waiting = append(aq.waiting, req)
+	q.mu.Unlock()
+
+	select {
+	case <-req.done:
+		return req.receipt, req.err
+	case <-req.lead:
+		l.lead(account, aq, req)
+		return req.receipt, req.err
+	case <-ctx.Done():
+	}
+	// Cancelled while waiting: leave the queue if still in it; otherwise a leader has taken
+	// this request (or handed it leadership) and the outcome must be seen through.
+	q.mu.Lock()
+	for i, w := range aq.waiting {
+		if w == req {
+			aq.waiting = append(aq.waiting[:i], aq.waiting[i+1:]...)
+			q.mu.Unlock()
+			return Receipt{}, ctx.Err()
+		}
+	}
+	q.mu.Unlock()
+	select {
+	case <-req.done:
+	case <-req.lead:
+		l.lead(account, aq, req)
+	}
+	return req.receipt, req.err
+}
+
+// lead commits first and the requests waiting behind it, then passes leadership on.
+func (l *Ledger) lead(account string, aq *accountQueue, first *request) {
+	q := &l.queue
+	batch := []*request{first}
+	q.mu.Lock()
+	for len(batch) < l.cfg.MaxBatch && len(aq.waiting) > 0 {
+		r := aq.waiting[0]
+		aq.waiting = aq.waiting[1:]
+		if r.ctx.Err() != nil {
+			r.finish(Receipt{}, r.ctx.Err())
+			continue
+		}
+		batch = append(batch, r)
+	}
+	q.mu.Unlock()
+
+	// The batch runs for several callers, so it is bounded by its own timeout rather than
+	// by the leader's context.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(first.ctx), l.cfg.BatchTimeout)
+	l.execute(ctx, account, batch)
+	cancel()
+
+	q.mu.Lock()
+	if len(aq.waiting) > 0 {
+		next := aq.waiting[0]
+		aq.waiting = aq.waiting[1:]
+		next.lead <- struct{}{}
+	} else {
+		delete(q.accounts, account)
+	}
+	q.mu.Unlock()
+}
+
+// execute runs read → decide → commit for a batch of requests of one account, retrying on
+// version conflicts and store errors, and finishes every request of the batch.
+func (l *Ledger) execute(ctx context.Context, account string, batch []*request) {
+	pending := batch
+	var lastErr error
+	for attempt := 0; attempt <= l.cfg.MaxRetries; attempt++ {
+		if attempt > 0 {
+			l.stats.retries.Add(1)
+			if err := l.backoff(ctx, attempt); err != nil {
+				lastErr = err
+				break
+			}
+		}
+		var err error
+		if l.cfg.Mode == ModeLock {
+			err = l.withLease(ctx, account, func(ctx context.Context) error {
+				pending, err = l.attempt(ctx, pending)
+				return err
+			})
+		} else {
+			pending, err = l.attempt(ctx, pending)
+		}
+		if err == nil {
+			return
+		}
+		lastErr = err
+		if isCtxErr(err) || errors.Is(err, ErrLockUnavailable) {
+			break
+		}
+	}
+	if errors.Is(lastErr, errRetry) {
+		lastErr = ErrVersionConflict
+	}
+	for _, r := range pending {
+		r.finish(Receipt{}, lastErr)
+	}
+}
+
+// withLease runs fn under the account's lease. When the lease could not be taken nothing
+// ran, and the error wraps ErrLockUnavailable. When it was lost while fn ran, the commit may
+// or may not have happened: the error wraps errRetry so that the next attempt's read (every
+// request carries a record) settles it.
+func (l *Ledger) withLease(ctx context.Context, account string, fn func(ctx context.Context) error) error {
+	var fnErr error
+	ran := false
+	err := l.cfg.Locker.Do(ctx, "acct:"+account, func(ctx context.Context) error {
+		ran = true
+		fnErr = fn(ctx)
+		return fnErr
+	})
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case ran && fnErr != nil && !isCtxErr(fnErr) && errors.Is(err, fnErr):
+		return err // fn's own outcome (conflict, store error)
+	case ran:
+		l.stats.lockFailures.Add(1)
+		return fmt.Errorf("%w: lease lost: %w", errRetry, err)
+	default:
+		l.stats.lockFailures.Add(1)
+		return fmt.Errorf("%w: %w", ErrLockUnavailable, err)
+	}
+}
+
+func isCtxErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// attempt does one read → decide → commit for the pending requests. It finishes the
+// requests it settles and returns those still pending with errRetry (or a store error), or
+// nil when all are settled.
+func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, error) {
+	account := pending[0].cmd.target()
+	refs := make([]recordRef, len(pending))
+	for i, r := range pending {
+		refs[i] = r.ref
+	}
+	snap, recs, err := l.store.read(ctx, account, refs)
+	if err != nil {
+		return pending, err
+	}
+
+	// Requests already answered by a record are settled without deciding anything.
+	live := pending[:0:0]
+	for i, r := range pending {
+		switch {
+		case !recs[i].found:
+			live = append(live, r)
+		case recs[i].fingerprint != r.fp:
+			r.finish(Receipt{}, ErrIdempotencyKeyReused)
+		default:
+			l.stats.replays.Add(1)
+			r.finish(Receipt{Body: recs[i].body, Replayed: r.ref.kind == "idem"}, nil)
+		}
+	}
+
+	now := l.cfg.Clock()
+	state := snap
+	var events []Event
+	var writes []recordWrite
+	var accepted []*request
+	var bodies [][]byte
+	var rejected []*request
+	var rejections []error
+	for _, r := range live {
+		next, evs, body, err := decide(r.cmd, state, now)
+		if err != nil {
+			rejected, rejections = append(rejected, r), append(rejections, err)
+			continue
+		}
+		raw, err := json.Marshal(body)
+		if err != nil {
+			rejected, rejections = append(rejected, r), append(rejections, fmt.Errorf("ledger: encode response: %w", err))
+			continue
+		}
+		state, events = next, append(events, evs...)
+		writes = append(writes, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
+		accepted, bodies = append(accepted, r), append(bodies, raw)
+	}
+	if len(accepted) == 0 {
+		for i, r := range rejected {
+			r.finish(Receipt{}, rejections[i])
+		}
+		return nil, nil
+	}
+
+	if l.beforeCommit != nil {
+		l.beforeCommit()
+	}
+	out, err := l.store.write(ctx, snap.Version, state, events, writes,
+		[2]int64{l.cfg.IdempotencyTTL.Milliseconds(), l.cfg.OperationTokenTTL.Milliseconds()})
+	if err != nil {
+		// The commit may or may not have run; every request carries a record, so the
+		// retry's read tells which.
+		return live, err
+	}
+	if !out.ok {
+		l.stats.conflicts.Add(1)
+		// Rejections were decided on a stale snapshot: decide them again too.
+		return live, errRetry
+	}
+	l.stats.commits.Add(1)
+	l.stats.operations.Add(int64(len(accepted)))
+	for i, r := range accepted {
+		r.finish(Receipt{Body: bodies[i]}, nil)
+	}
+	for i, r := range rejected {
+		r.finish(Receipt{}, rejections[i])
+	}
+	return nil, nil
+}
+
+// backoff waits a jittered exponential delay for the given attempt, or returns ctx's error.
+func (l *Ledger) backoff(ctx context.Context, attempt int) error {
+	d := l.cfg.RetryBackoff << min(attempt, 16)
+	if d > l.cfg.RetryBackoffMax || d <= 0 {
+		d = l.cfg.RetryBackoffMax
+	}
+	d = d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// newToken returns a random 128-bit hex token.
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
