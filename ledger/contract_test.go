@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"math"
+	"math/big"
 	"strconv"
 	"sync"
 	"testing"
@@ -200,6 +201,23 @@ func runContract(t *testing.T, rdb redis.UniversalClient, cfg ledger.Config) {
 			}
 		}
 		assert.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, got)
+	})
+
+	t.Run("verify finds every account and a corrupted snapshot", func(t *testing.T) {
+		rep, err := l.Verify(ctx)
+		require.NoError(t, err)
+		require.True(t, rep.OK(), "%v", rep.Problems)
+		assert.GreaterOrEqual(t, rep.Accounts, 8)
+		assert.Equal(t, 1, rep.Totals["USD"].Cmp(big.NewInt(math.MaxInt64)), "totals do not wrap around")
+
+		MustOpenAccount(t, l, "zoe", false)
+		key := l.Prefix() + ":{" + strconv.Itoa(l.Partition("zoe")) + "}:acct:zoe"
+		require.NoError(t, rdb.HSet(ctx, key, "b:USD", 999).Err())
+		rep, err = l.Verify(ctx)
+		require.NoError(t, err)
+		require.Len(t, rep.Problems, 1)
+		assert.Contains(t, rep.Problems[0], "zoe")
+		require.NoError(t, rdb.HDel(ctx, key, "b:USD", "h:USD").Err())
 	})
 
 	t.Run("partition count is fixed", func(t *testing.T) {

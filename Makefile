@@ -1,0 +1,28 @@
+# Tally — the two commands a fresh machine needs:
+#   make run    start Tally on an embedded in-memory Redis (nothing durable)
+#   make test   install redis-server if missing, then vet, format-check and race-test everything
+
+GO ?= go
+
+.PHONY: run test bench deps lint
+
+run:
+	$(GO) run ./cmd/tally serve
+
+test: deps lint
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# The tests start real redis-server processes (standalone, Redlock masters, a 3-master
+# Cluster); install Debian's package when they are missing.
+deps:
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
+		echo "installing redis-server and redis-tools from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	fi
+	@redis-server --version

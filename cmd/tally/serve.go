@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/tally-ledger/tally/handlers"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+type serveFlags struct {
+	addr        string
+	redis       redisFlags
+	partitions  int
+	concurrency string
+	groupCommit bool
+	maxBatch    int
+	apiKeys     string
+	maxBody     int64
+	logLevel    string
+	shutdown    time.Duration
+	idemTTL     time.Duration
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f serveFlags
+	fs := newFlagSet("serve", stderr)
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:8080", "HTTP listen address")
+	f.redis.register(fs)
+	fs.IntVar(&f.partitions, "partitions", 16, "number of partitions (recorded in Redis on first start; must match later)")
+	fs.StringVar(&f.concurrency, "concurrency", "optimistic", "concurrency mode: optimistic | lock")
+	fs.BoolVar(&f.groupCommit, "group-commit", true, "commit waiting requests of one account together in one script call")
+	fs.IntVar(&f.maxBatch, "max-batch", 64, "largest group commit")
+	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys (Authorization: Bearer KEY); required on non-loopback --addr")
+	fs.Int64Var(&f.maxBody, "max-body", 1<<20, "request body limit in bytes")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
+	fs.DurationVar(&f.idemTTL, "idempotency-ttl", 24*time.Hour, "how long Idempotency-Keys are remembered")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	keys := splitList(f.apiKeys)
+	if !isLoopback(f.addr) && len(keys) == 0 {
+		return fmt.Errorf("refusing to listen on non-loopback address %s without --api-keys", f.addr)
+	}
+
+	rdb, closeRedis, err := f.redis.connect(ctx, log, true)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+
+	lcfg := ledger.Config{
+		Partitions:         f.partitions,
+		Mode:               ledger.Mode(f.concurrency),
+		DisableGroupCommit: !f.groupCommit,
+		MaxBatch:           f.maxBatch,
+		IdempotencyTTL:     f.idemTTL,
+	}
+	if lcfg.Mode == ledger.ModeLock {
+		return errors.New("--concurrency lock is not available yet")
+	}
+	l, err := ledger.Open(ctx, rdb, lcfg)
+	if err != nil {
+		return err
+	}
+	api, err := handlers.New(l, handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		return err
+	}
+	log.Info("tally serving", "addr", ln.Addr().String(), "concurrency", l.Mode(), "partitions", l.Partitions(), "group_commit", f.groupCommit)
+	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
+
+	var g group
+	g.add(func(ctx context.Context) error { return serveHTTP(ctx, log, ln, api, f.shutdown) })
+	return g.run(ctx)
+}
+
+// serveHTTP serves h on ln until ctx is cancelled, then shuts down gracefully.
+func serveHTTP(ctx context.Context, log *slog.Logger, ln net.Listener, h http.Handler, grace time.Duration) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	return err
+}
