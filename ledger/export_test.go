@@ -27,3 +27,13 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 return {'OK'}
 `
+
+// Waiting returns how many requests wait behind the account's current group-commit leader.
+func (l *Ledger) Waiting(account string) int {
+	l.queue.mu.Lock()
+	defer l.queue.mu.Unlock()
+	if aq := l.queue.accounts[account]; aq != nil {
+		return len(aq.waiting)
+	}
+	return 0
+}
