@@ -1,0 +1,386 @@
+// Package lock provides per-key leases (Redlock, over redsync) on N independent Redis
+// masters: a lease is held when a majority (N/2+1) of the masters granted it, for a
+// validity of TTL minus the time the acquisition took minus a clock drift allowance.
+//
+// Do runs a function under a lease, renews the lease while the function runs and cancels
+// the function's context when the lease is lost. Goroutines of one process that want the
+// same key queue in memory first, so only one of them at a time contends for the lease on
+// Redis. Acquire and TryAcquire hand out a Lease for callers that hold a key for long and
+// renew it themselves (a relay owning a partition).
+//
+// A lease is not a fencing token: a holder paused past its validity (GC, network stall,
+// clock jump, a master restarted without persistence) may still act after another process
+// acquired the key. Writers guarded by a lease must also check a version (compare-and-set)
+// in the store they write to. See docs/locking.md.
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/go-redsync/redsync/v4"
+	redsyncredis "github.com/go-redsync/redsync/v4/redis"
+	"github.com/go-redsync/redsync/v4/redis/goredis/v9"
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	// ErrNotAcquired means no lease could be obtained within the wait: the key stayed held
+	// by someone else or no majority of the masters answered.
+	ErrNotAcquired = errors.New("lock: not acquired")
+	// ErrLeaseLost means a held lease expired, could not be renewed, or kept less validity
+	// than the safety margin; work under it must stop.
+	ErrLeaseLost = errors.New("lock: lease lost")
+	// ErrNoMasters is returned by New when it is given no Redis masters.
+	ErrNoMasters = errors.New("lock: no masters")
+)
+
+// Locker hands out leases on keys. It is safe for concurrent use. One Locker per process
+// (per set of masters) is intended: its local queue only serialises its own goroutines.
+type Locker struct {
+	cfg     Config
+	rs      *redsync.Redsync
+	masters int
+	queue   *localQueue
+}
+
+// New returns a Locker over masters, independent Redis servers (not replicas of each
+// other, not one cluster). A lease needs len(masters)/2+1 of them; use an odd number (1 for
+// development, 3 or 5 in production). Zero Config fields take defaults.
+//
+// The clients should be built with ContextTimeoutEnabled (and short dial/read/write
+// timeouts) so that a frozen master cannot hold an attempt beyond its deadline; New logs a
+// warning for *redis.Client masters without it.
+//
+// New returns ErrNoMasters for an empty masters slice, an error for a nil client, and the
+// error of cfg.Validate for an invalid Config.
+func New(masters []redis.UniversalClient, cfg Config) (*Locker, error) {
+	if len(masters) == 0 {
+		return nil, ErrNoMasters
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	pools := make([]redsyncredis.Pool, len(masters))
+	for i, m := range masters {
+		if m == nil {
+			return nil, fmt.Errorf("lock: master %d is nil", i)
+		}
+		if c, ok := m.(*redis.Client); ok && !c.Options().ContextTimeoutEnabled {
+			cfg.Logger.Warn("lock: master client without ContextTimeoutEnabled; a frozen master can stall lease operations up to its read timeout",
+				"master", i, "addr", c.Options().Addr)
+		}
+		pools[i] = goredis.NewPool(m)
+	}
+	return &Locker{
+		cfg:     cfg,
+		rs:      redsync.New(pools...),
+		masters: len(masters),
+		queue:   newLocalQueue(),
+	}, nil
+}
+
+// MasterOptions returns go-redis options suited to a lock master at addr: context
+// deadlines reach the socket (ContextTimeoutEnabled), short dial/read/write timeouts, and
+// no client-side retries (the Locker retries whole attempts itself, with jitter, within
+// its own deadlines). Adjust fields such as Password or TLSConfig before use.
+func MasterOptions(addr string) *redis.Options {
+	return &redis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: true,
+		DialTimeout:           250 * time.Millisecond,
+		ReadTimeout:           500 * time.Millisecond,
+		WriteTimeout:          500 * time.Millisecond,
+		MaxRetries:            -1,
+		DialerRetries:         1,
+	}
+}
+
+// Quorum returns how many masters must grant a lease: len(masters)/2+1.
+func (l *Locker) Quorum() int { return l.masters/2 + 1 }
+
+// Do runs fn while holding the lease for key and returns fn's error.
+//
+// Goroutines of this Locker that call Do (or Acquire) for the same key wait in a local FIFO
+// queue; only the head of the queue contends for the lease on Redis. Waiting (queue plus
+// attempts) is bounded by the earlier of ctx's deadline and Config.WaitTimeout. fn is only
+// started when at least Config.SafetyMargin of validity remains.
+//
+// While fn runs the lease is renewed every Config.ExtendEvery. When renewal fails or the
+// validity drops below the safety margin, the context passed to fn is cancelled with cause
+// ErrLeaseLost. The lease is released when fn returns, with a context that ignores ctx's
+// cancellation and a short timeout of its own.
+//
+// Do returns:
+//   - an error wrapping ErrNotAcquired when no lease was obtained within the wait;
+//   - an error wrapping ctx.Err() (context.Canceled or context.DeadlineExceeded) when ctx
+//     ended while waiting, never ErrNotAcquired or a redsync error;
+//   - nil when fn returned nil, even if the lease was lost meanwhile (fn completed; the
+//     loss is reported through Hooks.Lost only);
+//   - an error wrapping ErrLeaseLost when fn failed after the lease was lost; it also wraps
+//     fn's error unless that error is only the cancellation Do caused;
+//   - otherwise fn's error, unchanged.
+func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context) error) error {
+	return l.do(ctx, key, fn, false)
+}
+
+// TryDo is Do without waiting: if key is held (by this process or, after one attempt,
+// on the masters) it returns an error wrapping ErrNotAcquired at once and fn does not run.
+// Its other results are those of Do.
+func (l *Locker) TryDo(ctx context.Context, key string, fn func(ctx context.Context) error) error {
+	return l.do(ctx, key, fn, true)
+}
+
+func (l *Locker) do(ctx context.Context, key string, fn func(ctx context.Context) error, try bool) error {
+	if fn == nil {
+		return errors.New("lock: nil fn")
+	}
+	lease, err := l.obtain(ctx, key, try, true)
+	if err != nil {
+		return err
+	}
+	defer l.queue.leave(key)
+	return l.run(ctx, lease, fn)
+}
+
+// Acquire waits for the lease on key like Do does (local queue, then Redis attempts, bounded
+// by ctx and Config.WaitTimeout) and returns it. The caller must renew it with Extend before
+// Until minus the safety margin and release it with Release; the local queue slot is given
+// up as soon as Acquire returns, so other goroutines of this process then contend on Redis.
+//
+// Acquire returns an error wrapping ErrNotAcquired when no lease was obtained within the
+// wait, or an error wrapping ctx.Err() when ctx ended first.
+func (l *Locker) Acquire(ctx context.Context, key string) (*Lease, error) {
+	return l.obtain(ctx, key, false, false)
+}
+
+// TryAcquire makes a single attempt to take the lease on key ("take it if free") and
+// returns it, or an error wrapping ErrNotAcquired when key is held (or no majority
+// answered), or an error wrapping ctx.Err() when ctx is done.
+func (l *Locker) TryAcquire(ctx context.Context, key string) (*Lease, error) {
+	return l.obtain(ctx, key, true, false)
+}
+
+// obtain takes key's local queue slot, then the lease. With keepSlot the caller owns the
+// slot on success and must leave it; on error the slot is never held.
+func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (lease *Lease, err error) {
+	start := l.cfg.Clock()
+	defer func() {
+		switch {
+		case err != nil && l.cfg.Hooks.AcquireFailed != nil:
+			l.cfg.Hooks.AcquireFailed(key, err)
+		case err == nil && l.cfg.Hooks.Acquired != nil:
+			l.cfg.Hooks.Acquired(key, l.cfg.Clock().Sub(start))
+		}
+	}()
+	if key == "" {
+		return nil, errors.New("lock: empty key")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, ctxError(key, err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, l.cfg.WaitTimeout)
+	defer cancel()
+
+	if try {
+		if !l.queue.tryEnter(key) {
+			return nil, fmt.Errorf("%w: %q is held in this process", ErrNotAcquired, key)
+		}
+	} else if l.queue.enter(waitCtx, key) != nil {
+		return nil, l.waitFailed(ctx, key, nil)
+	}
+	defer func() {
+		if !keepSlot || err != nil {
+			l.queue.leave(key)
+		}
+	}()
+
+	var (
+		timer   *time.Timer
+		lastErr error
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if try {
+				return nil, fmt.Errorf("%w: %q: %v", ErrNotAcquired, key, lastErr)
+			}
+			d := l.retryDelay()
+			if timer == nil {
+				timer = time.NewTimer(d)
+			} else {
+				timer.Reset(d)
+			}
+			select {
+			case <-waitCtx.Done():
+				return nil, l.waitFailed(ctx, key, lastErr)
+			case <-timer.C:
+			}
+		}
+		if waitCtx.Err() != nil {
+			return nil, l.waitFailed(ctx, key, lastErr)
+		}
+		got, attemptErr := l.attempt(ctx, key)
+		if attemptErr != nil {
+			lastErr = attemptErr
+			continue
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// Won the race against the caller's cancellation: give the lease back.
+			l.releaseQuietly(ctx, got)
+			return nil, ctxError(key, ctxErr)
+		}
+		return got, nil
+	}
+}
+
+// attempt makes one acquisition attempt on all masters. Every failure (key taken on some
+// or a majority of nodes, node errors, too little validity left) means "not this time".
+func (l *Locker) attempt(ctx context.Context, key string) (*Lease, error) {
+	name := l.cfg.Prefix + key
+	acq := l.rs.NewMutex(name,
+		redsync.WithExpiry(l.cfg.TTL),
+		redsync.WithTries(1),
+		redsync.WithTimeoutFactor(float64(l.cfg.AttemptTimeout)/float64(l.cfg.TTL)),
+		// No WithFailFast here: an attempt that gave up early would release while its
+		// straggling SET NX may still land afterwards on a healthy master, leaving a stale
+		// half-lease there for a whole TTL. Waiting for every master (or AttemptTimeout)
+		// orders each SET before the release of a failed attempt.
+	)
+	start := l.cfg.Clock()
+	// Detached from ctx: the attempt is bounded by AttemptTimeout, and redsync must be able
+	// to undo a partial acquisition even when the caller gave up meanwhile; otherwise
+	// half-set keys would block the key for a whole TTL.
+	if err := acq.LockContext(context.WithoutCancel(ctx)); err != nil {
+		return nil, err
+	}
+	token := acq.Value()
+	// Renewals and the release use their own mutex with the same value: for them,
+	// returning as soon as a majority answered is safe (a late PEXPIRE or DEL of our own
+	// value is harmless) and keeps a frozen minority master off the critical path.
+	held := l.rs.NewMutex(name,
+		redsync.WithExpiry(l.cfg.TTL),
+		redsync.WithValue(token),
+		redsync.WithFailFast(true),
+	)
+	lease := &Lease{l: l, key: key, m: held, token: token, until: start.Add(l.cfg.TTL - driftAllowance(l.cfg.TTL))}
+	if left := lease.until.Sub(l.cfg.Clock()); left < l.cfg.SafetyMargin {
+		l.releaseQuietly(ctx, lease)
+		return nil, fmt.Errorf("acquired with %v validity left, below the safety margin %v", left, l.cfg.SafetyMargin)
+	}
+	return lease, nil
+}
+
+// run runs fn under lease, renewing it, and releases it afterwards. See Do for the result.
+func (l *Locker) run(ctx context.Context, lease *Lease, fn func(ctx context.Context) error) error {
+	fnCtx, cancelFn := context.WithCancelCause(ctx)
+	defer cancelFn(nil)
+
+	// Renewal runs until fn returns, whatever happens to ctx: the lease must keep
+	// protecting fn while fn unwinds after a cancellation.
+	renewCtx, stopRenewal := context.WithCancel(context.WithoutCancel(ctx))
+	renewDone := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		l.keepAlive(renewCtx, lease, func() { cancelFn(ErrLeaseLost) })
+	}()
+
+	fnErr := fn(fnCtx)
+	stopRenewal()
+	<-renewDone
+
+	lost := lease.isLost()
+	if err := lease.Release(ctx); err != nil && !lost {
+		l.cfg.Logger.Warn("lock: release failed; the lease expires by itself", "key", lease.key, "err", err)
+	}
+	switch {
+	case fnErr == nil:
+		if lost {
+			l.cfg.Logger.Warn("lock: lease was lost while fn ran; fn completed", "key", lease.key)
+		}
+		return nil
+	case !lost:
+		return fnErr
+	case errors.Is(fnErr, ErrLeaseLost) || (errors.Is(fnErr, context.Canceled) && ctx.Err() == nil):
+		// fn only reports the cancellation Do caused.
+		return fmt.Errorf("%w: %q while fn ran", ErrLeaseLost, lease.key)
+	default:
+		return fmt.Errorf("%w: %q while fn ran: %w", ErrLeaseLost, lease.key, fnErr)
+	}
+}
+
+// keepAlive renews lease until ctx is done, calling onLost (once) when the lease is lost.
+func (l *Locker) keepAlive(ctx context.Context, lease *Lease, onLost func()) {
+	timer := time.NewTimer(l.nextRenewal(lease))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		err := lease.Extend(ctx)
+		switch {
+		case err == nil:
+			timer.Reset(l.nextRenewal(lease))
+		case errors.Is(err, ErrLeaseLost):
+			onLost()
+			return
+		default: // ctx done: fn returned
+			return
+		}
+	}
+}
+
+// nextRenewal returns when to renew lease next: every ExtendEvery, but earlier when the
+// lease has less validity above the safety margin than that (a slow acquisition).
+func (l *Locker) nextRenewal(lease *Lease) time.Duration {
+	aboveMargin := lease.Until().Sub(l.cfg.Clock()) - l.cfg.SafetyMargin
+	return max(0, min(l.cfg.ExtendEvery, aboveMargin/2))
+}
+
+// retryDelay returns a uniformly jittered delay in [RetryDelayMin, RetryDelayMax].
+func (l *Locker) retryDelay() time.Duration {
+	lo, hi := l.cfg.RetryDelayMin, l.cfg.RetryDelayMax
+	if hi <= lo {
+		return lo
+	}
+	return lo + rand.N(hi-lo+1)
+}
+
+// releaseTimeout bounds a release, which runs detached from the caller's context.
+func (l *Locker) releaseTimeout() time.Duration {
+	return min(l.cfg.TTL, time.Second)
+}
+
+// releaseQuietly releases lease, logging (not returning) a failure: the lease expires
+// by itself.
+func (l *Locker) releaseQuietly(ctx context.Context, lease *Lease) {
+	if err := lease.Release(ctx); err != nil {
+		l.cfg.Logger.Debug("lock: release failed; the lease expires by itself", "key", lease.key, "err", err)
+	}
+}
+
+// waitFailed returns the error for a wait that ended before a lease was obtained: the
+// caller's context error if ctx ended, else ErrNotAcquired.
+func (l *Locker) waitFailed(ctx context.Context, key string, lastErr error) error {
+	if err := ctx.Err(); err != nil {
+		return ctxError(key, err)
+	}
+	if lastErr == nil {
+		return fmt.Errorf("%w: %q within %v (queued behind other goroutines of this process)", ErrNotAcquired, key, l.cfg.WaitTimeout)
+	}
+	return fmt.Errorf("%w: %q within %v (last attempt: %v)", ErrNotAcquired, key, l.cfg.WaitTimeout, lastErr)
+}
+
+func ctxError(key string, err error) error {
+	return fmt.Errorf("lock: waiting for %q: %w", key, err)
+}
