@@ -1,0 +1,334 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Defaults for DedupConfig.
+const (
+	DefaultDedupWindow  = 100_000
+	DefaultDedupMaxGaps = 100
+)
+
+// DedupConfig configures a Dedup.
+type DedupConfig struct {
+	// Prefix is the first component of every key. Default "tally".
+	Prefix string
+	// Name identifies the consumer; consumers with different names deduplicate
+	// independently. Required; it must not contain '{' or '}'.
+	Name string
+	// Window is how many event IDs are remembered per partition; older IDs are evicted.
+	// Default 100,000. Events older than the window are still rejected by the version
+	// watermark.
+	Window int
+	// MaxGaps bounds the skipped versions remembered per account (see Dedup). Default 100.
+	MaxGaps int
+}
+
+func (c DedupConfig) withDefaults() DedupConfig {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Window == 0 {
+		c.Window = DefaultDedupWindow
+	}
+	if c.MaxGaps == 0 {
+		c.MaxGaps = DefaultDedupMaxGaps
+	}
+	return c
+}
+
+// Validate applies the defaults and reports the first invalid field, wrapping
+// ErrInvalidConfig.
+func (c DedupConfig) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.Name == "":
+		return fmt.Errorf("%w: dedup Name is required", ErrInvalidConfig)
+	case containsAny(c.Name, "{}") || containsAny(c.Prefix, "{}"):
+		return fmt.Errorf("%w: dedup Name and Prefix must not contain '{' or '}'", ErrInvalidConfig)
+	case c.Window < 1:
+		return fmt.Errorf("%w: dedup Window %d < 1", ErrInvalidConfig, c.Window)
+	case c.MaxGaps < 0:
+		return fmt.Errorf("%w: dedup MaxGaps %d < 0", ErrInvalidConfig, c.MaxGaps)
+	}
+	return nil
+}
+
+func containsAny(s, chars string) bool {
+	for _, c := range chars {
+		for _, d := range s {
+			if c == d {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Outcome is what Dedup did with one message.
+type Outcome int
+
+// Outcomes of Dedup.Apply.
+const (
+	// Applied: the effect ran and the message is now marked processed.
+	Applied Outcome = iota + 1
+	// Duplicate: the event ID is in the window; nothing ran.
+	Duplicate
+	// Stale: the event's version is at or below its account's watermark and is not a
+	// recorded gap (an old redelivery whose ID already left the window); nothing ran.
+	Stale
+)
+
+// String returns "applied", "duplicate" or "stale".
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case Duplicate:
+		return "duplicate"
+	case Stale:
+		return "stale"
+	}
+	return "outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Effect is a consumer's Redis-side effect: a Lua body that Dedup runs inside its own
+// script, between the duplicate check and the processed mark, so that the effect and the
+// mark commit together or not at all. The body sees its own KEYS and ARGV (those given in
+// the Op) and may return a value; it must only touch keys of the message's partition (hash
+// tag {p}) so that it works on Redis Cluster. If it raises an error (a failing redis.call,
+// error()) or returns redis.error_reply(...), the script stops before the mark is written. Redis does not roll
+// back writes a script made before an error, so a body should check before it writes.
+type Effect struct {
+	script *redis.Script
+}
+
+// NoEffect marks messages processed without any Redis-side effect (see Dedup.Mark).
+var NoEffect = NewEffect("return nil")
+
+// NewEffect compiles an effect body (see Effect).
+func NewEffect(body string) *Effect {
+	return &Effect{script: redis.NewScript(dedupScriptHead + body + dedupScriptTail)}
+}
+
+// The dedup script handles a batch of messages of one partition.
+// KEYS: ids (zset), seq (counter), watermarks (hash); then per message: gaps (zset), its
+// effect keys. ARGV: window, maxgaps, count; then per message: event id, account,
+// version, #effect keys, #effect args, effect args.
+// It returns one outcome per message: 1 applied, 2 duplicate, 3 stale.
+const dedupScriptHead = `
+local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ids, seq, wms = KEYS[1], KEYS[2], KEYS[3]
+local out = {}
+local ki, ai = 4, 4
+local effect = function(KEYS, ARGV)
+`
+
+const dedupScriptTail = `
+end
+for m = 1, count do
+  local id, acct, v = ARGV[ai], ARGV[ai + 1], tonumber(ARGV[ai + 2])
+  local nk, na = tonumber(ARGV[ai + 3]), tonumber(ARGV[ai + 4])
+  local gaps = KEYS[ki]
+  local ek, ea = {}, {}
+  for i = 1, nk do ek[i] = KEYS[ki + i] end
+  for i = 1, na do ea[i] = ARGV[ai + 4 + i] end
+  ki, ai = ki + 1 + nk, ai + 5 + na
+  local outcome = 1
+  local gap = false
+  local wm = 0
+  if redis.call('ZSCORE', ids, id) then
+    outcome = 2
+  elseif v > 0 then
+    wm = tonumber(redis.call('HGET', wms, acct) or '0')
+    if v <= wm then
+      if redis.call('ZSCORE', gaps, v) then gap = true else outcome = 3 end
+    end
+  end
+  if outcome == 1 then
+    local r = effect(ek, ea)
+    if type(r) == 'table' and r.err then return r end
+    -- the mark, only after the effect succeeded
+    redis.call('ZADD', ids, redis.call('INCR', seq), id)
+    local n = redis.call('ZCARD', ids)
+    if n > window then redis.call('ZREMRANGEBYRANK', ids, 0, n - window - 1) end
+    if gap then
+      redis.call('ZREM', gaps, v)
+    elseif v > 0 then
+      local from = math.max(wm + 1, v - maxgaps)
+      for g = from, v - 1 do redis.call('ZADD', gaps, g, g) end
+      if v - 1 >= from then
+        local n = redis.call('ZCARD', gaps)
+        if n > maxgaps then redis.call('ZREMRANGEBYRANK', gaps, 0, n - maxgaps - 1) end
+      end
+      redis.call('HSET', wms, acct, v)
+    end
+  end
+  out[m] = outcome
+end
+return out`
+
+// Op is one message for Dedup.ApplyBatch with the effect's keys and arguments.
+type Op struct {
+	Msg  Message
+	Keys []string // effect keys; each must carry the message's partition hash tag
+	Args []any    // effect arguments
+}
+
+// DedupStats counts the outcomes a Dedup saw in this process.
+type DedupStats struct {
+	Applied, Duplicates, Stale int64
+}
+
+// Dedup makes a consumer apply each event exactly once although delivery is at-least-once.
+//
+// Per partition it keeps a window of the last Window event IDs it processed, and per
+// account a version watermark: the highest version applied. A message is a duplicate when
+// its ID is in the window, and stale when its version is at or below the watermark, unless
+// that version is a recorded gap: when version v arrives with the watermark at w < v-1, the
+// versions in between (at most MaxGaps of them) are remembered as gaps and accepted once
+// when they arrive later (for example a dead letter replayed after later events of its
+// account). Events with version 0 are deduplicated by ID only.
+//
+// For effects in Redis use Apply/ApplyBatch: the duplicate check, the effect and the mark
+// run in one Lua script (the mark is never written before the effect, and never without
+// it). Keys live under the message's partition hash tag, so everything is one slot.
+type Dedup struct {
+	rdb   redis.UniversalClient
+	cfg   DedupConfig
+	stats struct{ applied, dup, stale atomic.Int64 }
+}
+
+// NewDedup returns a Dedup over rdb. It returns an error wrapping ErrInvalidConfig when cfg
+// is invalid or rdb is nil.
+func NewDedup(rdb redis.UniversalClient, cfg DedupConfig) (*Dedup, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrInvalidConfig)
+	}
+	return &Dedup{rdb: rdb, cfg: cfg.withDefaults()}, nil
+}
+
+// Key returns the key "<prefix>:{p}:<name>:<suffix>": a key of partition p in this
+// consumer's namespace, for effect keys.
+func (d *Dedup) Key(p int, suffix string) string {
+	return fmt.Sprintf("%s:{%d}:%s:%s", d.cfg.Prefix, p, d.cfg.Name, suffix)
+}
+
+func (d *Dedup) idsKey(p int) string            { return d.Key(p, "dedup:ids") }
+func (d *Dedup) seqKey(p int) string            { return d.Key(p, "dedup:seq") }
+func (d *Dedup) watermarkKey(p int) string      { return d.Key(p, "dedup:wm") }
+func (d *Dedup) gapsKey(p int, a string) string { return d.Key(p, "dedup:gaps:"+a) }
+
+// ErrMixedPartitions is returned by ApplyBatch for messages of more than one partition.
+var ErrMixedPartitions = errors.New("outbox: dedup batch spans partitions")
+
+// Apply runs eff for m unless m is a duplicate or stale, and marks m processed in the same
+// script. It returns the outcome, or an error (the effect's error included) in which case
+// m is not marked.
+func (d *Dedup) Apply(ctx context.Context, m Message, eff *Effect, keys []string, args ...any) (Outcome, error) {
+	out, err := d.ApplyBatch(ctx, eff, []Op{{Msg: m, Keys: keys, Args: args}})
+	if err != nil {
+		return 0, err
+	}
+	return out[0], nil
+}
+
+// ApplyBatch applies ops in order in one script call (one round trip); all messages must be
+// of one partition (ErrMixedPartitions otherwise). On an error (for example the effect of
+// one op failed) the ops before the failing one are applied and marked, the failing one
+// is not marked and the rest did not run; retrying the whole batch is safe.
+func (d *Dedup) ApplyBatch(ctx context.Context, eff *Effect, ops []Op) ([]Outcome, error) {
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	p := ops[0].Msg.Partition
+	keys := []string{d.idsKey(p), d.seqKey(p), d.watermarkKey(p)}
+	args := []any{d.cfg.Window, d.cfg.MaxGaps, len(ops)}
+	for _, op := range ops {
+		if op.Msg.Partition != p {
+			return nil, ErrMixedPartitions
+		}
+		e := op.Msg.Event
+		keys = append(keys, d.gapsKey(p, e.Account))
+		keys = append(keys, op.Keys...)
+		args = append(args, e.ID, e.Account, e.Version, len(op.Keys), len(op.Args))
+		args = append(args, op.Args...)
+	}
+	res, err := eff.script.Run(ctx, d.rdb, keys, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("outbox: dedup apply: %w", err)
+	}
+	if len(res) != len(ops) {
+		return nil, fmt.Errorf("outbox: dedup apply: %d results for %d messages", len(res), len(ops))
+	}
+	out := make([]Outcome, len(res))
+	for i, r := range res {
+		out[i] = Outcome(r)
+		switch out[i] {
+		case Applied:
+			d.stats.applied.Add(1)
+		case Duplicate:
+			d.stats.dup.Add(1)
+		case Stale:
+			d.stats.stale.Add(1)
+		}
+	}
+	return out, nil
+}
+
+// Mark records m as processed without a Redis-side effect, for consumers whose effect
+// lives elsewhere: call it only after the effect succeeded (never before: a crash in
+// between would lose the message). Between the effect and Mark a crash causes a redelivery,
+// so such an effect must itself tolerate a repeat. It returns the outcome (Duplicate or
+// Stale when m was already marked).
+func (d *Dedup) Mark(ctx context.Context, m Message) (Outcome, error) {
+	return d.Apply(ctx, m, NoEffect, nil)
+}
+
+var seenScript = redis.NewScript(`
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 2 end
+local v = tonumber(ARGV[3])
+if v > 0 and v <= tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') then
+  if redis.call('ZSCORE', KEYS[3], v) then return 0 end
+  return 3
+end
+return 0`)
+
+// Seen reports whether m was already processed (it would be a Duplicate or Stale). It is a
+// read for consumers whose effect is outside Redis; see Mark.
+func (d *Dedup) Seen(ctx context.Context, m Message) (bool, error) {
+	p, e := m.Partition, m.Event
+	n, err := seenScript.Run(ctx, d.rdb, []string{d.idsKey(p), d.watermarkKey(p), d.gapsKey(p, e.Account)},
+		e.ID, e.Account, e.Version).Int()
+	if err != nil {
+		return false, fmt.Errorf("outbox: dedup seen: %w", err)
+	}
+	return n != 0, nil
+}
+
+// Watermark returns the highest version of account applied in partition p (0 if none).
+func (d *Dedup) Watermark(ctx context.Context, p int, account string) (int64, error) {
+	v, err := d.rdb.HGet(ctx, d.watermarkKey(p), account).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("outbox: dedup watermark: %w", err)
+	}
+	return v, nil
+}
+
+// Stats returns the outcomes counted by this Dedup value since it was created.
+func (d *Dedup) Stats() DedupStats {
+	return DedupStats{Applied: d.stats.applied.Load(), Duplicates: d.stats.dup.Load(), Stale: d.stats.stale.Load()}
+}

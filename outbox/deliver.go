@@ -1,0 +1,312 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// partition is one owned partition's delivery state. It lives only while the relay holds
+// the partition's lease; every method takes the lease's ctx and stops as soon as it is done.
+type partition struct {
+	r      *Relay
+	p      int
+	stream string
+}
+
+// ackTimeout bounds an XACK that runs after the lease's ctx was cancelled: an entry that was
+// delivered is acknowledged even if the lease was lost meanwhile.
+const ackTimeout = 5 * time.Second
+
+// start prepares ownership: it makes sure the consumer group exists, records the owner,
+// takes over entries that earlier owners read but did not acknowledge, and redelivers this
+// relay's own pending entries, oldest first.
+func (o *partition) start(ctx context.Context) error {
+	r := o.r
+	err := r.rdb.XGroupCreateMkStream(ctx, o.stream, r.cfg.Group, "0").Err()
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+		return fmt.Errorf("outbox: create group %s on %s: %w", r.cfg.Group, o.stream, err)
+	}
+	if err := r.recordOwner(ctx, o.p); err != nil {
+		return fmt.Errorf("outbox: record owner: %w", err)
+	}
+	if err := o.reclaim(ctx); err != nil {
+		return err
+	}
+	return o.drainPending(ctx)
+}
+
+// reclaim moves every pending entry of other consumers (earlier owners, dead or fenced off
+// by the lease) to this relay's consumer with XAUTOCLAIM, then deletes those consumers.
+//
+// Claiming with a min-idle time of zero is safe only because the caller holds the
+// partition's lease: no other relay of the group delivers this partition now, so no entry
+// can be in flight elsewhere. Idle-time based claiming by non-owners (where a slow retry
+// outlives the idle time and two workers run one message, redis/redis#13956) never happens.
+func (o *partition) reclaim(ctx context.Context) error {
+	r := o.r
+	sum, err := r.rdb.XPending(ctx, o.stream, r.cfg.Group).Result()
+	if err != nil {
+		return fmt.Errorf("outbox: pending summary of %s: %w", o.stream, err)
+	}
+	var others int64
+	for c, n := range sum.Consumers {
+		if c != r.cfg.Owner {
+			others += n
+		}
+	}
+	if others > 0 {
+		start := "0-0"
+		for {
+			_, next, err := r.rdb.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
+				Stream: o.stream, Group: r.cfg.Group, Consumer: r.cfg.Owner,
+				MinIdle: 0, Start: start, Count: int64(r.cfg.BatchSize),
+			}).Result()
+			if err != nil {
+				return fmt.Errorf("outbox: autoclaim on %s: %w", o.stream, err)
+			}
+			if next == "0-0" || next == "" {
+				break
+			}
+			start = next
+		}
+		r.m.reclaimed(o.p, others)
+		r.log.Info("outbox relay: reclaimed entries of earlier owners", "partition", o.p, "entries", others)
+	}
+	consumers, err := r.rdb.XInfoConsumers(ctx, o.stream, r.cfg.Group).Result()
+	if err != nil {
+		return fmt.Errorf("outbox: consumers of %s: %w", o.stream, err)
+	}
+	for _, c := range consumers {
+		if c.Name == r.cfg.Owner {
+			continue
+		}
+		// Never delete a consumer that still has pending entries: XGROUP DELCONSUMER drops
+		// them from the group for good (watermill-redisstream#24). The check and the delete
+		// run in one script so nothing can slip in between.
+		if err := delConsumerScript.Run(ctx, r.rdb, []string{o.stream}, r.cfg.Group, c.Name).Err(); err != nil {
+			return fmt.Errorf("outbox: delete consumer %s: %w", c.Name, err)
+		}
+	}
+	return nil
+}
+
+var delConsumerScript = redis.NewScript(`
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])`)
+
+// drainPending redelivers the entries this relay's consumer read but never acknowledged.
+func (o *partition) drainPending(ctx context.Context) error {
+	last := "0-0"
+	for ctx.Err() == nil {
+		res, err := o.r.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: o.r.cfg.Group, Consumer: o.r.cfg.Owner,
+			Streams: []string{o.stream, last}, Count: int64(o.r.cfg.BatchSize), Block: -1,
+		}).Result()
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("outbox: read pending of %s: %w", o.stream, err)
+		}
+		if len(res) == 0 || len(res[0].Messages) == 0 {
+			return nil
+		}
+		msgs := res[0].Messages
+		last = msgs[len(msgs)-1].ID
+		if err := o.process(ctx, msgs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readNew reads and delivers the next batch of never-delivered entries. It returns how many
+// entries it read.
+func (o *partition) readNew(ctx context.Context) (int, error) {
+	res, err := o.r.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: o.r.cfg.Group, Consumer: o.r.cfg.Owner,
+		Streams: []string{o.stream, ">"}, Count: int64(o.r.cfg.BatchSize), Block: -1,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("outbox: read %s: %w", o.stream, err)
+	}
+	if len(res) == 0 {
+		return 0, nil
+	}
+	return len(res[0].Messages), o.process(ctx, res[0].Messages)
+}
+
+// process decodes a batch and delivers it. Entries that are gone from the stream are
+// acknowledged; malformed entries go to the dead letters at once.
+func (o *partition) process(ctx context.Context, xs []redis.XMessage) error {
+	msgs := make([]Message, 0, len(xs))
+	var gone []string
+	for _, x := range xs {
+		if len(x.Values) == 0 {
+			gone = append(gone, x.ID)
+			continue
+		}
+		e, err := DecodeEntry(x.Values)
+		if err != nil {
+			if err := o.deadLetter(ctx, x.ID, err.Error(), 0); err != nil {
+				return err
+			}
+			continue
+		}
+		msgs = append(msgs, Message{Partition: o.p, StreamID: x.ID, Event: e})
+	}
+	if len(gone) > 0 {
+		if err := o.ack(ctx, gone); err != nil {
+			return err
+		}
+	}
+	return o.deliver(ctx, msgs)
+}
+
+// deliver hands msgs to the sinks as one batch. When the batch fails it falls back to one
+// message at a time, in order, until the first message that fails on its own has been
+// retried and (if it never succeeds) dead-lettered; then it continues with the rest as a
+// batch. A poison message therefore holds up its partition for at most MaxAttempts
+// backoffs, and later messages (of every account) keep flowing once it is dead-lettered.
+func (o *partition) deliver(ctx context.Context, msgs []Message) error {
+	for len(msgs) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err // lease lost or stopping: deliver nothing more
+		}
+		err := o.send(ctx, msgs, make([]bool, len(o.r.cfg.Sinks)))
+		if err == nil {
+			return o.ack(ctx, streamIDs(msgs))
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		o.r.log.Info("outbox relay: batch delivery failed, isolating", "partition", o.p, "size", len(msgs), "err", err)
+		n, err := o.isolate(ctx, msgs)
+		if err != nil {
+			return err
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// isolate delivers msgs one at a time until one of them fails on its own; it returns how
+// many messages were settled (delivered or dead-lettered).
+func (o *partition) isolate(ctx context.Context, msgs []Message) (int, error) {
+	for i := range msgs {
+		failed, err := o.deliverOne(ctx, msgs[i])
+		if err != nil {
+			return i, err
+		}
+		if failed {
+			return i + 1, nil
+		}
+	}
+	return len(msgs), nil
+}
+
+// deliverOne delivers m with retries and backoff until it succeeds, fails permanently or
+// has failed MaxAttempts times (counted in Redis across owners); in the last two cases it
+// moves m to the dead letters. It reports whether any attempt failed.
+func (o *partition) deliverOne(ctx context.Context, m Message) (failed bool, err error) {
+	r := o.r
+	done := make([]bool, len(r.cfg.Sinks))
+	batch := []Message{m}
+	for {
+		if err := ctx.Err(); err != nil {
+			return failed, err
+		}
+		derr := o.send(ctx, batch, done)
+		if derr == nil {
+			return failed, o.ack(ctx, []string{m.StreamID})
+		}
+		if ctx.Err() != nil {
+			return failed, ctx.Err()
+		}
+		failed = true
+		r.m.failed(o.p)
+		n, err := r.rdb.HIncrBy(ctx, r.attemptsKey(o.p), m.StreamID, 1).Result()
+		if err != nil {
+			return failed, fmt.Errorf("outbox: count attempt: %w", err)
+		}
+		if errors.Is(derr, ErrPermanent) || n >= int64(r.cfg.MaxAttempts) {
+			r.log.Warn("outbox relay: dead-lettering event", "partition", o.p, "event", m.Event.ID,
+				"stream_id", m.StreamID, "attempts", n, "err", derr)
+			return failed, o.deadLetter(ctx, m.StreamID, derr.Error(), n)
+		}
+		wait := r.backoff(n)
+		r.log.Warn("outbox relay: delivery failed, will retry", "partition", o.p, "event", m.Event.ID,
+			"attempt", n, "retry_in", wait, "err", derr)
+		if !sleep(ctx, wait) {
+			return failed, ctx.Err()
+		}
+	}
+}
+
+// send delivers msgs to every sink not yet marked done, in order, marking each that
+// accepted them. A panicking sink counts as a failed delivery.
+func (o *partition) send(ctx context.Context, msgs []Message, done []bool) error {
+	for i, s := range o.r.cfg.Sinks {
+		if done[i] {
+			continue
+		}
+		if err := safeDeliver(ctx, s, msgs); err != nil {
+			return fmt.Errorf("outbox: sink %d: %w", i, err)
+		}
+		done[i] = true
+	}
+	return nil
+}
+
+// ErrSinkPanic is wrapped by the delivery error of a sink that panicked.
+var ErrSinkPanic = errors.New("outbox: sink panicked")
+
+func safeDeliver(ctx context.Context, s Sink, msgs []Message) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: %v", ErrSinkPanic, v)
+		}
+	}()
+	return s.Deliver(ctx, msgs)
+}
+
+// ack acknowledges delivered entries and forgets their failure counts (possibly recorded
+// by an earlier owner), in one round trip. It runs even when the lease was lost after
+// delivery: a delivered entry is done.
+func (o *partition) ack(ctx context.Context, ids []string) error {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
+	defer cancel()
+	pipe := o.r.rdb.Pipeline()
+	pipe.XAck(actx, o.stream, o.r.cfg.Group, ids...)
+	pipe.HDel(actx, o.r.attemptsKey(o.p), ids...)
+	if _, err := pipe.Exec(actx); err != nil {
+		return fmt.Errorf("outbox: ack on %s: %w", o.stream, err)
+	}
+	o.r.m.delivered(o.p, len(ids))
+	return nil
+}
+
+// backoff returns the delay after the n-th failed delivery of an entry.
+func (r *Relay) backoff(n int64) time.Duration {
+	d := r.cfg.RetryBackoff
+	for i := int64(1); i < n && d < r.cfg.MaxRetryBackoff; i++ {
+		d *= 2
+	}
+	return jitter(min(d, r.cfg.MaxRetryBackoff))
+}
+
+func streamIDs(msgs []Message) []string {
+	ids := make([]string, len(msgs))
+	for i := range msgs {
+		ids[i] = msgs[i].StreamID
+	}
+	return ids
+}

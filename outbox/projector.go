@@ -1,0 +1,333 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Ledger event types the projector understands (DESIGN §8).
+const (
+	TypeAccountOpened    = "AccountOpened"
+	TypeDeposited        = "Deposited"
+	TypeWithdrawn        = "Withdrawn"
+	TypeTransferDebited  = "TransferDebited"
+	TypeTransferCredited = "TransferCredited"
+	TypeTransferRefunded = "TransferRefunded"
+	TypeHoldPlaced       = "HoldPlaced"
+	TypeHoldCaptured     = "HoldCaptured"
+	TypeHoldVoided       = "HoldVoided"
+	TypeHoldExpired      = "HoldExpired"
+)
+
+// ErrBadEventData is wrapped (with Permanent) by Projector.Deliver for an event of a known
+// type whose data cannot be projected (bad JSON, negative amount, no currency).
+var ErrBadEventData = errors.New("outbox: bad event data")
+
+// ErrNoSummary is returned by Projector.Account for an account it has never seen.
+var ErrNoSummary = errors.New("outbox: no summary for account")
+
+// ProjectorConfig configures a Projector.
+type ProjectorConfig struct {
+	// Prefix is the first component of every key. Default "tally".
+	Prefix string
+	// Name is the projector's key namespace and dedup name; a rebuild into fresh keys uses
+	// another name. Default "projector".
+	Name string
+	// Partitions is the partition count P, used by Totals. Default 16.
+	Partitions int
+	// DedupWindow and DedupMaxGaps configure the projector's Dedup (see DedupConfig).
+	DedupWindow, DedupMaxGaps int
+}
+
+func (c ProjectorConfig) withDefaults() ProjectorConfig {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Name == "" {
+		c.Name = "projector"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = DefaultPartitions
+	}
+	return c
+}
+
+// Validate applies the defaults and reports the first invalid field, wrapping
+// ErrInvalidConfig.
+func (c ProjectorConfig) Validate() error {
+	c = c.withDefaults()
+	if c.Partitions < 1 {
+		return fmt.Errorf("%w: projector Partitions %d < 1", ErrInvalidConfig, c.Partitions)
+	}
+	return c.dedupConfig().Validate()
+}
+
+func (c ProjectorConfig) dedupConfig() DedupConfig {
+	return DedupConfig{Prefix: c.Prefix, Name: c.Name, Window: c.DedupWindow, MaxGaps: c.DedupMaxGaps}
+}
+
+// AccountSummary is the projector's view of one account.
+type AccountSummary struct {
+	Account       string
+	Version       int64            // highest version applied
+	Events        int64            // events applied (unknown types included)
+	AllowNegative bool             // from AccountOpened
+	Posted        map[string]int64 // posted balance per currency
+	Held          map[string]int64 // held amount per currency
+}
+
+// Totals sums a partition's (or, from Projector.Totals, every partition's) accounts.
+type Totals struct {
+	Accounts int64            // AccountOpened events applied
+	Events   int64            // events applied
+	Unknown  int64            // events of unknown types (counted and skipped)
+	Posted   map[string]int64 // sum of posted balances per currency
+	Held     map[string]int64 // sum of held amounts per currency
+}
+
+// Projector is the built-in read-model consumer (CQRS): a Sink that keeps a summary hash per
+// account and a totals hash per partition, applying each event exactly once through Dedup
+// (the dedup mark and the projection commit in one script). Events of unknown types are
+// counted and skipped (still marked processed).
+type Projector struct {
+	rdb   redis.UniversalClient
+	cfg   ProjectorConfig
+	dedup *Dedup
+}
+
+// NewProjector returns a projector over rdb. It returns an error wrapping ErrInvalidConfig
+// when cfg is invalid or rdb is nil.
+func NewProjector(rdb redis.UniversalClient, cfg ProjectorConfig) (*Projector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	d, err := NewDedup(rdb, cfg.dedupConfig())
+	if err != nil {
+		return nil, err
+	}
+	return &Projector{rdb: rdb, cfg: cfg, dedup: d}, nil
+}
+
+// Dedup returns the projector's Dedup (for its statistics).
+func (pr *Projector) Dedup() *Dedup { return pr.dedup }
+
+func (pr *Projector) summaryKey(p int, account string) string {
+	return pr.dedup.Key(p, "acct:"+account)
+}
+func (pr *Projector) totalsKey(p int) string   { return pr.dedup.Key(p, "totals") }
+func (pr *Projector) accountsKey(p int) string { return pr.dedup.Key(p, "accounts") }
+
+// projectEffect applies one event's projection.
+// KEYS: summary, totals, accounts. ARGV: account, version, then three lists each led by its
+// length: summary increments (field, delta), totals increments, summary sets (field, value).
+var projectEffect = NewEffect(`
+local v = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v > cur then redis.call('HSET', KEYS[1], 'version', ARGV[2]) end
+redis.call('HINCRBY', KEYS[1], 'events', 1)
+redis.call('HINCRBY', KEYS[2], 'events', 1)
+redis.call('SADD', KEYS[3], ARGV[1])
+local i = 3
+for k = 1, 3 do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for j = 1, n do
+    local f, x = ARGV[i], ARGV[i + 1]
+    i = i + 2
+    if k == 1 then redis.call('HINCRBY', KEYS[1], f, x)
+    elseif k == 2 then redis.call('HINCRBY', KEYS[2], f, x)
+    else redis.call('HSET', KEYS[1], f, x) end
+  end
+end
+return 1`)
+
+// Deliver projects msgs in order (Sink). Runs of messages of one partition are applied in
+// one script call each. It returns Permanent(ErrBadEventData...) when an event of a known
+// type has unusable data (nothing of the batch is applied then), and wrapped Redis errors.
+func (pr *Projector) Deliver(ctx context.Context, msgs []Message) error {
+	ops := make([]Op, 0, len(msgs))
+	for _, m := range msgs {
+		pj, err := project(m.Event)
+		if err != nil {
+			return Permanent(fmt.Errorf("projector: event %s: %w", m.Event.ID, err))
+		}
+		p := m.Partition
+		args := []any{m.Event.Account, m.Event.Version}
+		for _, list := range [][]kv{pj.acct, pj.totals, pj.set} {
+			args = append(args, len(list))
+			for _, x := range list {
+				args = append(args, x.k, x.v)
+			}
+		}
+		ops = append(ops, Op{Msg: m,
+			Keys: []string{pr.summaryKey(p, m.Event.Account), pr.totalsKey(p), pr.accountsKey(p)},
+			Args: args})
+	}
+	for len(ops) > 0 {
+		n := 1
+		for n < len(ops) && ops[n].Msg.Partition == ops[0].Msg.Partition {
+			n++
+		}
+		if _, err := pr.dedup.ApplyBatch(ctx, projectEffect, ops[:n]); err != nil {
+			return fmt.Errorf("projector: %w", err)
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+type kv struct {
+	k string
+	v any
+}
+
+type projection struct {
+	acct, totals, set []kv
+}
+
+// eventAmount is the union of the money fields of the ledger's event data.
+type eventAmount struct {
+	Currency string `json:"currency"`
+	Amount   int64  `json:"amount"`
+	Released int64  `json:"released"`
+}
+
+// project computes an event's effect on the summary and the totals (pure).
+func project(e Event) (projection, error) {
+	var pj projection
+	posted := func(cur string, d int64) {
+		pj.acct = append(pj.acct, kv{"posted:" + cur, d})
+		pj.totals = append(pj.totals, kv{"posted:" + cur, d})
+	}
+	held := func(cur string, d int64) {
+		pj.acct = append(pj.acct, kv{"held:" + cur, d})
+		pj.totals = append(pj.totals, kv{"held:" + cur, d})
+	}
+	switch e.Type {
+	case TypeAccountOpened:
+		var d struct {
+			AllowNegative bool `json:"allow_negative"`
+		}
+		if len(e.Data) > 0 {
+			if err := json.Unmarshal(e.Data, &d); err != nil {
+				return pj, fmt.Errorf("%w: %v", ErrBadEventData, err)
+			}
+		}
+		pj.set = append(pj.set, kv{"allow_negative", strconv.FormatBool(d.AllowNegative)})
+		pj.totals = append(pj.totals, kv{"accounts", 1})
+		return pj, nil
+	case TypeDeposited, TypeWithdrawn, TypeTransferDebited, TypeTransferCredited, TypeTransferRefunded,
+		TypeHoldPlaced, TypeHoldCaptured, TypeHoldVoided, TypeHoldExpired:
+	default:
+		pj.totals = append(pj.totals, kv{"unknown", 1})
+		return pj, nil
+	}
+	var d eventAmount
+	if err := json.Unmarshal(e.Data, &d); err != nil {
+		return pj, fmt.Errorf("%w: %v", ErrBadEventData, err)
+	}
+	if d.Currency == "" || strings.ContainsAny(d.Currency, ": ") || d.Amount < 0 || d.Released < 0 {
+		return pj, fmt.Errorf("%w: currency %q amount %d released %d", ErrBadEventData, d.Currency, d.Amount, d.Released)
+	}
+	switch e.Type {
+	case TypeDeposited, TypeTransferCredited, TypeTransferRefunded:
+		posted(d.Currency, d.Amount)
+	case TypeWithdrawn, TypeTransferDebited:
+		posted(d.Currency, -d.Amount)
+	case TypeHoldPlaced:
+		held(d.Currency, d.Amount)
+	case TypeHoldCaptured:
+		posted(d.Currency, -d.Amount)
+		held(d.Currency, -(d.Amount + d.Released))
+	case TypeHoldVoided, TypeHoldExpired:
+		held(d.Currency, -d.Amount)
+	}
+	return pj, nil
+}
+
+// Account returns the summary of account in partition p, or ErrNoSummary.
+func (pr *Projector) Account(ctx context.Context, p int, account string) (AccountSummary, error) {
+	h, err := pr.rdb.HGetAll(ctx, pr.summaryKey(p, account)).Result()
+	if err != nil {
+		return AccountSummary{}, fmt.Errorf("projector: read summary: %w", err)
+	}
+	if len(h) == 0 {
+		return AccountSummary{}, fmt.Errorf("%w: %s", ErrNoSummary, account)
+	}
+	s := AccountSummary{Account: account, Posted: map[string]int64{}, Held: map[string]int64{}}
+	for f, v := range h {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch {
+		case f == "version":
+			s.Version = n
+		case f == "events":
+			s.Events = n
+		case f == "allow_negative":
+			s.AllowNegative = v == "true"
+		case strings.HasPrefix(f, "posted:"):
+			s.Posted[f[len("posted:"):]] = n
+		case strings.HasPrefix(f, "held:"):
+			s.Held[f[len("held:"):]] = n
+		}
+	}
+	return s, nil
+}
+
+// Accounts returns the IDs of the accounts of partition p the projector has seen.
+func (pr *Projector) Accounts(ctx context.Context, p int) ([]string, error) {
+	ids, err := pr.rdb.SMembers(ctx, pr.accountsKey(p)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("projector: read accounts: %w", err)
+	}
+	return ids, nil
+}
+
+// PartitionTotals returns the totals of partition p.
+func (pr *Projector) PartitionTotals(ctx context.Context, p int) (Totals, error) {
+	h, err := pr.rdb.HGetAll(ctx, pr.totalsKey(p)).Result()
+	if err != nil {
+		return Totals{}, fmt.Errorf("projector: read totals: %w", err)
+	}
+	t := Totals{Posted: map[string]int64{}, Held: map[string]int64{}}
+	t.add(h)
+	return t, nil
+}
+
+// Totals returns the global view: the sum of every partition's totals. It reads the
+// partitions one after another, so it is not a point-in-time snapshot while events flow.
+func (pr *Projector) Totals(ctx context.Context) (Totals, error) {
+	t := Totals{Posted: map[string]int64{}, Held: map[string]int64{}}
+	for p := 0; p < pr.cfg.Partitions; p++ {
+		h, err := pr.rdb.HGetAll(ctx, pr.totalsKey(p)).Result()
+		if err != nil {
+			return Totals{}, fmt.Errorf("projector: read totals: %w", err)
+		}
+		t.add(h)
+	}
+	return t, nil
+}
+
+func (t *Totals) add(h map[string]string) {
+	for f, v := range h {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch {
+		case f == "accounts":
+			t.Accounts += n
+		case f == "events":
+			t.Events += n
+		case f == "unknown":
+			t.Unknown += n
+		case strings.HasPrefix(f, "posted:"):
+			t.Posted[f[len("posted:"):]] += n
+		case strings.HasPrefix(f, "held:"):
+			t.Held[f[len("held:"):]] += n
+		}
+	}
+}
