@@ -38,9 +38,13 @@ type Config struct {
 	APIKeys []string
 	// Logger receives errors the API could not map to a client error. Default: discard.
 	Logger *slog.Logger
-	// Routes, when set, is called with the /v1 route group so that other components (the
-	// relay's status endpoints) can add routes behind the same auth and limits.
-	Routes func(v1 *gin.RouterGroup)
+	// AdminKeys are the bearer tokens allowed to call admin operations (dead-letter
+	// replay). They are also accepted wherever APIKeys are.
+	AdminKeys []string
+	// Relay, when set, serves GET /v1/relay and POST /v1/relay/dead-letters/replay.
+	Relay Relay
+	// Metrics, when set, is served at GET /metrics (no authentication).
+	Metrics http.Handler
 }
 
 // Validate returns an error for an unusable configuration.
@@ -48,7 +52,7 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < 0 {
 		return errors.New("handlers: max body bytes must not be negative")
 	}
-	for _, k := range c.APIKeys {
+	for _, k := range append(c.APIKeys, c.AdminKeys...) {
 		if len(k) < 16 {
 			return errors.New("handlers: API keys must be at least 16 characters")
 		}
@@ -94,8 +98,12 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	v1.GET("/accounts/:id/events", s.listEvents)
 	v1.POST("/accounts/:id/deposits", s.deposit)
 	v1.POST("/accounts/:id/withdrawals", s.withdraw)
-	if cfg.Routes != nil {
-		cfg.Routes(v1)
+	if cfg.Relay != nil {
+		v1.GET("/relay", s.relayStatus)
+		v1.POST("/relay/dead-letters/replay", s.admin, s.replayDeadLetters)
+	}
+	if cfg.Metrics != nil {
+		r.GET("/metrics", gin.WrapH(cfg.Metrics))
 	}
 	return r, nil
 }
@@ -124,21 +132,28 @@ func (s *server) limitBody(c *gin.Context) {
 }
 
 func (s *server) auth(c *gin.Context) {
-	if len(s.cfg.APIKeys) == 0 {
+	if len(s.cfg.APIKeys) == 0 && len(s.cfg.AdminKeys) == 0 {
 		c.Next()
 		return
 	}
 	token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
-	if ok {
-		for _, k := range s.cfg.APIKeys {
-			if subtle.ConstantTimeCompare([]byte(token), []byte(k)) == 1 {
-				c.Next()
-				return
-			}
-		}
+	if ok && (matchKey(token, s.cfg.APIKeys) || matchKey(token, s.cfg.AdminKeys)) {
+		c.Next()
+		return
 	}
 	c.Header("WWW-Authenticate", `Bearer realm="tally"`)
 	writeProblem(c, specUnauthed, "send Authorization: Bearer <API key>")
+}
+
+// matchKey reports whether token equals one of keys, in constant time per key.
+func matchKey(token string, keys []string) bool {
+	found := false
+	for _, k := range keys {
+		if subtle.ConstantTimeCompare([]byte(token), []byte(k)) == 1 {
+			found = true
+		}
+	}
+	return found && token != ""
 }
 
 func (s *server) ready(c *gin.Context) {

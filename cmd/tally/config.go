@@ -69,10 +69,10 @@ func (r *redisFlags) connect(ctx context.Context, log *slog.Logger, allowEmbedde
 	case r.addr != "" && r.cluster != "":
 		return nil, nil, errors.New("give either --redis or --redis-cluster, not both")
 	case r.cluster != "":
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: splitList(r.cluster)})
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: splitList(r.cluster), ContextTimeoutEnabled: true})
 		return c, func() { c.Close() }, ping(ctx, c)
 	case r.addr != "":
-		c := redis.NewClient(&redis.Options{Addr: r.addr})
+		c := redis.NewClient(&redis.Options{Addr: r.addr, ContextTimeoutEnabled: true})
 		return c, func() { c.Close() }, ping(ctx, c)
 	case !allowEmbedded:
 		return nil, nil, errors.New("--redis or --redis-cluster is required")
@@ -83,7 +83,7 @@ func (r *redisFlags) connect(ctx context.Context, log *slog.Logger, allowEmbedde
 	}
 	log.Warn("NOT DURABLE: no --redis or --redis-cluster given; using an embedded in-memory Redis. Every account, event and outbox entry is lost when this process exits.",
 		"embedded_redis", m.Addr())
-	c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	c := redis.NewClient(&redis.Options{Addr: m.Addr(), ContextTimeoutEnabled: true})
 	return c, func() { c.Close(); m.Close() }, nil
 }
 

@@ -17,6 +17,10 @@ import (
 type serveFlags struct {
 	addr        string
 	redis       redisFlags
+	lock        lockFlags
+	relay       relayFlags
+	runRelay    bool
+	adminKeys   string
 	partitions  int
 	concurrency string
 	groupCommit bool
@@ -33,6 +37,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlagSet("serve", stderr)
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:8080", "HTTP listen address")
 	f.redis.register(fs)
+	f.lock.register(fs)
+	f.relay.register(fs)
+	fs.BoolVar(&f.runRelay, "relay", true, "run the outbox relay in this process")
+	fs.StringVar(&f.adminKeys, "admin-keys", "", "comma-separated admin API keys (dead-letter replay); admin keys also work as API keys")
 	fs.IntVar(&f.partitions, "partitions", 16, "number of partitions (recorded in Redis on first start; must match later)")
 	fs.StringVar(&f.concurrency, "concurrency", "optimistic", "concurrency mode: optimistic | lock")
 	fs.BoolVar(&f.groupCommit, "group-commit", true, "commit waiting requests of one account together in one script call")
@@ -49,8 +57,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	keys := splitList(f.apiKeys)
-	if !isLoopback(f.addr) && len(keys) == 0 {
+	keys, adminKeys := splitList(f.apiKeys), splitList(f.adminKeys)
+	if !isLoopback(f.addr) && len(keys)+len(adminKeys) == 0 {
 		return fmt.Errorf("refusing to listen on non-loopback address %s without --api-keys", f.addr)
 	}
 
@@ -60,6 +68,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer closeRedis()
 
+	reg, hooks, err := newMetrics()
+	if err != nil {
+		return err
+	}
 	lcfg := ledger.Config{
 		Partitions:         f.partitions,
 		Mode:               ledger.Mode(f.concurrency),
@@ -68,13 +80,36 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		IdempotencyTTL:     f.idemTTL,
 	}
 	if lcfg.Mode == ledger.ModeLock {
-		return errors.New("--concurrency lock is not available yet")
+		locker, closeLocker, err := f.lock.newLocker(rdb, log, hooks, f.lock.ttl)
+		if err != nil {
+			return err
+		}
+		defer closeLocker()
+		lcfg.Locker = locker
 	}
 	l, err := ledger.Open(ctx, rdb, lcfg)
 	if err != nil {
 		return err
 	}
-	api, err := handlers.New(l, handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, Logger: log})
+	if err := registerLedgerMetrics(reg, l); err != nil {
+		return err
+	}
+	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, AdminKeys: adminKeys, Logger: log, Metrics: metricsHandler(reg)}
+	var g group
+	if f.runRelay {
+		leaser, closeLeaser, err := f.lock.newLocker(rdb, log, hooks, f.relay.leaseTTL)
+		if err != nil {
+			return err
+		}
+		defer closeLeaser()
+		relay, err := f.relay.newRelay(rdb, leaser, l.Prefix(), l.Partitions(), log, reg)
+		if err != nil {
+			return err
+		}
+		hcfg.Relay = relayAdmin{relay}
+		g.add(relay.Run)
+	}
+	api, err := handlers.New(l, hcfg)
 	if err != nil {
 		return err
 	}
@@ -82,10 +117,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("tally serving", "addr", ln.Addr().String(), "concurrency", l.Mode(), "partitions", l.Partitions(), "group_commit", f.groupCommit)
+	log.Info("tally serving", "addr", ln.Addr().String(), "concurrency", l.Mode(), "partitions", l.Partitions(),
+		"group_commit", f.groupCommit, "relay", f.runRelay)
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 
-	var g group
 	g.add(func(ctx context.Context) error { return serveHTTP(ctx, log, ln, api, f.shutdown) })
 	return g.run(ctx)
 }

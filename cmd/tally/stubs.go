@@ -6,11 +6,6 @@ import (
 	"io"
 )
 
-func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("relay: not yet")
-}
-
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errors.New("bench: not yet")
 }
-

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/handlers"
+	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/lock"
+	"github.com/tally-ledger/tally/outbox"
+)
+
+// lockFlags choose the Redlock masters and lease timing.
+type lockFlags struct {
+	masters string
+	ttl     time.Duration
+	wait    time.Duration
+}
+
+func (f *lockFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.masters, "lock-redis", "", "comma-separated independent Redis masters for Redlock leases (default: the data Redis as the single master)")
+	fs.DurationVar(&f.ttl, "lock-ttl", lock.DefaultTTL, "lease validity; renewed while work runs")
+	fs.DurationVar(&f.wait, "lock-wait", lock.DefaultWaitTimeout, "longest wait for a lease before 503 lock_unavailable")
+}
+
+// newLocker returns a Locker over the --lock-redis masters, or over data when none are
+// given. The returned close function closes the clients it created.
+func (f *lockFlags) newLocker(data redis.UniversalClient, log *slog.Logger, hooks lock.Hooks, ttl time.Duration) (*lock.Locker, func(), error) {
+	var clients []redis.UniversalClient
+	closeAll := func() {
+		for _, c := range clients {
+			if c != data {
+				c.Close()
+			}
+		}
+	}
+	if addrs := splitList(f.masters); len(addrs) > 0 {
+		for _, a := range addrs {
+			clients = append(clients, redis.NewClient(lock.MasterOptions(a)))
+		}
+	} else {
+		clients = []redis.UniversalClient{data}
+	}
+	l, err := lock.New(clients, lock.Config{TTL: ttl, WaitTimeout: f.wait, Hooks: hooks, Logger: log})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return l, closeAll, nil
+}
+
+// relayFlags configure the outbox relay and its sinks.
+type relayFlags struct {
+	webhook       string
+	webhookSecret string
+	stream        string
+	projector     bool
+	group         string
+	maxAttempts   int
+	retention     time.Duration
+	leaseTTL      time.Duration
+}
+
+func (f *relayFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.webhook, "webhook", "", "deliver events to this URL (JSON, signed with Tally-Signature: sha256=<hex HMAC>)")
+	fs.StringVar(&f.webhookSecret, "webhook-secret", "", "HMAC-SHA256 secret for --webhook (required with it)")
+	fs.StringVar(&f.stream, "sink-stream", "", "also append every event (deduplicated) to this Redis stream key")
+	fs.BoolVar(&f.projector, "projector", true, "maintain the built-in read model (per-account summaries and totals)")
+	fs.StringVar(&f.group, "relay-group", outbox.DefaultGroup, "consumer group: relays with the same group share partitions")
+	fs.IntVar(&f.maxAttempts, "relay-max-attempts", outbox.DefaultMaxAttempts, "failed deliveries of one event before it moves to the dead-letter stream")
+	fs.DurationVar(&f.retention, "outbox-retention", outbox.DefaultRetention, "how long acknowledged outbox entries are kept")
+	fs.DurationVar(&f.leaseTTL, "relay-lease-ttl", 10*time.Second, "partition lease validity: how long a dead relay's partitions wait for a new owner")
+}
+
+// newRelay builds the relay with the sinks the flags ask for.
+func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, prefix string, partitions int, log *slog.Logger, reg prometheus.Registerer) (*outbox.Relay, error) {
+	var sinks []outbox.Sink
+	if f.projector {
+		p, err := outbox.NewProjector(rdb, outbox.ProjectorConfig{Prefix: prefix, Partitions: partitions})
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, p)
+	}
+	if f.stream != "" {
+		s, err := outbox.NewStreamSink(outbox.StreamSinkConfig{Client: rdb, Stream: f.stream})
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, s)
+	}
+	if f.webhook != "" || f.webhookSecret != "" {
+		w, err := outbox.NewWebhookSink(outbox.WebhookSinkConfig{URL: f.webhook, Secret: []byte(f.webhookSecret)})
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, w)
+	}
+	if len(sinks) == 0 {
+		return nil, errors.New("the relay has no sink: keep --projector or give --webhook / --sink-stream")
+	}
+	return outbox.NewRelay(rdb, leaser, outbox.Config{
+		Prefix: prefix, Partitions: partitions, Group: f.group, Sinks: sinks,
+		MaxAttempts: f.maxAttempts, Retention: f.retention, Logger: log, Registerer: reg,
+	})
+}
+
+// relayAdmin adapts the outbox relay to the handlers' Relay interface.
+type relayAdmin struct{ r *outbox.Relay }
+
+func (a relayAdmin) Status(ctx context.Context) ([]handlers.PartitionStatus, error) {
+	st, err := a.r.Status(ctx)
+	if err != nil {
+		return nil, storeError(ctx, err)
+	}
+	out := make([]handlers.PartitionStatus, len(st))
+	for i, s := range st {
+		out[i] = handlers.PartitionStatus(s)
+	}
+	return out, nil
+}
+
+func (a relayAdmin) ReplayDeadLetters(ctx context.Context) (int, error) {
+	n, err := a.r.ReplayDeadLetters(ctx)
+	if err != nil {
+		return n, storeError(ctx, err)
+	}
+	return n, nil
+}
+
+// storeError marks a Redis failure of a non-ledger component as ledger.ErrStoreUnavailable
+// so the API answers 503, not 500.
+func storeError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: %v", ledger.ErrStoreUnavailable, err)
+}
+
+// newMetrics returns a registry with Go and process collectors and the lock's metrics, and
+// the lock hooks that feed them.
+func newMetrics() (*prometheus.Registry, lock.Hooks, error) {
+	reg := prometheus.NewRegistry()
+	wait := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "tally_lock_wait_seconds", Help: "Time spent waiting for leases.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+	acquireFailed := prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_lock_acquire_failures_total", Help: "Lease acquisitions that gave up."})
+	renewed := prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_lock_renewals_total", Help: "Lease renewals."})
+	lost := prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_lock_lost_total", Help: "Leases lost while work ran."})
+	if err := register(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		wait, acquireFailed, renewed, lost); err != nil {
+		return nil, lock.Hooks{}, err
+	}
+	hooks := lock.Hooks{
+		Acquired:      func(_ string, d time.Duration) { wait.Observe(d.Seconds()) },
+		AcquireFailed: func(string, error) { acquireFailed.Inc() },
+		Renewed:       func(string) { renewed.Inc() },
+		Lost:          func(string) { lost.Inc() },
+	}
+	return reg, hooks, nil
+}
+
+// registerLedgerMetrics exports the ledger's write-path counters.
+func registerLedgerMetrics(reg prometheus.Registerer, l *ledger.Ledger) error {
+	stat := func(name, help string, get func(ledger.Stats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(get(l.Stats())) })
+	}
+	return register(reg,
+		stat("tally_ledger_commits_total", "Commit script calls that committed.", func(s ledger.Stats) int64 { return s.Commits }),
+		stat("tally_ledger_operations_total", "Requests committed.", func(s ledger.Stats) int64 { return s.Operations }),
+		stat("tally_ledger_version_conflicts_total", "Commits rejected by the version check.", func(s ledger.Stats) int64 { return s.Conflicts }),
+		stat("tally_ledger_retries_total", "Attempts repeated after a conflict or store error.", func(s ledger.Stats) int64 { return s.Retries }),
+		stat("tally_ledger_idempotent_replays_total", "Requests answered from an idempotency record.", func(s ledger.Stats) int64 { return s.Replays }),
+		stat("tally_ledger_lock_failures_total", "Attempts that could not take or keep the lease.", func(s ledger.Stats) int64 { return s.LockFailures }),
+	)
+}
+
+func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// metricsHandler serves reg in the Prometheus text format.
+func metricsHandler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

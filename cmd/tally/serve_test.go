@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+var listenLine = regexp.MustCompile(`listening on (http://\S+)`)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServe runs `serve` in-process and returns its base URL and a stop function that
+// cancels it and returns run's error.
+func startServe(t *testing.T, args ...string) (string, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), &stdout, &stderr) }()
+	var base string
+	require.Eventually(t, func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			return true
+		default:
+		}
+		if m := listenLine.FindStringSubmatch(stdout.String()); m != nil {
+			base = m[1]
+			return true
+		}
+		return false
+	}, 15*time.Second, 10*time.Millisecond)
+	require.NotEmpty(t, base, "serve did not start: %s", stderr.String())
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(15 * time.Second):
+			return fmt.Errorf("serve did not stop")
+		}
+	}
+	t.Cleanup(func() { _ = stop() })
+	return base, stop
+}
+
+func post(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestServeEmbedded(t *testing.T) {
+	base, stop := startServe(t)
+	code, body := post(t, base+"/v1/accounts", `{"id":"alice"}`)
+	require.Equal(t, 201, code, body)
+	code, body = post(t, base+"/v1/accounts/alice/deposits", `{"currency":"USD","amount":10}`)
+	require.Equal(t, 201, code, body)
+	resp, err := http.Get(base + "/v1/relay")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	resp, err = http.Get(base + "/metrics")
+	require.NoError(t, err)
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Contains(t, string(metrics), "tally_ledger_operations_total 2")
+	require.NoError(t, stop(), "graceful shutdown returns nil")
+}
+
+func TestServeRefusals(t *testing.T) {
+	ctx := context.Background()
+	err := run(ctx, []string{"serve", "--addr", "0.0.0.0:0"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "non-loopback")
+
+	err = run(ctx, []string{"serve", "--concurrency", "pessimistic"}, io.Discard, io.Discard)
+	require.Error(t, err)
+
+	srv := redistest.MustStart(t)
+	_, stop := startServe(t, "--redis", srv.Addr(), "--partitions", "8", "--relay=false")
+	require.NoError(t, stop())
+	t.Setenv("TALLY_PARTITIONS", "16")
+	err = run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--redis", srv.Addr()}, io.Discard, io.Discard)
+	require.ErrorIs(t, err, ledger.ErrPartitionMismatch, "TALLY_PARTITIONS is read and checked against Redis")
+
+	err = run(ctx, []string{"nope"}, io.Discard, io.Discard)
+	require.Error(t, err)
+}
+
+// buildTally compiles the tally binary once per test run.
+func buildTally(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tally")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+// proc is a tally child process.
+type proc struct {
+	cmd  *exec.Cmd
+	base string
+	logs *syncBuffer
+}
+
+// startProc starts `tally serve` as a child process and waits until it listens.
+func startProc(t *testing.T, bin string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	p := &proc{cmd: cmd, logs: &syncBuffer{}}
+	cmd.Stderr = p.logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
+				lines <- m[1]
+			}
+		}
+	}()
+	select {
+	case p.base = <-lines:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("tally serve did not start: %s", p.logs.String())
+	}
+	return p
+}
+
+// stop sends SIGTERM and requires a clean exit.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	errc := make(chan error, 1)
+	go func() { errc <- p.cmd.Wait() }()
+	select {
+	case err := <-errc:
+		require.NoError(t, err, "graceful exit; logs:\n%s", p.logs.String())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("tally did not stop on SIGTERM")
+	}
+}
+
+// metric scrapes one counter from /metrics.
+func (p *proc) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(p.base + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var v float64
+		if _, err := fmt.Sscanf(sc.Text(), name+" %g", &v); err == nil {
+			return v
+		}
+	}
+	return 0
+}
+
+// TestTwoServeProcesses: two `tally serve` processes on different ports share one Redis and
+// three lock masters; 64 HTTP clients hammer one hot account and a few others through both.
+// There are no 5xx, nothing is lost or applied twice, and the DESIGN §10 invariants hold.
+func TestTwoServeProcesses(t *testing.T) {
+	bin := buildTally(t)
+	for _, mode := range []string{"lock", "optimistic"} {
+		t.Run(mode, func(t *testing.T) {
+			data := redistest.MustStart(t)
+			masters := redistest.MustStartN(t, 3)
+			args := []string{"--redis", data.Addr(), "--concurrency", mode,
+				"--lock-redis", strings.Join(redistest.Addrs(masters), ","), "--lock-wait", "20s"}
+			procs := []*proc{startProc(t, bin, args...), startProc(t, bin, args...)}
+
+			accounts := []string{"hot", "a1", "a2", "a3"}
+			for _, a := range accounts {
+				code, body := post(t, procs[0].base+"/v1/accounts", fmt.Sprintf(`{"id":%q}`, a))
+				require.Equal(t, 201, code, body)
+			}
+			const clients, perClient = 64, 25
+			var mu sync.Mutex
+			acked := map[string]int64{}
+			statuses := map[int]int{}
+			var wg sync.WaitGroup
+			httpc := &http.Client{Timeout: 30 * time.Second}
+			for c := 0; c < clients; c++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p := procs[c%2]
+					for i := 0; i < perClient; i++ {
+						acct := "hot"
+						if i%4 == 3 {
+							acct = accounts[1+i%3]
+						}
+						kind, sign := "deposits", int64(1)
+						if i%3 == 2 {
+							kind, sign = "withdrawals", -1
+						}
+						amount := int64(1 + (c*7+i)%50)
+						resp, err := httpc.Post(fmt.Sprintf("%s/v1/accounts/%s/%s", p.base, acct, kind), "application/json",
+							strings.NewReader(fmt.Sprintf(`{"currency":"USD","amount":%d}`, amount)))
+						if !assert.NoError(t, err) {
+							return
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						mu.Lock()
+						statuses[resp.StatusCode]++
+						if resp.StatusCode == 201 {
+							acked[acct] += sign * amount
+						}
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			t.Logf("%s mode statuses: %v", mode, statuses)
+			for code, n := range statuses {
+				assert.True(t, code == 201 || code == 422, "unexpected status %d (%d times)", code, n)
+			}
+			assert.Equal(t, clients*perClient, statuses[201]+statuses[422])
+
+			for _, a := range accounts {
+				resp, err := http.Get(procs[1].base + "/v1/accounts/" + a)
+				require.NoError(t, err)
+				var acc ledger.Account
+				require.NoError(t, json.NewDecoder(resp.Body).Decode(&acc))
+				resp.Body.Close()
+				assert.Equal(t, acked[a], acc.Balances["USD"].Posted, "account %s: balance equals acknowledged sum", a)
+				assert.GreaterOrEqual(t, acc.Balances["USD"].Available, int64(0))
+			}
+			var conflicts, retries float64
+			for _, p := range procs {
+				conflicts += p.metric(t, "tally_ledger_version_conflicts_total")
+				retries += p.metric(t, "tally_ledger_retries_total")
+			}
+			t.Logf("%s mode: %v version conflicts, %v retries across both processes", mode, conflicts, retries)
+			for _, p := range procs {
+				p.stop(t)
+			}
+
+			// Replay equals snapshot for every account, nothing negative.
+			rdb := redis.NewClient(&redis.Options{Addr: data.Addr()})
+			defer rdb.Close()
+			l, err := ledger.Open(context.Background(), rdb, ledger.Config{})
+			require.NoError(t, err)
+			rep, err := l.Verify(context.Background())
+			require.NoError(t, err)
+			require.True(t, rep.OK(), "%v", rep.Problems)
+			require.Equal(t, len(accounts), rep.Accounts)
+		})
+	}
+}
+
+func TestMain(m *testing.M) {
+	// Children inherit the environment; make sure no TALLY_* setting leaks into them.
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "TALLY_") {
+			os.Unsetenv(strings.SplitN(kv, "=", 2)[0])
+		}
+	}
+	os.Exit(m.Run())
+}
