@@ -320,3 +320,29 @@ func (s relayStatus) Status(ctx context.Context) ([]handlers.PartitionStatus, er
 func (s relayStatus) ReplayDeadLetters(ctx context.Context) (int, error) {
 	return s.r.ReplayDeadLetters(ctx)
 }
+
+func TestLockUnavailableIs503(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.MustStart(t).Client()
+	masters := redistest.MustStartN(t, 3)
+	clients := make([]redis.UniversalClient, len(masters))
+	for i, m := range masters {
+		clients[i] = m.Client()
+	}
+	locker, err := lock.New(clients, lock.Config{WaitTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	l, err := ledger.Open(ctx, rdb, ledger.Config{Mode: ledger.ModeLock, Locker: locker})
+	require.NoError(t, err)
+	h, err := handlers.New(l, handlers.Config{})
+	require.NoError(t, err)
+	a := &api{t: t, h: h, rdb: rdb}
+	a.mustDo(201, "POST", "/v1/accounts", `{"id":"alice"}`)
+
+	masters[0].Kill()
+	masters[1].Kill()
+	before := a.digest()
+	rec := a.do("POST", "/v1/accounts/alice/deposits", `{"currency":"USD","amount":5}`)
+	requireProblem(t, rec, 503, "lock_unavailable")
+	assert.Equal(t, "1", rec.Header().Get("Retry-After"))
+	assert.Equal(t, before, a.digest(), "nothing written")
+}

@@ -129,8 +129,8 @@ func (c Withdraw) decide(d *decision) (any, error) {
 	if !d.acc.exists() {
 		return nil, ErrAccountNotFound
 	}
-	if !d.acc.AllowNegative && d.acc.Balances[c.Currency].Available < c.Amount {
-		return nil, ErrInsufficientFunds
+	if avail := d.acc.Balances[c.Currency].Available; !d.acc.AllowNegative && avail < c.Amount {
+		return nil, fmt.Errorf("%w: %d %s available, %d requested", ErrInsufficientFunds, avail, c.Currency, c.Amount)
 	}
 	return d.moneyEvent(EventWithdrawn, c.Currency, c.Amount)
 }
