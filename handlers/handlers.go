@@ -5,6 +5,7 @@ package handlers
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// openAPI is the OpenAPI 3.1 description of the API, served at /openapi.json.
+//
+//go:embed openapi.json
+var openAPI []byte
+
 // DefaultEventsLimit is the page size of GET /v1/accounts/{id}/events without ?limit.
 const DefaultEventsLimit = 100
 
@@ -90,6 +96,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	r.NoMethod(func(c *gin.Context) { writeProblem(c, specNotAllowed, "method not allowed on this route") })
 
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	r.GET("/openapi.json", func(c *gin.Context) { c.Data(http.StatusOK, "application/json", openAPI) })
 	r.GET("/readyz", s.ready)
 
 	v1 := r.Group("/v1", s.auth)

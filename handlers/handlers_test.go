@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -345,4 +347,26 @@ func TestLockUnavailableIs503(t *testing.T) {
 	requireProblem(t, rec, 503, "lock_unavailable")
 	assert.Equal(t, "1", rec.Header().Get("Retry-After"))
 	assert.Equal(t, before, a.digest(), "nothing written")
+}
+
+// TestOpenAPICoversEveryRoute fails when a route is added without describing it.
+func TestOpenAPICoversEveryRoute(t *testing.T) {
+	a := mustAPI(t, handlers.Config{Relay: relayStatus{}, Metrics: http.NotFoundHandler()})
+	rec := a.mustDo(200, "GET", "/openapi.json", ``)
+	var spec struct {
+		OpenAPI string                    `json:"openapi"`
+		Paths   map[string]map[string]any `json:"paths"`
+	}
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &spec))
+	assert.Equal(t, "3.1.0", spec.OpenAPI)
+	routes := a.h.(interface{ Routes() gin.RoutesInfo }).Routes()
+	require.NotEmpty(t, routes)
+	for _, r := range routes {
+		path := regexp.MustCompile(`:(\w+)`).ReplaceAllString(r.Path, "{$1}")
+		ops, ok := spec.Paths[path]
+		if assert.True(t, ok, "route %s %s is not in openapi.json", r.Method, r.Path) {
+			assert.Contains(t, ops, strings.ToLower(r.Method), "method %s of %s", r.Method, path)
+		}
+	}
+	assert.Len(t, spec.Paths, len(routes), "every documented path is served")
 }
