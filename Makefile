@@ -12,6 +12,11 @@ run:
 test: deps lint
 	$(GO) test -race -count=1 -timeout 12m ./...
 
+# Benchmarks start their own redis-server processes; results and the tally bench commands
+# are in docs/benchmarks.md.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./ledger ./outbox
+
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
