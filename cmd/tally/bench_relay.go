@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/outbox"
+)
+
+// lagSink is the relay scenario's consumer: it applies every message through a Dedup whose
+// effect increments a per-partition counter, and records the end-to-end lag (time of
+// application minus Event.Time) of every first application of an event written at or
+// after since.
+type lagSink struct {
+	d   *outbox.Dedup
+	eff *outbox.Effect
+
+	since atomic.Int64 // UnixNano; events before it do not count toward the lag
+	first atomic.Int64 // UnixNano of the first delivery
+	last  atomic.Int64 // UnixNano of the latest application
+
+	mu         sync.Mutex
+	applied    int64
+	duplicates int64
+	lag        []time.Duration
+}
+
+func newLagSink(d *outbox.Dedup) *lagSink {
+	return &lagSink{d: d, eff: outbox.NewEffect(`return redis.call('INCR', KEYS[1])`)}
+}
+
+// effectsKey is the counter of partition p the effect increments.
+func (s *lagSink) effectsKey(p int) string { return s.d.Key(p, "effects") }
+
+// Deliver applies msgs, one Dedup script call per partition, and returns its error.
+func (s *lagSink) Deliver(ctx context.Context, msgs []outbox.Message) error {
+	s.first.CompareAndSwap(0, time.Now().UnixNano())
+	for len(msgs) > 0 {
+		p, n := msgs[0].Partition, 1
+		for n < len(msgs) && msgs[n].Partition == p {
+			n++
+		}
+		batch := msgs[:n]
+		msgs = msgs[n:]
+		ops := make([]outbox.Op, len(batch))
+		for i, m := range batch {
+			ops[i] = outbox.Op{Msg: m, Keys: []string{s.effectsKey(p)}}
+		}
+		out, err := s.d.ApplyBatch(ctx, s.eff, ops)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		since := time.Unix(0, s.since.Load())
+		s.mu.Lock()
+		for i, o := range out {
+			if o != outbox.Applied {
+				s.duplicates++
+				continue
+			}
+			s.applied++
+			if t := batch[i].Event.Time; s.since.Load() != 0 && !t.Before(since) {
+				s.lag = append(s.lag, now.Sub(t))
+			}
+		}
+		s.mu.Unlock()
+		s.last.Store(now.UnixNano())
+	}
+	return nil
+}
+
+// effects returns the sum of the effect counters of partitions 0..partitions-1.
+func (s *lagSink) effects(ctx context.Context, rdb redis.UniversalClient, partitions int) (int64, error) {
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, partitions)
+	for p := range cmds {
+		cmds[p] = pipe.Get(ctx, s.effectsKey(p))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	var n int64
+	for _, c := range cmds {
+		v, err := c.Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return 0, err
+		}
+		n += v
+	}
+	return n, nil
+}
+
+// waitEffects polls until the effect counters reach want, ctx ends or timeout passes.
+func (b *bench) waitEffects(ctx context.Context, s *lagSink, want int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		got, err := s.effects(ctx, b.rdb, b.f.partitions)
+		switch {
+		case err != nil:
+			return err
+		case got == want:
+			return nil
+		case got > want:
+			return fmt.Errorf("%d effects for %d events: some event took effect twice", got, want)
+		case time.Now().After(deadline):
+			return fmt.Errorf("relay delivered %d of %d events within %v", got, want, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// pace sends rate tokens per second on jobs for d (catching up after a stall), then
+// closes jobs.
+func pace(ctx context.Context, rate int, d time.Duration, jobs chan<- struct{}) {
+	defer close(jobs)
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	start := time.Now()
+	var issued int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		el := min(time.Since(start), d)
+		for due := int64(float64(rate) * el.Seconds()); issued < due; issued++ {
+			select {
+			case jobs <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if el >= d {
+			return
+		}
+	}
+}
+
+// runRelay measures the outbox relay on ledger-written events: first its throughput on a
+// backlog (setup events plus --backlog operations written before it starts), then the
+// end-to-end lag while the ledger writes at a steady --rate for --duration. It checks
+// that every event took effect exactly once.
+func (b *bench) runRelay(ctx context.Context) error {
+	counts, err := parseCounts(b.f.accounts, "1000")
+	if err != nil {
+		return err
+	}
+	if len(counts) != 1 {
+		return errors.New("--accounts: the relay scenario takes one account count")
+	}
+	locker, masters, closeLocker, err := b.locker()
+	if err != nil {
+		return err
+	}
+	defer closeLocker()
+	prefix := b.nextPrefix()
+	defer b.cleanupPrefix(context.WithoutCancel(ctx), prefix)
+	l, err := ledger.Open(ctx, b.rdb, ledger.Config{Prefix: prefix, Partitions: b.f.partitions, MaxBatch: b.f.maxBatch})
+	if err != nil {
+		return err
+	}
+	ld := &load{l: l, accounts: b.accountIDs(counts[0]), withdrawEvery: b.f.withdrawEvery}
+	b.progress("relay: opening %d accounts (prefix %s)", len(ld.accounts), prefix)
+	if err := ld.setup(ctx, b.f.workers, b.f.seed); err != nil {
+		return err
+	}
+	b.progress("relay: writing a backlog of %d operations", b.f.backlog)
+	var issued atomic.Int64
+	backlog := ld.run(ctx, b.f.workers, func() bool { return ctx.Err() == nil && issued.Add(1) <= int64(b.f.backlog) })
+	if n := backlog.errors(); n > 0 {
+		return fmt.Errorf("backlog: %d writes failed: %s", n, backlog.errSummary())
+	}
+
+	d, err := outbox.NewDedup(b.rdb, outbox.DedupConfig{Prefix: prefix, Name: "bench"})
+	if err != nil {
+		return err
+	}
+	sink := newLagSink(d)
+	relay, err := outbox.NewRelay(b.rdb, locker, outbox.Config{
+		Prefix: prefix, Partitions: b.f.partitions, Group: "bench", Owner: "bench-" + b.runID,
+		Sinks: []outbox.Sink{sink}, PollInterval: b.f.pollInterval, Logger: b.log,
+	})
+	if err != nil {
+		return err
+	}
+	relayCtx, stopRelay := context.WithCancel(ctx)
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(relayCtx) }()
+	stop := sync.OnceValue(func() error { stopRelay(); return <-relayDone })
+	defer stop()
+
+	drained := l.Stats().Operations
+	b.progress("relay: delivering the backlog of %d events", drained)
+	if err := b.waitEffects(ctx, sink, drained, b.f.drainTimeout); err != nil {
+		return fmt.Errorf("backlog delivery: %w", err)
+	}
+	drainTime := time.Duration(sink.last.Load() - sink.first.Load())
+
+	b.progress("relay: writing %d operations/s for %v", b.f.rate, b.f.duration)
+	steadyStart := time.Now()
+	sink.since.Store(steadyStart.UnixNano())
+	jobs := make(chan struct{}, b.f.workers)
+	paced := make(chan struct{})
+	go func() { defer close(paced); pace(ctx, b.f.rate, b.f.duration, jobs) }()
+	steady := ld.run(ctx, b.f.workers, func() bool { _, ok := <-jobs; return ok })
+	<-paced
+	writeEnd := time.Now()
+	total := l.Stats().Operations
+	if err := b.waitEffects(ctx, sink, total, b.f.drainTimeout); err != nil {
+		return fmt.Errorf("steady delivery: %w", err)
+	}
+	tail := max(0, time.Unix(0, sink.last.Load()).Sub(writeEnd))
+	if err := stop(); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+
+	b.progress("relay: checking watermarks of %d accounts", len(ld.accounts))
+	exact, err := b.checkWatermarks(ctx, l, d, ld.accounts)
+	if err != nil {
+		return err
+	}
+	effects, err := sink.effects(ctx, b.rdb, b.f.partitions)
+	if err != nil {
+		return err
+	}
+
+	sink.mu.Lock()
+	lag, applied, dups := sink.lag, sink.applied, sink.duplicates
+	sink.mu.Unlock()
+	slices.Sort(lag)
+	slices.Sort(steady.lat)
+	writeSecs := writeEnd.Sub(steadyStart).Seconds()
+
+	fmt.Fprintf(b.stdout, "Relay: %d accounts, %d partitions, ledger optimistic with group commit, %d writers, 1 withdrawal in %d; "+
+		"relay leases over %d lock master(s), poll interval %v; sink: Dedup with an INCR effect; GOMAXPROCS %d, %s.\n\n",
+		len(ld.accounts), b.f.partitions, b.f.workers, b.f.withdrawEvery, masters, b.f.pollInterval, runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintln(b.stdout, "| measure | value |")
+	fmt.Fprintln(b.stdout, "|---|---|")
+	fmt.Fprintf(b.stdout, "| backlog delivered (events) | %d in %.3f s |\n", drained, drainTime.Seconds())
+	fmt.Fprintf(b.stdout, "| relay throughput (events/s) | %.0f |\n", float64(drained)/max(drainTime.Seconds(), 1e-9))
+	fmt.Fprintf(b.stdout, "| steady write rate, target / achieved (ops/s) | %d / %.0f |\n", b.f.rate, float64(steady.answered())/writeSecs)
+	fmt.Fprintf(b.stdout, "| write errors | %d |\n", steady.errors())
+	fmt.Fprintf(b.stdout, "| write latency p50 / p99 (ms) | %s / %s |\n", ms(percentile(steady.lat, 0.5)), ms(percentile(steady.lat, 0.99)))
+	fmt.Fprintf(b.stdout, "| events delivered in the steady phase | %d (%.0f events/s) |\n", total-drained, float64(total-drained)/writeSecs)
+	fmt.Fprintf(b.stdout, "| end-to-end lag p50 / p95 / p99 / max (ms) | %s / %s / %s / %s |\n",
+		ms(percentile(lag, 0.5)), ms(percentile(lag, 0.95)), ms(percentile(lag, 0.99)), ms(percentile(lag, 1)))
+	fmt.Fprintf(b.stdout, "| last event applied after writes stopped (ms) | %s |\n", ms(tail))
+	fmt.Fprintf(b.stdout, "| duplicates seen by dedup | %d |\n", dups)
+	verdict := "yes"
+	if !exact || effects != total || applied != total {
+		verdict = "NO"
+	}
+	fmt.Fprintf(b.stdout, "| exactly once in effect | %s: %d events committed, %d effects, %d applied; watermark = version on %d accounts: %v |\n",
+		verdict, total, effects, applied, len(ld.accounts), exact)
+	if steady.errors() > 0 {
+		fmt.Fprintf(b.stdout, "\nWrite errors by kind: %s\n", steady.errSummary())
+	}
+	if verdict != "yes" {
+		return errors.New("relay: events did not take effect exactly once")
+	}
+	return ctx.Err()
+}
+
+// checkWatermarks reports whether the consumer's watermark of every account equals the
+// account's version: every event, the last included, was applied.
+func (b *bench) checkWatermarks(ctx context.Context, l *ledger.Ledger, d *outbox.Dedup, accounts []string) (bool, error) {
+	for _, a := range accounts {
+		acc, err := l.Account(ctx, a)
+		if err != nil {
+			return false, err
+		}
+		wm, err := d.Watermark(ctx, l.Partition(a), a)
+		if err != nil {
+			return false, err
+		}
+		if wm != acc.Version {
+			b.progress("relay: account %s is at version %d, its watermark at %d", a, acc.Version, wm)
+			return false, nil
+		}
+	}
+	return true, nil
+}
