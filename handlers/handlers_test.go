@@ -274,6 +274,7 @@ func TestRelayEndpoints(t *testing.T) {
 	require.NoError(t, err)
 	locker, err := lock.New([]redis.UniversalClient{rdb}, lock.Config{})
 	require.NoError(t, err)
+	t.Cleanup(func() { locker.Close() })
 	failing := outbox.NewHandlerSink(func(ctx context.Context, m outbox.Message) error {
 		return outbox.Permanent(errors.New("sink rejects everything"))
 	})
@@ -333,6 +334,7 @@ func TestLockUnavailableIs503(t *testing.T) {
 	}
 	locker, err := lock.New(clients, lock.Config{WaitTimeout: 300 * time.Millisecond})
 	require.NoError(t, err)
+	t.Cleanup(func() { locker.Close() })
 	l, err := ledger.Open(ctx, rdb, ledger.Config{Mode: ledger.ModeLock, Locker: locker})
 	require.NoError(t, err)
 	h, err := handlers.New(l, handlers.Config{})

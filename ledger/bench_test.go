@@ -159,5 +159,6 @@ func benchLocker(b *testing.B, masters []*redistest.Server) *lock.Locker {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { l.Close() })
 	return l
 }

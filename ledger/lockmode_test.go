@@ -27,6 +27,7 @@ func mustLocker(t *testing.T, masters []*redistest.Server, cfg lock.Config) *loc
 	}
 	l, err := lock.New(clients, cfg)
 	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
 	return l
 }
 

@@ -30,7 +30,8 @@ func mustClients(tb testing.TB, servers []*redistest.Server) []redis.UniversalCl
 	return out
 }
 
-// mustLocker returns a Locker over fresh clients to servers, logging to tb.
+// mustLocker returns a Locker over fresh clients to servers, logging to tb. The Locker is
+// closed when the test ends, before its clients.
 func mustLocker(tb testing.TB, servers []*redistest.Server, cfg Config) *Locker {
 	tb.Helper()
 	if cfg.Logger == nil {
@@ -38,6 +39,7 @@ func mustLocker(tb testing.TB, servers []*redistest.Server, cfg Config) *Locker 
 	}
 	l, err := New(mustClients(tb, servers), cfg)
 	require.NoError(tb, err)
+	tb.Cleanup(func() { require.NoError(tb, l.Close()) })
 	return l
 }
 

@@ -55,8 +55,8 @@ func (s *Lease) isLost() bool {
 //
 // Extend returns an error wrapping ErrLeaseLost when the lease is gone: it was released,
 // its validity (less the safety margin) ran out, or a majority of the masters no longer
-// hold it for this holder (expired, restarted, or taken by another). A lost lease stays
-// lost. It returns an error wrapping ctx.Err() when ctx ended first; the lease is then not
+// hold it for this holder (expired, restarted, or taken by another), or the Locker was
+// closed. A lost lease stays lost. It returns an error wrapping ctx.Err() when ctx ended first; the lease is then not
 // known to be lost and Extend may be called again.
 func (s *Lease) Extend(ctx context.Context) error {
 	s.extendMu.Lock()
@@ -74,6 +74,9 @@ func (s *Lease) Extend(ctx context.Context) error {
 		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("lock: extend %q: %w", s.key, err)
+		}
+		if s.l.closed() {
+			return s.lose(errClosed)
 		}
 		start := cfg.Clock()
 		left := until.Sub(start) - cfg.SafetyMargin

@@ -12,6 +12,9 @@
 // clock jump, a master restarted without persistence) may still act after another process
 // acquired the key. Writers guarded by a lease must also check a version (compare-and-set)
 // in the store they write to. See docs/locking.md.
+//
+// A Locker sends its lease commands through one long-lived writer goroutine per master,
+// which pipelines the commands of concurrent callers; Close stops them.
 package lock
 
 import (
@@ -19,11 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/go-redsync/redsync/v4"
-	redsyncredis "github.com/go-redsync/redsync/v4/redis"
-	"github.com/go-redsync/redsync/v4/redis/goredis/v9"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -45,6 +47,9 @@ type Locker struct {
 	rs      *redsync.Redsync
 	masters int
 	queue   *localQueue
+
+	pools     []*pipelinePool // one batching writer per master
+	closeOnce sync.Once
 }
 
 // New returns a Locker over masters, independent Redis servers (not replicas of each
@@ -54,6 +59,10 @@ type Locker struct {
 // The clients should be built with ContextTimeoutEnabled (and short dial/read/write
 // timeouts) so that a frozen master cannot hold an attempt beyond its deadline; New logs a
 // warning for *redis.Client masters without it.
+//
+// New starts one goroutine per master that sends the lease commands of all concurrent
+// callers to that master as pipelines; Close stops them. The Locker does not close the
+// clients, which stay the caller's.
 //
 // New returns ErrNoMasters for an empty masters slice, an error for a nil client, and the
 // error of cfg.Validate for an invalid Config.
@@ -65,7 +74,6 @@ func New(masters []redis.UniversalClient, cfg Config) (*Locker, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	pools := make([]redsyncredis.Pool, len(masters))
 	for i, m := range masters {
 		if m == nil {
 			return nil, fmt.Errorf("lock: master %d is nil", i)
@@ -74,14 +82,38 @@ func New(masters []redis.UniversalClient, cfg Config) (*Locker, error) {
 			cfg.Logger.Warn("lock: master client without ContextTimeoutEnabled; a frozen master can stall lease operations up to its read timeout",
 				"master", i, "addr", c.Options().Addr)
 		}
-		pools[i] = goredis.NewPool(m)
+	}
+	pools := make([]*pipelinePool, len(masters))
+	for i, m := range masters {
+		pools[i] = newPipelinePool(m)
 	}
 	return &Locker{
 		cfg:     cfg,
-		rs:      redsync.New(pools...),
+		rs:      redsync.New(redsyncPools(pools)...),
 		masters: len(masters),
 		queue:   newLocalQueue(),
+		pools:   pools,
 	}, nil
+}
+
+// Close stops the Locker's per-master writer goroutines and returns nil. It waits for
+// commands already sent to finish, which takes at most the longest deadline among them
+// (about a second). It does not close the master clients.
+//
+// Call Close after the Locker's users have stopped. Afterwards Do, TryDo, Acquire and
+// TryAcquire return an error wrapping ErrNotAcquired, Extend returns an error wrapping
+// ErrLeaseLost, and Release fails; leases not released expire at their TTL. A Do running
+// during Close has its lease reported lost at its next renewal. Calling Close again is a
+// no-op. A Locker that is never closed keeps its idle writers (one goroutine per master)
+// for the life of the process.
+func (l *Locker) Close() error {
+	l.closeOnce.Do(func() { closePools(l.pools) })
+	return nil
+}
+
+// closed reports whether Close was called.
+func (l *Locker) closed() bool {
+	return len(l.pools) > 0 && l.pools[0].ctx.Err() != nil
 }
 
 // MasterOptions returns go-redis options suited to a lock master at addr: context
@@ -227,6 +259,9 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 		}
 		if waitCtx.Err() != nil {
 			return nil, l.waitFailed(ctx, key, lastErr)
+		}
+		if l.closed() {
+			return nil, fmt.Errorf("%w: %q: %w", ErrNotAcquired, key, errClosed)
 		}
 		got, attemptErr := l.attempt(ctx, key)
 		if attemptErr != nil {

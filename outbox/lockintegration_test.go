@@ -28,6 +28,7 @@ func TestRelayWithLockPackage(t *testing.T) {
 	for _, owner := range []string{"relay-a", "relay-b"} {
 		l, err := lock.New(masters, lock.Config{TTL: 2 * time.Second, WaitTimeout: 50 * time.Millisecond})
 		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() }) // after the relay stopped: cleanups run last-in first-out
 		r, err := NewRelay(rdb, l, testConfig(t, partitions, owner, c))
 		require.NoError(t, err)
 		startRelay(t, r)

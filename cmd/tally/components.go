@@ -34,7 +34,7 @@ func (f *lockFlags) register(fs *flag.FlagSet) {
 }
 
 // newLocker returns a Locker over the --lock-redis masters, or over data when none are
-// given. The returned close function closes the clients it created.
+// given. The returned close function closes the Locker, then the clients it created.
 func (f *lockFlags) newLocker(data redis.UniversalClient, log *slog.Logger, hooks lock.Hooks, ttl time.Duration) (*lock.Locker, func(), error) {
 	var clients []redis.UniversalClient
 	closeAll := func() {
@@ -56,7 +56,7 @@ func (f *lockFlags) newLocker(data redis.UniversalClient, log *slog.Logger, hook
 		closeAll()
 		return nil, nil, err
 	}
-	return l, closeAll, nil
+	return l, func() { _ = l.Close(); closeAll() }, nil
 }
 
 // relayFlags configure the outbox relay and its sinks.
