@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -46,6 +47,8 @@ type Config struct {
 	Relay Relay
 	// Metrics, when set, is served at GET /metrics (no authentication).
 	Metrics http.Handler
+	// Registerer, when set, receives per-route request counters and latency histograms.
+	Registerer prometheus.Registerer
 }
 
 // Validate returns an error for an unusable configuration.
@@ -91,6 +94,13 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
+	if cfg.Registerer != nil {
+		m, err := newHTTPMetrics(cfg.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		r.Use(m.observe)
+	}
 	r.Use(s.recover, s.limitBody)
 	r.NoRoute(func(c *gin.Context) { writeProblem(c, specNotFound, "no such route") })
 	r.NoMethod(func(c *gin.Context) { writeProblem(c, specNotAllowed, "method not allowed on this route") })

@@ -94,7 +94,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := registerLedgerMetrics(reg, l); err != nil {
 		return err
 	}
-	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, AdminKeys: adminKeys, Logger: log, Metrics: metricsHandler(reg)}
+	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, AdminKeys: adminKeys, Logger: log, Metrics: metricsHandler(reg), Registerer: reg}
 	var g group
 	if f.runRelay {
 		leaser, closeLeaser, err := f.lock.newLocker(rdb, log, hooks, f.relay.leaseTTL)

@@ -113,6 +113,7 @@ func TestServeEmbedded(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	assert.Contains(t, string(metrics), "tally_ledger_operations_total 2")
+	assert.Contains(t, string(metrics), `tally_http_requests_total{code="201",method="POST",route="/v1/accounts/:id/deposits"} 1`)
 	require.NoError(t, stop(), "graceful shutdown returns nil")
 }
 
