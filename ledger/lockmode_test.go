@@ -124,9 +124,9 @@ func TestLockNodeRestartWithoutPersistence(t *testing.T) {
 	rdb := redistest.MustStart(t).Client()
 	masters := redistest.MustStartN(t, 3)
 	// No renewal happens inside the test's window (ExtendEvery 4s), so A really believes it
-	// holds the lease when it commits. The wait outlasts the TTL, so A's retry succeeds even
-	// if a release could not reach every master and a stale key has to expire first.
-	cfg := lock.Config{TTL: 6 * time.Second, ExtendEvery: 4 * time.Second, WaitTimeout: 10 * time.Second}
+	// holds the lease when it commits. The wait is shorter than the TTL: A's retry must not
+	// find a stale key that a timed-out attempt or a fail-fast release left on a master.
+	cfg := lock.Config{TTL: 6 * time.Second, ExtendEvery: 4 * time.Second, WaitTimeout: 2 * time.Second}
 	a := MustOpen(t, rdb, ledger.Config{Prefix: "restart", Mode: ledger.ModeLock, Locker: mustLocker(t, masters, cfg), DisableGroupCommit: true})
 	b := MustOpen(t, rdb, ledger.Config{Prefix: "restart", Mode: ledger.ModeLock, Locker: mustLocker(t, masters, cfg), DisableGroupCommit: true})
 	MustOpenAccount(t, a, "acct", false)

@@ -149,9 +149,7 @@ func (s *Lease) Release(ctx context.Context) error {
 	gone := s.lost || !s.l.cfg.Clock().Before(s.until)
 	s.mu.Unlock()
 
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.l.releaseTimeout())
-	defer cancel()
-	ok, err := s.m.UnlockContext(rctx)
+	ok, err := s.l.unlock(ctx, s.m)
 	if ok {
 		return nil
 	}

@@ -19,6 +19,8 @@ package lock
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -281,9 +283,14 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 // or a majority of nodes, node errors, too little validity left) means "not this time".
 func (l *Locker) attempt(ctx context.Context, key string) (*Lease, error) {
 	name := l.cfg.Prefix + key
+	token, err := newToken()
+	if err != nil {
+		return nil, err
+	}
 	acq := l.rs.NewMutex(name,
 		redsync.WithExpiry(l.cfg.TTL),
 		redsync.WithTries(1),
+		redsync.WithGenValueFunc(func() (string, error) { return token, nil }),
 		redsync.WithTimeoutFactor(float64(l.cfg.AttemptTimeout)/float64(l.cfg.TTL)),
 		// No WithFailFast here: an attempt that gave up early would release while its
 		// straggling SET NX may still land afterwards on a healthy master, leaving a stale
@@ -291,13 +298,6 @@ func (l *Locker) attempt(ctx context.Context, key string) (*Lease, error) {
 		// orders each SET before the release of a failed attempt.
 	)
 	start := l.cfg.Clock()
-	// Detached from ctx: the attempt is bounded by AttemptTimeout, and redsync must be able
-	// to undo a partial acquisition even when the caller gave up meanwhile; otherwise
-	// half-set keys would block the key for a whole TTL.
-	if err := acq.LockContext(context.WithoutCancel(ctx)); err != nil {
-		return nil, err
-	}
-	token := acq.Value()
 	// Renewals and the release use their own mutex with the same value: for them,
 	// returning as soon as a majority answered is safe (a late PEXPIRE or DEL of our own
 	// value is harmless) and keeps a frozen minority master off the critical path.
@@ -306,6 +306,16 @@ func (l *Locker) attempt(ctx context.Context, key string) (*Lease, error) {
 		redsync.WithValue(token),
 		redsync.WithFailFast(true),
 	)
+	// Detached from ctx: the attempt is bounded by AttemptTimeout, and redsync must be able
+	// to undo a partial acquisition even when the caller gave up meanwhile; otherwise
+	// half-set keys would block the key for a whole TTL.
+	if err := acq.LockContext(context.WithoutCancel(ctx)); err != nil {
+		// redsync's own undo runs under AttemptTimeout too: when a slow master made the
+		// attempt time out, its SET NX may land after that undo was dropped. Undo again
+		// with the release timeout; the DEL queues behind the SET on that master.
+		l.unlock(ctx, held)
+		return nil, err
+	}
 	lease := &Lease{l: l, key: key, m: held, token: token, until: start.Add(l.cfg.TTL - driftAllowance(l.cfg.TTL))}
 	if left := lease.until.Sub(l.cfg.Clock()); left < l.cfg.SafetyMargin {
 		l.releaseQuietly(ctx, lease)
@@ -394,6 +404,26 @@ func (l *Locker) retryDelay() time.Duration {
 // releaseTimeout bounds a release, which runs detached from the caller's context.
 func (l *Locker) releaseTimeout() time.Duration {
 	return min(l.cfg.TTL, time.Second)
+}
+
+// unlock deletes m's value on every master, detached from ctx and bounded by the release
+// timeout. It returns when a majority answered (m fails fast); the commands to the other
+// masters are not cancelled then, so a slow master still drops the key. It reports whether
+// a majority dropped it.
+func (l *Locker) unlock(ctx context.Context, m *redsync.Mutex) (bool, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.releaseTimeout())
+	ok, err := m.UnlockContext(rctx)
+	time.AfterFunc(l.releaseTimeout(), cancel) // not before the stragglers had their chance
+	return ok, err
+}
+
+// newToken returns a random lease value (128 bits, base64).
+func newToken() (string, error) {
+	b := make([]byte, 16)
+	if _, err := crand.Read(b); err != nil {
+		return "", fmt.Errorf("lock: random token: %w", err)
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
 }
 
 // releaseQuietly releases lease, logging (not returning) a failure: the lease expires
