@@ -38,9 +38,6 @@ func (a *Amount) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON writes the integer.
-func (a Amount) MarshalJSON() ([]byte, error) { return strconv.AppendInt(nil, a.Value, 10), nil }
-
 // decode reads exactly one JSON object into v, rejecting unknown fields, trailing data and
 // oversized bodies. On failure it writes the problem and returns false.
 func (s *server) decode(c *gin.Context, v any) bool {

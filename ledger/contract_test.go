@@ -183,6 +183,10 @@ func runContract(t *testing.T, rdb redis.UniversalClient, cfg ledger.Config) {
 			after = next
 		}
 		require.Len(t, all, 10)
+		last, next, err := l.Events(ctx, "hank", 5, 5)
+		require.NoError(t, err)
+		assert.Len(t, last, 5)
+		assert.Zero(t, next, "a page that ends exactly at the last event has no next")
 		for i, e := range all {
 			assert.Equal(t, int64(i+1), e.Version)
 			assert.Equal(t, outbox.EventID("hank", int64(i+1)), e.ID)

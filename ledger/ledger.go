@@ -259,17 +259,19 @@ func (l *Ledger) Events(ctx context.Context, id string, after int64, limit int) 
 	if after < 0 {
 		return nil, 0, invalidf("after must be a non-negative version")
 	}
-	acc, err := l.Account(ctx, id)
+	if err := ValidateID("account", id); err != nil {
+		return nil, 0, err
+	}
+	exists, events, more, err := l.store.page(ctx, id, after, limit)
 	if err != nil {
 		return nil, 0, err
 	}
-	events, err := l.store.events(ctx, id, after, limit)
-	if err != nil {
-		return nil, 0, err
+	if !exists {
+		return nil, 0, ErrAccountNotFound
 	}
 	var next int64
-	if n := len(events); n == limit && events[n-1].Version < acc.Version {
-		next = events[n-1].Version
+	if more {
+		next = events[len(events)-1].Version
 	}
 	return events, next, nil
 }
@@ -280,7 +282,7 @@ func (l *Ledger) Replay(ctx context.Context, id string) (*Account, error) {
 	acc := &Account{ID: id, Balances: map[string]Balance{}}
 	var after int64
 	for {
-		events, err := l.store.events(ctx, id, after, MaxEventsPage)
+		_, events, more, err := l.store.page(ctx, id, after, MaxEventsPage)
 		if err != nil {
 			return nil, err
 		}
@@ -289,7 +291,7 @@ func (l *Ledger) Replay(ctx context.Context, id string) (*Account, error) {
 				return nil, err
 			}
 		}
-		if len(events) < MaxEventsPage {
+		if !more {
 			break
 		}
 		after = events[len(events)-1].Version

@@ -205,22 +205,29 @@ func (s *store) write(ctx context.Context, expected int64, final *Account, event
 	return out, nil
 }
 
-// events returns up to limit events of an account with versions greater than after.
-func (s *store) events(ctx context.Context, account string, after int64, limit int) ([]Event, error) {
+// page returns up to limit events of an account with versions greater than after, whether
+// more follow, and whether the account exists — one round trip, from one consistent moment.
+func (s *store) page(ctx context.Context, account string, after int64, limit int) (exists bool, events []Event, more bool, err error) {
 	p := s.keys.partition(account)
-	msgs, err := s.rdb.XRangeN(ctx, s.keys.events(p, account), strconv.FormatInt(after+1, 10)+"-0", "+", int64(limit)).Result()
-	if err != nil {
-		return nil, storeErr(ctx, err)
+	pipe := s.rdb.Pipeline()
+	opened := pipe.HExists(ctx, s.keys.snapshot(p, account), fieldVersion)
+	entries := pipe.XRangeN(ctx, s.keys.events(p, account), strconv.FormatInt(after+1, 10)+"-0", "+", int64(limit)+1)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return false, nil, false, storeErr(ctx, err)
 	}
-	out := make([]Event, 0, len(msgs))
+	msgs := entries.Val()
+	if len(msgs) > limit {
+		msgs, more = msgs[:limit], true
+	}
+	events = make([]Event, 0, len(msgs))
 	for _, m := range msgs {
 		e, err := outbox.DecodeEntry(m.Values)
 		if err != nil {
-			return nil, fmt.Errorf("ledger: stream of %s entry %s: %w", account, m.ID, err)
+			return false, nil, false, fmt.Errorf("ledger: stream of %s entry %s: %w", account, m.ID, err)
 		}
-		out = append(out, e)
+		events = append(events, e)
 	}
-	return out, nil
+	return opened.Val(), events, more, nil
 }
 
 // storeErr returns ctx's error when the context ended, else err wrapped with
