@@ -40,7 +40,11 @@ func BenchmarkRelayThroughput(b *testing.B) {
 		b.StartTimer()
 		start := time.Now()
 		go func() { done <- r.Run(runCtx) }()
+		deadline := time.Now().Add(2 * time.Minute)
 		for c.d.Stats().Applied < int64(w.total) {
+			if time.Now().After(deadline) {
+				b.Fatalf("only %d of %d events applied after 2 minutes", c.d.Stats().Applied, w.total)
+			}
 			time.Sleep(time.Millisecond)
 		}
 		total += time.Since(start)
