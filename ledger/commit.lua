@@ -9,13 +9,25 @@
 -- ARGV[6] record TTL in ms for internal operation tokens
 -- then n x (version, type, event JSON), then m x (field, value),
 -- then per record: (kind "idem"|"op", fingerprint, response body)
--- Returns {"OK"}, {"CONFLICT", current version} or {"IDEM", index of the record that exists}.
+-- Returns {"OK"}, {"CONFLICT", current version}, {"IDEM", index of the record that exists}
+-- or {"DUPLICATE", index of a record named twice}.
+--
+-- Every check comes before the first write: a script that fails half way keeps what it wrote.
 
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if cur ~= tonumber(ARGV[1]) then
   return {'CONFLICT', tostring(cur)}
 end
+-- Second line of defence against a double apply: the ledger collapses requests that share a
+-- record before it commits, so a call that names one record twice is a bug. Refuse it
+-- whole; otherwise both copies would pass the EXISTS check and the second would overwrite
+-- the record the first just wrote.
+local seen = {}
 for i = 4, #KEYS do
+  if seen[KEYS[i]] then
+    return {'DUPLICATE', tostring(i - 3)}
+  end
+  seen[KEYS[i]] = true
   if redis.call('EXISTS', KEYS[i]) == 1 then
     return {'IDEM', tostring(i - 3)}
   end

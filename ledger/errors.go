@@ -32,7 +32,26 @@ var (
 	ErrStoreUnavailable = errors.New("store unavailable")
 	// ErrPartitionMismatch is returned by Open when Redis records another partition count.
 	ErrPartitionMismatch = errors.New("partition count mismatch")
+	// ErrOverloaded is returned when an account already has Config.MaxQueue requests waiting
+	// in this process. Nothing was written; retry later.
+	ErrOverloaded = errors.New("overloaded")
+	// ErrInternal marks a bug rather than an outage: a script error, a reply the ledger does
+	// not understand, a corrupt snapshot, a panic. It is never retried. Whether a write
+	// happened is unknown; a retry with the same idempotency key finds out.
+	ErrInternal = errors.New("internal error")
 )
+
+// PanicError is returned to every request of a batch whose decision or commit panicked.
+// It wraps ErrInternal and carries the panic value and the stack for the log.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("ledger: panic: %v", e.Value) }
+
+// Unwrap returns ErrInternal.
+func (e *PanicError) Unwrap() error { return ErrInternal }
 
 // invalidf returns an error wrapping ErrInvalid with a formatted detail.
 func invalidf(format string, args ...any) error {

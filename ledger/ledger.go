@@ -53,6 +53,10 @@ type Config struct {
 	// MaxBatch bounds how many waiting commands of one account are committed together.
 	// Default 64.
 	MaxBatch int
+	// MaxQueue bounds the requests of one account this process holds at once (waiting for
+	// their group commit, or being committed). Beyond it a write fails at once with
+	// ErrOverloaded and nothing is written. Default 10,000.
+	MaxQueue int
 	// BatchTimeout bounds one group commit, which runs on behalf of several requests and so
 	// does not follow any single request's context. Default 10s.
 	BatchTimeout time.Duration
@@ -83,6 +87,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 64
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = 10_000
 	}
 	if c.BatchTimeout == 0 {
 		c.BatchTimeout = 10 * time.Second
@@ -120,6 +127,8 @@ func (c Config) Validate() error {
 		return errors.New("ledger: lock mode needs a Locker")
 	case c.MaxBatch < 1 || c.MaxBatch > 1024:
 		return fmt.Errorf("ledger: max batch must be 1..1024, got %d", c.MaxBatch)
+	case c.MaxQueue < 1:
+		return fmt.Errorf("ledger: max queue must be positive, got %d", c.MaxQueue)
 	case c.MaxRetries < 1:
 		return errors.New("ledger: max retries must be positive")
 	case c.RetryBackoff < 0 || c.RetryBackoffMax < c.RetryBackoff:
@@ -133,10 +142,11 @@ func (c Config) Validate() error {
 // Ledger executes commands against accounts stored in Redis. It is safe for concurrent use;
 // several Ledgers (in one or many processes) may share the same Redis.
 type Ledger struct {
-	cfg   Config
-	store *store
-	queue groupQueue
-	stats counters
+	cfg       Config
+	store     *store
+	queue     groupQueue
+	admission admission
+	stats     counters
 
 	beforeCommit func() // test hook: runs between read and commit
 }
@@ -162,9 +172,10 @@ func Open(ctx context.Context, rdb redis.UniversalClient, cfg Config) (*Ledger, 
 			ErrPartitionMismatch, recorded, ks.meta(), cfg.Partitions, recorded)
 	}
 	return &Ledger{
-		cfg:   cfg,
-		store: &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
-		queue: groupQueue{accounts: map[string]*accountQueue{}},
+		cfg:       cfg,
+		store:     &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
+		queue:     groupQueue{accounts: map[string]*accountQueue{}},
+		admission: admission{inflight: map[string]int{}},
 	}, nil
 }
 
@@ -310,10 +321,11 @@ type Stats struct {
 	Retries      int64 // attempts repeated after a conflict or store error
 	Replays      int64 // requests answered from an idempotency record
 	LockFailures int64 // attempts that could not take or keep the lease
+	Overloaded   int64 // requests refused because their account's queue was full
 }
 
 type counters struct {
-	commits, operations, conflicts, retries, replays, lockFailures atomic.Int64
+	commits, operations, conflicts, retries, replays, lockFailures, overloaded atomic.Int64
 }
 
 // Stats returns a copy of the counters.
@@ -322,6 +334,7 @@ func (l *Ledger) Stats() Stats {
 		Commits: l.stats.commits.Load(), Operations: l.stats.operations.Load(),
 		Conflicts: l.stats.conflicts.Load(), Retries: l.stats.retries.Load(),
 		Replays: l.stats.replays.Load(), LockFailures: l.stats.lockFailures.Load(),
+		Overloaded: l.stats.overloaded.Load(),
 	}
 }
 
@@ -341,4 +354,10 @@ type groupQueue struct {
 
 type accountQueue struct {
 	waiting []*request
+}
+
+// admission counts, per account, the requests this process holds (Config.MaxQueue).
+type admission struct {
+	mu       sync.Mutex
+	inflight map[string]int
 }

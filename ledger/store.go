@@ -6,8 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/redis/go-redis/v9"
 
@@ -85,12 +89,12 @@ func parseSnapshot(id string, h map[string]string) (*Account, error) {
 	}
 	var err error
 	if acc.Version, err = strconv.ParseInt(h[fieldVersion], 10, 64); err != nil {
-		return nil, fmt.Errorf("ledger: corrupt snapshot of %s: version: %w", id, err)
+		return nil, fmt.Errorf("%w: corrupt snapshot of %s: version: %w", ErrInternal, id, err)
 	}
 	acc.AllowNegative = h[fieldAllowNegative] == "1"
 	if md := h[fieldMetadata]; md != "" {
 		if err := json.Unmarshal([]byte(md), &acc.Metadata); err != nil {
-			return nil, fmt.Errorf("ledger: corrupt snapshot of %s: metadata: %w", id, err)
+			return nil, fmt.Errorf("%w: corrupt snapshot of %s: metadata: %w", ErrInternal, id, err)
 		}
 	}
 	for f, v := range h {
@@ -106,7 +110,7 @@ func parseSnapshot(id string, h map[string]string) (*Account, error) {
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("ledger: corrupt snapshot of %s: %s: %w", id, f, err)
+			return nil, fmt.Errorf("%w: corrupt snapshot of %s: %s: %w", ErrInternal, id, f, err)
 		}
 		b := acc.Balances[cur]
 		if held {
@@ -199,8 +203,10 @@ func (s *store) write(ctx context.Context, expected int64, final *Account, event
 	case len(res) == 2 && res[0] == "IDEM":
 		i, _ := strconv.Atoi(res[1])
 		out.existing = i - 1
+	case len(res) == 2 && res[0] == "DUPLICATE":
+		return commitOutcome{}, fmt.Errorf("%w: commit refused: record %s named twice in one call", ErrInternal, res[1])
 	default:
-		return commitOutcome{}, fmt.Errorf("ledger: unexpected commit reply %q", res)
+		return commitOutcome{}, fmt.Errorf("%w: unexpected commit reply %q", ErrInternal, res)
 	}
 	return out, nil
 }
@@ -230,14 +236,49 @@ func (s *store) page(ctx context.Context, account string, after int64, limit int
 	return opened.Val(), events, more, nil
 }
 
-// storeErr returns ctx's error when the context ended, else err wrapped with
-// ErrStoreUnavailable (a Redis that could not be reached or answered with an error).
+// storeErr classifies an error of a Redis call. It returns ctx's error when the context
+// ended; err wrapped with ErrStoreUnavailable when Redis could not be reached or answered
+// with a transient reply (see Transient); and err wrapped with ErrInternal otherwise — a
+// script error or an unexpected reply is a bug, not an outage, and is not retried.
 func storeErr(ctx context.Context, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if isCtxErr(err) {
 		return err
 	}
-	return fmt.Errorf("%w: %v", ErrStoreUnavailable, err)
+	if Transient(err) {
+		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+	return fmt.Errorf("%w: redis: %w", ErrInternal, err)
+}
+
+// transientReplies are the prefixes of Redis error replies that say "not now" rather than
+// "never": a node loading its data set, a cluster resharding or failing over, a replica
+// asked to write, a master without its replicas, too many clients, a busy script.
+var transientReplies = []string{"LOADING", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "MASTERDOWN", "MAXCLIENTS", "BUSY", "NOREPLICAS"}
+
+// Transient reports whether err is a failure worth retrying: a connection error, a timeout,
+// a closed or exhausted client pool, or one of Redis's transient replies (LOADING,
+// TRYAGAIN, CLUSTERDOWN, MOVED/ASK, READONLY, ...). Script errors and other replies are not.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		for _, p := range transientReplies {
+			if redis.HasErrorPrefix(rerr, p) {
+				return true
+			}
+		}
+		return false
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) ||
+		errors.Is(err, os.ErrDeadlineExceeded)
 }

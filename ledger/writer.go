@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"runtime/debug"
 	"time"
 )
 
@@ -24,7 +25,14 @@ type request struct {
 	err     error
 }
 
+// finish sets the request's outcome and wakes its caller. Only the goroutine that leads the
+// request's batch calls it; a request already finished keeps its first outcome.
 func (r *request) finish(rc Receipt, err error) {
+	select {
+	case <-r.done:
+		return
+	default:
+	}
 	r.receipt, r.err = rc, err
 	close(r.done)
 }
@@ -45,11 +53,39 @@ func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Re
 	} else {
 		req.ref = recordRef{key: l.store.keys.op(p, account, newToken()), kind: "op"}
 	}
+	if !l.admit(account) {
+		return Receipt{}, ErrOverloaded
+	}
+	defer l.leave(account)
 	if l.cfg.DisableGroupCommit {
 		l.execute(ctx, account, []*request{req})
 		return req.receipt, req.err
 	}
 	return l.enqueue(ctx, account, req)
+}
+
+// admit counts a request in for its account, or reports false when MaxQueue requests of
+// the account are already in this process (waiting or being committed).
+func (l *Ledger) admit(account string) bool {
+	a := &l.admission
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inflight[account] >= l.cfg.MaxQueue {
+		l.stats.overloaded.Add(1)
+		return false
+	}
+	a.inflight[account]++
+	return true
+}
+
+// leave counts a request of account out.
+func (l *Ledger) leave(account string) {
+	a := &l.admission
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inflight[account]--; a.inflight[account] <= 0 {
+		delete(a.inflight, account)
+	}
 }
 
 // enqueue adds req to its account's queue. The first request of an idle account becomes the
@@ -96,9 +132,22 @@ func (l *Ledger) enqueue(ctx context.Context, account string, req *request) (Rec
 	return req.receipt, req.err
 }
 
-// lead commits first and the requests waiting behind it, then passes leadership on.
+// lead commits first and the requests waiting behind it, then passes leadership on. The
+// hand-off is deferred, so that nothing — not even a panic that escaped execute — leaves the
+// account's queue without a leader while requests wait in it.
 func (l *Ledger) lead(account string, aq *accountQueue, first *request) {
 	q := &l.queue
+	defer func() {
+		q.mu.Lock()
+		if len(aq.waiting) > 0 {
+			next := aq.waiting[0]
+			aq.waiting = aq.waiting[1:]
+			next.lead <- struct{}{}
+		} else {
+			delete(q.accounts, account)
+		}
+		q.mu.Unlock()
+	}()
 	batch := []*request{first}
 	q.mu.Lock()
 	for len(batch) < l.cfg.MaxBatch && len(aq.waiting) > 0 {
@@ -115,23 +164,24 @@ func (l *Ledger) lead(account string, aq *accountQueue, first *request) {
 	// The batch runs for several callers, so it is bounded by its own timeout rather than
 	// by the leader's context.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(first.ctx), l.cfg.BatchTimeout)
+	defer cancel()
 	l.execute(ctx, account, batch)
-	cancel()
-
-	q.mu.Lock()
-	if len(aq.waiting) > 0 {
-		next := aq.waiting[0]
-		aq.waiting = aq.waiting[1:]
-		next.lead <- struct{}{}
-	} else {
-		delete(q.accounts, account)
-	}
-	q.mu.Unlock()
 }
 
 // execute runs read → decide → commit for a batch of requests of one account, retrying on
 // version conflicts and store errors, and finishes every request of the batch.
+//
+// A panic while deciding or committing fails the whole batch with a *PanicError (every
+// request the batch had not finished yet), so no caller waits forever.
 func (l *Ledger) execute(ctx context.Context, account string, batch []*request) {
+	defer func() {
+		if v := recover(); v != nil {
+			err := &PanicError{Value: v, Stack: debug.Stack()}
+			for _, r := range batch {
+				r.finish(Receipt{}, err)
+			}
+		}
+	}()
 	pending := batch
 	var lastErr error
 	for attempt := 0; attempt <= l.cfg.MaxRetries; attempt++ {
@@ -155,8 +205,8 @@ func (l *Ledger) execute(ctx context.Context, account string, batch []*request) 
 			return
 		}
 		lastErr = err
-		if isCtxErr(err) || errors.Is(err, ErrLockUnavailable) {
-			break
+		if isCtxErr(err) || errors.Is(err, ErrLockUnavailable) || errors.Is(err, ErrInternal) {
+			break // only conflicts and outages are worth another attempt
 		}
 	}
 	if errors.Is(lastErr, errRetry) {
@@ -235,7 +285,25 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	var bodies [][]byte
 	var rejected []*request
 	var rejections []error
+	// Requests that share a record collapse: the first accepted one claims the record; a
+	// later one with the same fingerprint follows it (same response, replayed, applied
+	// once), one with another fingerprint is a reuse of the key. A rejected request writes
+	// no record and claims nothing, as it would alone.
+	claimed := map[string]int{} // record key → index into accepted
+	type follower struct {
+		r  *request
+		of int
+	}
+	var followers []follower
 	for _, r := range live {
+		if i, ok := claimed[r.ref.key]; ok {
+			if accepted[i].fp == r.fp {
+				followers = append(followers, follower{r, i})
+			} else {
+				rejected, rejections = append(rejected, r), append(rejections, ErrIdempotencyKeyReused)
+			}
+			continue
+		}
 		next, evs, body, err := decide(r.cmd, state, now)
 		if err != nil {
 			rejected, rejections = append(rejected, r), append(rejections, err)
@@ -248,6 +316,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 		state, events = next, append(events, evs...)
 		writes = append(writes, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
+		claimed[r.ref.key] = len(accepted)
 		accepted, bodies = append(accepted, r), append(bodies, raw)
 	}
 	if len(accepted) == 0 {
@@ -276,6 +345,10 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	l.stats.operations.Add(int64(len(accepted)))
 	for i, r := range accepted {
 		r.finish(Receipt{Body: bodies[i]}, nil)
+	}
+	for _, f := range followers {
+		l.stats.replays.Add(1)
+		f.r.finish(Receipt{Body: bodies[f.of], Replayed: true}, nil)
 	}
 	for i, r := range rejected {
 		r.finish(Receipt{}, rejections[i])
