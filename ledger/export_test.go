@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -36,4 +37,27 @@ func (l *Ledger) Waiting(account string) int {
 		return len(aq.waiting)
 	}
 	return 0
+}
+
+// BreakCommitScript replaces the commit script with one that fails with a script error, as a
+// typo in commit.lua would.
+func (l *Ledger) BreakCommitScript() {
+	l.store.commit = redis.NewScript(`return redis.call('NO.SUCH.COMMAND')`)
+}
+
+// CommitRecordsTwice commits one deposit event on account at version expected, naming the
+// record key twice — what the write path must never send. It returns the script's verdict.
+func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, expected int64, key string) error {
+	acc, err := l.store.account(ctx, account)
+	if err != nil {
+		return err
+	}
+	next, events, _, err := decide(Deposit{Account: account, Currency: "USD", Amount: 1}, acc, l.cfg.Clock())
+	if err != nil {
+		return err
+	}
+	ref := recordRef{key: l.store.keys.idem(l.store.keys.partition(account), account, key), kind: "idem"}
+	recs := []recordWrite{{ref: ref, fingerprint: "a", body: []byte("{}")}, {ref: ref, fingerprint: "a", body: []byte("{}")}}
+	_, err = l.store.write(ctx, expected, next, events, recs, [2]int64{60_000, 60_000})
+	return err
 }
