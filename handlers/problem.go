@@ -40,6 +40,7 @@ var errorTable = []struct {
 	{ledger.ErrOverflow, problemSpec{http.StatusUnprocessableEntity, "amount_overflow", "Amount overflow"}},
 	{ledger.ErrLockUnavailable, problemSpec{http.StatusServiceUnavailable, "lock_unavailable", "Lock unavailable"}},
 	{ledger.ErrStoreUnavailable, problemSpec{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable"}},
+	{ledger.ErrOverloaded, problemSpec{http.StatusServiceUnavailable, "overloaded", "Overloaded"}},
 	{context.DeadlineExceeded, problemSpec{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable"}},
 }
 
@@ -84,10 +85,17 @@ func (s *server) writeError(c *gin.Context, err error) {
 			return
 		}
 	}
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.Canceled) && !errors.Is(err, ledger.ErrInternal) {
 		c.Abort() // the client went away; nobody reads a response
 		return
 	}
-	s.log.Error("unexpected error", "method", c.Request.Method, "path", c.FullPath(), "err", err)
-	writeProblem(c, specInternal, "")
+	// A bug (ledger.ErrInternal, a panic, anything unmapped): logged here with what it
+	// carries, answered without internals.
+	attrs := []any{"method", c.Request.Method, "path", c.FullPath(), "err", err}
+	var pe *ledger.PanicError
+	if errors.As(err, &pe) {
+		attrs = append(attrs, "stack", string(pe.Stack))
+	}
+	s.log.Error("internal error", attrs...)
+	writeProblem(c, specInternal, "an internal error occurred; it has been logged")
 }
