@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -132,8 +133,8 @@ func (s *server) recover(c *gin.Context) {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			s.log.Error("panic in handler", "method", c.Request.Method, "path", c.Request.URL.Path, "panic", fmt.Sprint(v))
-			writeProblem(c, specInternal, "")
+			s.log.Error("panic in handler", "method", c.Request.Method, "path", c.Request.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			writeProblem(c, specInternal, "an internal error occurred; it has been logged")
 		}
 	}()
 	c.Next()
