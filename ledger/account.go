@@ -3,19 +3,37 @@ package ledger
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sort"
+	"time"
 
 	"github.com/tally-ledger/tally/outbox"
 )
 
 // Event types of an account's stream (DESIGN §8).
 const (
-	EventAccountOpened = "AccountOpened"
-	EventDeposited     = "Deposited"
-	EventWithdrawn     = "Withdrawn"
+	EventAccountOpened    = "AccountOpened"
+	EventDeposited        = "Deposited"
+	EventWithdrawn        = "Withdrawn"
+	EventTransferDebited  = "TransferDebited"
+	EventTransferCredited = "TransferCredited"
+	EventTransferRefunded = "TransferRefunded"
+	EventHoldPlaced       = "HoldPlaced"
+	EventHoldCaptured     = "HoldCaptured"
+	EventHoldVoided       = "HoldVoided"
+	EventHoldExpired      = "HoldExpired"
+	EventAccountClosed    = "AccountClosed"
 )
 
-// Balance is an account's money in one currency, in integer minor units.
+// Account statuses.
+const (
+	StatusOpen   = "open"
+	StatusClosed = "closed"
+)
+
+// Balance is an account's money in one currency, in integer minor units. Held counts the
+// pending holds that have not expired at the moment the balance was read; Available is
+// Posted − Held.
 type Balance struct {
 	Posted    int64 `json:"posted"`
 	Held      int64 `json:"held"`
@@ -26,28 +44,70 @@ type Balance struct {
 type Account struct {
 	ID            string             `json:"id"`
 	Version       int64              `json:"version"`
+	Status        string             `json:"status"`
 	AllowNegative bool               `json:"allow_negative"`
 	Metadata      map[string]string  `json:"metadata,omitempty"`
 	Balances      map[string]Balance `json:"balances"`
+
+	// holds are the pending holds (placed, not yet captured, voided or swept), by ID. An
+	// expired hold stays here until the sweeper appends HoldExpired, but never counts as
+	// held and can never be captured.
+	holds map[string]pendingHold
+}
+
+// pendingHold is a hold as the account snapshot keeps it.
+type pendingHold struct {
+	Currency  string
+	Amount    int64
+	ExpiresAt time.Time // millisecond precision
 }
 
 // exists reports whether the account has been opened.
 func (a *Account) exists() bool { return a.Version > 0 }
 
+// closed reports whether the account has been closed.
+func (a *Account) closed() bool { return a.Status == StatusClosed }
+
 // clone returns a deep copy, so a decision can be abandoned without touching the original.
 func (a *Account) clone() *Account {
 	c := *a
-	c.Balances = make(map[string]Balance, len(a.Balances))
-	for k, v := range a.Balances {
-		c.Balances[k] = v
+	c.Balances = maps.Clone(a.Balances)
+	if c.Balances == nil {
+		c.Balances = map[string]Balance{}
 	}
-	if a.Metadata != nil {
-		c.Metadata = make(map[string]string, len(a.Metadata))
-		for k, v := range a.Metadata {
-			c.Metadata[k] = v
+	c.Metadata = maps.Clone(a.Metadata)
+	c.holds = maps.Clone(a.holds)
+	return &c
+}
+
+// settle recomputes Held and Available of every currency for the moment now: a pending
+// hold whose expiry has passed no longer counts.
+func (a *Account) settle(now time.Time) {
+	held := map[string]int64{}
+	for _, h := range a.holds {
+		if now.Before(h.ExpiresAt) {
+			held[h.Currency] += h.Amount
 		}
 	}
-	return &c
+	for c := range held {
+		if _, ok := a.Balances[c]; !ok {
+			a.Balances[c] = Balance{}
+		}
+	}
+	for c, b := range a.Balances {
+		b.Held = held[c]
+		b.Available = b.Posted - b.Held
+		a.Balances[c] = b
+	}
+}
+
+// liveHold returns the pending hold id if it has not expired at now.
+func (a *Account) liveHold(id string, now time.Time) (pendingHold, bool) {
+	h, ok := a.holds[id]
+	if !ok || !now.Before(h.ExpiresAt) {
+		return pendingHold{}, false
+	}
+	return h, true
 }
 
 // Event is one entry of an account's event stream; it travels unchanged through the outbox.
@@ -66,39 +126,115 @@ type MoneyData struct {
 	Amount      int64  `json:"amount"`
 }
 
+// TransferData is the data of TransferDebited (on the source), TransferCredited (on the
+// destination) and TransferRefunded (on the source) events.
+type TransferData struct {
+	TransferID string `json:"transfer_id"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+	Currency   string `json:"currency"`
+	Amount     int64  `json:"amount"`
+	Reason     string `json:"reason,omitempty"` // TransferRefunded: why the credit was refused
+}
+
+// HoldData is the data of HoldPlaced, HoldCaptured, HoldVoided and HoldExpired events.
+// Amount is the held amount; Captured what a capture took (the rest was released); To and
+// TransferID are set when the capture moved the money to another account.
+type HoldData struct {
+	HoldID     string    `json:"hold_id"`
+	Currency   string    `json:"currency"`
+	Amount     int64     `json:"amount"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	Captured   int64     `json:"captured,omitempty"`
+	To         string    `json:"to,omitempty"`
+	TransferID string    `json:"transfer_id,omitempty"`
+}
+
 // apply returns the error of applying e to a (in place). It is the single definition of how
-// events change state, used by decisions and by replay alike.
+// events change state, used by decisions and by replay alike. Held and Available are left
+// for settle.
 func (a *Account) apply(e Event) error {
 	if e.Version != a.Version+1 {
 		return fmt.Errorf("ledger: event %s has version %d, account is at %d", e.ID, e.Version, a.Version)
 	}
-	switch e.Type {
-	case EventAccountOpened:
-		var d OpenedData
-		if err := json.Unmarshal(e.Data, &d); err != nil {
+	if a.Balances == nil {
+		a.Balances = map[string]Balance{}
+	}
+	decode := func(v any) error {
+		if err := json.Unmarshal(e.Data, v); err != nil {
 			return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
 		}
-		a.AllowNegative, a.Metadata = d.AllowNegative, d.Metadata
-		if a.Balances == nil {
-			a.Balances = map[string]Balance{}
-		}
-	case EventDeposited, EventWithdrawn:
-		var d MoneyData
-		if err := json.Unmarshal(e.Data, &d); err != nil {
-			return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
-		}
-		b := a.Balances[d.Currency]
-		var err error
-		if e.Type == EventDeposited {
-			b.Posted, err = add(b.Posted, d.Amount)
-		} else {
-			b.Posted, err = sub(b.Posted, d.Amount)
-		}
+		return nil
+	}
+	post := func(currency string, delta int64) error {
+		b := a.Balances[currency]
+		n, err := add(b.Posted, delta)
 		if err != nil {
 			return err
 		}
-		b.Available = b.Posted - b.Held
-		a.Balances[d.Currency] = b
+		b.Posted = n
+		a.Balances[currency] = b
+		return nil
+	}
+	switch e.Type {
+	case EventAccountOpened:
+		var d OpenedData
+		if err := decode(&d); err != nil {
+			return err
+		}
+		a.Status, a.AllowNegative, a.Metadata = StatusOpen, d.AllowNegative, d.Metadata
+	case EventDeposited, EventWithdrawn:
+		var d MoneyData
+		if err := decode(&d); err != nil {
+			return err
+		}
+		delta := d.Amount
+		if e.Type == EventWithdrawn {
+			delta = -delta
+		}
+		if err := post(d.Currency, delta); err != nil {
+			return err
+		}
+	case EventTransferDebited, EventTransferCredited, EventTransferRefunded:
+		var d TransferData
+		if err := decode(&d); err != nil {
+			return err
+		}
+		delta := d.Amount
+		if e.Type == EventTransferDebited {
+			delta = -delta
+		}
+		if err := post(d.Currency, delta); err != nil {
+			return err
+		}
+	case EventHoldPlaced:
+		var d HoldData
+		if err := decode(&d); err != nil {
+			return err
+		}
+		if a.holds == nil {
+			a.holds = map[string]pendingHold{}
+		}
+		a.holds[d.HoldID] = pendingHold{Currency: d.Currency, Amount: d.Amount, ExpiresAt: d.ExpiresAt.UTC()}
+		if _, ok := a.Balances[d.Currency]; !ok {
+			a.Balances[d.Currency] = Balance{}
+		}
+	case EventHoldCaptured, EventHoldVoided, EventHoldExpired:
+		var d HoldData
+		if err := decode(&d); err != nil {
+			return err
+		}
+		if _, ok := a.holds[d.HoldID]; !ok {
+			return fmt.Errorf("ledger: %s resolves hold %q, which is not pending", e.ID, d.HoldID)
+		}
+		delete(a.holds, d.HoldID)
+		if e.Type == EventHoldCaptured {
+			if err := post(d.Currency, -d.Captured); err != nil {
+				return err
+			}
+		}
+	case EventAccountClosed:
+		a.Status = StatusClosed
 	default:
 		return fmt.Errorf("ledger: unknown event type %q", e.Type)
 	}
@@ -114,4 +250,12 @@ func (a *Account) currencies() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// decodeData decodes the data of e into v.
+func decodeData(e Event, v any) error {
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
+	}
+	return nil
 }

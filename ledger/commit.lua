@@ -1,63 +1,118 @@
--- Tally commit script: version CAS + event append + snapshot + outbox + idempotency, all or
--- nothing. Every key carries the partition's hash tag, so this runs on one Cluster node.
+-- Tally commit script: for every account of one partition a version CAS, its events and its
+-- snapshot; the partition outbox; idempotency and resource records; the writes that go with
+-- them (hold and transfer records, expiry and pending indexes) — all or nothing. Every key
+-- carries the partition's hash tag, so this runs on one Cluster node.
 --
--- KEYS[1] account snapshot hash     KEYS[2] account event stream
--- KEYS[3] partition outbox stream   KEYS[4..] idempotency / operation records, one per request
--- ARGV[1] expected version          ARGV[2] account ID
--- ARGV[3] number of events n        ARGV[4] number of snapshot fields m
--- ARGV[5] record TTL in ms for client idempotency keys
--- ARGV[6] record TTL in ms for internal operation tokens
--- then n x (version, type, event JSON), then m x (field, value),
--- then per record: (kind "idem"|"op", fingerprint, response body)
--- Returns {"OK"}, {"CONFLICT", current version}, {"IDEM", index of the record that exists}
--- or {"DUPLICATE", index of a record named twice}.
+-- KEYS[1] partition outbox stream; KEYS[2..] every other key, named by index in ARGV.
+-- ARGV[1] accounts A   ARGV[2] records R   ARGV[3] guards G   ARGV[4] extra writes X
+-- ARGV[5] record TTL (ms) of client idempotency keys   ARGV[6] record TTL (ms) of internal tokens
+-- then per account: snapshot key index, events key index, expected version, account ID,
+--   events n, snapshot fields m, deleted fields k, then n x (version, type, event JSON),
+--   m x (field, value), k x field
+-- then per record: key index, kind ("idem" | "op" | "mark"), fingerprint, response body
+-- then per guard: key index (a key that must not exist: a resource ID already taken)
+-- then per write: command (HSET | HDEL | ZADD | ZREM | PEXPIRE), key index, argument count c, c x argument
+--
+-- Returns {"OK"}, {"CONFLICT", account index, current version}, {"IDEM", record index},
+-- {"DUPLICATE", record index} or {"TAKEN", guard index} (indexes from 1).
 --
 -- Every check comes before the first write: a script that fails half way keeps what it wrote.
 
-local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if cur ~= tonumber(ARGV[1]) then
-  return {'CONFLICT', tostring(cur)}
+local A, R, G, X = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local a = 7
+
+-- Pass 1: checks. Remember where each section starts.
+local accounts = {}
+for i = 1, A do
+  local acc = {
+    snap = KEYS[tonumber(ARGV[a])], events = KEYS[tonumber(ARGV[a + 1])],
+    expected = tonumber(ARGV[a + 2]), id = ARGV[a + 3],
+    n = tonumber(ARGV[a + 4]), m = tonumber(ARGV[a + 5]), k = tonumber(ARGV[a + 6]), at = a + 7,
+  }
+  local cur = tonumber(redis.call('HGET', acc.snap, 'v') or '0')
+  if cur ~= acc.expected then
+    return {'CONFLICT', tostring(i), tostring(cur)}
+  end
+  accounts[i] = acc
+  a = acc.at + 3 * acc.n + 2 * acc.m + acc.k
 end
+
 -- Second line of defence against a double apply: the ledger collapses requests that share a
 -- record before it commits, so a call that names one record twice is a bug. Refuse it
 -- whole; otherwise both copies would pass the EXISTS check and the second would overwrite
 -- the record the first just wrote.
+local records = a
 local seen = {}
-for i = 4, #KEYS do
-  if seen[KEYS[i]] then
-    return {'DUPLICATE', tostring(i - 3)}
+for i = 1, R do
+  local key = KEYS[tonumber(ARGV[a])]
+  if seen[key] then
+    return {'DUPLICATE', tostring(i)}
   end
-  seen[KEYS[i]] = true
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    return {'IDEM', tostring(i - 3)}
+  seen[key] = true
+  if redis.call('EXISTS', key) == 1 then
+    return {'IDEM', tostring(i)}
   end
+  a = a + 4
+end
+for i = 1, G do
+  if redis.call('EXISTS', KEYS[tonumber(ARGV[a])]) == 1 then
+    return {'TAKEN', tostring(i)}
+  end
+  a = a + 1
+end
+local writes = a
+for _ = 1, X do
+  local cmd = ARGV[a]
+  if cmd ~= 'HSET' and cmd ~= 'HDEL' and cmd ~= 'ZADD' and cmd ~= 'ZREM' and cmd ~= 'PEXPIRE' then
+    return redis.error_reply('tally commit: write ' .. cmd .. ' not allowed')
+  end
+  a = a + 3 + tonumber(ARGV[a + 2])
 end
 
-local account = ARGV[2]
-local n = tonumber(ARGV[3])
-local m = tonumber(ARGV[4])
-local a = 7
-for _ = 1, n do
-  local version, typ, event = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  -- Explicit IDs: Redis itself rejects an append that does not follow the last version.
-  redis.call('XADD', KEYS[2], version .. '-0', 'type', typ, 'event', event)
-  redis.call('XADD', KEYS[3], '*', 'event', event, 'account', account, 'version', version, 'type', typ)
-  a = a + 3
+-- Pass 2: writes.
+local outbox = KEYS[1]
+for _, acc in ipairs(accounts) do
+  local p = acc.at
+  for _ = 1, acc.n do
+    local version, typ, event = ARGV[p], ARGV[p + 1], ARGV[p + 2]
+    -- Explicit IDs: Redis itself rejects an append that does not follow the last version.
+    redis.call('XADD', acc.events, version .. '-0', 'type', typ, 'event', event)
+    redis.call('XADD', outbox, '*', 'event', event, 'account', acc.id, 'version', version, 'type', typ)
+    p = p + 3
+  end
+  if acc.m > 0 then
+    local fields = {}
+    for _ = 1, acc.m do
+      fields[#fields + 1] = ARGV[p]
+      fields[#fields + 1] = ARGV[p + 1]
+      p = p + 2
+    end
+    redis.call('HSET', acc.snap, unpack(fields))
+  end
+  if acc.k > 0 then
+    local gone = {}
+    for _ = 1, acc.k do
+      gone[#gone + 1] = ARGV[p]
+      p = p + 1
+    end
+    redis.call('HDEL', acc.snap, unpack(gone))
+  end
 end
-local fields = {}
-for _ = 1, m do
-  fields[#fields + 1] = ARGV[a]
-  fields[#fields + 1] = ARGV[a + 1]
-  a = a + 2
+a = records
+for _ = 1, R do
+  local key, kind = KEYS[tonumber(ARGV[a])], ARGV[a + 1]
+  redis.call('HSET', key, 'fp', ARGV[a + 2], 'body', ARGV[a + 3])
+  if kind == 'idem' then
+    redis.call('PEXPIRE', key, ARGV[5])
+  elseif kind == 'op' then
+    redis.call('PEXPIRE', key, ARGV[6])
+  end -- 'mark': a resource record (hold, transfer, transfer step), kept
+  a = a + 4
 end
-if m > 0 then
-  redis.call('HSET', KEYS[1], unpack(fields))
-end
-for i = 4, #KEYS do
-  local ttl = ARGV[5]
-  if ARGV[a] == 'op' then ttl = ARGV[6] end
-  redis.call('HSET', KEYS[i], 'fp', ARGV[a + 1], 'body', ARGV[a + 2])
-  redis.call('PEXPIRE', KEYS[i], ttl)
-  a = a + 3
+a = writes
+for _ = 1, X do
+  local cmd, key, c = ARGV[a], KEYS[tonumber(ARGV[a + 1])], tonumber(ARGV[a + 2])
+  redis.call(cmd, key, unpack(ARGV, a + 3, a + 2 + c))
+  a = a + 3 + c
 end
 return {'OK'}

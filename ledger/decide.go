@@ -8,53 +8,118 @@ import (
 	"github.com/tally-ledger/tally/outbox"
 )
 
-// command is one request against one account: a pure decision from state to events.
+// command is one request: a pure decision from the state of its accounts to events.
 type command interface {
-	// target returns the account the command writes to.
-	target() string
+	// accounts returns the accounts the command reads and writes, all in one partition.
+	// The first is the one whose queue the command waits in.
+	accounts() []string
 	// decide emits the command's events through d (which applies them to d's state) and
 	// returns the response body, or a domain error. It must not touch anything else.
 	decide(d *decision) (any, error)
 }
 
-// decision accumulates the events of one command on top of a working copy of the state.
+// decision accumulates the events and writes of commands on top of working copies of the
+// accounts they touch. Commands of one batch decide one after another on one decision; each
+// runs on a fork that is merged only when it succeeds, so a rejected command leaves no trace.
 type decision struct {
-	acc    *Account
-	now    time.Time
-	events []Event
+	keys    keyspace
+	now     time.Time
+	idemTTL time.Duration // how long client idempotency records are kept
+	accs    map[string]*Account
+	events  map[string][]Event // per account, in version order
+	writes  []write
+	guards  []string
 }
 
-// decide runs cmd against a copy of acc. It returns the new state, the events and the
-// response body, or a domain error with acc untouched.
-func decide(cmd command, acc *Account, now time.Time) (*Account, []Event, any, error) {
-	d := &decision{acc: acc.clone(), now: now}
-	body, err := cmd.decide(d)
-	if err != nil {
-		return nil, nil, nil, err
+func newDecision(keys keyspace, now time.Time, idemTTL time.Duration, accs map[string]*Account) *decision {
+	return &decision{keys: keys, now: now, idemTTL: idemTTL, accs: accs, events: map[string][]Event{}}
+}
+
+// fork returns a decision over copies of the accounts ids (the rest is shared read-only).
+func (d *decision) fork(ids []string) *decision {
+	f := &decision{keys: d.keys, now: d.now, idemTTL: d.idemTTL, accs: make(map[string]*Account, len(d.accs)), events: map[string][]Event{}}
+	for id, a := range d.accs {
+		f.accs[id] = a
 	}
-	return d.acc, d.events, body, nil
+	for _, id := range ids {
+		if a, ok := d.accs[id]; ok {
+			f.accs[id] = a.clone()
+		}
+	}
+	return f
 }
 
-// emit appends an event of type typ with data to the decision and applies it.
-func (d *decision) emit(typ string, data any) (Event, error) {
+// merge takes over the state, events and writes of a successful fork.
+func (d *decision) merge(f *decision) {
+	for id, a := range f.accs {
+		d.accs[id] = a
+	}
+	for id, evs := range f.events {
+		d.events[id] = append(d.events[id], evs...)
+	}
+	d.writes = append(d.writes, f.writes...)
+	d.guards = append(d.guards, f.guards...)
+}
+
+// acc returns the working copy of account id (version 0 when it does not exist).
+func (d *decision) acc(id string) *Account {
+	a, ok := d.accs[id]
+	if !ok {
+		// A command only reads the accounts it names; reaching here is a bug.
+		panic(fmt.Sprintf("ledger: decision reads account %q it did not name", id))
+	}
+	return a
+}
+
+// open returns the working copy of an existing, open account, or the domain error.
+func (d *decision) open(id string) (*Account, error) {
+	a := d.acc(id)
+	switch {
+	case !a.exists():
+		return nil, fmt.Errorf("%w: %s", ErrAccountNotFound, id)
+	case a.closed():
+		return nil, fmt.Errorf("%w: %s", ErrAccountClosed, id)
+	}
+	return a, nil
+}
+
+// emit appends an event of type typ with data to account a and applies it.
+func (d *decision) emit(a *Account, typ string, data any) (Event, error) {
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return Event{}, fmt.Errorf("ledger: encode %s: %w", typ, err)
 	}
-	v := d.acc.Version + 1
+	v := a.Version + 1
 	e := Event{
-		ID:      outbox.EventID(d.acc.ID, v),
+		ID:      outbox.EventID(a.ID, v),
 		Type:    typ,
-		Account: d.acc.ID,
+		Account: a.ID,
 		Version: v,
 		Time:    d.now.UTC(),
 		Data:    raw,
 	}
-	if err := d.acc.apply(e); err != nil {
+	if err := a.apply(e); err != nil {
 		return Event{}, err
 	}
-	d.events = append(d.events, e)
+	a.settle(d.now)
+	d.events[a.ID] = append(d.events[a.ID], e)
 	return e, nil
+}
+
+// write adds an extra write to the commit.
+func (d *decision) write(cmd, key string, args ...any) {
+	d.writes = append(d.writes, write{cmd: cmd, key: key, args: args})
+}
+
+// guard makes the commit fail with ErrResourceExists if key exists.
+func (d *decision) guard(key string) { d.guards = append(d.guards, key) }
+
+// requireAvailable returns ErrInsufficientFunds unless a may spend amount of currency.
+func requireAvailable(a *Account, currency string, amount int64) error {
+	if avail := a.Balances[currency].Available; !a.AllowNegative && avail < amount {
+		return fmt.Errorf("%w: %d %s available, %d requested", ErrInsufficientFunds, avail, currency, amount)
+	}
+	return nil
 }
 
 // OpenAccount is the command to open an account.
@@ -64,17 +129,21 @@ type OpenAccount struct {
 	Metadata      map[string]string
 }
 
-func (c OpenAccount) target() string { return c.ID }
+func (c OpenAccount) accounts() []string { return []string{c.ID} }
 
 // Validate returns an error wrapping ErrInvalid when the command is malformed.
 func (c OpenAccount) Validate() error {
 	if err := ValidateID("id", c.ID); err != nil {
 		return err
 	}
-	if len(c.Metadata) > 32 {
+	return validateMetadata(c.Metadata)
+}
+
+func validateMetadata(md map[string]string) error {
+	if len(md) > 32 {
 		return invalidf("metadata has at most 32 entries")
 	}
-	for k, v := range c.Metadata {
+	for k, v := range md {
 		if len(k) == 0 || len(k) > 64 || len(v) > 512 {
 			return invalidf("metadata keys are 1 to 64 bytes, values at most 512 bytes")
 		}
@@ -83,14 +152,14 @@ func (c OpenAccount) Validate() error {
 }
 
 func (c OpenAccount) decide(d *decision) (any, error) {
-	if d.acc.exists() {
+	a := d.acc(c.ID)
+	if a.exists() {
 		return nil, ErrAccountExists
 	}
-	d.acc.ID = c.ID
-	if _, err := d.emit(EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata}); err != nil {
+	if _, err := d.emit(a, EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata}); err != nil {
 		return nil, err
 	}
-	return d.acc.clone(), nil
+	return a.clone(), nil
 }
 
 // Deposit is the command to add money to an account.
@@ -100,16 +169,17 @@ type Deposit struct {
 	Amount   int64
 }
 
-func (c Deposit) target() string { return c.Account }
+func (c Deposit) accounts() []string { return []string{c.Account} }
 
 // Validate returns an error wrapping ErrInvalid when the command is malformed.
 func (c Deposit) Validate() error { return validateMoney(c.Account, c.Currency, c.Amount) }
 
 func (c Deposit) decide(d *decision) (any, error) {
-	if !d.acc.exists() {
-		return nil, ErrAccountNotFound
+	a, err := d.open(c.Account)
+	if err != nil {
+		return nil, err
 	}
-	return d.moneyEvent(EventDeposited, c.Currency, c.Amount)
+	return d.moneyEvent(a, EventDeposited, c.Currency, c.Amount)
 }
 
 // Withdraw is the command to take money out of an account. Unless the account allows a
@@ -120,19 +190,20 @@ type Withdraw struct {
 	Amount   int64
 }
 
-func (c Withdraw) target() string { return c.Account }
+func (c Withdraw) accounts() []string { return []string{c.Account} }
 
 // Validate returns an error wrapping ErrInvalid when the command is malformed.
 func (c Withdraw) Validate() error { return validateMoney(c.Account, c.Currency, c.Amount) }
 
 func (c Withdraw) decide(d *decision) (any, error) {
-	if !d.acc.exists() {
-		return nil, ErrAccountNotFound
+	a, err := d.open(c.Account)
+	if err != nil {
+		return nil, err
 	}
-	if avail := d.acc.Balances[c.Currency].Available; !d.acc.AllowNegative && avail < c.Amount {
-		return nil, fmt.Errorf("%w: %d %s available, %d requested", ErrInsufficientFunds, avail, c.Currency, c.Amount)
+	if err := requireAvailable(a, c.Currency, c.Amount); err != nil {
+		return nil, err
 	}
-	return d.moneyEvent(EventWithdrawn, c.Currency, c.Amount)
+	return d.moneyEvent(a, EventWithdrawn, c.Currency, c.Amount)
 }
 
 // OperationResult is the response of a deposit or withdrawal.
@@ -141,12 +212,12 @@ type OperationResult struct {
 	Account     *Account `json:"account"`
 }
 
-func (d *decision) moneyEvent(typ, currency string, amount int64) (any, error) {
-	opID := outbox.EventID(d.acc.ID, d.acc.Version+1)
-	if _, err := d.emit(typ, MoneyData{OperationID: opID, Currency: currency, Amount: amount}); err != nil {
+func (d *decision) moneyEvent(a *Account, typ, currency string, amount int64) (any, error) {
+	opID := outbox.EventID(a.ID, a.Version+1)
+	if _, err := d.emit(a, typ, MoneyData{OperationID: opID, Currency: currency, Amount: amount}); err != nil {
 		return nil, err
 	}
-	return OperationResult{OperationID: opID, Account: d.acc.clone()}, nil
+	return OperationResult{OperationID: opID, Account: a.clone()}, nil
 }
 
 func validateMoney(account, currency string, amount int64) error {
@@ -157,4 +228,36 @@ func validateMoney(account, currency string, amount int64) error {
 		return err
 	}
 	return validateAmount(amount)
+}
+
+// CloseAccount is the command to close an account. Every posted amount must be zero and no
+// hold may be pending; holds that expired but were not swept yet are expired first.
+type CloseAccount struct {
+	Account string
+}
+
+func (c CloseAccount) accounts() []string { return []string{c.Account} }
+
+// Validate returns an error wrapping ErrInvalid when the command is malformed.
+func (c CloseAccount) Validate() error { return ValidateID("account", c.Account) }
+
+func (c CloseAccount) decide(d *decision) (any, error) {
+	a, err := d.open(c.Account)
+	if err != nil {
+		return nil, err
+	}
+	for _, cur := range a.currencies() {
+		if b := a.Balances[cur]; b.Posted != 0 || b.Held != 0 {
+			return nil, fmt.Errorf("%w: %s posted %d, held %d", ErrAccountNotEmpty, cur, b.Posted, b.Held)
+		}
+	}
+	for _, id := range sortedHolds(a) {
+		if err := d.expireHold(a, id); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := d.emit(a, EventAccountClosed, struct{}{}); err != nil {
+		return nil, err
+	}
+	return a.clone(), nil
 }

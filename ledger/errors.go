@@ -32,6 +32,19 @@ var (
 	ErrStoreUnavailable = errors.New("store unavailable")
 	// ErrPartitionMismatch is returned by Open when Redis records another partition count.
 	ErrPartitionMismatch = errors.New("partition count mismatch")
+	// ErrAccountClosed is returned for a write to a closed account.
+	ErrAccountClosed = errors.New("account closed")
+	// ErrAccountNotEmpty is returned when closing an account that still holds money.
+	ErrAccountNotEmpty = errors.New("account not empty")
+	// ErrNotFound is returned when a hold or transfer does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrHoldNotPending is returned when capturing or voiding a hold that was captured,
+	// voided or has expired.
+	ErrHoldNotPending = errors.New("hold not pending")
+	// ErrAmountExceedsHold is returned when a capture asks for more than the hold holds.
+	ErrAmountExceedsHold = errors.New("amount exceeds hold")
+	// ErrBatchNotAtomic is returned for an atomic batch whose operations span partitions.
+	ErrBatchNotAtomic = errors.New("batch not atomic")
 	// ErrOverloaded is returned when an account already has Config.MaxQueue requests waiting
 	// in this process. Nothing was written; retry later.
 	ErrOverloaded = errors.New("overloaded")

@@ -18,8 +18,8 @@ func (l *Ledger) SetBeforeCommit(fn func()) { l.beforeCommit = fn }
 func (l *Ledger) BreakVersionCheck() {
 	broken := commitLua
 	for _, cut := range [][2]string{
-		{"if cur ~= tonumber(ARGV[1]) then\n  return {'CONFLICT', tostring(cur)}\nend\n", ""},
-		{"redis.call('XADD', KEYS[2], version .. '-0',", "redis.call('XADD', KEYS[2], '*',"},
+		{"  if cur ~= acc.expected then\n    return {'CONFLICT', tostring(i), tostring(cur)}\n  end\n", ""},
+		{"redis.call('XADD', acc.events, version .. '-0',", "redis.call('XADD', acc.events, '*',"},
 	} {
 		if !strings.Contains(broken, cut[0]) {
 			panic("BreakVersionCheck: commit.lua changed; update the test hook")
@@ -45,19 +45,24 @@ func (l *Ledger) BreakCommitScript() {
 	l.store.commit = redis.NewScript(`return redis.call('NO.SUCH.COMMAND')`)
 }
 
-// CommitRecordsTwice commits one deposit event on account at version expected, naming the
-// record key twice — what the write path must never send. It returns the script's verdict.
-func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, expected int64, key string) error {
-	acc, err := l.store.account(ctx, account)
+// CommitRecordsTwice commits one deposit on account, naming the record key twice — what the
+// write path must never send. It returns the script's verdict.
+func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, key string) error {
+	now := l.cfg.Clock()
+	snaps, _, err := l.store.read(ctx, []string{account}, nil, now)
 	if err != nil {
 		return err
 	}
-	next, events, _, err := decide(Deposit{Account: account, Currency: "USD", Amount: 1}, acc, l.cfg.Clock())
-	if err != nil {
+	d := newDecision(l.store.keys, now, l.cfg.IdempotencyTTL, map[string]*Account{account: snaps[account].acc.clone()})
+	if _, err := (Deposit{Account: account, Currency: "USD", Amount: 1}).decide(d); err != nil {
 		return err
 	}
-	ref := recordRef{key: l.store.keys.idem(l.store.keys.partition(account), account, key), kind: "idem"}
-	recs := []recordWrite{{ref: ref, fingerprint: "a", body: []byte("{}")}, {ref: ref, fingerprint: "a", body: []byte("{}")}}
-	_, err = l.store.write(ctx, expected, next, events, recs, [2]int64{60_000, 60_000})
+	p := l.store.keys.partition(account)
+	ref := recordRef{key: l.store.keys.idem(p, account, key), kind: "idem"}
+	_, err = l.store.write(ctx, plan{
+		partition: p,
+		accounts:  []accountWrite{{before: snaps[account], after: d.accs[account], events: d.events[account]}},
+		records:   []recordWrite{{ref: ref, fingerprint: "a", body: []byte("{}")}, {ref: ref, fingerprint: "a", body: []byte("{}")}},
+	}, [2]int64{60_000, 60_000})
 	return err
 }

@@ -45,5 +45,34 @@ func (k keyspace) op(p int, account, token string) string {
 
 func (k keyspace) outbox(p int) string { return outbox.StreamKey(k.prefix, p) }
 
+// hold is the record of one hold of an account: its response and its state (for GET).
+func (k keyspace) hold(p int, account, hold string) string {
+	return k.tag(p) + "hold:" + account + ":" + hold
+}
+
+// holdExpiry indexes the pending holds of a partition by expiry (score: Unix ms, member:
+// "<account>:<hold>") for the sweeper.
+func (k keyspace) holdExpiry(p int) string { return k.tag(p) + "holds:expiry" }
+
+// transfer is the durable record of a transfer, in its source account's partition.
+func (k keyspace) transfer(p int, id string) string { return k.tag(p) + "transfer:" + id }
+
+// transferStep records the outcome of a saga step ("credit" in the destination's partition,
+// "refund" in the source's), so that each step happens at most once.
+func (k keyspace) transferStep(p int, id, step string) string {
+	return k.tag(p) + "transfer:" + id + ":" + step
+}
+
+// transfersPending indexes a partition's transfers that are not finished yet (score:
+// creation time, Unix ms), for the sweep.
+func (k keyspace) transfersPending(p int) string { return k.tag(p) + "transfers:pending" }
+
+// transferIndex names the source account of a transfer ID, in the partition of the ID
+// itself, so that GET /v1/transfers/{id} finds the record and two transfers from different
+// sources cannot take one ID.
+func (k keyspace) transferIndex(id string) string {
+	return k.tag(partitionOf(id, k.partitions)) + "transfer-index:" + id
+}
+
 // meta holds deployment-wide settings recorded on first start (the partition count).
 func (k keyspace) meta() string { return k.prefix + ":meta" }

@@ -241,13 +241,25 @@ func (l *Ledger) Withdraw(ctx context.Context, cmd Withdraw, opts WriteOptions) 
 	return l.submit(ctx, cmd, opts)
 }
 
+// CloseAccount closes an account. It returns the account as JSON, ErrAccountNotEmpty
+// unless every posted and held amount is zero, ErrAccountNotFound, ErrAccountClosed, or an
+// error wrapping ErrInvalid. Later writes to it fail with ErrAccountClosed, and transfers
+// on their way to it are refunded.
+func (l *Ledger) CloseAccount(ctx context.Context, id string, opts WriteOptions) (Receipt, error) {
+	cmd := CloseAccount{Account: id}
+	if err := cmd.Validate(); err != nil {
+		return Receipt{}, err
+	}
+	return l.submit(ctx, cmd, opts)
+}
+
 // Account returns the snapshot of an account, ErrAccountNotFound, or an error wrapping
 // ErrInvalid for a malformed ID.
 func (l *Ledger) Account(ctx context.Context, id string) (*Account, error) {
 	if err := ValidateID("account", id); err != nil {
 		return nil, err
 	}
-	acc, err := l.store.account(ctx, id)
+	acc, err := l.store.account(ctx, id, l.cfg.Clock())
 	if err != nil {
 		return nil, err
 	}
@@ -290,6 +302,11 @@ func (l *Ledger) Events(ctx context.Context, id string, after int64, limit int) 
 // Replay rebuilds an account's snapshot from its whole event stream. It returns
 // ErrAccountNotFound, or an error when the stream has a gap or an undecodable event.
 func (l *Ledger) Replay(ctx context.Context, id string) (*Account, error) {
+	return l.replayAt(ctx, id, l.cfg.Clock())
+}
+
+// replayAt replays an account and settles its balances for now.
+func (l *Ledger) replayAt(ctx context.Context, id string, now time.Time) (*Account, error) {
 	acc := &Account{ID: id, Balances: map[string]Balance{}}
 	var after int64
 	for {
@@ -310,6 +327,7 @@ func (l *Ledger) Replay(ctx context.Context, id string) (*Account, error) {
 	if !acc.exists() {
 		return nil, ErrAccountNotFound
 	}
+	acc.settle(now)
 	return acc, nil
 }
 
@@ -322,10 +340,13 @@ type Stats struct {
 	Replays      int64 // requests answered from an idempotency record
 	LockFailures int64 // attempts that could not take or keep the lease
 	Overloaded   int64 // requests refused because their account's queue was full
+	// TransfersStuck counts cross-partition transfers the sweep found pending for longer
+	// than SweeperConfig.StuckAfter (each time it found one).
+	TransfersStuck int64
 }
 
 type counters struct {
-	commits, operations, conflicts, retries, replays, lockFailures, overloaded atomic.Int64
+	commits, operations, conflicts, retries, replays, lockFailures, overloaded, transfersStuck atomic.Int64
 }
 
 // Stats returns a copy of the counters.
@@ -334,13 +355,13 @@ func (l *Ledger) Stats() Stats {
 		Commits: l.stats.commits.Load(), Operations: l.stats.operations.Load(),
 		Conflicts: l.stats.conflicts.Load(), Retries: l.stats.retries.Load(),
 		Replays: l.stats.replays.Load(), LockFailures: l.stats.lockFailures.Load(),
-		Overloaded: l.stats.overloaded.Load(),
+		Overloaded: l.stats.overloaded.Load(), TransfersStuck: l.stats.transfersStuck.Load(),
 	}
 }
 
 // fingerprint identifies a command so that an idempotency key can tell a retry (same
 // fingerprint) from a reuse with another request.
-func fingerprint(cmd command) string {
+func fingerprint(cmd any) string {
 	raw, _ := json.Marshal(cmd) // commands are plain structs of strings, ints and maps
 	sum := sha256.Sum256(append([]byte(fmt.Sprintf("%T:", cmd)), raw...))
 	return hex.EncodeToString(sum[:])

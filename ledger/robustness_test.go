@@ -71,7 +71,7 @@ func TestCommitScriptRefusesRecordNamedTwice(t *testing.T) {
 			ctx := context.Background()
 			l := MustOpen(t, rdb, ledger.Config{Prefix: "twice"})
 			MustOpenAccount(t, l, "acct", false)
-			err := l.CommitRecordsTwice(ctx, "acct", 1, "k")
+			err := l.CommitRecordsTwice(ctx, "acct", "k")
 			require.ErrorIs(t, err, ledger.ErrInternal)
 			require.NotErrorIs(t, err, ledger.ErrStoreUnavailable, "a refused commit is a bug, not an outage")
 			acc := requireConsistent(t, l, "acct")

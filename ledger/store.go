@@ -9,9 +9,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -24,10 +26,11 @@ var commitLua string
 // Snapshot hash fields.
 const (
 	fieldVersion       = "v"
+	fieldStatus        = "st"
 	fieldAllowNegative = "an"
 	fieldMetadata      = "md"
 	prefixPosted       = "b:"
-	prefixHeld         = "h:"
+	prefixHold         = "H:" // a pending hold: "<currency> <amount> <expires at, Unix ms>"
 )
 
 // store is the Redis side of the ledger: one read and one commit script per attempt.
@@ -37,24 +40,36 @@ type store struct {
 	commit *redis.Script
 }
 
-// record is a stored response of an earlier request (client key or internal token).
+// record is a stored response of an earlier request (client key, internal token or
+// resource record).
 type record struct {
 	found       bool
 	fingerprint string
 	body        []byte
 }
 
-// recordRef names the record a request writes: its key and kind ("idem" or "op").
+// recordRef names the record a request writes: its key and kind ("idem" for a client's
+// Idempotency-Key, "op" for an internal token, "mark" for a resource record kept for good).
 type recordRef struct {
 	key  string
 	kind string
 }
 
-// read returns the account snapshot and the records of refs, in one round trip.
-func (s *store) read(ctx context.Context, account string, refs []recordRef) (*Account, []record, error) {
-	p := s.keys.partition(account)
+// snapshot is an account as read, with the hash fields it was read from (to know which
+// fields a commit must delete).
+type snapshot struct {
+	acc    *Account
+	fields map[string]bool
+}
+
+// read returns the snapshots of accounts and the records of refs, in one round trip,
+// with balances settled for now.
+func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, now time.Time) (map[string]snapshot, []record, error) {
 	pipe := s.rdb.Pipeline()
-	snap := pipe.HGetAll(ctx, s.keys.snapshot(p, account))
+	snaps := make([]*redis.MapStringStringCmd, len(accounts))
+	for i, id := range accounts {
+		snaps[i] = pipe.HGetAll(ctx, s.keys.snapshot(s.keys.partition(id), id))
+	}
 	recs := make([]*redis.MapStringStringCmd, len(refs))
 	for i, r := range refs {
 		recs[i] = pipe.HGetAll(ctx, r.key)
@@ -62,74 +77,92 @@ func (s *store) read(ctx context.Context, account string, refs []recordRef) (*Ac
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, nil, storeErr(ctx, err)
 	}
-	acc, err := parseSnapshot(account, snap.Val())
-	if err != nil {
-		return nil, nil, err
+	out := make(map[string]snapshot, len(accounts))
+	for i, id := range accounts {
+		h := snaps[i].Val()
+		acc, err := parseSnapshot(id, h, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		fields := make(map[string]bool, len(h))
+		for f := range h {
+			fields[f] = true
+		}
+		out[id] = snapshot{acc: acc, fields: fields}
 	}
-	out := make([]record, len(refs))
+	found := make([]record, len(refs))
 	for i, c := range recs {
 		v := c.Val()
 		if fp, ok := v["fp"]; ok {
-			out[i] = record{found: true, fingerprint: fp, body: []byte(v["body"])}
+			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"])}
 		}
 	}
-	return acc, out, nil
+	return out, found, nil
 }
 
 // account returns the snapshot of one account (version 0 when it does not exist).
-func (s *store) account(ctx context.Context, account string) (*Account, error) {
-	acc, _, err := s.read(ctx, account, nil)
-	return acc, err
+func (s *store) account(ctx context.Context, account string, now time.Time) (*Account, error) {
+	snaps, _, err := s.read(ctx, []string{account}, nil, now)
+	if err != nil {
+		return nil, err
+	}
+	return snaps[account].acc, nil
 }
 
-func parseSnapshot(id string, h map[string]string) (*Account, error) {
+func parseSnapshot(id string, h map[string]string, now time.Time) (*Account, error) {
 	acc := &Account{ID: id, Balances: map[string]Balance{}}
 	if len(h) == 0 {
 		return acc, nil
 	}
+	corrupt := func(field string, err error) error {
+		return fmt.Errorf("%w: corrupt snapshot of %s: %s: %w", ErrInternal, id, field, err)
+	}
 	var err error
 	if acc.Version, err = strconv.ParseInt(h[fieldVersion], 10, 64); err != nil {
-		return nil, fmt.Errorf("%w: corrupt snapshot of %s: version: %w", ErrInternal, id, err)
+		return nil, corrupt(fieldVersion, err)
+	}
+	acc.Status = StatusOpen
+	if h[fieldStatus] == StatusClosed {
+		acc.Status = StatusClosed
 	}
 	acc.AllowNegative = h[fieldAllowNegative] == "1"
 	if md := h[fieldMetadata]; md != "" {
 		if err := json.Unmarshal([]byte(md), &acc.Metadata); err != nil {
-			return nil, fmt.Errorf("%w: corrupt snapshot of %s: metadata: %w", ErrInternal, id, err)
+			return nil, corrupt(fieldMetadata, err)
 		}
 	}
 	for f, v := range h {
-		var cur string
-		held := false
 		switch {
 		case strings.HasPrefix(f, prefixPosted):
-			cur = f[len(prefixPosted):]
-		case strings.HasPrefix(f, prefixHeld):
-			cur, held = f[len(prefixHeld):], true
-		default:
-			continue
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%w: corrupt snapshot of %s: %s: %w", ErrInternal, id, f, err)
-		}
-		b := acc.Balances[cur]
-		if held {
-			b.Held = n
-		} else {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, corrupt(f, err)
+			}
+			b := acc.Balances[f[len(prefixPosted):]]
 			b.Posted = n
+			acc.Balances[f[len(prefixPosted):]] = b
+		case strings.HasPrefix(f, prefixHold):
+			var cur string
+			var amount, expires int64
+			if _, err := fmt.Sscanf(v, "%s %d %d", &cur, &amount, &expires); err != nil {
+				return nil, corrupt(f, err)
+			}
+			if acc.holds == nil {
+				acc.holds = map[string]pendingHold{}
+			}
+			acc.holds[f[len(prefixHold):]] = pendingHold{Currency: cur, Amount: amount, ExpiresAt: time.UnixMilli(expires).UTC()}
 		}
-		acc.Balances[cur] = b
 	}
-	for c, b := range acc.Balances {
-		b.Available = b.Posted - b.Held
-		acc.Balances[c] = b
-	}
+	acc.settle(now)
 	return acc, nil
 }
 
 // snapshotFields returns the hash fields (name, value, ...) that describe acc.
 func snapshotFields(acc *Account) ([]any, error) {
 	out := []any{fieldVersion, strconv.FormatInt(acc.Version, 10), fieldAllowNegative, boolString(acc.AllowNegative)}
+	if acc.closed() {
+		out = append(out, fieldStatus, StatusClosed)
+	}
 	if len(acc.Metadata) > 0 {
 		md, err := json.Marshal(acc.Metadata)
 		if err != nil {
@@ -138,8 +171,16 @@ func snapshotFields(acc *Account) ([]any, error) {
 		out = append(out, fieldMetadata, string(md))
 	}
 	for _, c := range acc.currencies() {
-		b := acc.Balances[c]
-		out = append(out, prefixPosted+c, strconv.FormatInt(b.Posted, 10), prefixHeld+c, strconv.FormatInt(b.Held, 10))
+		out = append(out, prefixPosted+c, strconv.FormatInt(acc.Balances[c].Posted, 10))
+	}
+	ids := make([]string, 0, len(acc.holds))
+	for id := range acc.holds {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		h := acc.holds[id]
+		out = append(out, prefixHold+id, fmt.Sprintf("%s %d %d", h.Currency, h.Amount, h.ExpiresAt.UnixMilli()))
 	}
 	return out, nil
 }
@@ -158,51 +199,111 @@ type recordWrite struct {
 	body        []byte
 }
 
+// write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
+// partition): hold and transfer records, the hold expiry and pending transfer indexes.
+type write struct {
+	cmd  string
+	key  string
+	args []any
+}
+
+// accountWrite is one account of a commit: the version its decision was made on, its
+// state afterwards and the events between.
+type accountWrite struct {
+	before snapshot
+	after  *Account
+	events []Event
+}
+
+// plan is everything one commit script call writes, all in one partition.
+type plan struct {
+	partition int
+	accounts  []accountWrite
+	records   []recordWrite
+	guards    []string // keys that must not exist
+	writes    []write
+}
+
 // commitOutcome is what the commit script answered.
 type commitOutcome struct {
 	ok       bool
-	conflict bool  // the account's version moved
-	current  int64 // the version found on conflict
-	existing int   // index into the batch's records of one that already exists, or -1
+	conflict bool // an account's version moved
+	existing int  // index into the plan's records of one that already exists, or -1
+	taken    int  // index into the plan's guards of a key that exists, or -1
 }
 
-// write commits events, the final snapshot and the records in one script call.
-func (s *store) write(ctx context.Context, expected int64, final *Account, events []Event, recs []recordWrite, ttls [2]int64) (commitOutcome, error) {
-	p := s.keys.partition(final.ID)
-	keys := make([]string, 0, 3+len(recs))
-	keys = append(keys, s.keys.snapshot(p, final.ID), s.keys.events(p, final.ID), s.keys.outbox(p))
-	fields, err := snapshotFields(final)
-	if err != nil {
-		return commitOutcome{}, err
-	}
-	args := make([]any, 0, 6+3*len(events)+len(fields)+3*len(recs))
-	args = append(args, expected, final.ID, len(events), len(fields)/2, ttls[0], ttls[1])
-	for _, e := range events {
-		raw, err := json.Marshal(e)
-		if err != nil {
-			return commitOutcome{}, fmt.Errorf("ledger: encode event: %w", err)
+// write commits a plan in one script call.
+func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcome, error) {
+	keys := []string{s.keys.outbox(pl.partition)}
+	index := map[string]int{}
+	key := func(k string) int {
+		if i, ok := index[k]; ok {
+			return i
 		}
-		args = append(args, e.Version, e.Type, string(raw))
+		keys = append(keys, k)
+		index[k] = len(keys)
+		return len(keys)
 	}
-	args = append(args, fields...)
-	for _, r := range recs {
-		keys = append(keys, r.ref.key)
-		args = append(args, r.ref.kind, r.fingerprint, string(r.body))
+	args := []any{len(pl.accounts), len(pl.records), len(pl.guards), len(pl.writes), ttls[0], ttls[1]}
+	for _, aw := range pl.accounts {
+		id := aw.after.ID
+		if p := s.keys.partition(id); p != pl.partition {
+			return commitOutcome{}, fmt.Errorf("%w: account %s (partition %d) in a commit of partition %d", ErrInternal, id, p, pl.partition)
+		}
+		var fields []any
+		var deleted []any
+		if len(aw.events) > 0 {
+			var err error
+			if fields, err = snapshotFields(aw.after); err != nil {
+				return commitOutcome{}, err
+			}
+			keep := make(map[string]bool, len(fields)/2)
+			for i := 0; i < len(fields); i += 2 {
+				keep[fields[i].(string)] = true
+			}
+			for f := range aw.before.fields {
+				if !keep[f] {
+					deleted = append(deleted, f)
+				}
+			}
+		}
+		args = append(args, key(s.keys.snapshot(pl.partition, id)), key(s.keys.events(pl.partition, id)),
+			aw.before.acc.Version, id, len(aw.events), len(fields)/2, len(deleted))
+		for _, e := range aw.events {
+			raw, err := json.Marshal(e)
+			if err != nil {
+				return commitOutcome{}, fmt.Errorf("ledger: encode event: %w", err)
+			}
+			args = append(args, e.Version, e.Type, string(raw))
+		}
+		args = append(args, fields...)
+		args = append(args, deleted...)
+	}
+	for _, r := range pl.records {
+		args = append(args, key(r.ref.key), r.ref.kind, r.fingerprint, string(r.body))
+	}
+	for _, g := range pl.guards {
+		args = append(args, key(g))
+	}
+	for _, w := range pl.writes {
+		args = append(args, w.cmd, key(w.key), len(w.args))
+		args = append(args, w.args...)
 	}
 	res, err := s.commit.Run(ctx, s.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return commitOutcome{}, storeErr(ctx, err)
 	}
-	out := commitOutcome{existing: -1}
+	out := commitOutcome{existing: -1, taken: -1}
+	index1 := func() int { i, _ := strconv.Atoi(res[1]); return i - 1 }
 	switch {
 	case len(res) == 1 && res[0] == "OK":
 		out.ok = true
-	case len(res) == 2 && res[0] == "CONFLICT":
+	case len(res) == 3 && res[0] == "CONFLICT":
 		out.conflict = true
-		out.current, _ = strconv.ParseInt(res[1], 10, 64)
 	case len(res) == 2 && res[0] == "IDEM":
-		i, _ := strconv.Atoi(res[1])
-		out.existing = i - 1
+		out.existing = index1()
+	case len(res) == 2 && res[0] == "TAKEN":
+		out.taken = index1()
 	case len(res) == 2 && res[0] == "DUPLICATE":
 		return commitOutcome{}, fmt.Errorf("%w: commit refused: record %s named twice in one call", ErrInternal, res[1])
 	default:

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"runtime/debug"
+	"sort"
 	"time"
 )
 
@@ -41,18 +42,25 @@ func (r *request) finish(rc Receipt, err error) {
 var errRetry = errors.New("ledger: retry")
 
 // submit runs one command through the write path: alone, or in its account's group commit.
+// The request's record is the client's Idempotency-Key, or an internal token.
 func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Receipt, error) {
-	account := cmd.target()
+	account := cmd.accounts()[0]
 	p := l.store.keys.partition(account)
-	req := &request{ctx: ctx, cmd: cmd, fp: fingerprint(cmd), lead: make(chan struct{}, 1), done: make(chan struct{})}
+	ref := recordRef{key: l.store.keys.op(p, account, newToken()), kind: "op"}
 	if opts.IdempotencyKey != "" {
 		if err := ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
 			return Receipt{}, err
 		}
-		req.ref = recordRef{key: l.store.keys.idem(p, account, opts.IdempotencyKey), kind: "idem"}
-	} else {
-		req.ref = recordRef{key: l.store.keys.op(p, account, newToken()), kind: "op"}
+		ref = recordRef{key: l.store.keys.idem(p, account, opts.IdempotencyKey), kind: "idem"}
 	}
+	return l.submitRef(ctx, cmd, ref, fingerprint(cmd))
+}
+
+// submitRef runs cmd with the given record: a resource record (hold, transfer, transfer
+// step; kind "mark") makes the resource's ID its idempotency key.
+func (l *Ledger) submitRef(ctx context.Context, cmd command, ref recordRef, fp string) (Receipt, error) {
+	account := cmd.accounts()[0]
+	req := &request{ctx: ctx, cmd: cmd, fp: fp, ref: ref, lead: make(chan struct{}, 1), done: make(chan struct{})}
 	if !l.admit(account) {
 		return Receipt{}, ErrOverloaded
 	}
@@ -194,7 +202,7 @@ func (l *Ledger) execute(ctx context.Context, account string, batch []*request) 
 		}
 		var err error
 		if l.cfg.Mode == ModeLock {
-			err = l.withLease(ctx, account, func(ctx context.Context) error {
+			err = l.withLeases(ctx, touched(pending), func(ctx context.Context) error {
 				pending, err = l.attempt(ctx, pending)
 				return err
 			})
@@ -215,6 +223,33 @@ func (l *Ledger) execute(ctx context.Context, account string, batch []*request) 
 	for _, r := range pending {
 		r.finish(Receipt{}, lastErr)
 	}
+}
+
+// touched returns every account the requests name, sorted: the order leases are taken in,
+// so that two batches sharing accounts never wait for each other in a cycle.
+func touched(reqs []*request) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range reqs {
+		for _, id := range r.cmd.accounts() {
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// withLeases runs fn under the leases of accounts (sorted), taken one after another.
+func (l *Ledger) withLeases(ctx context.Context, accounts []string, fn func(ctx context.Context) error) error {
+	if len(accounts) == 1 {
+		return l.withLease(ctx, accounts[0], fn)
+	}
+	return l.withLease(ctx, accounts[0], func(ctx context.Context) error {
+		return l.withLeases(ctx, accounts[1:], fn)
+	})
 }
 
 // withLease runs fn under the account's lease. When the lease could not be taken nothing
@@ -253,12 +288,16 @@ func isCtxErr(err error) bool {
 // requests it settles and returns those still pending with errRetry (or a store error), or
 // nil when all are settled.
 func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, error) {
-	account := pending[0].cmd.target()
+	if len(pending) == 0 {
+		return nil, nil
+	}
+	accounts := touched(pending)
 	refs := make([]recordRef, len(pending))
 	for i, r := range pending {
 		refs[i] = r.ref
 	}
-	snap, recs, err := l.store.read(ctx, account, refs)
+	now := l.cfg.Clock()
+	snaps, recs, err := l.store.read(ctx, accounts, refs, now)
 	if err != nil {
 		return pending, err
 	}
@@ -273,18 +312,23 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			r.finish(Receipt{}, ErrIdempotencyKeyReused)
 		default:
 			l.stats.replays.Add(1)
-			r.finish(Receipt{Body: recs[i].body, Replayed: r.ref.kind == "idem"}, nil)
+			r.finish(Receipt{Body: recs[i].body, Replayed: r.ref.kind != "op"}, nil)
 		}
 	}
 
-	now := l.cfg.Clock()
-	state := snap
-	var events []Event
-	var writes []recordWrite
-	var accepted []*request
-	var bodies [][]byte
-	var rejected []*request
-	var rejections []error
+	work := make(map[string]*Account, len(snaps))
+	for id, s := range snaps {
+		work[id] = s.acc.clone()
+	}
+	d := newDecision(l.store.keys, now, l.cfg.IdempotencyTTL, work)
+	var (
+		writes     []recordWrite
+		accepted   []*request
+		bodies     [][]byte
+		rejected   []*request
+		rejections []error
+		guardOwner []*request // the request that added each guard
+	)
 	// Requests that share a record collapse: the first accepted one claims the record; a
 	// later one with the same fingerprint follows it (same response, replayed, applied
 	// once), one with another fingerprint is a reuse of the key. A rejected request writes
@@ -295,6 +339,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		of int
 	}
 	var followers []follower
+	used := map[string]bool{} // accounts an accepted command read: their versions are checked
 	for _, r := range live {
 		if i, ok := claimed[r.ref.key]; ok {
 			if accepted[i].fp == r.fp {
@@ -304,17 +349,25 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			}
 			continue
 		}
-		next, evs, body, err := decide(r.cmd, state, now)
+		f := d.fork(r.cmd.accounts())
+		body, err := r.cmd.decide(f)
+		var raw []byte
+		if err == nil {
+			if raw, err = json.Marshal(body); err != nil {
+				err = fmt.Errorf("%w: encode response: %w", ErrInternal, err)
+			}
+		}
 		if err != nil {
 			rejected, rejections = append(rejected, r), append(rejections, err)
 			continue
 		}
-		raw, err := json.Marshal(body)
-		if err != nil {
-			rejected, rejections = append(rejected, r), append(rejections, fmt.Errorf("ledger: encode response: %w", err))
-			continue
+		d.merge(f)
+		for range f.guards {
+			guardOwner = append(guardOwner, r)
 		}
-		state, events = next, append(events, evs...)
+		for _, id := range r.cmd.accounts() {
+			used[id] = true
+		}
 		writes = append(writes, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
 		claimed[r.ref.key] = len(accepted)
 		accepted, bodies = append(accepted, r), append(bodies, raw)
@@ -326,15 +379,33 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		return nil, nil
 	}
 
+	pl := plan{partition: l.store.keys.partition(accounts[0]), records: writes, guards: d.guards, writes: d.writes}
+	for _, id := range accounts {
+		if used[id] {
+			pl.accounts = append(pl.accounts, accountWrite{before: snaps[id], after: d.accs[id], events: d.events[id]})
+		}
+	}
 	if l.beforeCommit != nil {
 		l.beforeCommit()
 	}
-	out, err := l.store.write(ctx, snap.Version, state, events, writes,
-		[2]int64{l.cfg.IdempotencyTTL.Milliseconds(), l.cfg.OperationTokenTTL.Milliseconds()})
+	out, err := l.store.write(ctx, pl, [2]int64{l.cfg.IdempotencyTTL.Milliseconds(), l.cfg.OperationTokenTTL.Milliseconds()})
 	if err != nil {
 		// The commit may or may not have run; every request carries a record, so the
 		// retry's read tells which.
 		return live, err
+	}
+	if out.taken >= 0 {
+		// A resource ID one request claims exists already: that request fails, the others
+		// are decided again without it.
+		owner := guardOwner[out.taken]
+		owner.finish(Receipt{}, ErrIdempotencyKeyReused)
+		rest := live[:0:0]
+		for _, r := range live {
+			if r != owner {
+				rest = append(rest, r)
+			}
+		}
+		return rest, errRetry
 	}
 	if !out.ok {
 		l.stats.conflicts.Add(1)

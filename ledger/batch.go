@@ -1,0 +1,277 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// MaxBatchOps bounds the operations of one batch.
+const MaxBatchOps = 1000
+
+// Batch operation types.
+const (
+	OpDeposit    = "deposit"
+	OpWithdrawal = "withdrawal"
+	OpTransfer   = "transfer"
+	OpHold       = "hold"
+)
+
+// ErrBatchAborted is the result of every other operation of an atomic batch that failed.
+var ErrBatchAborted = errors.New("batch aborted: another operation of the atomic batch failed")
+
+// BatchOp is one operation of a batch. ID is optional: a deposit's or withdrawal's
+// idempotency key, a transfer's or hold's ID.
+type BatchOp struct {
+	Type     string
+	ID       string
+	Account  string // deposit, withdrawal, hold
+	From, To string // transfer
+	Currency string
+	Amount   int64
+	Timeout  time.Duration // hold
+	Metadata map[string]string
+}
+
+// BatchResult is the outcome of one operation: its response body, or its error.
+type BatchResult struct {
+	Body json.RawMessage
+	Err  error
+}
+
+// validate checks the operation and returns the account it queues on.
+func (op BatchOp) validate() error {
+	switch op.Type {
+	case OpDeposit, OpWithdrawal:
+		if op.ID != "" {
+			if err := ValidateIdempotencyKey(op.ID); err != nil {
+				return err
+			}
+		}
+		return validateMoney(op.Account, op.Currency, op.Amount)
+	case OpTransfer:
+		return TransferRequest{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata}.Validate()
+	case OpHold:
+		return PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout}.Validate()
+	default:
+		return invalidf("operation type must be deposit, withdrawal, transfer or hold")
+	}
+}
+
+// Batch runs up to MaxBatchOps operations. Operations without an ID of type transfer or
+// hold get a random one.
+//
+// Not atomic: every operation runs as if sent alone (operations of one account in the
+// given order, accounts concurrently) and has its own result.
+//
+// Atomic: every account must be in one partition (else ErrBatchNotAtomic, see
+// co-location in docs/transfers.md); the operations are decided in order and committed by
+// one script, all or nothing. When one fails, its result carries its error and every other
+// result ErrBatchAborted; nothing is written. opts.IdempotencyKey makes a retry of the whole
+// atomic batch replay its results.
+//
+// It returns an error (and no results) only for a malformed batch.
+func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts WriteOptions) ([]BatchResult, bool, error) {
+	if len(ops) == 0 || len(ops) > MaxBatchOps {
+		return nil, false, invalidf("a batch has 1..%d operations", MaxBatchOps)
+	}
+	for i := range ops {
+		if (ops[i].Type == OpTransfer || ops[i].Type == OpHold) && ops[i].ID == "" {
+			ops[i].ID = newToken()
+		}
+		if err := ops[i].validate(); err != nil {
+			return nil, false, fmt.Errorf("operations[%d]: %w", i, err)
+		}
+	}
+	if atomic {
+		return l.atomicBatch(ctx, ops, opts)
+	}
+	return l.looseBatch(ctx, ops), false, nil
+}
+
+// looseBatch runs each operation on its own.
+func (l *Ledger) looseBatch(ctx context.Context, ops []BatchOp) []BatchResult {
+	results := make([]BatchResult, len(ops))
+	byAccount := map[string][]int{}
+	var order []string
+	for i, op := range ops {
+		a := op.Account
+		if op.Type == OpTransfer {
+			a = op.From
+		}
+		if _, ok := byAccount[a]; !ok {
+			order = append(order, a)
+		}
+		byAccount[a] = append(byAccount[a], i)
+	}
+	var wg sync.WaitGroup
+	for _, a := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, i := range byAccount[a] {
+				results[i] = l.runOp(ctx, ops[i])
+			}
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// runOp runs one operation alone.
+func (l *Ledger) runOp(ctx context.Context, op BatchOp) BatchResult {
+	var (
+		rc  Receipt
+		err error
+	)
+	switch op.Type {
+	case OpDeposit:
+		rc, err = l.Deposit(ctx, Deposit{Account: op.Account, Currency: op.Currency, Amount: op.Amount}, WriteOptions{IdempotencyKey: op.ID})
+	case OpWithdrawal:
+		rc, err = l.Withdraw(ctx, Withdraw{Account: op.Account, Currency: op.Currency, Amount: op.Amount}, WriteOptions{IdempotencyKey: op.ID})
+	case OpHold:
+		rc, err = l.PlaceHold(ctx, PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout})
+	case OpTransfer:
+		var res TransferResult
+		res, err = l.CreateTransfer(ctx, TransferRequest{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata})
+		if err == nil {
+			rc.Body, err = json.Marshal(res.Transfer)
+		}
+	}
+	if err != nil {
+		return BatchResult{Err: err}
+	}
+	return BatchResult{Body: rc.Body}
+}
+
+// batchCmd is an atomic batch: its operations decided in order on one decision.
+type batchCmd struct {
+	Ops  []BatchOp
+	accs []string
+}
+
+func (c batchCmd) accounts() []string { return c.accs }
+
+// batchFailure is the error of an atomic batch: which operation failed and why.
+type batchFailure struct {
+	index int
+	err   error
+}
+
+func (f *batchFailure) Error() string { return fmt.Sprintf("operations[%d]: %v", f.index, f.err) }
+func (f *batchFailure) Unwrap() error { return f.err }
+
+func (c batchCmd) decide(d *decision) (any, error) {
+	bodies := make([]json.RawMessage, len(c.Ops))
+	for i, op := range c.Ops {
+		body, err := c.decideOp(d, op)
+		if err == nil {
+			bodies[i], err = json.Marshal(body)
+		}
+		if err != nil {
+			return nil, &batchFailure{index: i, err: err}
+		}
+	}
+	return bodies, nil
+}
+
+// decideOp decides one operation of an atomic batch and adds the records that make its ID
+// unusable for another request later (written by the same script).
+func (c batchCmd) decideOp(d *decision, op BatchOp) (any, error) {
+	p := d.keys.partition(c.accs[0])
+	record := func(key, fp string, body any, ttl bool) error {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		d.guard(key)
+		d.write("HSET", key, "fp", fp, "body", string(raw))
+		if ttl {
+			d.write("PEXPIRE", key, d.idemTTL.Milliseconds())
+		}
+		return nil
+	}
+	switch op.Type {
+	case OpDeposit, OpWithdrawal:
+		var cmd command = Deposit{Account: op.Account, Currency: op.Currency, Amount: op.Amount}
+		if op.Type == OpWithdrawal {
+			cmd = Withdraw{Account: op.Account, Currency: op.Currency, Amount: op.Amount}
+		}
+		body, err := cmd.decide(d)
+		if err == nil && op.ID != "" {
+			err = record(d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), body, true)
+		}
+		return body, err
+	case OpHold:
+		cmd := PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout}
+		body, err := cmd.decide(d)
+		if err == nil {
+			err = record(d.keys.hold(p, op.Account, op.ID), fingerprint(cmd), body, false)
+		}
+		return body, err
+	default: // OpTransfer
+		t := Transfer{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata}
+		body, err := transferCmd{T: t, SameTo: true}.decide(d)
+		if err == nil {
+			err = record(d.keys.transfer(p, op.ID), fingerprint(t), body, false)
+		}
+		return body, err
+	}
+}
+
+// atomicBatch commits the operations in one script.
+func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptions) ([]BatchResult, bool, error) {
+	var accs []string
+	seen := map[string]bool{}
+	for _, op := range ops {
+		for _, a := range []string{op.Account, op.From, op.To} {
+			if a != "" && !seen[a] {
+				seen[a] = true
+				accs = append(accs, a)
+			}
+		}
+	}
+	p := l.store.keys.partition(accs[0])
+	for _, a := range accs {
+		if l.store.keys.partition(a) != p {
+			return nil, false, fmt.Errorf("%w: accounts %s and %s are in different partitions (co-locate them with a placement tag)", ErrBatchNotAtomic, accs[0], a)
+		}
+	}
+	for i, op := range ops {
+		if op.Type == OpTransfer {
+			if err := l.prepareTransfer(ctx, op.ID, op.From, op.To); err != nil {
+				return l.failBatch(ops, i, err), false, nil
+			}
+		}
+	}
+	rc, err := l.submit(ctx, batchCmd{Ops: ops, accs: accs}, opts)
+	var bf *batchFailure
+	if errors.As(err, &bf) {
+		return l.failBatch(ops, bf.index, bf.err), false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var bodies []json.RawMessage
+	if err := json.Unmarshal(rc.Body, &bodies); err != nil || len(bodies) != len(ops) {
+		return nil, false, fmt.Errorf("%w: decode batch results: %v", ErrInternal, err)
+	}
+	out := make([]BatchResult, len(ops))
+	for i, b := range bodies {
+		out[i] = BatchResult{Body: b}
+	}
+	return out, rc.Replayed, nil
+}
+
+// failBatch returns the results of an atomic batch whose operation i failed with err.
+func (l *Ledger) failBatch(ops []BatchOp, i int, err error) []BatchResult {
+	out := make([]BatchResult, len(ops))
+	for j := range out {
+		out[j] = BatchResult{Err: ErrBatchAborted}
+	}
+	out[i] = BatchResult{Err: err}
+	return out
+}

@@ -1,0 +1,387 @@
+package ledger
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Transfer statuses.
+const (
+	TransferPending   = "pending"
+	TransferCompleted = "completed"
+	TransferRefunded  = "refunded"
+)
+
+// Transfer is a movement of money from one account to another, as GET /v1/transfers/{id}
+// shows it.
+type Transfer struct {
+	ID          string            `json:"id"`
+	From        string            `json:"from"`
+	To          string            `json:"to"`
+	Currency    string            `json:"currency"`
+	Amount      int64             `json:"amount"`
+	Status      string            `json:"status"`
+	Reason      string            `json:"reason,omitempty"`
+	HoldID      string            `json:"hold_id,omitempty"` // set when a hold capture made it
+	Metadata    map[string]string `json:"metadata,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	CompletedAt *time.Time        `json:"completed_at,omitempty"`
+}
+
+// TransferRequest asks for a transfer. ID is the caller's transfer ID and its idempotency
+// key: requests with one ID make one transfer.
+type TransferRequest struct {
+	ID       string
+	From, To string
+	Currency string
+	Amount   int64
+	Metadata map[string]string
+}
+
+// Validate returns an error wrapping ErrInvalid when the request is malformed.
+func (r TransferRequest) Validate() error {
+	if err := ValidateID("id", r.ID); err != nil {
+		return err
+	}
+	if err := ValidateID("to", r.To); err != nil {
+		return err
+	}
+	if err := validateMoney(r.From, r.Currency, r.Amount); err != nil {
+		return err
+	}
+	if r.From == r.To {
+		return invalidf("from and to must be different accounts")
+	}
+	return validateMetadata(r.Metadata)
+}
+
+// transferCmd debits the source; when both accounts share a partition it also credits the
+// destination, in the same script, and the transfer is complete at once.
+type transferCmd struct {
+	T      Transfer
+	SameTo bool
+}
+
+func (c transferCmd) accounts() []string {
+	if c.SameTo {
+		return []string{c.T.From, c.T.To}
+	}
+	return []string{c.T.From}
+}
+
+func (c transferCmd) decide(d *decision) (any, error) {
+	from, err := d.open(c.T.From)
+	if err != nil {
+		return nil, err
+	}
+	var to *Account
+	if c.SameTo {
+		if to, err = d.open(c.T.To); err != nil {
+			return nil, err
+		}
+	}
+	if err := requireAvailable(from, c.T.Currency, c.T.Amount); err != nil {
+		return nil, err
+	}
+	t := c.T
+	t.CreatedAt = d.now.UTC()
+	if _, err := d.emit(from, EventTransferDebited, transferData(t, "")); err != nil {
+		return nil, err
+	}
+	if err := d.startTransfer(&t, to); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func transferData(t Transfer, reason string) TransferData {
+	return TransferData{TransferID: t.ID, From: t.From, To: t.To, Currency: t.Currency, Amount: t.Amount, Reason: reason}
+}
+
+// startTransfer records a transfer whose source was just debited. With to (same partition)
+// it credits the destination at once; otherwise the transfer waits, pending, for the saga.
+func (d *decision) startTransfer(t *Transfer, to *Account) error {
+	p := d.keys.partition(t.From)
+	if to != nil {
+		if _, err := d.emit(to, EventTransferCredited, transferData(*t, "")); err != nil {
+			return err
+		}
+		now := d.now.UTC()
+		t.Status, t.CompletedAt = TransferCompleted, &now
+	} else {
+		t.Status = TransferPending
+		d.write("ZADD", d.keys.transfersPending(p), t.CreatedAt.UnixMilli(), t.ID)
+	}
+	fields, err := transferFields(*t)
+	if err != nil {
+		return err
+	}
+	d.write("HSET", d.keys.transfer(p, t.ID), fields...)
+	return nil
+}
+
+func transferFields(t Transfer) ([]any, error) {
+	out := []any{"id", t.ID, "from", t.From, "to", t.To, "currency", t.Currency, "amount", t.Amount,
+		"status", t.Status, "created_at", t.CreatedAt.Format(time.RFC3339Nano)}
+	if t.HoldID != "" {
+		out = append(out, "hold_id", t.HoldID)
+	}
+	if len(t.Metadata) > 0 {
+		md, err := json.Marshal(t.Metadata)
+		if err != nil {
+			return nil, fmt.Errorf("ledger: encode metadata: %w", err)
+		}
+		out = append(out, "metadata", string(md))
+	}
+	if t.CompletedAt != nil {
+		out = append(out, "completed_at", t.CompletedAt.Format(time.RFC3339Nano))
+	}
+	return out, nil
+}
+
+// creditOutcome is the recorded outcome of a transfer's credit step.
+type creditOutcome struct {
+	Credited bool   `json:"credited"`
+	Reason   string `json:"reason,omitempty"` // why the destination refused the credit
+}
+
+// transferCredit credits the destination of a cross-partition transfer, or records why it
+// refuses (closed meanwhile, or the balance would overflow). Its record makes the outcome
+// final: a later attempt replays it instead of deciding again.
+type transferCredit struct{ T Transfer }
+
+func (c transferCredit) accounts() []string { return []string{c.T.To} }
+
+func (c transferCredit) decide(d *decision) (any, error) {
+	to := d.acc(c.T.To)
+	switch {
+	case !to.exists():
+		return creditOutcome{Reason: "destination account not found"}, nil
+	case to.closed():
+		return creditOutcome{Reason: "destination account closed"}, nil
+	}
+	if _, err := add(to.Balances[c.T.Currency].Posted, c.T.Amount); err != nil {
+		return creditOutcome{Reason: "destination balance would overflow"}, nil
+	}
+	if _, err := d.emit(to, EventTransferCredited, transferData(c.T, "")); err != nil {
+		return nil, err
+	}
+	return creditOutcome{Credited: true}, nil
+}
+
+// transferRefund returns the money of a transfer whose credit was refused to its source.
+type transferRefund struct {
+	T      Transfer
+	Reason string
+}
+
+func (c transferRefund) accounts() []string { return []string{c.T.From} }
+
+func (c transferRefund) decide(d *decision) (any, error) {
+	from := d.acc(c.T.From)
+	if _, err := d.emit(from, EventTransferRefunded, transferData(c.T, c.Reason)); err != nil {
+		return nil, err
+	}
+	t := c.T
+	now := d.now.UTC()
+	t.Status, t.Reason, t.CompletedAt = TransferRefunded, c.Reason, &now
+	p := d.keys.partition(t.From)
+	d.write("HSET", d.keys.transfer(p, t.ID), "status", t.Status, "reason", t.Reason, "completed_at", now.Format(time.RFC3339Nano))
+	d.write("ZREM", d.keys.transfersPending(p), t.ID)
+	return t, nil
+}
+
+// completeScript marks a pending transfer completed once its credit is recorded.
+var completeScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') == 'pending' then
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_at', ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0`)
+
+// TransferResult is the answer to CreateTransfer.
+type TransferResult struct {
+	Transfer Transfer
+	Replayed bool // the ID was known: this is the transfer as it stands now
+}
+
+// CreateTransfer moves money between two accounts. Within one partition it is one atomic
+// script and the result is completed. Across partitions the source is debited with a
+// durable transfer record, then the destination is credited (or, if it refuses, the source
+// refunded); the steps run inline, and when they cannot finish within ctx the result is
+// pending and the transfer process manager and the sweep finish it.
+//
+// A known ID returns that transfer as it stands (Replayed), driving it on if it is pending;
+// the same ID with another request is ErrIdempotencyKeyReused. It returns
+// ErrAccountNotFound, ErrAccountClosed, ErrInsufficientFunds or an error wrapping
+// ErrInvalid, and in each case nothing is written.
+func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (TransferResult, error) {
+	if err := req.Validate(); err != nil {
+		return TransferResult{}, err
+	}
+	if err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
+		return TransferResult{}, err
+	}
+	cmd := transferCmd{
+		T:      Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount, Metadata: req.Metadata},
+		SameTo: l.store.keys.partition(req.From) == l.store.keys.partition(req.To),
+	}
+	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark"}
+	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
+	if err != nil {
+		return TransferResult{}, err
+	}
+	var t Transfer
+	if rc.Replayed {
+		if t, err = l.GetTransfer(ctx, req.ID); err != nil {
+			return TransferResult{}, err
+		}
+	} else if err := json.Unmarshal(rc.Body, &t); err != nil {
+		return TransferResult{}, fmt.Errorf("%w: decode transfer: %w", ErrInternal, err)
+	}
+	if t.Status == TransferPending {
+		if done, err := l.driveTransfer(ctx, req.ID); err == nil {
+			t = done
+		}
+		// Otherwise it stays pending: the process manager and the sweep finish it.
+	}
+	return TransferResult{Transfer: t, Replayed: rc.Replayed}, nil
+}
+
+// prepareTransfer checks, before anything is written, that both accounts exist and are
+// open, then claims the transfer ID for its source (the index GetTransfer reads). A
+// transfer ID already claimed by another source is ErrIdempotencyKeyReused; one claimed by
+// this source is a retry and goes on to replay.
+func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error {
+	idx := l.store.keys.transferIndex(id)
+	owner, err := l.store.rdb.Get(ctx, idx).Result()
+	switch {
+	case err == nil && owner == from:
+		return nil
+	case err == nil:
+		return fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
+	case !errors.Is(err, redis.Nil):
+		return storeErr(ctx, err)
+	}
+	snaps, _, err := l.store.read(ctx, []string{from, to}, nil, l.cfg.Clock())
+	if err != nil {
+		return err
+	}
+	for _, id := range []string{from, to} {
+		switch a := snaps[id].acc; {
+		case !a.exists():
+			return fmt.Errorf("%w: %s", ErrAccountNotFound, id)
+		case a.closed():
+			return fmt.Errorf("%w: %s", ErrAccountClosed, id)
+		}
+	}
+	ok, err := l.store.rdb.SetNX(ctx, idx, from, 0).Result()
+	if err != nil {
+		return storeErr(ctx, err)
+	}
+	if !ok {
+		return l.prepareTransfer(ctx, id, from, to) // claimed meanwhile: decide on the owner
+	}
+	return nil
+}
+
+// GetTransfer returns a transfer, or ErrNotFound.
+func (l *Ledger) GetTransfer(ctx context.Context, id string) (Transfer, error) {
+	if err := ValidateID("transfer id", id); err != nil {
+		return Transfer{}, err
+	}
+	from, err := l.store.rdb.Get(ctx, l.store.keys.transferIndex(id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return Transfer{}, fmt.Errorf("%w: transfer %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Transfer{}, storeErr(ctx, err)
+	}
+	v, err := l.store.rdb.HGetAll(ctx, l.store.keys.transfer(l.store.keys.partition(from), id)).Result()
+	if err != nil {
+		return Transfer{}, storeErr(ctx, err)
+	}
+	if v["id"] == "" {
+		// Claimed, but its debit never committed (refused, or the request died first).
+		return Transfer{}, fmt.Errorf("%w: transfer %s", ErrNotFound, id)
+	}
+	return parseTransfer(v)
+}
+
+func parseTransfer(v map[string]string) (Transfer, error) {
+	t := Transfer{ID: v["id"], From: v["from"], To: v["to"], Currency: v["currency"], Status: v["status"], Reason: v["reason"], HoldID: v["hold_id"]}
+	bad := func(f string, err error) error {
+		return fmt.Errorf("%w: corrupt transfer record %s: %s: %w", ErrInternal, t.ID, f, err)
+	}
+	var err error
+	if t.Amount, err = strconv.ParseInt(v["amount"], 10, 64); err != nil {
+		return Transfer{}, bad("amount", err)
+	}
+	if t.CreatedAt, err = time.Parse(time.RFC3339Nano, v["created_at"]); err != nil {
+		return Transfer{}, bad("created_at", err)
+	}
+	if c := v["completed_at"]; c != "" {
+		ct, err := time.Parse(time.RFC3339Nano, c)
+		if err != nil {
+			return Transfer{}, bad("completed_at", err)
+		}
+		t.CompletedAt = &ct
+	}
+	if md := v["metadata"]; md != "" {
+		if err := json.Unmarshal([]byte(md), &t.Metadata); err != nil {
+			return Transfer{}, bad("metadata", err)
+		}
+	}
+	return t, nil
+}
+
+// driveTransfer runs the remaining steps of a pending cross-partition transfer: credit the
+// destination (recorded once, whoever runs it), then mark it completed, or refund the
+// source when the credit was refused. Every step is idempotent, so the request, the process
+// manager and the sweep may all drive one transfer at once. It returns the transfer as it
+// stands afterwards.
+func (l *Ledger) driveTransfer(ctx context.Context, id string) (Transfer, error) {
+	t, err := l.GetTransfer(ctx, id)
+	if err != nil || t.Status != TransferPending {
+		return t, err
+	}
+	credit := recordRef{key: l.store.keys.transferStep(l.store.keys.partition(t.To), id, "credit"), kind: "mark"}
+	rc, err := l.submitRef(ctx, transferCredit{T: t}, credit, "credit")
+	if err != nil {
+		return t, err
+	}
+	var out creditOutcome
+	if err := json.Unmarshal(rc.Body, &out); err != nil {
+		return t, fmt.Errorf("%w: decode credit outcome of %s: %w", ErrInternal, id, err)
+	}
+	p := l.store.keys.partition(t.From)
+	if out.Credited {
+		now := l.cfg.Clock().UTC()
+		err := completeScript.Run(ctx, l.store.rdb, []string{l.store.keys.transfer(p, id), l.store.keys.transfersPending(p)},
+			now.Format(time.RFC3339Nano), id).Err()
+		if err != nil {
+			return t, storeErr(ctx, err)
+		}
+		return l.GetTransfer(ctx, id)
+	}
+	refund := recordRef{key: l.store.keys.transferStep(p, id, "refund"), kind: "mark"}
+	if _, err := l.submitRef(ctx, transferRefund{T: t, Reason: out.Reason}, refund, "refund"); err != nil {
+		return t, err
+	}
+	return l.GetTransfer(ctx, id)
+}
+
+// captureTransferID is the ID of the transfer a capture with a destination makes.
+func captureTransferID(account, hold string) string {
+	sum := sha256.Sum256([]byte(account + "\x00" + hold))
+	return "hold-" + hex.EncodeToString(sum[:16])
+}
