@@ -3,6 +3,7 @@ package ledger
 import (
 	"hash/fnv"
 	"strconv"
+	"strings"
 
 	"github.com/tally-ledger/tally/outbox"
 )
@@ -15,8 +16,17 @@ type keyspace struct {
 	partitions int
 }
 
-// Partition returns the partition of an account: FNV-1a of the ID modulo the count.
+// PlacementSeparator splits a placement tag from the rest of an ID: accounts "shop1..alice"
+// and "shop1..bob" share the placement tag "shop1", so they share a partition and money
+// moves between them atomically (one script). IDs without it place by the whole ID.
+const PlacementSeparator = ".."
+
+// partitionOf returns the partition of an ID: FNV-1a of its placement tag (the part before
+// the first PlacementSeparator) or of the whole ID, modulo the count.
 func partitionOf(id string, partitions int) int {
+	if i := strings.Index(id, PlacementSeparator); i > 0 {
+		id = id[:i]
+	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(id))
 	return int(h.Sum32() % uint32(partitions))
