@@ -66,3 +66,15 @@ func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, key str
 	}, [2]int64{60_000, 60_000})
 	return err
 }
+
+// StartTransfer runs only the first step of a transfer — the debit and the durable record —
+// as a request that crashed right after it would leave it.
+func (l *Ledger) StartTransfer(ctx context.Context, req TransferRequest) error {
+	if err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
+		return err
+	}
+	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount}
+	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark"}
+	_, err := l.submitRef(ctx, transferCmd{T: t, SameTo: false}, ref, fingerprint(t))
+	return err
+}

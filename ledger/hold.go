@@ -287,6 +287,9 @@ func (l *Ledger) CaptureHold(ctx context.Context, account, hold string, amount i
 		}
 	}
 	rc, err := l.submit(ctx, cmd, opts)
+	if err != nil && to != "" && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
+		l.releaseTransferID(ctx, cmd.TransferID, account) // refused: leave nothing behind
+	}
 	if err != nil || to == "" || cmd.sameTo {
 		return rc, err
 	}

@@ -238,6 +238,9 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark"}
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
+		if !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
+			l.releaseTransferID(ctx, req.ID, req.From) // refused: leave nothing behind
+		}
 		return TransferResult{}, err
 	}
 	var t Transfer
@@ -292,6 +295,21 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error
 		return l.prepareTransfer(ctx, id, from, to) // claimed meanwhile: decide on the owner
 	}
 	return nil
+}
+
+// releaseIndexScript deletes a transfer ID's index entry if it still names the source.
+var releaseIndexScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+
+// releaseTransferID gives up the claim prepareTransfer made for a transfer that was refused,
+// unless a transfer with that ID exists after all (a concurrent request made it).
+func (l *Ledger) releaseTransferID(ctx context.Context, id, from string) {
+	n, err := l.store.rdb.Exists(ctx, l.store.keys.transfer(l.store.keys.partition(from), id)).Result()
+	if err != nil || n > 0 {
+		return
+	}
+	_ = releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from).Err()
 }
 
 // GetTransfer returns a transfer, or ErrNotFound.
