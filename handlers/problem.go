@@ -41,6 +41,13 @@ var errorTable = []struct {
 	{ledger.ErrLockUnavailable, problemSpec{http.StatusServiceUnavailable, "lock_unavailable", "Lock unavailable"}},
 	{ledger.ErrStoreUnavailable, problemSpec{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable"}},
 	{ledger.ErrOverloaded, problemSpec{http.StatusServiceUnavailable, "overloaded", "Overloaded"}},
+	{ledger.ErrAccountClosed, problemSpec{http.StatusConflict, "account_closed", "Account closed"}},
+	{ledger.ErrAccountNotEmpty, problemSpec{http.StatusConflict, "account_not_empty", "Account not empty"}},
+	{ledger.ErrNotFound, problemSpec{http.StatusNotFound, "not_found", "Not found"}},
+	{ledger.ErrHoldNotPending, problemSpec{http.StatusConflict, "hold_not_pending", "Hold not pending"}},
+	{ledger.ErrAmountExceedsHold, problemSpec{http.StatusUnprocessableEntity, "amount_exceeds_hold", "Amount exceeds hold"}},
+	{ledger.ErrBatchNotAtomic, problemSpec{http.StatusUnprocessableEntity, "batch_not_atomic", "Batch not atomic"}},
+	{ledger.ErrBatchAborted, problemSpec{http.StatusFailedDependency, "batch_aborted", "Batch aborted"}},
 	{context.DeadlineExceeded, problemSpec{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable"}},
 }
 
@@ -56,24 +63,42 @@ var (
 // retryAfterSeconds is sent with every 503.
 const retryAfterSeconds = "1"
 
+// newProblem returns the problem+json body of spec with detail.
+func newProblem(spec problemSpec, detail string) Problem {
+	return Problem{
+		Type:   "https://tally.dev/problems/" + spec.code,
+		Title:  spec.title,
+		Status: spec.status,
+		Detail: detail,
+		Code:   spec.code,
+	}
+}
+
 // writeProblem writes a problem+json response and aborts the gin chain.
 func writeProblem(c *gin.Context, spec problemSpec, detail string) {
 	if spec.status == http.StatusServiceUnavailable {
 		c.Header("Retry-After", retryAfterSeconds)
 	}
 	c.Header("Content-Type", "application/problem+json")
-	c.AbortWithStatusJSON(spec.status, Problem{
-		Type:   "https://tally.dev/problems/" + spec.code,
-		Title:  spec.title,
-		Status: spec.status,
-		Detail: detail,
-		Code:   spec.code,
-	})
+	c.AbortWithStatusJSON(spec.status, newProblem(spec, detail))
 }
 
-// writeError maps err through errorTable. Errors it does not know are logged (once, here,
-// at the edge) and answered with a 500 that reveals nothing.
+// writeError maps err through errorTable (see problemFor) and writes the problem; when the
+// client went away it writes nothing.
 func (s *server) writeError(c *gin.Context, err error) {
+	spec, detail, ok := s.problemFor(c, err)
+	if !ok {
+		c.Abort() // the client went away; nobody reads a response
+		return
+	}
+	writeProblem(c, spec, detail)
+}
+
+// problemFor maps err through errorTable to the problem that answers it and its detail.
+// Errors it does not know are logged (once, here, at the edge) and answered with a 500 that
+// reveals nothing. ok is false when the request's client went away (context.Canceled):
+// nobody reads an answer.
+func (s *server) problemFor(c *gin.Context, err error) (spec problemSpec, detail string, ok bool) {
 	for _, row := range errorTable {
 		if errors.Is(err, row.err) {
 			detail := err.Error()
@@ -81,13 +106,11 @@ func (s *server) writeError(c *gin.Context, err error) {
 				s.log.Warn("request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
 				detail = row.spec.title + "; retry later"
 			}
-			writeProblem(c, row.spec, detail)
-			return
+			return row.spec, detail, true
 		}
 	}
 	if errors.Is(err, context.Canceled) && !errors.Is(err, ledger.ErrInternal) {
-		c.Abort() // the client went away; nobody reads a response
-		return
+		return problemSpec{}, "", false
 	}
 	// A bug (ledger.ErrInternal, a panic, anything unmapped): logged here with what it
 	// carries, answered without internals.
@@ -97,5 +120,5 @@ func (s *server) writeError(c *gin.Context, err error) {
 		attrs = append(attrs, "stack", string(pe.Stack))
 	}
 	s.log.Error("internal error", attrs...)
-	writeProblem(c, specInternal, "an internal error occurred; it has been logged")
+	return specInternal, "an internal error occurred; it has been logged", true
 }
