@@ -28,6 +28,14 @@ type Ledger interface {
 	Withdraw(ctx context.Context, cmd ledger.Withdraw, opts ledger.WriteOptions) (ledger.Receipt, error)
 	Account(ctx context.Context, id string) (*ledger.Account, error)
 	Events(ctx context.Context, id string, after int64, limit int) ([]ledger.Event, int64, error)
+	CloseAccount(ctx context.Context, id string, opts ledger.WriteOptions) (ledger.Receipt, error)
+	CreateTransfer(ctx context.Context, req ledger.TransferRequest) (ledger.TransferResult, error)
+	GetTransfer(ctx context.Context, id string) (ledger.Transfer, error)
+	PlaceHold(ctx context.Context, cmd ledger.PlaceHold) (ledger.Receipt, error)
+	CaptureHold(ctx context.Context, account, hold string, amount int64, to string, opts ledger.WriteOptions) (ledger.Receipt, error)
+	VoidHold(ctx context.Context, account, hold string, opts ledger.WriteOptions) (ledger.Receipt, error)
+	Hold(ctx context.Context, account, hold string) (ledger.Hold, error)
+	Batch(ctx context.Context, atomic bool, ops []ledger.BatchOp, opts ledger.WriteOptions) ([]ledger.BatchResult, bool, error)
 	Ping(ctx context.Context) error
 }
 
@@ -116,6 +124,14 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	v1.GET("/accounts/:id/events", s.listEvents)
 	v1.POST("/accounts/:id/deposits", s.deposit)
 	v1.POST("/accounts/:id/withdrawals", s.withdraw)
+	v1.POST("/accounts/:id/close", s.closeAccount)
+	v1.POST("/accounts/:id/holds", s.placeHold)
+	v1.GET("/accounts/:id/holds/:hold", s.getHold)
+	v1.POST("/accounts/:id/holds/:hold/capture", s.captureHold)
+	v1.POST("/accounts/:id/holds/:hold/void", s.voidHold)
+	v1.POST("/transfers", s.createTransfer)
+	v1.GET("/transfers/:id", s.getTransfer)
+	v1.POST("/batch", s.batch)
 	if cfg.Relay != nil {
 		v1.GET("/relay", s.relayStatus)
 		v1.POST("/relay/dead-letters/replay", s.admin, s.replayDeadLetters)

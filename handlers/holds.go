@@ -1,0 +1,145 @@
+package handlers
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// maxTimeoutSeconds bounds timeout_seconds of a hold (ledger.MaxHoldTimeout).
+const maxTimeoutSeconds = int64(ledger.MaxHoldTimeout / time.Second)
+
+type placeHoldBody struct {
+	ID             string `json:"id"`
+	Currency       string `json:"currency"`
+	Amount         Amount `json:"amount"`
+	TimeoutSeconds *int64 `json:"timeout_seconds"`
+}
+
+// holdTimeout returns timeout_seconds as a duration, or the problem detail when it is
+// missing or out of range. The range is checked before the conversion, which would
+// overflow for huge values.
+func holdTimeout(field string, secs *int64) (time.Duration, string) {
+	if secs == nil {
+		return 0, field + " is required"
+	}
+	if *secs < 1 || *secs > maxTimeoutSeconds {
+		return 0, fmt.Sprintf("%s must be 1..%d", field, maxTimeoutSeconds)
+	}
+	return time.Duration(*secs) * time.Second, ""
+}
+
+func (s *server) placeHold(c *gin.Context) {
+	var body placeHoldBody
+	if !s.decode(c, &body) || !requireAmount(c, body.Amount) {
+		return
+	}
+	timeout, bad := holdTimeout("timeout_seconds", body.TimeoutSeconds)
+	if bad != "" {
+		writeProblem(c, specInvalid, bad)
+		return
+	}
+	id, ok := resourceID(c, body.ID, "h-")
+	if !ok {
+		return
+	}
+	account := c.Param("id")
+	rc, err := s.ledger.PlaceHold(c.Request.Context(), ledger.PlaceHold{
+		Account: account, ID: id, Currency: body.Currency, Amount: body.Amount.Value, Timeout: timeout,
+	})
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	if rc.Replayed {
+		c.Header("Idempotent-Replayed", "true")
+	}
+	c.Header("Location", "/v1/accounts/"+account+"/holds/"+id)
+	c.Data(http.StatusCreated, "application/json", rc.Body)
+}
+
+func (s *server) getHold(c *gin.Context) {
+	h, err := s.ledger.Hold(c.Request.Context(), c.Param("id"), c.Param("hold"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, h)
+}
+
+type captureBody struct {
+	Amount Amount `json:"amount"`
+	To     string `json:"to"`
+}
+
+func (s *server) captureHold(c *gin.Context) {
+	var body captureBody
+	if !s.decodeOptional(c, &body) {
+		return
+	}
+	if body.Amount.Set && body.Amount.Value <= 0 {
+		writeProblem(c, specInvalid, "amount must be a positive integer in minor units; leave it out to capture the whole hold")
+		return
+	}
+	account, hold := c.Param("id"), c.Param("hold")
+	s.resolveHold(c, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+		return s.ledger.CaptureHold(ctx, account, hold, body.Amount.Value, body.To, opts)
+	})
+}
+
+func (s *server) voidHold(c *gin.Context) {
+	var body struct{}
+	if !s.decodeOptional(c, &body) {
+		return
+	}
+	account, hold := c.Param("id"), c.Param("hold")
+	s.resolveHold(c, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+		return s.ledger.VoidHold(ctx, account, hold, opts)
+	})
+}
+
+// resolveHold runs a capture or void and answers 200 with the hold as GET shows it: the
+// whole record (the ledger's receipt of a capture or void has no created_at). A resolved
+// hold never changes again, so a replay (same Idempotency-Key) answers the same bytes.
+func (s *server) resolveHold(c *gin.Context, fn func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error)) {
+	ctx := c.Request.Context()
+	rc, err := fn(ctx, ledger.WriteOptions{IdempotencyKey: c.GetHeader("Idempotency-Key")})
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	h, err := s.ledger.Hold(ctx, c.Param("id"), c.Param("hold"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	if rc.Replayed {
+		c.Header("Idempotent-Replayed", "true")
+	}
+	c.JSON(http.StatusOK, h)
+}
+
+// decodeOptional is decode for routes whose body may be left out: an empty body reads as
+// {} and leaves v as it is; anything else must be one JSON object that fits v.
+func (s *server) decodeOptional(c *gin.Context, v any) bool {
+	br := bufio.NewReader(c.Request.Body)
+	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
+		return true
+	}
+	c.Request.Body = readCloser{br, c.Request.Body}
+	return s.decode(c, v)
+}
+
+// readCloser reads from a buffered reader and closes the body under it.
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
