@@ -228,6 +228,9 @@ func (a *Account) apply(e Event) error {
 			return fmt.Errorf("ledger: %s resolves hold %q, which is not pending", e.ID, d.HoldID)
 		}
 		delete(a.holds, d.HoldID)
+		if len(a.holds) == 0 {
+			a.holds = nil // as a snapshot without hold fields reads
+		}
 		if e.Type == EventHoldCaptured {
 			if err := post(d.Currency, -d.Captured); err != nil {
 				return err

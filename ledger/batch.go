@@ -240,16 +240,26 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 			return nil, false, fmt.Errorf("%w: accounts %s and %s are in different partitions (co-locate them with a placement tag)", ErrBatchNotAtomic, accs[0], a)
 		}
 	}
+	// Claim the transfer IDs first; a batch that fails gives them back.
+	var claimed []BatchOp
+	release := func() {
+		for _, op := range claimed {
+			l.releaseTransferID(ctx, op.ID, op.From)
+		}
+	}
 	for i, op := range ops {
 		if op.Type == OpTransfer {
 			if err := l.prepareTransfer(ctx, op.ID, op.From, op.To); err != nil {
+				release()
 				return l.failBatch(ops, i, err), false, nil
 			}
+			claimed = append(claimed, op)
 		}
 	}
 	rc, err := l.submit(ctx, batchCmd{Ops: ops, accs: accs}, opts)
 	var bf *batchFailure
 	if errors.As(err, &bf) {
+		release()
 		return l.failBatch(ops, bf.index, bf.err), false, nil
 	}
 	if err != nil {
