@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,12 +59,19 @@ type Config struct {
 	Metrics http.Handler
 	// Registerer, when set, receives per-route request counters and latency histograms.
 	Registerer prometheus.Registerer
+	// RequestTimeout is the deadline of each request's context, which every ledger call
+	// follows; a request that outlives it is answered 503 with Retry-After. Default
+	// DefaultRequestTimeout (30s). It must not be negative.
+	RequestTimeout time.Duration
 }
 
 // Validate returns an error for an unusable configuration.
 func (c Config) Validate() error {
 	if c.MaxBodyBytes < 0 {
 		return errors.New("handlers: max body bytes must not be negative")
+	}
+	if c.RequestTimeout < 0 {
+		return errors.New("handlers: request timeout must not be negative")
 	}
 	for _, k := range append(c.APIKeys, c.AdminKeys...) {
 		if len(k) < 16 {
@@ -111,6 +119,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 		r.Use(m.observe)
 	}
 	r.Use(s.recover, s.limitBody)
+	r.Use(s.requestTimeout)
 	r.NoRoute(func(c *gin.Context) { writeProblem(c, specNotFound, "no such route") })
 	r.NoMethod(func(c *gin.Context) { writeProblem(c, specNotAllowed, "method not allowed on this route") })
 
