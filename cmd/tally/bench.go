@@ -80,6 +80,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := f.redis.check(false); err != nil {
+		return err
+	}
 	if err := f.validate(); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -17,10 +18,14 @@ import (
 )
 
 // newFlagSet returns a flag set whose unset flags are read from TALLY_* environment
-// variables after parsing.
+// variables after parsing. Its -h output starts with commandUsage(name).
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\nflags:\n", commandUsage(name))
+		fs.PrintDefaults()
+	}
 	return fs
 }
 
@@ -56,42 +61,123 @@ type redisFlags struct {
 	cluster string
 }
 
+// errRedisRequired is returned by commands that need a real Redis when neither --redis nor
+// --redis-cluster is given.
+var errRedisRequired = errors.New("--redis or --redis-cluster is required")
+
+// register adds --redis and --redis-cluster for a command that needs a real Redis (relay,
+// bench, verify): one of them is required.
 func (r *redisFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&r.addr, "redis", "", "standalone Redis address host:port (default: embedded in-memory Redis, NOT durable)")
-	fs.StringVar(&r.cluster, "redis-cluster", "", "comma-separated Redis Cluster seed nodes host:port,...")
+	fs.StringVar(&r.addr, "redis", "", "standalone Redis address host:port (this or --redis-cluster is required)")
+	fs.StringVar(&r.cluster, "redis-cluster", "", "comma-separated Redis Cluster seed nodes host:port,... (this or --redis is required)")
 }
 
-// connect returns a client for the configured Redis. With neither flag set and embedded
-// allowed, it starts an in-process miniredis and logs loudly that nothing is durable. The
-// returned close function stops what connect started.
-func (r *redisFlags) connect(ctx context.Context, log *slog.Logger, allowEmbedded bool) (redis.UniversalClient, func(), error) {
+// registerEmbedded adds --redis and --redis-cluster for serve, which without either runs
+// on an embedded in-memory Redis.
+func (r *redisFlags) registerEmbedded(fs *flag.FlagSet) {
+	fs.StringVar(&r.addr, "redis", "", "standalone Redis address host:port (default: embedded in-memory Redis, NOT durable)")
+	fs.StringVar(&r.cluster, "redis-cluster", "", "comma-separated Redis Cluster seed nodes host:port,... (default: embedded in-memory Redis, NOT durable)")
+}
+
+// check returns an error when both flags are given, or neither and embedded is not allowed.
+func (r *redisFlags) check(allowEmbedded bool) error {
 	switch {
 	case r.addr != "" && r.cluster != "":
-		return nil, nil, errors.New("give either --redis or --redis-cluster, not both")
+		return errors.New("give either --redis or --redis-cluster, not both")
+	case r.addr == "" && r.cluster == "" && !allowEmbedded:
+		return errRedisRequired
+	}
+	return nil
+}
+
+// dataRedis is a client for the data Redis that has reached no server yet: components can
+// be built on client before start connects (or starts the embedded Redis), so that every
+// configuration is checked before anything starts.
+type dataRedis struct {
+	client redis.UniversalClient
+
+	embedded *miniredis.Miniredis // nil unless neither --redis nor --redis-cluster was given
+	mu       sync.Mutex
+	addr     string // embedded's address once started
+}
+
+// open returns the configured client without connecting; with neither flag set and
+// embedded allowed, a client of an embedded Redis that start will start. It returns the
+// errors of check.
+func (r *redisFlags) open(allowEmbedded bool) (*dataRedis, error) {
+	if err := r.check(allowEmbedded); err != nil {
+		return nil, err
+	}
+	d := &dataRedis{}
+	switch {
 	case r.cluster != "":
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: splitList(r.cluster), ContextTimeoutEnabled: true})
-		return c, func() { c.Close() }, ping(ctx, c)
+		d.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: splitList(r.cluster), ContextTimeoutEnabled: true})
 	case r.addr != "":
-		c := redis.NewClient(&redis.Options{Addr: r.addr, ContextTimeoutEnabled: true})
-		return c, func() { c.Close() }, ping(ctx, c)
-	case !allowEmbedded:
-		return nil, nil, errors.New("--redis or --redis-cluster is required")
+		d.client = redis.NewClient(&redis.Options{Addr: r.addr, ContextTimeoutEnabled: true})
+	default:
+		d.embedded = miniredis.NewMiniRedis()
+		d.client = redis.NewClient(&redis.Options{Addr: "embedded", ContextTimeoutEnabled: true, Dialer: d.dialEmbedded})
 	}
-	m := miniredis.NewMiniRedis()
-	if err := m.StartAddr("127.0.0.1:0"); err != nil {
-		return nil, nil, fmt.Errorf("start embedded redis: %w", err)
+	return d, nil
+}
+
+// dialEmbedded connects to the embedded Redis, once start has started it.
+func (d *dataRedis) dialEmbedded(ctx context.Context, _, _ string) (net.Conn, error) {
+	d.mu.Lock()
+	addr := d.addr
+	d.mu.Unlock()
+	if addr == "" {
+		return nil, errors.New("the embedded Redis is not started")
 	}
+	var dialer net.Dialer
+	return dialer.DialContext(ctx, "tcp", addr)
+}
+
+// start checks that the Redis answers, or starts the embedded Redis and logs loudly that
+// nothing is durable.
+func (d *dataRedis) start(ctx context.Context, log *slog.Logger) error {
+	if d.embedded == nil {
+		return ping(ctx, d.client)
+	}
+	if err := d.embedded.StartAddr("127.0.0.1:0"); err != nil {
+		return fmt.Errorf("start embedded redis: %w", err)
+	}
+	d.mu.Lock()
+	d.addr = d.embedded.Addr()
+	d.mu.Unlock()
 	log.Warn("NOT DURABLE: no --redis or --redis-cluster given; using an embedded in-memory Redis. Every account, event and outbox entry is lost when this process exits.",
-		"embedded_redis", m.Addr())
-	c := redis.NewClient(&redis.Options{Addr: m.Addr(), ContextTimeoutEnabled: true})
-	return c, func() { c.Close(); m.Close() }, nil
+		"embedded_redis", d.embedded.Addr())
+	return nil
+}
+
+// close closes the client and stops the embedded Redis if start started it.
+func (d *dataRedis) close() {
+	d.client.Close()
+	if d.embedded != nil {
+		d.embedded.Close()
+	}
+}
+
+// connect returns a client for the configured Redis that has answered a PING. With neither
+// flag set and embedded allowed, it starts an in-process miniredis and logs loudly that
+// nothing is durable; otherwise neither flag is errRedisRequired. The returned close
+// function stops what connect started.
+func (r *redisFlags) connect(ctx context.Context, log *slog.Logger, allowEmbedded bool) (redis.UniversalClient, func(), error) {
+	d, err := r.open(allowEmbedded)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := d.start(ctx, log); err != nil {
+		d.close()
+		return nil, nil, err
+	}
+	return d.client, d.close, nil
 }
 
 func ping(ctx context.Context, c redis.UniversalClient) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
-		c.Close()
 		return fmt.Errorf("connect to redis: %w", err)
 	}
 	return nil
@@ -126,4 +212,38 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// validate checks serve's flags that no component's Config checks: the choice of Redis, a
+// listen address reachable from other hosts without API keys, and the flags whose zero or
+// negative value a Config would silently replace with its default (given explicitly, 0 is a
+// mistake, not a request for the default). serve calls it before it starts anything.
+func (f *serveFlags) validate() error {
+	if err := f.redis.check(true); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		flag string
+		ok   bool
+	}{
+		{"--partitions", f.partitions > 0},
+		{"--max-batch", f.maxBatch > 0},
+		{"--max-body", f.maxBody > 0},
+		{"--idempotency-ttl", f.idemTTL > 0},
+		{"--request-timeout", f.reqTimeout > 0},
+		{"--shutdown-timeout", f.shutdown > 0},
+		{"--lock-ttl", f.lock.ttl > 0},
+		{"--lock-wait", f.lock.wait > 0},
+		{"--relay-lease-ttl", f.relay.leaseTTL > 0},
+		{"--relay-max-attempts", f.relay.maxAttempts > 0},
+		{"--outbox-retention", f.relay.retention > 0},
+	} {
+		if !p.ok {
+			return fmt.Errorf("%s must be positive", p.flag)
+		}
+	}
+	if !isLoopback(f.addr) && len(splitList(f.apiKeys))+len(splitList(f.adminKeys)) == 0 {
+		return fmt.Errorf("refusing to listen on non-loopback address %s without --api-keys", f.addr)
+	}
+	return nil
 }

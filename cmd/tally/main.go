@@ -1,9 +1,10 @@
 // Command tally runs the Tally consistency coordinator.
 //
-//	tally serve   HTTP API (+ in-process outbox relay)
-//	tally relay   standalone outbox relay
-//	tally bench   compare concurrency modes on real Redis
-//	tally verify  check ledger invariants on a Redis
+//	tally serve    HTTP API (+ in-process outbox relay); embedded, NOT durable Redis without --redis/--redis-cluster
+//	tally relay    standalone outbox relay (requires --redis or --redis-cluster)
+//	tally bench    compare concurrency modes on real Redis (requires --redis or --redis-cluster)
+//	tally verify   check ledger invariants on a Redis (requires --redis or --redis-cluster)
+//	tally version  print the module version and VCS revision (also tally --version)
 package main
 
 import (
@@ -14,6 +15,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -28,16 +31,44 @@ func main() {
 }
 
 const usage = `usage: tally <command> [flags]
+       tally --version
 
 commands:
-  serve    run the HTTP API (embedded in-memory Redis when no --redis/--redis-cluster is given)
-  relay    run a standalone outbox relay
-  bench    benchmark concurrency modes against Redis
-  verify   check ledger invariants (replay = snapshot, conservation) on a Redis
+  serve    run the HTTP API; with neither --redis nor --redis-cluster it uses an embedded
+           in-memory Redis and nothing is durable
+  relay    run a standalone outbox relay (requires --redis or --redis-cluster)
+  bench    benchmark concurrency modes and the relay (requires --redis or --redis-cluster)
+  verify   check ledger invariants (replay = snapshot, conservation)
+           (requires --redis or --redis-cluster)
+  version  print the version and VCS revision of this binary
 
 Run 'tally <command> -h' for its flags. Every flag can also be set as TALLY_<FLAG>
 (upper case, dashes as underscores), e.g. TALLY_REDIS=127.0.0.1:6379.
 `
+
+// commandUsage is the head of 'tally <command> -h': a synopsis that shows which flags the
+// command requires, and what it does.
+func commandUsage(name string) string {
+	const required = "(--redis host:port | --redis-cluster host:port,...)"
+	switch name {
+	case "serve":
+		return "usage: tally serve [--redis host:port | --redis-cluster host:port,...] [flags]\n\n" +
+			"Runs the HTTP API and, unless --relay=false, an outbox relay. Without --redis or\n" +
+			"--redis-cluster it starts an embedded in-memory Redis: NOT durable, for trying Tally out.\n"
+	case "relay":
+		return "usage: tally relay " + required + " [flags]\n\n" +
+			"Runs a standalone outbox relay. --redis or --redis-cluster is required.\n"
+	case "bench":
+		return "usage: tally bench " + required + " [flags]\n\n" +
+			"Benchmarks the write path or the relay against a real Redis, under a fresh key prefix.\n" +
+			"--redis or --redis-cluster is required: bench measures a real Redis.\n"
+	case "verify":
+		return "usage: tally verify " + required + " [flags]\n\n" +
+			"Checks the ledger invariants on a Redis and prints a JSON report.\n" +
+			"--redis or --redis-cluster is required.\n"
+	}
+	return "usage: tally " + name + " [flags]\n"
+}
 
 // run executes the subcommand named by args[0]. It returns when the command ends or ctx is
 // cancelled (SIGINT/SIGTERM).
@@ -55,6 +86,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBench(ctx, args[1:], stdout, stderr)
 	case "verify":
 		return runVerify(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		if len(args) > 1 {
+			return fmt.Errorf("%s takes no arguments", args[0])
+		}
+		fmt.Fprintln(stdout, version(debug.ReadBuildInfo()))
+		return nil
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -62,4 +99,40 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])
 	}
+}
+
+// version describes the binary from the build information the Go toolchain embeds: the main
+// module's version (a tag or pseudo-version, or "(devel)" when VCS stamping was off), the
+// VCS revision and commit time, "modified" for a build from a dirty tree, and the Go
+// version. ok false (a binary without build information) yields "tally (unknown version)".
+func version(info *debug.BuildInfo, ok bool) string {
+	if !ok || info == nil {
+		return "tally (unknown version)"
+	}
+	v := info.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var vcs []string
+	settings := map[string]string{}
+	for _, s := range info.Settings {
+		settings[s.Key] = s.Value
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		vcs = append(vcs, "revision "+rev)
+	}
+	if t := settings["vcs.time"]; t != "" {
+		vcs = append(vcs, t)
+	}
+	if settings["vcs.modified"] == "true" {
+		vcs = append(vcs, "modified")
+	}
+	out := "tally " + v
+	if len(vcs) > 0 {
+		out += " (" + strings.Join(vcs, ", ") + ")"
+	}
+	if info.GoVersion != "" {
+		out += " " + info.GoVersion
+	}
+	return out
 }

@@ -30,13 +30,14 @@ type serveFlags struct {
 	logLevel    string
 	shutdown    time.Duration
 	idemTTL     time.Duration
+	reqTimeout  time.Duration
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f serveFlags
 	fs := newFlagSet("serve", stderr)
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:8080", "HTTP listen address")
-	f.redis.register(fs)
+	f.redis.registerEmbedded(fs)
 	f.lock.register(fs)
 	f.relay.register(fs)
 	fs.BoolVar(&f.runRelay, "relay", true, "run the outbox relay in this process")
@@ -50,34 +51,46 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
 	fs.DurationVar(&f.idemTTL, "idempotency-ttl", 24*time.Hour, "how long Idempotency-Keys are remembered")
+	fs.DurationVar(&f.reqTimeout, "request-timeout", handlers.DefaultRequestTimeout, "deadline of one API request; a request that outlives it is answered 503 with Retry-After")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	// Every configuration is checked before anything starts: an invalid one fails here,
+	// before the NOT DURABLE banner, the embedded Redis, a connection or a listener.
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
 		return err
 	}
-	keys, adminKeys := splitList(f.apiKeys), splitList(f.adminKeys)
-	if !isLoopback(f.addr) && len(keys)+len(adminKeys) == 0 {
-		return fmt.Errorf("refusing to listen on non-loopback address %s without --api-keys", f.addr)
+	if err := f.validate(); err != nil {
+		return err
 	}
-
-	rdb, closeRedis, err := f.redis.connect(ctx, log, true)
+	keys, adminKeys := splitList(f.apiKeys), splitList(f.adminKeys)
+	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, AdminKeys: adminKeys, RequestTimeout: f.reqTimeout,
+		Logger: log}
+	if err := hcfg.Validate(); err != nil {
+		return err
+	}
+	// Components are built on a client that reaches no server until data.start.
+	data, err := f.redis.open(true)
 	if err != nil {
 		return err
 	}
-	defer closeRedis()
+	defer data.close()
+	rdb := data.client
 
 	reg, hooks, err := newMetrics()
 	if err != nil {
 		return err
 	}
+	hcfg.Metrics, hcfg.Registerer = metricsHandler(reg), reg
 	lcfg := ledger.Config{
+		Prefix:             "tally", // the prefix tally relay and tally verify default to
 		Partitions:         f.partitions,
 		Mode:               ledger.Mode(f.concurrency),
 		DisableGroupCommit: !f.groupCommit,
 		MaxBatch:           f.maxBatch,
 		IdempotencyTTL:     f.idemTTL,
+		BatchTimeout:       groupCommitTimeout,
 	}
 	if lcfg.Mode == ledger.ModeLock {
 		locker, closeLocker, err := f.lock.newLocker(rdb, log, hooks, f.lock.ttl)
@@ -87,14 +100,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer closeLocker()
 		lcfg.Locker = locker
 	}
-	l, err := ledger.Open(ctx, rdb, lcfg)
-	if err != nil {
+	if err := lcfg.Validate(); err != nil {
 		return err
 	}
-	if err := registerLedgerMetrics(reg, l); err != nil {
-		return err
-	}
-	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, AdminKeys: adminKeys, Logger: log, Metrics: metricsHandler(reg), Registerer: reg}
 	var g group
 	if f.runRelay {
 		leaser, closeLeaser, err := f.lock.newLocker(rdb, log, hooks, f.relay.leaseTTL)
@@ -102,12 +110,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer closeLeaser()
-		relay, err := f.relay.newRelay(rdb, leaser, l.Prefix(), l.Partitions(), log, reg)
+		relay, err := f.relay.newRelay(rdb, leaser, lcfg.Prefix, lcfg.Partitions, log, reg)
 		if err != nil {
 			return err
 		}
 		hcfg.Relay = relayAdmin{relay}
 		g.add(relay.Run)
+	}
+
+	if err := data.start(ctx, log); err != nil {
+		return err
+	}
+	l, err := ledger.Open(ctx, rdb, lcfg)
+	if err != nil {
+		return err
+	}
+	if err := registerLedgerMetrics(reg, l); err != nil {
+		return err
 	}
 	api, err := handlers.New(l, hcfg)
 	if err != nil {
@@ -121,17 +140,37 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"group_commit", f.groupCommit, "relay", f.runRelay)
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 
-	g.add(func(ctx context.Context) error { return serveHTTP(ctx, log, ln, api, f.shutdown) })
+	g.add(func(ctx context.Context) error {
+		return serveHTTPTimeout(ctx, log, ln, api, f.shutdown, apiWriteTimeout(f.reqTimeout, groupCommitTimeout))
+	})
 	return g.run(ctx)
 }
 
-// serveHTTP serves h on ln until ctx is cancelled, then shuts down gracefully.
+// groupCommitTimeout bounds one group commit (ledger.Config.BatchTimeout). A request that
+// leads its account's group commit waits for it even past its own deadline.
+const groupCommitTimeout = 10 * time.Second
+
+// apiWriteTimeout is the API server's WriteTimeout when requests time out after
+// requestTimeout and a group commit after batchTimeout: long enough that the answer of a
+// request that ran out of time while leading a group commit is still written.
+func apiWriteTimeout(requestTimeout, batchTimeout time.Duration) time.Duration {
+	return requestTimeout + batchTimeout + 5*time.Second
+}
+
+// serveHTTP serves h on ln until ctx is cancelled, then shuts down gracefully. Responses
+// must be written within 30s of their request's headers.
 func serveHTTP(ctx context.Context, log *slog.Logger, ln net.Listener, h http.Handler, grace time.Duration) error {
+	return serveHTTPTimeout(ctx, log, ln, h, grace, 30*time.Second)
+}
+
+// serveHTTPTimeout is serveHTTP with the given WriteTimeout: the time from the end of a
+// request's headers to the end of its response.
+func serveHTTPTimeout(ctx context.Context, log *slog.Logger, ln net.Listener, h http.Handler, grace, writeTimeout time.Duration) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      writeTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
