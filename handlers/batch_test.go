@@ -106,6 +106,14 @@ func TestBatchAtomic(t *testing.T) {
 		}
 	})
 
+	t.Run("an operation id used before fails the whole atomic batch", func(t *testing.T) {
+		before := a.digest()
+		requireProblem(t, a.do("POST", "/v1/batch", `{"atomic":true,"operations":[
+			{"type":"deposit","account":"s1..x","currency":"USD","amount":1},
+			{"type":"transfer","id":"bt1","from":"s1..x","to":"s1..y","currency":"USD","amount":1}]}`), 409, "idempotency_key_reused")
+		require.Equal(t, before, a.digest())
+	})
+
 	t.Run("accounts in different partitions are refused", func(t *testing.T) {
 		far := otherPartition(t, l, x, "far")
 		a.mustOpen(0, far)
