@@ -59,6 +59,7 @@ type Account struct {
 type pendingHold struct {
 	Currency  string
 	Amount    int64
+	CreatedAt time.Time // millisecond precision, as the HoldPlaced event's time
 	ExpiresAt time.Time // millisecond precision
 }
 
@@ -215,7 +216,8 @@ func (a *Account) apply(e Event) error {
 		if a.holds == nil {
 			a.holds = map[string]pendingHold{}
 		}
-		a.holds[d.HoldID] = pendingHold{Currency: d.Currency, Amount: d.Amount, ExpiresAt: d.ExpiresAt.UTC()}
+		a.holds[d.HoldID] = pendingHold{Currency: d.Currency, Amount: d.Amount,
+			CreatedAt: time.UnixMilli(e.Time.UnixMilli()).UTC(), ExpiresAt: d.ExpiresAt.UTC()}
 		if _, ok := a.Balances[d.Currency]; !ok {
 			a.Balances[d.Currency] = Balance{}
 		}

@@ -78,6 +78,7 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 	if len(ops) == 0 || len(ops) > MaxBatchOps {
 		return nil, false, invalidf("a batch has 1..%d operations", MaxBatchOps)
 	}
+	ids := map[string]int{} // an operation's record, by kind and scope
 	for i := range ops {
 		if (ops[i].Type == OpTransfer || ops[i].Type == OpHold) && ops[i].ID == "" {
 			ops[i].ID = newToken()
@@ -85,6 +86,20 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 		if err := ops[i].validate(); err != nil {
 			return nil, false, fmt.Errorf("operations[%d]: %w", i, err)
 		}
+		if ops[i].ID == "" {
+			continue
+		}
+		scope := ops[i].Type + "\x00" + ops[i].Account + "\x00" + ops[i].ID
+		switch ops[i].Type {
+		case OpTransfer:
+			scope = "transfer\x00" + ops[i].ID
+		case OpDeposit, OpWithdrawal:
+			scope = "key\x00" + ops[i].Account + "\x00" + ops[i].ID
+		}
+		if j, dup := ids[scope]; dup {
+			return nil, false, invalidf("operations[%d] and operations[%d] share the id %q", j, i, ops[i].ID)
+		}
+		ids[scope] = i
 	}
 	if atomic {
 		return l.atomicBatch(ctx, ops, opts)

@@ -80,7 +80,7 @@ func (c PlaceHold) decide(d *decision) (any, error) {
 	}
 	p := d.keys.partition(c.Account)
 	h := Hold{ID: c.ID, Account: c.Account, Currency: c.Currency, Amount: c.Amount, Status: HoldPending,
-		CreatedAt: d.now.UTC(), ExpiresAt: expires}
+		CreatedAt: time.UnixMilli(d.now.UnixMilli()).UTC(), ExpiresAt: expires}
 	d.write("HSET", d.keys.hold(p, c.Account, c.ID), holdFields(h)...)
 	d.write("ZADD", d.keys.holdExpiry(p), expires.UnixMilli(), c.Account+":"+c.ID)
 	return h, nil
@@ -113,7 +113,7 @@ func (d *decision) resolveHold(a *Account, id, typ, status string, captured int6
 	now := d.now.UTC()
 	p := d.keys.partition(a.ID)
 	h := Hold{ID: id, Account: a.ID, Currency: ph.Currency, Amount: ph.Amount, Status: status, Captured: captured,
-		To: to, TransferID: transferID, ExpiresAt: ph.ExpiresAt, ResolvedAt: &now}
+		To: to, TransferID: transferID, CreatedAt: ph.CreatedAt, ExpiresAt: ph.ExpiresAt, ResolvedAt: &now}
 	fields := []any{"status", status, "resolved_at", now.Format(time.RFC3339Nano)}
 	if captured > 0 {
 		fields = append(fields, "captured", captured)

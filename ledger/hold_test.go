@@ -91,6 +91,10 @@ func TestTwoPhase(t *testing.T) {
 				h := decodeHold(t, rc)
 				assert.Equal(t, ledger.HoldCaptured, h.Status)
 				assert.Equal(t, int64(400), h.Captured)
+				placed, err := l.Hold(ctx, acct, hold)
+				require.NoError(t, err)
+				assert.Equal(t, placed.CreatedAt, h.CreatedAt, "the capture's answer keeps the hold's creation time")
+				assert.False(t, h.CreatedAt.IsZero())
 				want := ledger.Balance{Posted: 600, Held: 0, Available: 600}
 				v := version(acct)
 				unchanged(t, acct, want, v)
@@ -408,6 +412,16 @@ func TestBatches(t *testing.T) {
 		require.ErrorIs(t, err, ledger.ErrInvalid)
 		_, _, err = l.Batch(ctx, false, []ledger.BatchOp{{Type: "refund", Account: "b1..a", Currency: "USD", Amount: 1}}, none)
 		require.ErrorIs(t, err, ledger.ErrInvalid)
+		for _, dup := range [][2]ledger.BatchOp{
+			{{Type: ledger.OpHold, ID: "x", Account: "b1..a", Currency: "USD", Amount: 1, Timeout: time.Minute}, {Type: ledger.OpHold, ID: "x", Account: "b1..a", Currency: "USD", Amount: 2, Timeout: time.Minute}},
+			{{Type: ledger.OpTransfer, ID: "x", From: "b1..a", To: "b1..b", Currency: "USD", Amount: 1}, {Type: ledger.OpTransfer, ID: "x", From: "b1..b", To: "b1..a", Currency: "USD", Amount: 1}},
+			{{Type: ledger.OpDeposit, ID: "x", Account: "b1..a", Currency: "USD", Amount: 1}, {Type: ledger.OpWithdrawal, ID: "x", Account: "b1..a", Currency: "USD", Amount: 1}},
+		} {
+			for _, atomic := range []bool{true, false} {
+				_, _, err = l.Batch(ctx, atomic, dup[:], none)
+				require.ErrorIs(t, err, ledger.ErrInvalid, "one id twice in a batch: %+v", dup)
+			}
+		}
 	})
 	requireVerified(t, l)
 }

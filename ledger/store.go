@@ -30,7 +30,7 @@ const (
 	fieldAllowNegative = "an"
 	fieldMetadata      = "md"
 	prefixPosted       = "b:"
-	prefixHold         = "H:" // a pending hold: "<currency> <amount> <expires at, Unix ms>"
+	prefixHold         = "H:" // a pending hold: "<currency> <amount> <expires at> <created at>" (Unix ms)
 )
 
 // store is the Redis side of the ledger: one read and one commit script per attempt.
@@ -143,14 +143,15 @@ func parseSnapshot(id string, h map[string]string, now time.Time) (*Account, err
 			acc.Balances[f[len(prefixPosted):]] = b
 		case strings.HasPrefix(f, prefixHold):
 			var cur string
-			var amount, expires int64
-			if _, err := fmt.Sscanf(v, "%s %d %d", &cur, &amount, &expires); err != nil {
+			var amount, expires, created int64
+			if _, err := fmt.Sscanf(v, "%s %d %d %d", &cur, &amount, &expires, &created); err != nil {
 				return nil, corrupt(f, err)
 			}
 			if acc.holds == nil {
 				acc.holds = map[string]pendingHold{}
 			}
-			acc.holds[f[len(prefixHold):]] = pendingHold{Currency: cur, Amount: amount, ExpiresAt: time.UnixMilli(expires).UTC()}
+			acc.holds[f[len(prefixHold):]] = pendingHold{Currency: cur, Amount: amount,
+				ExpiresAt: time.UnixMilli(expires).UTC(), CreatedAt: time.UnixMilli(created).UTC()}
 		}
 	}
 	acc.settle(now)
@@ -180,7 +181,7 @@ func snapshotFields(acc *Account) ([]any, error) {
 	sort.Strings(ids)
 	for _, id := range ids {
 		h := acc.holds[id]
-		out = append(out, prefixHold+id, fmt.Sprintf("%s %d %d", h.Currency, h.Amount, h.ExpiresAt.UnixMilli()))
+		out = append(out, prefixHold+id, fmt.Sprintf("%s %d %d %d", h.Currency, h.Amount, h.ExpiresAt.UnixMilli(), h.CreatedAt.UnixMilli()))
 	}
 	return out, nil
 }
