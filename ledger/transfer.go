@@ -252,7 +252,7 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 		return TransferResult{}, fmt.Errorf("%w: decode transfer: %w", ErrInternal, err)
 	}
 	if t.Status == TransferPending {
-		if done, err := l.driveTransfer(ctx, req.ID); err == nil {
+		if done, err := l.drive(ctx, t); err == nil {
 			t = done
 		}
 		// Otherwise it stays pending: the process manager and the sweep finish it.
@@ -266,25 +266,31 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 // this source is a retry and goes on to replay.
 func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error {
 	idx := l.store.keys.transferIndex(id)
-	owner, err := l.store.rdb.Get(ctx, idx).Result()
-	switch {
-	case err == nil && owner == from:
-		return nil
-	case err == nil:
-		return fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
-	case !errors.Is(err, redis.Nil):
+	pipe := l.store.rdb.Pipeline()
+	ownerCmd := pipe.Get(ctx, idx)
+	snapCmds := []*redis.MapStringStringCmd{
+		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(from), from)),
+		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(to), to)),
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return storeErr(ctx, err)
 	}
-	snaps, _, err := l.store.read(ctx, []string{from, to}, nil, l.cfg.Clock())
-	if err != nil {
-		return err
+	switch owner, err := ownerCmd.Result(); {
+	case err == nil && owner == from:
+		return nil // a retry: it goes on to replay
+	case err == nil:
+		return fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
 	}
-	for _, id := range []string{from, to} {
-		switch a := snaps[id].acc; {
+	for i, acct := range []string{from, to} {
+		a, err := parseSnapshot(acct, snapCmds[i].Val(), l.cfg.Clock())
+		if err != nil {
+			return err
+		}
+		switch {
 		case !a.exists():
-			return fmt.Errorf("%w: %s", ErrAccountNotFound, id)
+			return fmt.Errorf("%w: %s", ErrAccountNotFound, acct)
 		case a.closed():
-			return fmt.Errorf("%w: %s", ErrAccountClosed, id)
+			return fmt.Errorf("%w: %s", ErrAccountClosed, acct)
 		}
 	}
 	ok, err := l.store.rdb.SetNX(ctx, idx, from, 0).Result()
@@ -362,40 +368,57 @@ func parseTransfer(v map[string]string) (Transfer, error) {
 	return t, nil
 }
 
-// driveTransfer runs the remaining steps of a pending cross-partition transfer: credit the
-// destination (recorded once, whoever runs it), then mark it completed, or refund the
-// source when the credit was refused. Every step is idempotent, so the request, the process
-// manager and the sweep may all drive one transfer at once. It returns the transfer as it
-// stands afterwards.
+// driveTransfer runs the remaining steps of a pending cross-partition transfer (see drive)
+// and returns the transfer as it stands afterwards.
 func (l *Ledger) driveTransfer(ctx context.Context, id string) (Transfer, error) {
 	t, err := l.GetTransfer(ctx, id)
 	if err != nil || t.Status != TransferPending {
 		return t, err
 	}
-	credit := recordRef{key: l.store.keys.transferStep(l.store.keys.partition(t.To), id, "credit"), kind: "mark"}
+	return l.drive(ctx, t)
+}
+
+// drive runs the remaining steps of pending transfer t: credit the destination (recorded
+// once, whoever runs it), then mark it completed, or refund the source when the credit was
+// refused. Every step is idempotent, so the request, the process manager and the sweep may
+// all drive one transfer at once.
+func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
+	credit := recordRef{key: l.store.keys.transferStep(l.store.keys.partition(t.To), t.ID, "credit"), kind: "mark"}
 	rc, err := l.submitRef(ctx, transferCredit{T: t}, credit, "credit")
 	if err != nil {
 		return t, err
 	}
 	var out creditOutcome
 	if err := json.Unmarshal(rc.Body, &out); err != nil {
-		return t, fmt.Errorf("%w: decode credit outcome of %s: %w", ErrInternal, id, err)
+		return t, fmt.Errorf("%w: decode credit outcome of %s: %w", ErrInternal, t.ID, err)
 	}
 	p := l.store.keys.partition(t.From)
 	if out.Credited {
 		now := l.cfg.Clock().UTC()
-		err := completeScript.Run(ctx, l.store.rdb, []string{l.store.keys.transfer(p, id), l.store.keys.transfersPending(p)},
-			now.Format(time.RFC3339Nano), id).Err()
+		n, err := completeScript.Run(ctx, l.store.rdb, []string{l.store.keys.transfer(p, t.ID), l.store.keys.transfersPending(p)},
+			now.Format(time.RFC3339Nano), t.ID).Int()
 		if err != nil {
 			return t, storeErr(ctx, err)
 		}
-		return l.GetTransfer(ctx, id)
+		if n == 0 { // another driver finished it first
+			return l.GetTransfer(ctx, t.ID)
+		}
+		t.Status, t.CompletedAt = TransferCompleted, &now
+		return t, nil
 	}
-	refund := recordRef{key: l.store.keys.transferStep(p, id, "refund"), kind: "mark"}
-	if _, err := l.submitRef(ctx, transferRefund{T: t, Reason: out.Reason}, refund, "refund"); err != nil {
+	refund := recordRef{key: l.store.keys.transferStep(p, t.ID, "refund"), kind: "mark"}
+	rc, err = l.submitRef(ctx, transferRefund{T: t, Reason: out.Reason}, refund, "refund")
+	if err != nil {
 		return t, err
 	}
-	return l.GetTransfer(ctx, id)
+	if rc.Replayed {
+		return l.GetTransfer(ctx, t.ID)
+	}
+	var done Transfer
+	if err := json.Unmarshal(rc.Body, &done); err != nil {
+		return t, fmt.Errorf("%w: decode refund of %s: %w", ErrInternal, t.ID, err)
+	}
+	return done, nil
 }
 
 // captureTransferID is the ID of the transfer a capture with a destination makes.
