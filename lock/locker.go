@@ -33,7 +33,8 @@ import (
 
 var (
 	// ErrNotAcquired means no lease could be obtained within the wait: the key stayed held
-	// by someone else or no majority of the masters answered.
+	// by someone else or no majority of the masters answered. The error returned is a
+	// *NotAcquiredError, whose Held field tells the two apart.
 	ErrNotAcquired = errors.New("lock: not acquired")
 	// ErrLeaseLost means a held lease expired, could not be renewed, or kept less validity
 	// than the safety margin; work under it must stop.
@@ -222,7 +223,7 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 
 	if try {
 		if !l.queue.tryEnter(key) {
-			return nil, fmt.Errorf("%w: %q is held in this process", ErrNotAcquired, key)
+			return nil, notAcquired(key, true, fmt.Sprintf("%q is held in this process", key))
 		}
 	} else if l.queue.enter(waitCtx, key) != nil {
 		return nil, l.waitFailed(ctx, key, nil)
@@ -245,7 +246,7 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if try {
-				return nil, fmt.Errorf("%w: %q: %v", ErrNotAcquired, key, lastErr)
+				return nil, notAcquired(key, heldElsewhere(lastErr), fmt.Sprintf("%q: %v", key, lastErr))
 			}
 			d := l.retryDelay()
 			if timer == nil {
@@ -263,7 +264,7 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 			return nil, l.waitFailed(ctx, key, lastErr)
 		}
 		if l.closed() {
-			return nil, fmt.Errorf("%w: %q: %w", ErrNotAcquired, key, errClosed)
+			return nil, closedError(key)
 		}
 		got, attemptErr := l.attempt(ctx, key)
 		if attemptErr != nil {
@@ -441,9 +442,9 @@ func (l *Locker) waitFailed(ctx context.Context, key string, lastErr error) erro
 		return ctxError(key, err)
 	}
 	if lastErr == nil {
-		return fmt.Errorf("%w: %q within %v (queued behind other goroutines of this process)", ErrNotAcquired, key, l.cfg.WaitTimeout)
+		return notAcquired(key, true, fmt.Sprintf("%q within %v (queued behind other goroutines of this process)", key, l.cfg.WaitTimeout))
 	}
-	return fmt.Errorf("%w: %q within %v (last attempt: %v)", ErrNotAcquired, key, l.cfg.WaitTimeout, lastErr)
+	return notAcquired(key, heldElsewhere(lastErr), fmt.Sprintf("%q within %v (last attempt: %v)", key, l.cfg.WaitTimeout, lastErr))
 }
 
 func ctxError(key string, err error) error {
