@@ -14,16 +14,23 @@ import (
 // oldest pending entry or, when it has none, the first entry after its last-delivered ID;
 // the stream is trimmed with MINID to the smallest of those and the cutoff. A stream
 // without groups is not trimmed (nobody has acknowledged anything yet).
+//
+// IDs are parsed defensively: a group that has read nothing reports "0-0" on Redis but the
+// "0" it was created with on miniredis, and a reply field that is missing counts as "0-0"
+// (nothing may be trimmed for that group).
 var trimScript = redis.NewScript(`
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-if not ok or #groups == 0 then return 0 end
-local function split(id)
+if not ok or type(groups) ~= 'table' or #groups == 0 then return 0 end
+local function parts(id)
+  if type(id) ~= 'string' or id == '' then return '0', 0 end
   local d = string.find(id, '-', 1, true)
-  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+  if not d then return id, 0 end
+  return string.sub(id, 1, d - 1), tonumber(string.sub(id, d + 1)) or 0
 end
 local function less(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
+  local am, as = parts(a)
+  local bm, bs = parts(b)
+  am, bm = tonumber(am) or 0, tonumber(bm) or 0
   return am < bm or (am == bm and as < bs)
 end
 local minid = ARGV[1]
@@ -34,11 +41,12 @@ for _, g in ipairs(groups) do
     elseif g[i] == 'last-delivered-id' then last = g[i + 1]
     elseif g[i] == 'pending' then pending = tonumber(g[i + 1]) end
   end
-  local d = string.find(last, '-', 1, true)
-  local keep = string.sub(last, 1, d - 1) .. '-' .. string.format('%d', tonumber(string.sub(last, d + 1)) + 1)
-  if pending and pending > 0 then
+  if type(name) ~= 'string' then return 0 end
+  local ms, seq = parts(last)
+  local keep = ms .. '-' .. string.format('%d', seq + 1)
+  if pending == nil or pending > 0 then
     local s = redis.call('XPENDING', KEYS[1], name)
-    if s[2] and less(s[2], keep) then keep = s[2] end
+    if type(s[2]) == 'string' and less(s[2], keep) then keep = s[2] end
   end
   if less(keep, minid) then minid = keep end
 end

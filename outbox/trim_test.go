@@ -179,7 +179,8 @@ func TestTrimUnderSlowConsumer(t *testing.T) {
 	require.Zero(t, n, "once every group acknowledged everything, zero retention trims it all")
 }
 
-// TestTrimBackends: the trim script works on standalone Redis, Cluster and miniredis.
+// TestTrimBackends: the trim script works on standalone Redis, Cluster and miniredis,
+// including on a group that has read nothing and on an empty stream.
 func TestTrimBackends(t *testing.T) {
 	for name, connect := range backends() {
 		t.Run(name, func(t *testing.T) {
@@ -199,6 +200,15 @@ func TestTrimBackends(t *testing.T) {
 			require.Zero(t, n, "no group: nothing is known to be acknowledged")
 
 			require.NoError(t, rdb.XGroupCreate(ctx, stream, DefaultGroup, "0").Err())
+			n, err = r.Trim(ctx, 3)
+			require.NoError(t, err, "a group that has read nothing (miniredis: last-delivered-id 0)")
+			require.Zero(t, n)
+			empty := StreamKey(DefaultPrefix, 2)
+			require.NoError(t, rdb.XGroupCreateMkStream(ctx, empty, DefaultGroup, "0").Err())
+			n, err = r.Trim(ctx, 2)
+			require.NoError(t, err, "an empty stream with an empty group")
+			require.Zero(t, n)
+
 			_, err = rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "c",
 				Streams: []string{stream, ">"}, Count: 8, Block: -1}).Result()
 			require.NoError(t, err)
