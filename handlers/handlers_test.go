@@ -3,7 +3,6 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -23,7 +22,6 @@ import (
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/lock"
-	"github.com/tally-ledger/tally/outbox"
 )
 
 // api is a running API on a fresh real Redis.
@@ -265,63 +263,6 @@ func TestStoreDownIs503(t *testing.T) {
 	assert.Equal(t, "1", rec.Header().Get("Retry-After"))
 	assert.NotContains(t, rec.Body.String(), "127.0.0.1", "internal addresses are not leaked")
 	requireProblem(t, a.do("GET", "/readyz", ``), 503, "store_unavailable")
-}
-
-func TestRelayEndpoints(t *testing.T) {
-	ctx := context.Background()
-	rdb := redistest.MustStart(t).Client()
-	l, err := ledger.Open(ctx, rdb, ledger.Config{Partitions: 4})
-	require.NoError(t, err)
-	locker, err := lock.New([]redis.UniversalClient{rdb}, lock.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { locker.Close() })
-	failing := outbox.NewHandlerSink(func(ctx context.Context, m outbox.Message) error {
-		return outbox.Permanent(errors.New("sink rejects everything"))
-	})
-	relay, err := outbox.NewRelay(rdb, locker, outbox.Config{Partitions: 4, Sinks: []outbox.Sink{failing}, PollInterval: 5 * time.Millisecond})
-	require.NoError(t, err)
-	admin, user := "admin-key-0123456789", "user-key-0123456789"
-	h, err := handlers.New(l, handlers.Config{APIKeys: []string{user}, AdminKeys: []string{admin}, Relay: relayStatus{relay}})
-	require.NoError(t, err)
-	a := &api{t: t, h: h, rdb: rdb}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(rctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	auth := []string{"Authorization", "Bearer " + user}
-	a.mustDo(201, "POST", "/v1/accounts", `{"id":"alice"}`, auth...)
-	var st struct {
-		Partitions []handlers.PartitionStatus `json:"partitions"`
-	}
-	require.Eventually(t, func() bool {
-		rec := a.mustDo(200, "GET", "/v1/relay", ``, auth...)
-		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &st))
-		require.Len(t, st.Partitions, 4)
-		p := st.Partitions[l.Partition("alice")]
-		return p.DeadLetters == 1 && p.Lag == 0 && p.Owner != ""
-	}, 10*time.Second, 20*time.Millisecond, "the rejected event is dead-lettered and shows in the status")
-
-	requireProblem(t, a.do("POST", "/v1/relay/dead-letters/replay", ``, auth...), 403, "forbidden")
-	requireProblem(t, a.do("POST", "/v1/relay/dead-letters/replay", ``), 401, "unauthorized")
-	rec := a.mustDo(200, "POST", "/v1/relay/dead-letters/replay", ``, "Authorization", "Bearer "+admin)
-	assert.JSONEq(t, `{"replayed":1}`, rec.Body.String())
-}
-
-// relayStatus adapts *outbox.Relay to handlers.Relay, as cmd/tally does.
-type relayStatus struct{ r *outbox.Relay }
-
-func (s relayStatus) Status(ctx context.Context) ([]handlers.PartitionStatus, error) {
-	st, err := s.r.Status(ctx)
-	out := make([]handlers.PartitionStatus, len(st))
-	for i, p := range st {
-		out[i] = handlers.PartitionStatus(p)
-	}
-	return out, err
-}
-
-func (s relayStatus) ReplayDeadLetters(ctx context.Context) (int, error) {
-	return s.r.ReplayDeadLetters(ctx)
 }
 
 func TestLockUnavailableIs503(t *testing.T) {

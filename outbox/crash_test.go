@@ -61,7 +61,7 @@ func TestHelperRelayProcess(t *testing.T) {
 	cfg := testConfig(t, partitions, "child", sink)
 	cfg.BatchSize = 50
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	r, err := NewRelay(rdb, &testLeaser{rdb: rdb, ttl: crashLeaseTTL, wait: 50 * time.Millisecond, holder: "child"}, cfg)
+	r, err := NewRelay(rdb, &testLeaser{rdb: rdb, ttl: crashLeaseTTL, holder: "child"}, cfg)
 	require.NoError(t, err)
 	// The parent kills us long before this; the timeout only bounds an orphan.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -151,7 +151,7 @@ func TestRelayProcessCrash(t *testing.T) {
 	require.NotEmpty(t, heldByChild)
 
 	hist := &leaseHistory{}
-	r, err := NewRelay(rdb, &testLeaser{rdb: rdb, ttl: crashLeaseTTL, wait: 50 * time.Millisecond, holder: "parent", hist: hist},
+	r, err := NewRelay(rdb, &testLeaser{rdb: rdb, ttl: crashLeaseTTL, holder: "parent", hist: hist},
 		testConfig(t, partitions, "parent", c))
 	require.NoError(t, err)
 	startRelay(t, r)
@@ -177,8 +177,8 @@ func TestRelayProcessCrash(t *testing.T) {
 }
 
 func fmtOwnerKey(p int) string {
-	r := &Relay{cfg: Config{Prefix: DefaultPrefix, Group: DefaultGroup}}
-	return r.ownerKey(p)
+	a := &Admin{cfg: AdminConfig{Prefix: DefaultPrefix, Group: DefaultGroup}}
+	return a.ownerKey(p)
 }
 
 func tail(s string, n int) string {

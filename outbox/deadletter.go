@@ -26,19 +26,29 @@ const (
 const maxReasonLen = 1024
 
 // deadLetterScript copies an outbox entry to the dead-letter stream with the reason,
-// acknowledges it and forgets its failure count, all in one step (one slot: {p}).
+// acknowledges it and forgets its failure count, all in one step (one slot: {p}). With
+// ARGV[7] > 0 the dead-letter stream is trimmed to about that many entries (XADD MAXLEN ~).
+// It returns {entries copied (0 or 1), dead letters the trimming removed}.
 var deadLetterScript = redis.NewScript(`
 local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+local dropped = 0
 if #e == 1 then
   local f = e[1][2]
   local extra = {'dead_origin', ARGV[2], 'dead_reason', ARGV[3], 'dead_attempts', ARGV[4],
     'dead_owner', ARGV[5], 'dead_group', ARGV[1], 'dead_at', ARGV[6]}
   for _, v in ipairs(extra) do f[#f + 1] = v end
-  redis.call('XADD', KEYS[2], '*', unpack(f))
+  local maxlen = tonumber(ARGV[7])
+  if maxlen > 0 then
+    local before = redis.call('XLEN', KEYS[2])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(f))
+    dropped = before + 1 - redis.call('XLEN', KEYS[2])
+  else
+    redis.call('XADD', KEYS[2], '*', unpack(f))
+  end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
-return #e`)
+return {#e, dropped}`)
 
 // deadLetter moves outbox entry id to the dead letters with reason. Like ack, it completes
 // even when the lease was lost meanwhile.
@@ -49,13 +59,21 @@ func (o *partition) deadLetter(ctx context.Context, id, reason string, attempts 
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
 	defer cancel()
-	err := deadLetterScript.Run(actx, r.rdb,
+	res, err := deadLetterScript.Run(actx, r.rdb,
 		[]string{o.stream, DeadLetterKey(r.cfg.Prefix, o.p), r.attemptsKey(o.p)},
-		r.cfg.Group, id, reason, attempts, r.cfg.Owner, r.cfg.Clock().UnixMilli()).Err()
+		r.cfg.Group, id, reason, attempts, r.cfg.Owner, r.cfg.Clock().UnixMilli(), max(r.cfg.DeadLetterMaxLen, 0)).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("outbox: dead-letter %s on %s: %w", id, o.stream, err)
 	}
-	r.m.deadLettered(o.p)
+	var dropped int64
+	if len(res) == 2 {
+		dropped = res[1]
+	}
+	if dropped > 0 {
+		r.log.Warn("outbox relay: dead-letter stream full, oldest dead letters dropped", "partition", o.p,
+			"dropped", dropped, "max_len", r.cfg.DeadLetterMaxLen)
+	}
+	r.m.deadLettered(o.p, dropped)
 	return nil
 }
 
@@ -71,9 +89,13 @@ type DeadLetter struct {
 	Event    Event     // the event; zero when the entry was malformed
 }
 
-// DeadLetters returns up to count dead letters of partition p, oldest first.
-func (r *Relay) DeadLetters(ctx context.Context, p int, count int64) ([]DeadLetter, error) {
-	xs, err := r.rdb.XRangeN(ctx, DeadLetterKey(r.cfg.Prefix, p), "-", "+", count).Result()
+// DeadLetters returns up to count dead letters of partition p, oldest first. It returns
+// ErrUnknownPartition for a partition out of range and wrapped Redis errors.
+func (a *Admin) DeadLetters(ctx context.Context, p int, count int64) ([]DeadLetter, error) {
+	if err := a.checkPartition(p); err != nil {
+		return nil, err
+	}
+	xs, err := a.rdb.XRangeN(ctx, DeadLetterKey(a.cfg.Prefix, p), "-", "+", count).Result()
 	if err != nil {
 		return nil, fmt.Errorf("outbox: read dead letters of partition %d: %w", p, err)
 	}
@@ -124,20 +146,20 @@ return #es`)
 // A replayed event arrives after later events of its account (it is out of version order
 // by nature); Dedup accepts it because its version was recorded as a gap when the later
 // events were applied.
-func (r *Relay) ReplayDeadLetters(ctx context.Context, partitions ...int) (int, error) {
+func (a *Admin) ReplayDeadLetters(ctx context.Context, partitions ...int) (int, error) {
 	if len(partitions) == 0 {
-		for p := 0; p < r.cfg.Partitions; p++ {
+		for p := 0; p < a.cfg.Partitions; p++ {
 			partitions = append(partitions, p)
 		}
 	}
 	total := 0
 	for _, p := range partitions {
-		if p < 0 || p >= r.cfg.Partitions {
-			return total, fmt.Errorf("%w: %d", ErrUnknownPartition, p)
+		if err := a.checkPartition(p); err != nil {
+			return total, err
 		}
-		keys := []string{DeadLetterKey(r.cfg.Prefix, p), StreamKey(r.cfg.Prefix, p)}
+		keys := []string{DeadLetterKey(a.cfg.Prefix, p), StreamKey(a.cfg.Prefix, p)}
 		for {
-			n, err := replayScript.Run(ctx, r.rdb, keys, replayBatch).Int()
+			n, err := replayScript.Run(ctx, a.rdb, keys, replayBatch).Int()
 			if err != nil {
 				return total, fmt.Errorf("outbox: replay dead letters of partition %d: %w", p, err)
 			}

@@ -80,7 +80,7 @@ func TestPoisonEvent(t *testing.T) {
 			st, err := r.PartitionStatus(ctx, 0)
 			require.NoError(t, err)
 			require.Equal(t, int64(1), st.DeadLetters)
-			require.Zero(t, st.Lag)
+			require.Zero(t, st.Backlog)
 
 			mu.Lock()
 			broken = false
@@ -96,7 +96,7 @@ func TestPoisonEvent(t *testing.T) {
 			waitFor(t, 5*time.Second, func() bool {
 				st, err := r.PartitionStatus(ctx, 0)
 				require.NoError(t, err)
-				return st.DeadLetters == 0 && st.Lag == 0
+				return st.DeadLetters == 0 && st.Backlog == 0
 			}, "dead letters empty and no lag")
 			attempts, err := rdb.HLen(ctx, r.attemptsKey(0)).Result()
 			require.NoError(t, err)

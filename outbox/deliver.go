@@ -33,24 +33,83 @@ func (o *partition) start(ctx context.Context) error {
 	if err := r.recordOwner(ctx, o.p); err != nil {
 		return fmt.Errorf("outbox: record owner: %w", err)
 	}
-	if err := o.reclaim(ctx); err != nil {
+	others, err := o.othersPending(ctx)
+	if err != nil {
+		return err
+	}
+	if err := o.claim(ctx, others); err != nil {
+		return err
+	}
+	if err := o.deleteIdleConsumers(ctx); err != nil {
 		return err
 	}
 	return o.drainPending(ctx)
 }
 
-// reclaim moves every pending entry of other consumers (earlier owners, dead or fenced off
-// by the lease) to this relay's consumer with XAUTOCLAIM, then deletes those consumers.
-//
-// Claiming with a min-idle time of zero is safe only because the caller holds the
-// partition's lease: no other relay of the group delivers this partition now, so no entry
-// can be in flight elsewhere. Idle-time based claiming by non-owners (where a slow retry
-// outlives the idle time and two workers run one message, redis/redis#13956) never happens.
-func (o *partition) reclaim(ctx context.Context) error {
+// run delivers new entries until ctx is done (nil), the partition is handed over
+// (errYield) or a Redis error stops it. It trims the stream every TrimInterval and adopts
+// stragglers every OwnerTTL/3. While entries keep coming it reads, and after a read that
+// found nothing waits PollInterval, so that what arrives meanwhile goes out as one batch;
+// after two empty reads in a row it waits inside Redis (XREADGROUP BLOCK, at most
+// BlockTimeout) so that an idle partition costs next to nothing and the next entry goes
+// out at once.
+func (o *partition) run(ctx context.Context) error {
+	r := o.r
+	now := r.cfg.Clock()
+	nextTrim := now.Add(jitter(r.cfg.TrimInterval))
+	nextAdopt := now.Add(r.cfg.OwnerTTL / 3)
+	empty := 0
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		now = r.cfg.Clock()
+		if !now.Before(nextAdopt) {
+			if err := o.adoptStragglers(ctx); err != nil {
+				return err
+			}
+			nextAdopt = now.Add(r.cfg.OwnerTTL / 3)
+		}
+		if r.cfg.TrimInterval > 0 && !now.Before(nextTrim) {
+			n, err := r.Trim(ctx, o.p)
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("outbox relay: trim failed", "partition", o.p, "err", err)
+			}
+			r.m.trimmed(o.p, n)
+			nextTrim = now.Add(r.cfg.TrimInterval)
+		}
+		if r.yield() {
+			return errYield
+		}
+		block := time.Duration(-1) // no BLOCK
+		if empty >= 2 {
+			block = min(r.cfg.BlockTimeout, nextAdopt.Sub(now))
+			if r.cfg.TrimInterval > 0 {
+				block = min(block, nextTrim.Sub(now))
+			}
+			block = max(block, time.Millisecond)
+		}
+		n, err := o.readNew(ctx, block)
+		switch {
+		case err != nil:
+			return err
+		case n > 0:
+			empty = 0
+		case block >= 0: // waited in Redis already
+		default:
+			if empty++; empty < 2 && !sleep(ctx, r.cfg.PollInterval) {
+				return nil
+			}
+		}
+	}
+}
+
+// othersPending returns how many entries consumers other than this relay hold pending.
+func (o *partition) othersPending(ctx context.Context) (int64, error) {
 	r := o.r
 	sum, err := r.rdb.XPending(ctx, o.stream, r.cfg.Group).Result()
 	if err != nil {
-		return fmt.Errorf("outbox: pending summary of %s: %w", o.stream, err)
+		return 0, fmt.Errorf("outbox: pending summary of %s: %w", o.stream, err)
 	}
 	var others int64
 	for c, n := range sum.Consumers {
@@ -58,24 +117,58 @@ func (o *partition) reclaim(ctx context.Context) error {
 			others += n
 		}
 	}
-	if others > 0 {
-		start := "0-0"
-		for {
-			_, next, err := r.rdb.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
-				Stream: o.stream, Group: r.cfg.Group, Consumer: r.cfg.Owner,
-				MinIdle: 0, Start: start, Count: int64(r.cfg.BatchSize),
-			}).Result()
-			if err != nil {
-				return fmt.Errorf("outbox: autoclaim on %s: %w", o.stream, err)
-			}
-			if next == "0-0" || next == "" {
-				break
-			}
-			start = next
-		}
-		r.m.reclaimed(o.p, others)
-		r.log.Info("outbox relay: reclaimed entries of earlier owners", "partition", o.p, "entries", others)
+	return others, nil
+}
+
+// claim moves every pending entry of other consumers (earlier owners, dead or fenced off
+// by the lease) to this relay's consumer with XAUTOCLAIM; others is how many there are.
+//
+// Claiming with a min-idle time of zero is safe only because the caller holds the
+// partition's lease: no other relay of the group delivers this partition now, so no entry
+// can be in flight elsewhere. Idle-time based claiming by non-owners (where a slow retry
+// outlives the idle time and two workers run one message, redis/redis#13956) never happens.
+func (o *partition) claim(ctx context.Context, others int64) error {
+	if others == 0 {
+		return nil
 	}
+	r := o.r
+	start := "0-0"
+	for {
+		_, next, err := r.rdb.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
+			Stream: o.stream, Group: r.cfg.Group, Consumer: r.cfg.Owner,
+			MinIdle: 0, Start: start, Count: int64(r.cfg.BatchSize),
+		}).Result()
+		if err != nil {
+			return fmt.Errorf("outbox: autoclaim on %s: %w", o.stream, err)
+		}
+		if next == "0-0" || next == "" {
+			break
+		}
+		start = next
+	}
+	r.m.reclaimed(o.p, others)
+	r.log.Info("outbox relay: reclaimed entries of earlier owners", "partition", o.p, "entries", others)
+	return nil
+}
+
+// adoptStragglers claims and delivers entries that other consumers hold pending while this
+// relay owns the partition: a read of an earlier owner that returned after it lost the
+// lease (a blocked XREADGROUP, or one already in flight) leaves them there, and they would
+// otherwise wait for the next change of owner.
+func (o *partition) adoptStragglers(ctx context.Context) error {
+	others, err := o.othersPending(ctx)
+	if err != nil || others == 0 {
+		return err
+	}
+	if err := o.claim(ctx, others); err != nil {
+		return err
+	}
+	return o.drainPending(ctx)
+}
+
+// deleteIdleConsumers deletes the group's other consumers that have nothing pending.
+func (o *partition) deleteIdleConsumers(ctx context.Context) error {
+	r := o.r
 	consumers, err := r.rdb.XInfoConsumers(ctx, o.stream, r.cfg.Group).Result()
 	if err != nil {
 		return fmt.Errorf("outbox: consumers of %s: %w", o.stream, err)
@@ -125,12 +218,14 @@ func (o *partition) drainPending(ctx context.Context) error {
 	return nil
 }
 
-// readNew reads and delivers the next batch of never-delivered entries. It returns how many
-// entries it read.
-func (o *partition) readNew(ctx context.Context) (int, error) {
+// readNew reads and delivers the next batch of never-delivered entries, waiting up to
+// block inside Redis for one to arrive (no waiting when block is negative). It returns how
+// many entries it read. Entries read after ctx was done (the lease was lost while the read
+// was blocked) are not delivered: they stay pending for the next owner.
+func (o *partition) readNew(ctx context.Context, block time.Duration) (int, error) {
 	res, err := o.r.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: o.r.cfg.Group, Consumer: o.r.cfg.Owner,
-		Streams: []string{o.stream, ">"}, Count: int64(o.r.cfg.BatchSize), Block: -1,
+		Streams: []string{o.stream, ">"}, Count: int64(o.r.cfg.BatchSize), Block: block,
 	}).Result()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
@@ -138,7 +233,7 @@ func (o *partition) readNew(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("outbox: read %s: %w", o.stream, err)
 	}
-	if len(res) == 0 {
+	if len(res) == 0 || ctx.Err() != nil {
 		return 0, nil
 	}
 	return len(res[0].Messages), o.process(ctx, res[0].Messages)

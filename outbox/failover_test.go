@@ -79,7 +79,7 @@ func TestConsumerCrash(t *testing.T) {
 				sts, err := r2.Status(ctx)
 				require.NoError(t, err)
 				for _, st := range sts {
-					if st.Lag != 0 {
+					if st.Backlog != 0 {
 						return false
 					}
 				}

@@ -21,17 +21,22 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// errTestNotAcquired is what testLeaser returns when the key is held by someone else.
-var errTestNotAcquired = errors.New("test leaser: not acquired")
+// errTestBusy is what testLeaser returns when the key is held by someone else: like
+// lock.NotAcquiredError, it says so with a Busy method.
+var errTestBusy = busyError{}
+
+type busyError struct{}
+
+func (busyError) Error() string { return "test leaser: held by another holder" }
+func (busyError) Busy() bool    { return true }
 
 // testLeaser is a Leaser on real Redis for the outbox tests (package lock is written
-// concurrently): SET NX PX to acquire, a renewal loop that extends only its own token and
-// cancels fn's ctx when that fails, compare-and-delete to release. It records every lease
-// it held in hist.
+// concurrently): SET NX PX to acquire (one attempt), a renewal loop that extends only its
+// own token and cancels fn's ctx when that fails, compare-and-delete to release. It records
+// every lease it held in hist.
 type testLeaser struct {
 	rdb    redis.UniversalClient
 	ttl    time.Duration
-	wait   time.Duration
 	holder string
 	hist   *leaseHistory
 }
@@ -45,25 +50,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0`)
 )
 
-func (l *testLeaser) Do(ctx context.Context, key string, fn func(ctx context.Context) error) error {
+func (l *testLeaser) TryDo(ctx context.Context, key string, fn func(ctx context.Context) error) error {
 	var b [8]byte
 	_, _ = crand.Read(b[:])
 	token := hex.EncodeToString(b[:])
-	deadline := time.Now().Add(l.wait)
-	for {
-		ok, err := l.rdb.SetNX(ctx, key, token, l.ttl).Result()
-		if err != nil {
-			return fmt.Errorf("test leaser: %w", err)
-		}
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			return errTestNotAcquired
-		}
-		if !sleep(ctx, 10*time.Millisecond) {
-			return ctx.Err()
-		}
+	ok, err := l.rdb.SetNX(ctx, key, token, l.ttl).Result()
+	if err != nil {
+		return fmt.Errorf("test leaser: %w", err)
+	}
+	if !ok {
+		return errTestBusy
 	}
 	iv := l.hist.begin(key, l.holder)
 	lctx, cancel := context.WithCancel(ctx)
@@ -83,7 +79,7 @@ func (l *testLeaser) Do(ctx context.Context, key string, fn func(ctx context.Con
 			}
 		}
 	}()
-	err := fn(lctx)
+	err = fn(lctx)
 	l.hist.end(iv)
 	cancel()
 	wg.Wait()
@@ -329,16 +325,16 @@ func testConfig(t testing.TB, partitions int, owner string, sinks ...Sink) Confi
 		PollInterval:    5 * time.Millisecond,
 		RetryBackoff:    5 * time.Millisecond,
 		MaxRetryBackoff: 50 * time.Millisecond,
+		BlockTimeout:    100 * time.Millisecond,
 		LeaseRetry:      100 * time.Millisecond,
 		OwnerTTL:        time.Second,
-		StatusInterval:  50 * time.Millisecond,
 		Logger:          testLogger(t),
 	}
 }
 
-// newTestLeaser returns a leaser with a 2s TTL that waits up to 50ms.
+// newTestLeaser returns a leaser with a 2s TTL.
 func newTestLeaser(rdb redis.UniversalClient, holder string, hist *leaseHistory) *testLeaser {
-	return &testLeaser{rdb: rdb, ttl: 2 * time.Second, wait: 50 * time.Millisecond, holder: holder, hist: hist}
+	return &testLeaser{rdb: rdb, ttl: 2 * time.Second, holder: holder, hist: hist}
 }
 
 // startRelay runs r until the returned stop is called (or the test ends) and checks that

@@ -119,7 +119,7 @@ func waitDelivered(t *testing.T, r *Relay) {
 		sts, err := r.Status(context.Background())
 		require.NoError(t, err)
 		for _, st := range sts {
-			if st.Lag != 0 {
+			if st.Backlog != 0 {
 				return false
 			}
 		}

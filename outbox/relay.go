@@ -21,29 +21,34 @@ import (
 // Leaser grants an exclusive, renewed lease on a key. It is the subset of package lock's
 // *lock.Locker that the relay needs (outbox does not import lock; cmd wires it).
 //
-// Do acquires the lease for key (waiting at most the leaser's configured wait or ctx's
-// deadline; an error wrapping the leaser's "not acquired" sentinel when the key is busy),
-// renews it while fn runs, cancels fn's ctx at once when the lease is lost and releases it
-// when fn returns. It returns fn's error, or the acquisition error.
+// TryDo makes one attempt to acquire the lease for key, without waiting for it; while it
+// holds the lease it runs fn, renews the lease, cancels fn's ctx at once when the lease is
+// lost and releases it when fn returns. It returns fn's error, or the acquisition error.
+//
+// The relay tells acquisition errors apart by a method Busy() bool found with errors.As
+// (*lock.NotAcquiredError has it): Busy() true means the key is held by another holder,
+// which is normal between relays and logged at debug level; any other acquisition error
+// (lock masters down or slow) is an outage and is logged at warn level.
 type Leaser interface {
-	Do(ctx context.Context, key string, fn func(ctx context.Context) error) error
+	TryDo(ctx context.Context, key string, fn func(ctx context.Context) error) error
 }
 
 // Defaults applied to zero Config fields.
 const (
-	DefaultPrefix          = "tally"
-	DefaultPartitions      = 16
-	DefaultGroup           = "relay"
-	DefaultBatchSize       = 256
-	DefaultPollInterval    = 50 * time.Millisecond
-	DefaultMaxAttempts     = 10
-	DefaultRetryBackoff    = 100 * time.Millisecond
-	DefaultMaxRetryBackoff = 10 * time.Second
-	DefaultLeaseRetry      = time.Second
-	DefaultOwnerTTL        = 10 * time.Second
-	DefaultRetention       = 24 * time.Hour
-	DefaultTrimInterval    = time.Minute
-	DefaultStatusInterval  = 5 * time.Second
+	DefaultPrefix           = "tally"
+	DefaultPartitions       = 16
+	DefaultGroup            = "relay"
+	DefaultBatchSize        = 256
+	DefaultPollInterval     = 50 * time.Millisecond
+	DefaultBlockTimeout     = time.Second
+	DefaultMaxAttempts      = 10
+	DefaultRetryBackoff     = 100 * time.Millisecond
+	DefaultMaxRetryBackoff  = 10 * time.Second
+	DefaultLeaseRetry       = time.Second
+	DefaultOwnerTTL         = 10 * time.Second
+	DefaultRetention        = 24 * time.Hour
+	DefaultTrimInterval     = time.Minute
+	DefaultDeadLetterMaxLen = 10_000
 )
 
 // Config configures a Relay. Zero fields take the documented defaults.
@@ -66,10 +71,19 @@ type Config struct {
 	// BatchSize is the most entries read (XREADGROUP COUNT) and delivered at once.
 	// Default 256.
 	BatchSize int
-	// PollInterval is how long an owner waits after a read found no new entries.
-	// The relay polls rather than blocks so that a lost lease or shutdown stops it at
-	// once and idle partitions hold no connections. Default 50ms.
+	// PollInterval is how long an owner waits after a read found no new entries while its
+	// partition is busy, so that entries arriving meanwhile go out as one batch.
+	// Default 50ms.
 	PollInterval time.Duration
+	// BlockTimeout bounds how long an owner waits inside Redis (XREADGROUP BLOCK) for new
+	// entries once two reads in a row found none: an idle partition costs one command per
+	// BlockTimeout, and the first entry after a quiet spell is delivered at once. Entries
+	// such a read returns after the lease was lost are not delivered; they stay pending
+	// and the partition's next owner takes them over. A blocked read holds one connection
+	// of the client, stopping waits for it, and it must end before another relay can take
+	// the lease: keep BlockTimeout well below the lease's safety margin (package lock:
+	// TTL/4). Default 1s.
+	BlockTimeout time.Duration
 	// MaxAttempts is the number of failed deliveries of one entry after which it is moved
 	// to the dead-letter stream. Failures are counted in Redis, so the count survives a
 	// change of owner. Default 10.
@@ -78,12 +92,18 @@ type Config struct {
 	// every further failure (with ±20% jitter) up to MaxRetryBackoff.
 	// Defaults 100ms and 10s.
 	RetryBackoff, MaxRetryBackoff time.Duration
-	// LeaseRetry is the delay between two attempts to acquire a partition's lease, and
-	// (doubled) the pause after handing a partition over to rebalance. Default 1s.
+	// LeaseRetry is how often (±20%) a relay that owns fewer partitions than its share
+	// looks at each partition it does not own. It makes a single lease attempt only when
+	// the partition has no live owner record, so relays do not contend for partitions that
+	// are served. Doubled, it is also the pause after handing a partition over to
+	// rebalance. Default 1s.
 	LeaseRetry time.Duration
-	// OwnerTTL is the lifetime of this relay's owner record and membership heartbeat;
-	// both are refreshed every OwnerTTL/3. Relays that stopped heartbeating for OwnerTTL
-	// no longer count when partitions are balanced. Default 10s.
+	// OwnerTTL is the lifetime of an owner record, which the owner refreshes every
+	// OwnerTTL/3. A partition whose owner died is taken over once both its lease and its
+	// owner record expired, so set OwnerTTL to the lease TTL. Relays also heartbeat into
+	// the group's member set every OwnerTTL/6, with a lifetime of OwnerTTL/2, so a dead
+	// relay no longer counts when partitions are balanced by the time its partitions come
+	// free. Default 10s.
 	OwnerTTL time.Duration
 	// Retention is how long acknowledged entries stay in the outbox stream; trimming never
 	// removes an entry that any consumer group has not acknowledged, whatever Retention
@@ -93,15 +113,18 @@ type Config struct {
 	// TrimInterval is how often an owner trims its partition. Default 1m; negative
 	// disables trimming.
 	TrimInterval time.Duration
-	// StatusInterval is how often an owner refreshes its partition's metric gauges.
-	// Default 5s.
-	StatusInterval time.Duration
+	// DeadLetterMaxLen bounds each partition's dead-letter stream to about this many
+	// entries (XADD MAXLEN ~, so a little more may be kept). When a new dead letter finds
+	// the stream full, the oldest are dropped: logged at warn and counted in
+	// tally_outbox_dead_letters_dropped_total. Default 10,000; negative: no bound.
+	DeadLetterMaxLen int64
 	// Logger receives the relay's own events (ownership changes, failed deliveries, dead
 	// letters). Nil discards.
 	Logger *slog.Logger
 	// Clock returns the current time. Nil means time.Now.
 	Clock func() time.Time
-	// Registerer receives the relay's Prometheus metrics. Nil means no metrics.
+	// Registerer receives the relay's Prometheus counters and its owned gauge. Nil means
+	// no metrics. Partition state (backlog, age) comes from an Admin's collector.
 	Registerer prometheus.Registerer
 }
 
@@ -127,6 +150,9 @@ func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
+	if c.BlockTimeout == 0 {
+		c.BlockTimeout = DefaultBlockTimeout
+	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
@@ -148,8 +174,8 @@ func (c Config) withDefaults() Config {
 	if c.TrimInterval == 0 {
 		c.TrimInterval = DefaultTrimInterval
 	}
-	if c.StatusInterval == 0 {
-		c.StatusInterval = DefaultStatusInterval
+	if c.DeadLetterMaxLen == 0 {
+		c.DeadLetterMaxLen = DefaultDeadLetterMaxLen
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -173,9 +199,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: BatchSize %d < 1", ErrInvalidConfig, c.BatchSize)
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("%w: MaxAttempts %d < 1", ErrInvalidConfig, c.MaxAttempts)
-	case c.PollInterval < 0, c.RetryBackoff < 0, c.MaxRetryBackoff < c.RetryBackoff,
-		c.LeaseRetry < 0, c.StatusInterval < 0:
+	case c.PollInterval < 0, c.RetryBackoff < 0, c.MaxRetryBackoff < c.RetryBackoff, c.LeaseRetry < 0:
 		return fmt.Errorf("%w: negative interval or MaxRetryBackoff < RetryBackoff", ErrInvalidConfig)
+	case c.BlockTimeout < time.Millisecond:
+		return fmt.Errorf("%w: BlockTimeout %v < 1ms", ErrInvalidConfig, c.BlockTimeout)
 	case c.OwnerTTL < 10*time.Millisecond:
 		return fmt.Errorf("%w: OwnerTTL %v < 10ms", ErrInvalidConfig, c.OwnerTTL)
 	}
@@ -198,7 +225,8 @@ func defaultOwner() string {
 }
 
 // Relay delivers the outbox streams of all partitions to its sinks. Create it with NewRelay
-// and start it with Run.
+// and start it with Run. Its embedded Admin reports on and replays the dead letters of its
+// group's partitions.
 //
 // Guarantees, per consumer group:
 //   - One owner per partition: only the relay holding the partition's lease reads,
@@ -207,8 +235,9 @@ func defaultOwner() string {
 //     under the lease, so a slow retry can never run concurrently with a claim.
 //   - At-least-once, in stream order: an entry is acknowledged (XACK) only after every sink
 //     accepted it; a new owner first redelivers what earlier owners left pending. Sinks see
-//     each account's events in version order, except that a redelivery may repeat a batch
-//     and a replayed dead letter arrives after the later events of its account.
+//     each account's events in version order, except that a redelivery may repeat a batch,
+//     a replayed dead letter arrives after the later events of its account, and entries
+//     an earlier owner read after it lost its lease arrive when the new owner adopts them.
 //   - Poison isolation: when a batch fails, its messages are retried one by one; a message
 //     that fails MaxAttempts times (or with a Permanent error) goes to the dead-letter
 //     stream with the reason, and delivery continues with the next one, including later
@@ -216,14 +245,18 @@ func defaultOwner() string {
 //     letter later because its version is a recorded gap.
 //   - Trimming never drops an entry that any group has not acknowledged.
 type Relay struct {
+	*Admin
+
 	rdb    redis.UniversalClient
 	leaser Leaser
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics
 
-	owned atomic.Int64 // partitions this relay currently owns
+	owned atomic.Int64 // partitions this relay owns or is trying to take
 	share atomic.Int64 // partitions this relay may own (ceil(P / live relays))
+
+	leaseTrouble, redisTrouble trouble
 }
 
 // NewRelay returns a relay over rdb (standalone, cluster or embedded Redis) that takes
@@ -237,11 +270,15 @@ func NewRelay(rdb redis.UniversalClient, leaser Leaser, cfg Config) (*Relay, err
 		return nil, fmt.Errorf("%w: nil redis client or leaser", ErrInvalidConfig)
 	}
 	cfg = cfg.withDefaults()
+	admin, err := NewAdmin(rdb, AdminConfig{Prefix: cfg.Prefix, Partitions: cfg.Partitions, Group: cfg.Group, Clock: cfg.Clock})
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(cfg.Registerer, cfg.Group)
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{rdb: rdb, leaser: leaser, cfg: cfg, log: cfg.Logger.With("owner", cfg.Owner, "group", cfg.Group), m: m}
+	r := &Relay{Admin: admin, rdb: rdb, leaser: leaser, cfg: cfg, log: cfg.Logger.With("owner", cfg.Owner, "group", cfg.Group), m: m}
 	r.share.Store(int64(cfg.Partitions))
 	return r, nil
 }
@@ -249,44 +286,24 @@ func NewRelay(rdb redis.UniversalClient, leaser Leaser, cfg Config) (*Relay, err
 // Owner returns the identity this relay records in leases, consumer names and status.
 func (r *Relay) Owner() string { return r.cfg.Owner }
 
-// leaseKey is the key of partition p's relay lease for the relay's group.
-func (r *Relay) leaseKey(p int) string {
-	return fmt.Sprintf("%s:{%d}:relay:%s:lease", r.cfg.Prefix, p, r.cfg.Group)
-}
-
-// ownerKey records which relay owns partition p (for status).
-func (r *Relay) ownerKey(p int) string {
-	return fmt.Sprintf("%s:{%d}:relay:%s:owner", r.cfg.Prefix, p, r.cfg.Group)
-}
-
-// attemptsKey counts failed deliveries per outbox entry ID of partition p.
-func (r *Relay) attemptsKey(p int) string {
-	return fmt.Sprintf("%s:{%d}:relay:%s:attempts", r.cfg.Prefix, p, r.cfg.Group)
-}
-
-// membersKey holds the heartbeats of the group's running relays. It is not a partition
-// key (it is only ever used alone, so it is safe on Redis Cluster).
-func (r *Relay) membersKey() string {
-	return fmt.Sprintf("%s:relay:%s:members", r.cfg.Prefix, r.cfg.Group)
-}
-
-// Run serves partitions until ctx is done: for each partition it competes for the lease,
-// delivers while it holds it, and tries again after LeaseRetry otherwise. Relays of one
-// group balance the partitions between them (each takes at most ceil(P / live relays)).
-// Everything Run starts has stopped when it returns; it returns nil after ctx is done.
+// Run serves partitions until ctx is done: for each partition without a live owner it
+// tries to take the lease while it owns less than its share, and delivers while it holds
+// it. Relays of one group balance the partitions between them (each takes at most
+// ceil(P / live relays)). Everything Run starts has stopped when it returns; it returns
+// nil after ctx is done.
 func (r *Relay) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); r.heartbeat(ctx) }()
+	wg.Go(func() { r.heartbeat(ctx) })
 	for p := 0; p < r.cfg.Partitions; p++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); r.servePartition(ctx, p) }()
+		wg.Go(func() { r.servePartition(ctx, p) })
 	}
 	wg.Wait()
 	return nil
 }
 
 // heartbeat keeps this relay in the members set and derives its fair share of partitions.
+// A member's entry lives OwnerTTL/2 and is refreshed every OwnerTTL/6, so a dead relay
+// leaves the set before its owner records (OwnerTTL) expire and its partitions come free.
 func (r *Relay) heartbeat(ctx context.Context) {
 	key := r.membersKey()
 	defer func() {
@@ -297,17 +314,18 @@ func (r *Relay) heartbeat(ctx context.Context) {
 	for {
 		now := r.cfg.Clock()
 		pipe := r.rdb.Pipeline()
-		pipe.ZAdd(ctx, key, redis.Z{Score: float64(now.Add(r.cfg.OwnerTTL).UnixMilli()), Member: r.cfg.Owner})
+		pipe.ZAdd(ctx, key, redis.Z{Score: float64(now.Add(r.cfg.OwnerTTL / 2).UnixMilli()), Member: r.cfg.Owner})
 		pipe.ZRemRangeByScore(ctx, key, "-inf", fmt.Sprint(now.UnixMilli()))
 		card := pipe.ZCard(ctx, key)
 		pipe.Expire(ctx, key, 10*r.cfg.OwnerTTL)
 		if _, err := pipe.Exec(ctx); err == nil {
 			n := max(card.Val(), 1)
 			r.share.Store(int64(math.Ceil(float64(r.cfg.Partitions) / float64(n))))
+			r.redisTrouble.clear(r, "outbox relay: Redis answers again")
 		} else if ctx.Err() == nil {
-			r.log.Warn("outbox relay: heartbeat failed", "err", err)
+			r.redisTrouble.report(r, "outbox relay: heartbeat failed", "err", err)
 		}
-		if !sleep(ctx, r.cfg.OwnerTTL/3) {
+		if !sleep(ctx, r.cfg.OwnerTTL/6) {
 			return
 		}
 	}
@@ -316,44 +334,77 @@ func (r *Relay) heartbeat(ctx context.Context) {
 // errYield ends a partition's ownership voluntarily so that another relay can take it.
 var errYield = errors.New("outbox: partition handed over for balance")
 
-// servePartition competes for partition p's lease until ctx is done.
+// servePartition looks after partition p until ctx is done: it tries to take it when it is
+// free and serves it while this relay holds its lease.
 func (r *Relay) servePartition(ctx context.Context, p int) {
 	// Spread the first attempts a little so that relays started together interleave.
 	if !sleep(ctx, jitter(r.cfg.LeaseRetry/10)) {
 		return
 	}
 	for ctx.Err() == nil {
-		delay := jitter(r.cfg.LeaseRetry)
-		if r.owned.Load() < r.share.Load() {
-			err := r.leaser.Do(ctx, r.leaseKey(p), func(lctx context.Context) error {
-				return r.own(lctx, p)
-			})
-			switch {
-			case ctx.Err() != nil:
-				return
-			case errors.Is(err, errYield):
-				delay = 2 * r.cfg.LeaseRetry
-			case err != nil && r.isNotAcquired(err):
-			case err != nil:
-				r.log.Warn("outbox relay: partition ownership ended", "partition", p, "err", err)
-			}
-		}
-		if !sleep(ctx, delay) {
+		if !sleep(ctx, r.tryOwn(ctx, p)) {
 			return
 		}
 	}
 }
 
-// isNotAcquired reports whether err only says that the lease is held elsewhere. The relay
-// cannot name lock.ErrNotAcquired (no import), so every error from Do that did not come
-// from the relay's own work counts as "busy"; those are logged at debug level.
-func (r *Relay) isNotAcquired(err error) bool {
-	var oe *ownError
-	if errors.As(err, &oe) {
-		return false
+// tryOwn takes partition p if this relay is below its share and p has no live owner, then
+// serves it until the lease is lost, the partition is handed over or ctx is done. It makes
+// at most one lease attempt and returns how long to wait before the next call.
+func (r *Relay) tryOwn(ctx context.Context, p int) time.Duration {
+	delay := jitter(r.cfg.LeaseRetry)
+	// Reserve a slot of the share first, so that partitions found free at the same moment
+	// do not take this relay past its share.
+	cur := r.owned.Load()
+	if cur >= r.share.Load() || !r.owned.CompareAndSwap(cur, cur+1) {
+		return delay
 	}
-	r.log.Debug("outbox relay: lease not acquired", "err", err)
-	return true
+	yielded := false
+	defer func() {
+		if !yielded { // a yield has given its slot back already
+			r.owned.Add(-1)
+		}
+	}()
+	owner, err := r.rdb.Get(ctx, r.ownerKey(p)).Result()
+	switch {
+	case ctx.Err() != nil:
+		return 0
+	case errors.Is(err, redis.Nil), err == nil && owner == r.cfg.Owner:
+		// No live owner: try.
+	case err != nil:
+		r.redisTrouble.report(r, "outbox relay: reading a partition's owner failed", "partition", p, "err", err)
+		return delay
+	default:
+		return delay // served by a live relay
+	}
+	err = r.leaser.TryDo(ctx, r.leaseKey(p), func(lctx context.Context) error {
+		err := r.own(lctx, p)
+		yielded = errors.Is(err, errYield)
+		return err
+	})
+	var oe *ownError
+	switch {
+	case ctx.Err() != nil:
+		return 0
+	case yielded:
+		return 2 * r.cfg.LeaseRetry
+	case errors.As(err, &oe):
+		r.log.Warn("outbox relay: partition ownership ended", "partition", p, "err", err)
+	case err == nil:
+		r.leaseTrouble.clear(r, "outbox relay: leases can be taken again")
+	case isBusy(err):
+		r.leaseTrouble.clear(r, "outbox relay: leases can be taken again")
+		r.log.Debug("outbox relay: partition lease held by another relay", "partition", p, "err", err)
+	default:
+		r.leaseTrouble.report(r, "outbox relay: lease attempt failed (lease service unavailable?)", "partition", p, "err", err)
+	}
+	return delay
+}
+
+// isBusy reports whether a Leaser's error says the key is held by another holder.
+func isBusy(err error) bool {
+	var b interface{ Busy() bool }
+	return errors.As(err, &b) && b.Busy()
 }
 
 // ownError marks errors that happened while the relay owned a partition.
@@ -362,19 +413,15 @@ type ownError struct{ err error }
 func (e *ownError) Error() string { return e.err.Error() }
 func (e *ownError) Unwrap() error { return e.err }
 
-// own runs while this relay holds partition p's lease; ctx is cancelled when it is lost.
+// own runs while this relay holds partition p's lease; ctx is cancelled when it is lost. It
+// returns errYield when it handed the partition over (its share slot already given back),
+// nil when the lease was lost or ctx is done, and an *ownError otherwise.
 func (r *Relay) own(ctx context.Context, p int) (err error) {
-	r.owned.Add(1)
-	yielded := false
 	defer func() {
-		if !yielded {
-			r.owned.Add(-1)
-		}
 		r.releaseOwner(ctx, p)
 		r.m.setOwned(p, false)
 		switch {
-		case yielded:
-			err = errYield
+		case errors.Is(err, errYield):
 		case ctx.Err() != nil:
 			err = nil // lease lost or shutting down: nothing to report
 		case err != nil:
@@ -389,47 +436,28 @@ func (r *Relay) own(ctx context.Context, p int) (err error) {
 	r.m.setOwned(p, true)
 	r.log.Info("outbox relay: partition acquired", "partition", p)
 
-	now := r.cfg.Clock()
-	nextOwner := now.Add(r.cfg.OwnerTTL / 3)
-	nextTrim := now.Add(jitter(r.cfg.TrimInterval))
-	nextStatus := now
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		now = r.cfg.Clock()
-		if !now.Before(nextOwner) {
-			if err := r.recordOwner(ctx, p); err != nil {
-				return err
-			}
-			nextOwner = now.Add(r.cfg.OwnerTTL / 3)
-		}
-		if r.cfg.TrimInterval > 0 && !now.Before(nextTrim) {
-			n, err := r.Trim(ctx, p)
-			if err != nil && ctx.Err() == nil {
-				r.log.Warn("outbox relay: trim failed", "partition", p, "err", err)
-			}
-			r.m.trimmed(p, n)
-			nextTrim = now.Add(r.cfg.TrimInterval)
-		}
-		if r.m != nil && !now.Before(nextStatus) {
-			if st, err := r.PartitionStatus(ctx, p); err == nil {
-				r.m.observe(st)
-			}
-			nextStatus = now.Add(r.cfg.StatusInterval)
-		}
-		if cur := r.owned.Load(); cur > r.share.Load() && r.owned.CompareAndSwap(cur, cur-1) {
-			yielded = true
-			return errYield
-		}
-		n, err := o.readNew(ctx)
-		if err != nil {
-			return err
-		}
-		if n == 0 && !sleep(ctx, r.cfg.PollInterval) {
-			return nil
+	var wg sync.WaitGroup
+	kctx, stop := context.WithCancel(ctx)
+	wg.Go(func() { r.keepOwner(kctx, p) })
+	defer func() { stop(); wg.Wait() }()
+	return o.run(ctx)
+}
+
+// keepOwner refreshes partition p's owner record every OwnerTTL/3 until ctx is done, apart
+// from delivery, so that a slow sink does not make the partition look abandoned.
+func (r *Relay) keepOwner(ctx context.Context, p int) {
+	for sleep(ctx, r.cfg.OwnerTTL/3) {
+		if err := r.recordOwner(ctx, p); err != nil && ctx.Err() == nil {
+			r.redisTrouble.report(r, "outbox relay: refreshing a partition's owner record failed", "partition", p, "err", err)
 		}
 	}
+}
+
+// yield hands one partition over when this relay owns more than its share: it gives the
+// slot back and reports true, and the caller must then stop owning the partition.
+func (r *Relay) yield() bool {
+	cur := r.owned.Load()
+	return cur > r.share.Load() && r.owned.CompareAndSwap(cur, cur-1)
 }
 
 // recordOwner writes this relay's name into partition p's owner key with a TTL.
@@ -446,6 +474,47 @@ func (r *Relay) releaseOwner(ctx context.Context, p int) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	_ = releaseOwnerScript.Run(cctx, r.rdb, []string{r.ownerKey(p)}, r.cfg.Owner).Err()
+}
+
+// warnEvery bounds how often one kind of lasting trouble is logged at warn level.
+const warnEvery = 30 * time.Second
+
+// trouble logs a kind of failure that every partition loop may hit at once (the lease
+// service or Redis unreachable): at warn level when it starts, then at most every
+// warnEvery with the number of failures in between, and at info level when it ends.
+type trouble struct {
+	mu         sync.Mutex
+	active     bool
+	lastWarn   time.Time
+	suppressed int
+}
+
+func (t *trouble) report(r *Relay, msg string, args ...any) {
+	now := r.cfg.Clock()
+	t.mu.Lock()
+	warn := !t.active || now.Sub(t.lastWarn) >= warnEvery
+	n := t.suppressed
+	if warn {
+		t.active, t.lastWarn, t.suppressed = true, now, 0
+	} else {
+		t.suppressed++
+	}
+	t.mu.Unlock()
+	if warn {
+		r.log.Warn(msg, append(args, "similar_failures_since_last_warning", n)...)
+	} else {
+		r.log.Debug(msg, args...)
+	}
+}
+
+func (t *trouble) clear(r *Relay, msg string) {
+	t.mu.Lock()
+	was := t.active
+	t.active = false
+	t.mu.Unlock()
+	if was {
+		r.log.Info(msg)
+	}
 }
 
 // sleep waits d or until ctx is done; it reports whether the full d passed.

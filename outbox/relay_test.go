@@ -51,7 +51,7 @@ func TestRelayDelivery(t *testing.T) {
 			require.NoError(t, err)
 			var lag int64
 			for _, st := range before {
-				lag += st.Lag
+				lag += st.Backlog
 				require.Empty(t, st.Owner)
 			}
 			require.Equal(t, int64(w.total), lag, "before the relay runs, every entry is lag")
@@ -66,7 +66,7 @@ func TestRelayDelivery(t *testing.T) {
 				sts, err := r.Status(ctx)
 				require.NoError(t, err)
 				for _, st := range sts {
-					if st.Lag != 0 || st.Pending != 0 || st.Owner != "relay-a" || st.LagSeconds != 0 {
+					if st.Backlog != 0 || st.Pending != 0 || st.Owner != "relay-a" || st.OldestAgeSeconds != 0 {
 						return false
 					}
 				}

@@ -22,7 +22,7 @@ const streamSinkStride = 9
 // and marks it seen in the same script, then trims the dedup set to the newest Window IDs.
 //
 // KEYS[1] target stream, KEYS[2] dedup sorted set (event ID scored by insertion sequence).
-// ARGV[1] MAXLEN for approximate trimming (0: none), ARGV[2] Window, then per message the
+// ARGV[1] MAXLEN for approximate trimming (0 or negative: none), ARGV[2] Window, then per message the
 // event ID and the 8 values of EntryFields. Returns the number of entries appended.
 const streamSinkScript = `
 local maxlen = tonumber(ARGV[1])
@@ -60,16 +60,24 @@ type StreamSinkConfig struct {
 	// slot: Stream+":seen" when Stream has a hash tag ("sink{x}" → "sink{x}:seen"), else
 	// "{"+Stream+"}:seen". A key with a hash tag is the clearer choice on Cluster.
 	Stream string
-	// MaxLen, when positive, trims the target stream to about MaxLen entries (XADD MAXLEN
-	// ~) on every append. Default 0: no trimming.
+	// MaxLen bounds the target stream to about MaxLen entries (XADD MAXLEN ~ on every
+	// append, so a little more may be kept): the oldest entries are removed whether or
+	// not the stream's readers have seen them, so readers must not fall further behind.
+	// Default DefaultStreamSinkMaxLen (1,000,000); negative: no bound.
 	MaxLen int64
 	// Window is how many of the most recently appended event IDs the dedup set remembers.
 	// A redelivery of an event older than that is appended again. Default 100000.
 	Window int64
 }
 
+// DefaultStreamSinkMaxLen is the default bound of a StreamSink's target stream.
+const DefaultStreamSinkMaxLen = 1_000_000
+
 // withDefaults returns c with every unset optional field set to its default.
 func (c StreamSinkConfig) withDefaults() StreamSinkConfig {
+	if c.MaxLen == 0 {
+		c.MaxLen = DefaultStreamSinkMaxLen
+	}
 	if c.Window == 0 {
 		c.Window = 100000
 	}
@@ -77,7 +85,7 @@ func (c StreamSinkConfig) withDefaults() StreamSinkConfig {
 }
 
 // Validate returns an error when Client is nil, Stream is empty or has no usable dedup key
-// (a key without a valid hash tag that contains '}'), or MaxLen or Window is negative.
+// (a key without a valid hash tag that contains '}'), or Window is negative.
 func (c StreamSinkConfig) Validate() error {
 	if c.Client == nil {
 		return errors.New("outbox: stream sink config: Client is required")
@@ -88,8 +96,8 @@ func (c StreamSinkConfig) Validate() error {
 	if _, err := streamSinkSeenKey(c.Stream); err != nil {
 		return err
 	}
-	if c.MaxLen < 0 || c.Window < 0 {
-		return errors.New("outbox: stream sink config: MaxLen and Window must not be negative")
+	if c.Window < 0 {
+		return errors.New("outbox: stream sink config: Window must not be negative")
 	}
 	return nil
 }

@@ -106,6 +106,12 @@ func TestStreamSink(t *testing.T) {
 		require.Equal(t, int64(1000), c.ZCard(ctx, sink.SeenKey()).Val(), "trimming the stream keeps the dedup window")
 	})
 
+	t.Run("NegativeMaxLenKeepsAll", func(t *testing.T) {
+		sink := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: "keep{a}", MaxLen: -1})
+		require.NoError(t, sink.Deliver(ctx, sinkTestMessages(4, 250, 0)))
+		require.Equal(t, int64(1000), c.XLen(ctx, "keep{a}").Val())
+	})
+
 	t.Run("EventWithoutIDIsPermanent", func(t *testing.T) {
 		sink := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: "noid{a}"})
 		msgs := sinkTestMessages(1, 2, 0)
@@ -170,7 +176,6 @@ func TestStreamSinkConfig(t *testing.T) {
 		"NoClient":       {Stream: "s{x}"},
 		"NoStream":       {Client: c},
 		"EmptyTag":       {Client: c, Stream: "{}sink{x}"},
-		"NegativeMaxLen": {Client: c, Stream: "s{x}", MaxLen: -1},
 		"NegativeWindow": {Client: c, Stream: "s{x}", Window: -1},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -182,4 +187,5 @@ func TestStreamSinkConfig(t *testing.T) {
 
 	s := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: "s{x}"})
 	require.Equal(t, int64(100000), s.cfg.Window, "default window")
+	require.Equal(t, int64(DefaultStreamSinkMaxLen), s.cfg.MaxLen, "the target stream is bounded by default")
 }

@@ -58,8 +58,8 @@ return redis.call('XTRIM', KEYS[1], 'MINID', minid)`)
 // TrimInterval; it is safe to call from anywhere at any time. It returns how many entries
 // it removed.
 func (r *Relay) Trim(ctx context.Context, p int) (int64, error) {
-	if p < 0 || p >= r.cfg.Partitions {
-		return 0, fmt.Errorf("%w: %d", ErrUnknownPartition, p)
+	if err := r.checkPartition(p); err != nil {
+		return 0, err
 	}
 	cutoff := "9999999999999-0" // negative retention: keep nothing that is acknowledged
 	if r.cfg.Retention > 0 {

@@ -163,7 +163,7 @@ func TestTrimUnderSlowConsumer(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool {
 		st, err := r.PartitionStatus(ctx, 0)
 		require.NoError(t, err)
-		return st.Lag == 0
+		return st.Backlog == 0
 	}, "relay group fully acknowledged")
 
 	keep, err := NewRelay(rdb, newTestLeaser(rdb, "relay-k", nil), Config{Partitions: 1, Sinks: []Sink{sink}, Retention: time.Hour})

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/lock"
 	"github.com/tally-ledger/tally/outbox"
 )
 
@@ -192,10 +193,17 @@ func (b *bench) runRelay(ctx context.Context) error {
 		return err
 	}
 	sink := newLagSink(d)
-	relay, err := outbox.NewRelay(b.rdb, locker, outbox.Config{
-		Prefix: prefix, Partitions: b.f.partitions, Group: "bench", Owner: "bench-" + b.runID,
-		Sinks: []outbox.Sink{sink}, PollInterval: b.f.pollInterval, Logger: b.log,
-	})
+	// As in serve and relay: the relay's blocked reads get a pool of their own, apart
+	// from the writers'.
+	relayRDB, closeRelayRDB := relayClient(b.rdb, b.f.partitions)
+	defer closeRelayRDB()
+	relayConfig := func(owner string) outbox.Config {
+		return outbox.Config{
+			Prefix: prefix, Partitions: b.f.partitions, Group: "bench", Owner: owner,
+			Sinks: []outbox.Sink{sink}, PollInterval: b.f.pollInterval, Logger: b.log,
+		}
+	}
+	relay, err := outbox.NewRelay(relayRDB, locker, relayConfig("bench-"+b.runID))
 	if err != nil {
 		return err
 	}
@@ -226,6 +234,10 @@ func (b *bench) runRelay(ctx context.Context) error {
 		return fmt.Errorf("steady delivery: %w", err)
 	}
 	tail := max(0, time.Unix(0, sink.last.Load()).Sub(writeEnd))
+	idleData, idleMasters, err := b.measureIdle(ctx, relayRDB, relayConfig)
+	if err != nil {
+		return fmt.Errorf("idle relays: %w", err)
+	}
 	if err := stop(); err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
@@ -261,6 +273,7 @@ func (b *bench) runRelay(ctx context.Context) error {
 	fmt.Fprintf(b.stdout, "| end-to-end lag p50 / p95 / p99 / max (ms) | %s / %s / %s / %s |\n",
 		ms(percentile(lag, 0.5)), ms(percentile(lag, 0.95)), ms(percentile(lag, 0.99)), ms(percentile(lag, 1)))
 	fmt.Fprintf(b.stdout, "| last event applied after writes stopped (ms) | %s |\n", ms(tail))
+	fmt.Fprintf(b.stdout, "| idle, 3 relays of the group, no traffic: commands/s on the data Redis / lock masters | %.0f / %.0f |\n", idleData, idleMasters)
 	fmt.Fprintf(b.stdout, "| duplicates seen by dedup | %d |\n", dups)
 	verdict := "yes"
 	if !exact || effects != total || applied != total {
@@ -275,6 +288,95 @@ func (b *bench) runRelay(ctx context.Context) error {
 		return errors.New("relay: events did not take effect exactly once")
 	}
 	return ctx.Err()
+}
+
+// idleWindow is how long the relay scenario measures the commands of idle relays.
+const idleWindow = 5 * time.Second
+
+// measureIdle starts two more relays of the running relay's group (as one serve and two
+// relay processes would run), waits until the three have split the partitions, and
+// returns the commands per second that the data Redis and the lock masters executed
+// during idleWindow without traffic. It stops the relays it started.
+func (b *bench) measureIdle(ctx context.Context, rdb redis.UniversalClient, config func(owner string) outbox.Config) (data, masters float64, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var (
+		wg      sync.WaitGroup
+		closers []func()
+	)
+	defer func() {
+		cancel()
+		wg.Wait()
+		for _, c := range closers {
+			c()
+		}
+	}()
+	owners := map[string]bool{config("bench-" + b.runID).Owner: true}
+	for i := 2; i <= 3; i++ {
+		l, closeLocker, err := b.f.lock.newLocker(b.rdb, b.log, lock.Hooks{}, b.f.lock.ttl)
+		if err != nil {
+			return 0, 0, err
+		}
+		closers = append(closers, closeLocker)
+		cfg := config(fmt.Sprintf("bench-%s-%d", b.runID, i))
+		owners[cfg.Owner] = true
+		r, err := outbox.NewRelay(rdb, l, cfg)
+		if err != nil {
+			return 0, 0, err
+		}
+		wg.Go(func() { _ = r.Run(ctx) })
+	}
+	admin, err := outbox.NewAdmin(b.rdb, outbox.AdminConfig{Prefix: config("").Prefix, Partitions: b.f.partitions, Group: config("").Group})
+	if err != nil {
+		return 0, 0, err
+	}
+	b.progress("relay: waiting for 3 relays to split the partitions, then counting their commands for %v", idleWindow)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		sts, err := admin.Status(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		share := (b.f.partitions + len(owners) - 1) / len(owners)
+		held := map[string]int{}
+		for _, st := range sts {
+			if owners[st.Owner] {
+				held[st.Owner]++
+			}
+		}
+		total, balanced := 0, true
+		for _, n := range held {
+			total += n
+			balanced = balanced && n <= share
+		}
+		balanced = balanced && total == b.f.partitions
+		if balanced {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, 0, errors.New("the relays did not split the partitions within a minute")
+		}
+		select {
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	dataBefore, mastersBefore, err := b.commandCount(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	case <-time.After(idleWindow):
+	}
+	dataAfter, mastersAfter, err := b.commandCount(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	secs := time.Since(start).Seconds()
+	return float64(dataAfter-dataBefore) / secs, float64(mastersAfter-mastersBefore) / secs, nil
 }
 
 // checkWatermarks reports whether the consumer's watermark of every account equals the

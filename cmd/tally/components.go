@@ -64,25 +64,36 @@ type relayFlags struct {
 	webhook       string
 	webhookSecret string
 	stream        string
+	streamMaxLen  int64
 	projector     bool
 	group         string
 	maxAttempts   int
 	retention     time.Duration
 	leaseTTL      time.Duration
+	deadLetterMax int64
 }
 
 func (f *relayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.webhook, "webhook", "", "deliver events to this URL (JSON, signed with Tally-Signature: sha256=<hex HMAC>)")
 	fs.StringVar(&f.webhookSecret, "webhook-secret", "", "HMAC-SHA256 secret for --webhook (required with it)")
 	fs.StringVar(&f.stream, "sink-stream", "", "also append every event (deduplicated) to this Redis stream key")
+	fs.Int64Var(&f.streamMaxLen, "sink-stream-maxlen", outbox.DefaultStreamSinkMaxLen, "keep about this many entries in the --sink-stream stream; older ones are trimmed whether read or not (negative: no bound)")
 	fs.BoolVar(&f.projector, "projector", true, "maintain the built-in read model (per-account summaries and totals)")
 	fs.StringVar(&f.group, "relay-group", outbox.DefaultGroup, "consumer group: relays with the same group share partitions")
 	fs.IntVar(&f.maxAttempts, "relay-max-attempts", outbox.DefaultMaxAttempts, "failed deliveries of one event before it moves to the dead-letter stream")
 	fs.DurationVar(&f.retention, "outbox-retention", outbox.DefaultRetention, "how long acknowledged outbox entries are kept")
 	fs.DurationVar(&f.leaseTTL, "relay-lease-ttl", 10*time.Second, "partition lease validity: how long a dead relay's partitions wait for a new owner")
+	fs.Int64Var(&f.deadLetterMax, "dead-letter-max", outbox.DefaultDeadLetterMaxLen, "keep about this many dead letters per partition; the oldest are dropped beyond (logged, counted in tally_outbox_dead_letters_dropped_total; negative: no bound)")
 }
 
-// newRelay builds the relay with the sinks the flags ask for.
+// newAdmin returns the outbox Admin of the flags' relay group, which serves GET /v1/relay
+// and the dead-letter replay on any serve and exports the partitions' backlog to reg.
+func (f *relayFlags) newAdmin(rdb redis.UniversalClient, prefix string, partitions int, reg prometheus.Registerer) (*outbox.Admin, error) {
+	return outbox.NewAdmin(rdb, outbox.AdminConfig{Prefix: prefix, Partitions: partitions, Group: f.group, Registerer: reg})
+}
+
+// newRelay builds the relay with the sinks the flags ask for. rdb should be a client of
+// the relay's own (see relayClient).
 func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, prefix string, partitions int, log *slog.Logger, reg prometheus.Registerer) (*outbox.Relay, error) {
 	var sinks []outbox.Sink
 	if f.projector {
@@ -93,7 +104,7 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 		sinks = append(sinks, p)
 	}
 	if f.stream != "" {
-		s, err := outbox.NewStreamSink(outbox.StreamSinkConfig{Client: rdb, Stream: f.stream})
+		s, err := outbox.NewStreamSink(outbox.StreamSinkConfig{Client: rdb, Stream: f.stream, MaxLen: f.streamMaxLen})
 		if err != nil {
 			return nil, err
 		}
@@ -111,27 +122,64 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 	}
 	return outbox.NewRelay(rdb, leaser, outbox.Config{
 		Prefix: prefix, Partitions: partitions, Group: f.group, Sinks: sinks,
-		MaxAttempts: f.maxAttempts, Retention: f.retention, Logger: log, Registerer: reg,
+		MaxAttempts: f.maxAttempts, Retention: f.retention, DeadLetterMaxLen: f.deadLetterMax,
+		// A dead relay's partitions are free once both its leases and its owner records
+		// expired: give them the same lifetime.
+		OwnerTTL: f.leaseTTL,
+		// An idle owner's blocked read must end well before another relay can take the
+		// lease it lost (lock's safety margin is TTL/4).
+		BlockTimeout: min(outbox.DefaultBlockTimeout, f.leaseTTL/8),
+		Logger:       log, Registerer: reg,
 	})
 }
 
-// relayAdmin adapts the outbox relay to the handlers' Relay interface.
-type relayAdmin struct{ r *outbox.Relay }
+// relayClient returns a client for the relay with a connection pool of its own: an owner
+// of an idle partition waits for new entries inside Redis (XREADGROUP BLOCK), holding one
+// connection per idle partition, which must not starve the API's requests. It connects
+// like rdb (address or dialer, credentials, TLS, context deadlines) with a pool of at least
+// partitions+16 connections (per node on a Cluster). The returned function closes it.
+func relayClient(rdb redis.UniversalClient, partitions int) (redis.UniversalClient, func()) {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		o := c.Options()
+		n := redis.NewClient(&redis.Options{
+			Network: o.Network, Addr: o.Addr, Dialer: o.Dialer, Username: o.Username, Password: o.Password,
+			CredentialsProvider: o.CredentialsProvider, DB: o.DB, TLSConfig: o.TLSConfig,
+			ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: max(o.PoolSize, partitions+16),
+		})
+		return n, func() { n.Close() }
+	case *redis.ClusterClient:
+		o := c.Options()
+		n := redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: o.Addrs, Username: o.Username, Password: o.Password, CredentialsProvider: o.CredentialsProvider,
+			TLSConfig: o.TLSConfig, ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: max(o.PoolSize, partitions+16),
+		})
+		return n, func() { n.Close() }
+	default:
+		return rdb, func() {}
+	}
+}
+
+// relayAdmin adapts the outbox Admin to the handlers' Relay interface.
+type relayAdmin struct{ a *outbox.Admin }
 
 func (a relayAdmin) Status(ctx context.Context) ([]handlers.PartitionStatus, error) {
-	st, err := a.r.Status(ctx)
+	st, err := a.a.Status(ctx)
 	if err != nil {
 		return nil, storeError(ctx, err)
 	}
 	out := make([]handlers.PartitionStatus, len(st))
 	for i, s := range st {
-		out[i] = handlers.PartitionStatus(s)
+		out[i] = handlers.PartitionStatus{
+			Partition: s.Partition, Owner: s.Owner, Consumed: s.Consumed, Length: s.Length,
+			Backlog: s.Backlog, OldestAgeSeconds: s.OldestAgeSeconds, Pending: s.Pending, DeadLetters: s.DeadLetters,
+		}
 	}
 	return out, nil
 }
 
 func (a relayAdmin) ReplayDeadLetters(ctx context.Context) (int, error) {
-	n, err := a.r.ReplayDeadLetters(ctx)
+	n, err := a.a.ReplayDeadLetters(ctx)
 	if err != nil {
 		return n, storeError(ctx, err)
 	}

@@ -57,7 +57,13 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeLeaser()
-	relay, err := relayF.newRelay(rdb, leaser, prefix, partitions, log, reg)
+	// The partitions' backlog, read from Redis when /metrics is scraped.
+	if _, err := relayF.newAdmin(rdb, prefix, partitions, reg); err != nil {
+		return err
+	}
+	relayRDB, closeRelayRDB := relayClient(rdb, partitions)
+	defer closeRelayRDB()
+	relay, err := relayF.newRelay(relayRDB, leaser, prefix, partitions, log, reg)
 	if err != nil {
 		return err
 	}

@@ -104,17 +104,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	var g group
+	// The relay status and dead-letter replay live in Redis: every serve answers them.
+	admin, err := f.relay.newAdmin(rdb, lcfg.Prefix, lcfg.Partitions, reg)
+	if err != nil {
+		return err
+	}
+	hcfg.Relay = relayAdmin{admin}
 	if f.runRelay {
 		leaser, closeLeaser, err := f.lock.newLocker(rdb, log, hooks, f.relay.leaseTTL)
 		if err != nil {
 			return err
 		}
 		defer closeLeaser()
-		relay, err := f.relay.newRelay(rdb, leaser, lcfg.Prefix, lcfg.Partitions, log, reg)
+		relayRDB, closeRelayRDB := relayClient(rdb, lcfg.Partitions)
+		defer closeRelayRDB()
+		relay, err := f.relay.newRelay(relayRDB, leaser, lcfg.Prefix, lcfg.Partitions, log, reg)
 		if err != nil {
 			return err
 		}
-		hcfg.Relay = relayAdmin{relay}
 		g.add(relay.Run)
 	}
 
