@@ -178,14 +178,14 @@ func TestBadInputChangesNothing(t *testing.T) {
 func TestWalkthrough(t *testing.T) {
 	a := mustAPI(t, handlers.Config{})
 	rec := a.mustDo(201, "POST", "/v1/accounts", `{"id":"alice","metadata":{"plan":"pro"}}`)
-	assert.JSONEq(t, `{"id":"alice","version":1,"allow_negative":false,"metadata":{"plan":"pro"},"balances":{}}`, rec.Body.String())
+	assert.JSONEq(t, `{"id":"alice","version":1,"status":"open","allow_negative":false,"metadata":{"plan":"pro"},"balances":{}}`, rec.Body.String())
 	rec = a.mustDo(201, "POST", "/v1/accounts/alice/deposits", `{"currency":"USD","amount":1500}`)
-	assert.JSONEq(t, `{"operation_id":"alice:2","account":{"id":"alice","version":2,"allow_negative":false,"metadata":{"plan":"pro"},
+	assert.JSONEq(t, `{"operation_id":"alice:2","account":{"id":"alice","version":2,"status":"open","allow_negative":false,"metadata":{"plan":"pro"},
 		"balances":{"USD":{"posted":1500,"held":0,"available":1500}}}}`, rec.Body.String())
 	a.mustDo(201, "POST", "/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":500}`)
 	requireProblem(t, a.do("POST", "/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":5000}`), 422, "insufficient_funds")
 	rec = a.mustDo(200, "GET", "/v1/accounts/alice", ``)
-	assert.JSONEq(t, `{"id":"alice","version":3,"allow_negative":false,"metadata":{"plan":"pro"},
+	assert.JSONEq(t, `{"id":"alice","version":3,"status":"open","allow_negative":false,"metadata":{"plan":"pro"},
 		"balances":{"USD":{"posted":1000,"held":0,"available":1000}}}`, rec.Body.String())
 
 	rec = a.mustDo(200, "GET", "/v1/accounts/alice/events?limit=2", ``)
@@ -234,7 +234,7 @@ func TestIdempotencyOverHTTP(t *testing.T) {
 		assert.Equal(t, bodies[0], b)
 	}
 	rec := a.mustDo(200, "GET", "/v1/accounts/bob", ``)
-	assert.JSONEq(t, `{"id":"bob","version":3,"allow_negative":false,"balances":{"USD":{"posted":240,"held":0,"available":240}}}`, rec.Body.String())
+	assert.JSONEq(t, `{"id":"bob","version":3,"status":"open","allow_negative":false,"balances":{"USD":{"posted":240,"held":0,"available":240}}}`, rec.Body.String())
 }
 
 func TestAuth(t *testing.T) {

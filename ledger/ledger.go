@@ -155,28 +155,49 @@ type Ledger struct {
 // It returns ErrPartitionMismatch when Redis already records another partition count, and
 // an error wrapping ErrStoreUnavailable when Redis cannot be reached.
 func Open(ctx context.Context, rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
+	l, err := New(rdb, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.CheckPartitions(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// New checks cfg and returns a Ledger over rdb without talking to Redis; call
+// CheckPartitions before the first write (Open does both).
+func New(rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	ks := keyspace{prefix: cfg.Prefix, partitions: cfg.Partitions}
-	if err := rdb.HSetNX(ctx, ks.meta(), "partitions", cfg.Partitions).Err(); err != nil {
-		return nil, storeErr(ctx, err)
-	}
-	recorded, err := rdb.HGet(ctx, ks.meta(), "partitions").Int()
-	if err != nil {
-		return nil, storeErr(ctx, err)
-	}
-	if recorded != cfg.Partitions {
-		return nil, fmt.Errorf("%w: Redis records %d partitions under %q, this process was started with %d; start with --partitions %d",
-			ErrPartitionMismatch, recorded, ks.meta(), cfg.Partitions, recorded)
-	}
 	return &Ledger{
 		cfg:       cfg,
 		store:     &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
 		queue:     groupQueue{accounts: map[string]*accountQueue{}},
 		admission: admission{inflight: map[string]int{}},
 	}, nil
+}
+
+// CheckPartitions records the partition count in Redis on first start and otherwise
+// verifies it. It returns ErrPartitionMismatch when Redis records another count, and an
+// error wrapping ErrStoreUnavailable when Redis cannot be reached.
+func (l *Ledger) CheckPartitions(ctx context.Context) error {
+	rdb, meta := l.store.rdb, l.store.keys.meta()
+	if err := rdb.HSetNX(ctx, meta, "partitions", l.cfg.Partitions).Err(); err != nil {
+		return storeErr(ctx, err)
+	}
+	recorded, err := rdb.HGet(ctx, meta, "partitions").Int()
+	if err != nil {
+		return storeErr(ctx, err)
+	}
+	if recorded != l.cfg.Partitions {
+		return fmt.Errorf("%w: Redis records %d partitions under %q, this process was started with %d; start with --partitions %d",
+			ErrPartitionMismatch, recorded, meta, l.cfg.Partitions, recorded)
+	}
+	return nil
 }
 
 // Partitions returns the partition count.

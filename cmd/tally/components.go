@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -94,8 +93,11 @@ func (f *relayFlags) newAdmin(rdb redis.UniversalClient, prefix string, partitio
 
 // newRelay builds the relay with the sinks the flags ask for. rdb should be a client of
 // the relay's own (see relayClient).
-func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, prefix string, partitions int, log *slog.Logger, reg prometheus.Registerer) (*outbox.Relay, error) {
-	var sinks []outbox.Sink
+//
+// The ledger's transfer process manager (tm) comes first, so that a transfer a crash left
+// half done is finished before the other sinks see the rest of the batch.
+func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, prefix string, partitions int, log *slog.Logger, reg prometheus.Registerer, tm outbox.Sink) (*outbox.Relay, error) {
+	sinks := []outbox.Sink{tm}
 	if f.projector {
 		p, err := outbox.NewProjector(rdb, outbox.ProjectorConfig{Prefix: prefix, Partitions: partitions})
 		if err != nil {
@@ -116,9 +118,6 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 			return nil, err
 		}
 		sinks = append(sinks, w)
-	}
-	if len(sinks) == 0 {
-		return nil, errors.New("the relay has no sink: keep --projector or give --webhook / --sink-stream")
 	}
 	return outbox.NewRelay(rdb, leaser, outbox.Config{
 		Prefix: prefix, Partitions: partitions, Group: f.group, Sinks: sinks,
@@ -232,6 +231,8 @@ func registerLedgerMetrics(reg prometheus.Registerer, l *ledger.Ledger) error {
 		stat("tally_ledger_retries_total", "Attempts repeated after a conflict or store error.", func(s ledger.Stats) int64 { return s.Retries }),
 		stat("tally_ledger_idempotent_replays_total", "Requests answered from an idempotency record.", func(s ledger.Stats) int64 { return s.Replays }),
 		stat("tally_ledger_lock_failures_total", "Attempts that could not take or keep the lease.", func(s ledger.Stats) int64 { return s.LockFailures }),
+		stat("tally_ledger_overloaded_total", "Requests refused with 503 overloaded: their account already had --max-queue requests in this process.", func(s ledger.Stats) int64 { return s.Overloaded }),
+		stat("tally_ledger_transfers_stuck_total", "Cross-partition transfers the sweep found pending longer than --sweep-stuck-after (and finished).", func(s ledger.Stats) int64 { return s.TransfersStuck }),
 	)
 }
 

@@ -228,6 +228,8 @@ func (f *serveFlags) validate() error {
 	}{
 		{"--partitions", f.partitions > 0},
 		{"--max-batch", f.maxBatch > 0},
+		{"--max-queue", f.maxQueue > 0},
+		{"--sweep-stuck-after", f.stuckAfter > 0},
 		{"--max-body", f.maxBody > 0},
 		{"--idempotency-ttl", f.idemTTL > 0},
 		{"--request-timeout", f.reqTimeout > 0},

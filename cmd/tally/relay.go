@@ -44,8 +44,10 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeRedis()
-	// Opening the ledger checks the partition count recorded in Redis.
-	if _, err := ledger.Open(ctx, rdb, ledger.Config{Prefix: prefix, Partitions: partitions}); err != nil {
+	// Opening the ledger checks the partition count recorded in Redis; the relay's transfer
+	// process manager writes through it.
+	l, err := ledger.Open(ctx, rdb, ledger.Config{Prefix: prefix, Partitions: partitions})
+	if err != nil {
 		return err
 	}
 	reg, hooks, err := newMetrics()
@@ -63,7 +65,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	relayRDB, closeRelayRDB := relayClient(rdb, partitions)
 	defer closeRelayRDB()
-	relay, err := relayF.newRelay(relayRDB, leaser, prefix, partitions, log, reg)
+	relay, err := relayF.newRelay(relayRDB, leaser, prefix, partitions, log, reg, l.TransferManager())
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,8 @@ type serveFlags struct {
 	shutdown    time.Duration
 	idemTTL     time.Duration
 	reqTimeout  time.Duration
+	maxQueue    int
+	stuckAfter  time.Duration
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -51,6 +53,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
 	fs.DurationVar(&f.idemTTL, "idempotency-ttl", 24*time.Hour, "how long Idempotency-Keys are remembered")
+	fs.IntVar(&f.maxQueue, "max-queue", 10_000, "requests of one account this process holds at once; beyond it: 503 overloaded")
+	fs.DurationVar(&f.stuckAfter, "sweep-stuck-after", 30*time.Second, "a cross-partition transfer pending this long is logged, counted and finished by the sweep")
 	fs.DurationVar(&f.reqTimeout, "request-timeout", handlers.DefaultRequestTimeout, "deadline of one API request; a request that outlives it is answered 503 with Retry-After")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -89,6 +93,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Mode:               ledger.Mode(f.concurrency),
 		DisableGroupCommit: !f.groupCommit,
 		MaxBatch:           f.maxBatch,
+		MaxQueue:           f.maxQueue,
 		IdempotencyTTL:     f.idemTTL,
 		BatchTimeout:       groupCommitTimeout,
 	}
@@ -100,10 +105,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer closeLocker()
 		lcfg.Locker = locker
 	}
-	if err := lcfg.Validate(); err != nil {
+	l, err := ledger.New(rdb, lcfg)
+	if err != nil {
+		return err
+	}
+	sweeper, err := l.NewSweeper(ledger.SweeperConfig{StuckAfter: f.stuckAfter, Logger: log})
+	if err != nil {
 		return err
 	}
 	var g group
+	g.add(sweeper.Run)
 	// The relay status and dead-letter replay live in Redis: every serve answers them.
 	admin, err := f.relay.newAdmin(rdb, lcfg.Prefix, lcfg.Partitions, reg)
 	if err != nil {
@@ -118,7 +129,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer closeLeaser()
 		relayRDB, closeRelayRDB := relayClient(rdb, lcfg.Partitions)
 		defer closeRelayRDB()
-		relay, err := f.relay.newRelay(relayRDB, leaser, lcfg.Prefix, lcfg.Partitions, log, reg)
+		relay, err := f.relay.newRelay(relayRDB, leaser, lcfg.Prefix, lcfg.Partitions, log, reg, l.TransferManager())
 		if err != nil {
 			return err
 		}
@@ -128,8 +139,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := data.start(ctx, log); err != nil {
 		return err
 	}
-	l, err := ledger.Open(ctx, rdb, lcfg)
-	if err != nil {
+	if err := l.CheckPartitions(ctx); err != nil {
 		return err
 	}
 	if err := registerLedgerMetrics(reg, l); err != nil {
