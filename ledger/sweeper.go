@@ -15,7 +15,7 @@ import (
 // SweeperConfig configures a Sweeper. Zero fields take the documented defaults.
 type SweeperConfig struct {
 	// HoldInterval is how often every partition's expired holds get their HoldExpired
-	// event. Default 250ms, so an expiry is recorded within about a second.
+	// event. Default 500ms, so an expiry is recorded within about a second.
 	HoldInterval time.Duration
 	// TransferInterval is how often pending transfers are looked at. Default 5s.
 	TransferInterval time.Duration
@@ -30,7 +30,7 @@ type SweeperConfig struct {
 
 func (c SweeperConfig) withDefaults() SweeperConfig {
 	if c.HoldInterval == 0 {
-		c.HoldInterval = 250 * time.Millisecond
+		c.HoldInterval = 500 * time.Millisecond
 	}
 	if c.TransferInterval == 0 {
 		c.TransferInterval = 5 * time.Second

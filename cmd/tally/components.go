@@ -185,13 +185,17 @@ func (a relayAdmin) ReplayDeadLetters(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// storeError marks a Redis failure of a non-ledger component as ledger.ErrStoreUnavailable
-// so the API answers 503, not 500.
+// storeError classifies a Redis failure of a non-ledger component the way the ledger does:
+// an outage (ledger.Transient) is ledger.ErrStoreUnavailable (503), anything else a bug,
+// ledger.ErrInternal (500, logged).
 func storeError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("%w: %v", ledger.ErrStoreUnavailable, err)
+	if ledger.Transient(err) {
+		return fmt.Errorf("%w: %w", ledger.ErrStoreUnavailable, err)
+	}
+	return fmt.Errorf("%w: %w", ledger.ErrInternal, err)
 }
 
 // newMetrics returns a registry with Go and process collectors and the lock's metrics, and
