@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -103,17 +102,11 @@ func (t httpTarget) Applied(ctx context.Context, account string) ([]workload.App
 		if err := json.Unmarshal(raw, &page); err != nil {
 			return nil, err
 		}
-		for _, e := range page.Events {
-			kind := map[string]string{ledger.EventDeposited: workload.Deposit, ledger.EventWithdrawn: workload.Withdrawal}[e.Type]
-			if kind == "" {
-				continue
-			}
-			var d ledger.MoneyData
-			if err := json.Unmarshal(e.Data, &d); err != nil {
-				return nil, err
-			}
-			out = append(out, workload.AppliedOp{OperationID: d.OperationID, Kind: kind, Amount: d.Amount})
+		ops, err := workload.Money(page.Events)
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, ops...)
 		if page.Next == nil {
 			return out, nil
 		}
@@ -133,33 +126,14 @@ func (t httpTarget) Posted(ctx context.Context, account string) (int64, error) {
 	return acc.Balances[workload.Currency].Posted, nil
 }
 
-// backend starts one kind of Redis for the API.
-type backend struct {
-	name  string
-	start func(t *testing.T) redis.UniversalClient
-}
-
-func backends() []backend {
-	return []backend{
-		{"standalone", func(t *testing.T) redis.UniversalClient { return redistest.MustStart(t).Client() }},
-		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.MustStartCluster(t).Client() }},
-		{"embedded", func(t *testing.T) redis.UniversalClient {
-			m := miniredis.RunT(t)
-			c := redis.NewClient(&redis.Options{Addr: m.Addr()})
-			t.Cleanup(func() { c.Close() })
-			return c
-		}},
-	}
-}
-
 // TestExactlyOnceOverHTTP is the randomized duplicate/cancellation workload of the ledger
 // tests, sent over real HTTP connections (a cancelled request is a client that hangs up),
 // on every Redis, in both modes, with group commit on and off.
 func TestExactlyOnceOverHTTP(t *testing.T) {
 	masters := redistest.MustStartN(t, 3)
-	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+	for _, b := range redistest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			for _, mode := range []ledger.Mode{ledger.ModeOptimistic, ledger.ModeLock} {
 				for _, group := range []bool{true, false} {
 					t.Run(fmt.Sprintf("%s/group-commit=%v", mode, group), func(t *testing.T) {

@@ -20,8 +20,8 @@ import (
 // 3-master Redis Cluster and the embedded miniredis.
 func TestStoreContract(t *testing.T) {
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			for _, gc := range []bool{true, false} {
 				cfg := ledger.Config{DisableGroupCommit: !gc, Prefix: "gc" + map[bool]string{true: "on", false: "off"}[gc]}
 				t.Run("group-commit="+map[bool]string{true: "on", false: "off"}[gc], func(t *testing.T) {

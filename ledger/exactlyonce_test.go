@@ -2,7 +2,6 @@ package ledger_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -80,17 +79,11 @@ func appliedOps(ctx context.Context, l *ledger.Ledger, account string) ([]worklo
 		if err != nil {
 			return nil, err
 		}
-		for _, e := range events {
-			kind := map[string]string{ledger.EventDeposited: workload.Deposit, ledger.EventWithdrawn: workload.Withdrawal}[e.Type]
-			if kind == "" {
-				continue
-			}
-			var d ledger.MoneyData
-			if err := json.Unmarshal(e.Data, &d); err != nil {
-				return nil, err
-			}
-			out = append(out, workload.AppliedOp{OperationID: d.OperationID, Kind: kind, Amount: d.Amount})
+		ops, err := workload.Money(events)
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, ops...)
 		if next == 0 {
 			return out, nil
 		}
@@ -124,8 +117,8 @@ func exactlyOnceConfig(seed uint64, prefix string) workload.Config {
 func TestExactlyOnceUnderConcurrentRetries(t *testing.T) {
 	masters := redistest.MustStartN(t, 3)
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			for _, mode := range []ledger.Mode{ledger.ModeOptimistic, ledger.ModeLock} {
 				for _, group := range []bool{true, false} {
 					name := fmt.Sprintf("%s/group-commit=%v", mode, group)

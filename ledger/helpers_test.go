@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"testing"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
@@ -13,25 +12,8 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// backend starts one kind of Redis and returns a client for it.
-type backend struct {
-	name  string
-	start func(t *testing.T) redis.UniversalClient
-}
-
 // backends are the three Redis implementations every store contract test runs against.
-func backends() []backend {
-	return []backend{
-		{"standalone", func(t *testing.T) redis.UniversalClient { return redistest.MustStart(t).Client() }},
-		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.MustStartCluster(t).Client() }},
-		{"embedded", func(t *testing.T) redis.UniversalClient {
-			m := miniredis.RunT(t)
-			c := redis.NewClient(&redis.Options{Addr: m.Addr()})
-			t.Cleanup(func() { c.Close() })
-			return c
-		}},
-	}
-}
+func backends() []redistest.Backend { return redistest.Backends() }
 
 // MustOpen returns a ledger on rdb or fails the test.
 func MustOpen(tb testing.TB, rdb redis.UniversalClient, cfg ledger.Config) *ledger.Ledger {

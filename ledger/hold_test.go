@@ -44,8 +44,8 @@ func balance(t *testing.T, l *ledger.Ledger, id string) ledger.Balance {
 // never be captured, and nothing changes when a rule is broken.
 func TestTwoPhase(t *testing.T) {
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			ctx := context.Background()
 			clock := newFakeClock()
 			l := MustOpen(t, rdb, ledger.Config{Prefix: "hold", Clock: clock.Now})
@@ -283,8 +283,8 @@ func TestTwoPhase(t *testing.T) {
 
 func TestHoldExpirySweeper(t *testing.T) {
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			ctx := context.Background()
 			l := MustOpen(t, rdb, ledger.Config{Prefix: "sweep"})
 			fund(t, l, "acct", 100)

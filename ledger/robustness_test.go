@@ -66,8 +66,8 @@ func TestDuplicateKeysInOneBatch(t *testing.T) {
 
 func TestCommitScriptRefusesRecordNamedTwice(t *testing.T) {
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			ctx := context.Background()
 			l := MustOpen(t, rdb, ledger.Config{Prefix: "twice"})
 			MustOpenAccount(t, l, "acct", false)
@@ -141,8 +141,8 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 
 	t.Run("a script error is internal and not retried", func(t *testing.T) {
 		for _, b := range backends() {
-			t.Run(b.name, func(t *testing.T) {
-				l := MustOpen(t, b.start(t), ledger.Config{Prefix: "scripterr"})
+			t.Run(b.Name, func(t *testing.T) {
+				l := MustOpen(t, b.Start(t), ledger.Config{Prefix: "scripterr"})
 				MustOpenAccount(t, l, "acct", false)
 				l.BreakCommitScript()
 				_, err := l.Deposit(ctx, ledger.Deposit{Account: "acct", Currency: "USD", Amount: 1}, ledger.WriteOptions{})

@@ -58,8 +58,8 @@ func requireVerified(t *testing.T, l *ledger.Ledger) ledger.VerifyReport {
 
 func TestTransfers(t *testing.T) {
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			ctx := context.Background()
 			l := MustOpen(t, rdb, ledger.Config{Prefix: "xfer"})
 
@@ -271,8 +271,8 @@ func TestTransferSagaRecovery(t *testing.T) {
 
 func TestDuplicateTransferIDsFromTwoProcesses(t *testing.T) {
 	for _, b := range backends() {
-		t.Run(b.name, func(t *testing.T) {
-			rdb := b.start(t)
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			ctx := context.Background()
 			procs := []*ledger.Ledger{MustOpen(t, rdb, ledger.Config{Prefix: "dupx"}), MustOpen(t, rdb, ledger.Config{Prefix: "dupx"})}
 			l := procs[0]

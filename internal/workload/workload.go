@@ -18,6 +18,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // Kinds of operations.
@@ -317,4 +319,21 @@ func check(ctx context.Context, t Target, accounts []string, byAmt map[int64]*lo
 		}
 	}
 	return nil
+}
+
+// Money returns the Deposited and Withdrawn events among events as AppliedOps.
+func Money(events []ledger.Event) ([]AppliedOp, error) {
+	var out []AppliedOp
+	for _, e := range events {
+		kind := map[string]string{ledger.EventDeposited: Deposit, ledger.EventWithdrawn: Withdrawal}[e.Type]
+		if kind == "" {
+			continue
+		}
+		var d ledger.MoneyData
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			return nil, err
+		}
+		out = append(out, AppliedOp{OperationID: d.OperationID, Kind: kind, Amount: d.Amount})
+	}
+	return out, nil
 }

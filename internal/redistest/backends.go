@@ -1,0 +1,30 @@
+package redistest
+
+import (
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// Backend starts one kind of Redis for a test and returns a client for it.
+type Backend struct {
+	Name  string
+	Start func(t *testing.T) redis.UniversalClient
+}
+
+// Backends are the three Redis implementations every contract test runs against: a real
+// standalone server, a real 3-master Cluster and the embedded miniredis that `tally serve`
+// uses by default.
+func Backends() []Backend {
+	return []Backend{
+		{"standalone", func(t *testing.T) redis.UniversalClient { return MustStart(t).Client() }},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return MustStartCluster(t).Client() }},
+		{"embedded", func(t *testing.T) redis.UniversalClient {
+			m := miniredis.RunT(t)
+			c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+			t.Cleanup(func() { c.Close() })
+			return c
+		}},
+	}
+}
