@@ -155,7 +155,6 @@ func TestServeConfigErrorsBeforeAnything(t *testing.T) {
 		{"zero relay attempts", []string{"--relay-max-attempts", "0"}, "--relay-max-attempts must be positive"},
 		{"zero outbox retention", []string{"--outbox-retention", "0s"}, "--outbox-retention must be positive"},
 		{"webhook without secret", []string{"--webhook", "http://127.0.0.1:1/hook"}, "outbox"},
-		{"relay without sinks", []string{"--projector=false"}, "no sink"},
 	} {
 		for _, variant := range []string{"embedded", "redis"} {
 			t.Run(tc.name+"/"+variant, func(t *testing.T) {
