@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"runtime/debug"
 	"sort"
-	"time"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 // request is one write waiting for its result.
@@ -427,21 +427,12 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	return nil, nil
 }
 
-// backoff waits a jittered exponential delay for the given attempt, or returns ctx's error.
+// backoff waits before retry attempt (1-based) a jittered exponential delay: RetryBackoff
+// doubling up to RetryBackoffMax, at least half of it ("equal jitter"). It returns ctx's
+// error when ctx ends first.
 func (l *Ledger) backoff(ctx context.Context, attempt int) error {
-	d := l.cfg.RetryBackoff << min(attempt, 16)
-	if d > l.cfg.RetryBackoffMax || d <= 0 {
-		d = l.cfg.RetryBackoffMax
-	}
-	d = d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	p := backoff.Policy{Base: l.cfg.RetryBackoff, Max: l.cfg.RetryBackoffMax, Jitter: 0.5}
+	return backoff.Wait(ctx, p.Delay(attempt))
 }
 
 // newToken returns a random 128-bit hex token.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/go-redsync/redsync/v4"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 // Lease is a held lease on one key, as returned by Acquire and TryAcquire. Its methods are
@@ -108,12 +110,8 @@ func (s *Lease) Extend(ctx context.Context) error {
 		}
 		cfg.Logger.Debug("lock: renewal failed, retrying", "key", s.key, "err", err)
 		wait := min(s.l.retryDelay(), max(0, until.Sub(cfg.Clock())-cfg.SafetyMargin))
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return fmt.Errorf("lock: extend %q: %w", s.key, ctx.Err())
-		case <-timer.C:
+		if err := backoff.Wait(ctx, wait); err != nil {
+			return fmt.Errorf("lock: extend %q: %w", s.key, err)
 		}
 	}
 }

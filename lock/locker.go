@@ -23,12 +23,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/go-redsync/redsync/v4"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 var (
@@ -234,30 +235,14 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 		}
 	}()
 
-	var (
-		timer   *time.Timer
-		lastErr error
-	)
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	var lastErr error
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if try {
 				return nil, notAcquired(key, heldElsewhere(lastErr), fmt.Sprintf("%q: %v", key, lastErr))
 			}
-			d := l.retryDelay()
-			if timer == nil {
-				timer = time.NewTimer(d)
-			} else {
-				timer.Reset(d)
-			}
-			select {
-			case <-waitCtx.Done():
+			if backoff.Wait(waitCtx, l.retryDelay()) != nil {
 				return nil, l.waitFailed(ctx, key, lastErr)
-			case <-timer.C:
 			}
 		}
 		if waitCtx.Err() != nil {
@@ -395,11 +380,7 @@ func (l *Locker) nextRenewal(lease *Lease) time.Duration {
 
 // retryDelay returns a uniformly jittered delay in [RetryDelayMin, RetryDelayMax].
 func (l *Locker) retryDelay() time.Duration {
-	lo, hi := l.cfg.RetryDelayMin, l.cfg.RetryDelayMax
-	if hi <= lo {
-		return lo
-	}
-	return lo + rand.N(hi-lo+1)
+	return backoff.Between(l.cfg.RetryDelayMin, l.cfg.RetryDelayMax)
 }
 
 // releaseTimeout bounds a release, which runs detached from the caller's context.

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 // partition is one owned partition's delivery state. It lives only while the relay holds
@@ -56,7 +58,7 @@ func (o *partition) start(ctx context.Context) error {
 func (o *partition) run(ctx context.Context) error {
 	r := o.r
 	now := r.cfg.Clock()
-	nextTrim := now.Add(jitter(r.cfg.TrimInterval))
+	nextTrim := now.Add(backoff.Jitter(r.cfg.TrimInterval, spread))
 	nextAdopt := now.Add(r.cfg.OwnerTTL / 3)
 	empty := 0
 	for {
@@ -97,7 +99,7 @@ func (o *partition) run(ctx context.Context) error {
 			empty = 0
 		case block >= 0: // waited in Redis already
 		default:
-			if empty++; empty < 2 && !sleep(ctx, r.cfg.PollInterval) {
+			if empty++; empty < 2 && backoff.Wait(ctx, r.cfg.PollInterval) != nil {
 				return nil
 			}
 		}
@@ -337,11 +339,11 @@ func (o *partition) deliverOne(ctx context.Context, m Message) (failed bool, err
 				"stream_id", m.StreamID, "attempts", n, "err", derr)
 			return failed, o.deadLetter(ctx, m.StreamID, derr.Error(), n)
 		}
-		wait := r.backoff(n)
+		wait := r.retryDelay(n)
 		r.log.Warn("outbox relay: delivery failed, will retry", "partition", o.p, "event", m.Event.ID,
 			"attempt", n, "retry_in", wait, "err", derr)
-		if !sleep(ctx, wait) {
-			return failed, ctx.Err()
+		if err := backoff.Wait(ctx, wait); err != nil {
+			return failed, err
 		}
 	}
 }
@@ -389,13 +391,11 @@ func (o *partition) ack(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// backoff returns the delay after the n-th failed delivery of an entry.
-func (r *Relay) backoff(n int64) time.Duration {
-	d := r.cfg.RetryBackoff
-	for i := int64(1); i < n && d < r.cfg.MaxRetryBackoff; i++ {
-		d *= 2
-	}
-	return jitter(min(d, r.cfg.MaxRetryBackoff))
+// retryDelay returns the delay after the n-th failed delivery of an entry: RetryBackoff
+// doubling up to MaxRetryBackoff, up to 20% less at random.
+func (r *Relay) retryDelay(n int64) time.Duration {
+	p := backoff.Policy{Base: r.cfg.RetryBackoff, Max: r.cfg.MaxRetryBackoff, Jitter: spread}
+	return p.Delay(int(min(n, 1<<20)))
 }
 
 func streamIDs(msgs []Message) []string {

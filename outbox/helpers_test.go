@@ -19,6 +19,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 // errTestBusy is what testLeaser returns when the key is held by someone else: like
@@ -67,7 +69,7 @@ func (l *testLeaser) TryDo(ctx context.Context, key string, fn func(ctx context.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for sleep(lctx, l.ttl/3) {
+		for backoff.Wait(lctx, l.ttl/3) == nil {
 			n, err := extendScript.Run(lctx, l.rdb, []string{key}, token, l.ttl.Milliseconds()).Int()
 			if lctx.Err() != nil {
 				return

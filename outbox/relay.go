@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	mrand "math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 // Leaser grants an exclusive, renewed lease on a key. It is the subset of package lock's
@@ -89,7 +90,8 @@ type Config struct {
 	// change of owner. Default 10.
 	MaxAttempts int
 	// RetryBackoff is the delay after an entry's first failed delivery; it doubles with
-	// every further failure (with ±20% jitter) up to MaxRetryBackoff.
+	// every further failure up to MaxRetryBackoff, and each delay is up to 20% shorter at
+	// random (so that retries of many entries spread out).
 	// Defaults 100ms and 10s.
 	RetryBackoff, MaxRetryBackoff time.Duration
 	// LeaseRetry is how often (±20%) a relay that owns fewer partitions than its share
@@ -325,7 +327,7 @@ func (r *Relay) heartbeat(ctx context.Context) {
 		} else if ctx.Err() == nil {
 			r.redisTrouble.report(r, "outbox relay: heartbeat failed", "err", err)
 		}
-		if !sleep(ctx, r.cfg.OwnerTTL/6) {
+		if backoff.Wait(ctx, r.cfg.OwnerTTL/6) != nil {
 			return
 		}
 	}
@@ -338,11 +340,11 @@ var errYield = errors.New("outbox: partition handed over for balance")
 // free and serves it while this relay holds its lease.
 func (r *Relay) servePartition(ctx context.Context, p int) {
 	// Spread the first attempts a little so that relays started together interleave.
-	if !sleep(ctx, jitter(r.cfg.LeaseRetry/10)) {
+	if backoff.Wait(ctx, backoff.Jitter(r.cfg.LeaseRetry/10, spread)) != nil {
 		return
 	}
 	for ctx.Err() == nil {
-		if !sleep(ctx, r.tryOwn(ctx, p)) {
+		if backoff.Wait(ctx, r.tryOwn(ctx, p)) != nil {
 			return
 		}
 	}
@@ -352,7 +354,7 @@ func (r *Relay) servePartition(ctx context.Context, p int) {
 // serves it until the lease is lost, the partition is handed over or ctx is done. It makes
 // at most one lease attempt and returns how long to wait before the next call.
 func (r *Relay) tryOwn(ctx context.Context, p int) time.Duration {
-	delay := jitter(r.cfg.LeaseRetry)
+	delay := backoff.Jitter(r.cfg.LeaseRetry, spread)
 	// Reserve a slot of the share first, so that partitions found free at the same moment
 	// do not take this relay past its share.
 	cur := r.owned.Load()
@@ -446,7 +448,7 @@ func (r *Relay) own(ctx context.Context, p int) (err error) {
 // keepOwner refreshes partition p's owner record every OwnerTTL/3 until ctx is done, apart
 // from delivery, so that a slow sink does not make the partition look abandoned.
 func (r *Relay) keepOwner(ctx context.Context, p int) {
-	for sleep(ctx, r.cfg.OwnerTTL/3) {
+	for backoff.Wait(ctx, r.cfg.OwnerTTL/3) == nil {
 		if err := r.recordOwner(ctx, p); err != nil && ctx.Err() == nil {
 			r.redisTrouble.report(r, "outbox relay: refreshing a partition's owner record failed", "partition", p, "err", err)
 		}
@@ -517,25 +519,6 @@ func (t *trouble) clear(r *Relay, msg string) {
 	}
 }
 
-// sleep waits d or until ctx is done; it reports whether the full d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// jitter returns d ±20%.
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
-}
+// spread is the relay's jitter: periodic work (lease attempts, trimming) runs every
+// interval ±20%, and a retry waits up to 20% less than its backoff step.
+const spread = 0.2

@@ -10,12 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tally-ledger/tally/internal/backoff"
 )
 
 // Headers of a webhook request. Every request carries Content-Type: application/json and
@@ -204,12 +205,8 @@ func (s *WebhookSink) post(ctx context.Context, chunk []Message) error {
 		if wait < 0 {
 			wait = s.backoff(attempt)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w (last attempt: %v)", ctx.Err(), err)
-		case <-t.C:
+		if werr := backoff.Wait(ctx, wait); werr != nil {
+			return fmt.Errorf("%w (last attempt: %v)", werr, err)
 		}
 	}
 }
@@ -264,15 +261,8 @@ func (s *WebhookSink) retryAfter(v string) time.Duration {
 
 // backoff returns the jittered wait after the given failed attempt (1-based).
 func (s *WebhookSink) backoff(attempt int) time.Duration {
-	d := s.cfg.MinBackoff
-	for i := 1; i < attempt && d < s.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, s.cfg.MaxBackoff)
-	if d <= 1 {
-		return d
-	}
-	return d/2 + rand.N(d/2+1)
+	p := backoff.Policy{Base: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Jitter: 0.5}
+	return p.Delay(attempt)
 }
 
 // webhookDescribe names the events of a request for error messages.
