@@ -228,9 +228,9 @@ func accountNames(n int) []string {
 
 // testEvent builds a Deposited event of account's version v.
 func testEvent(account string, v int64) Event {
-	typ, data := TypeDeposited, fmt.Sprintf(`{"operation_id":"op-%s-%d","currency":"USD","amount":%d}`, account, v, v)
+	typ, data := "Deposited", fmt.Sprintf(`{"operation_id":"op-%s-%d","currency":"USD","amount":%d}`, account, v, v)
 	if v == 1 {
-		typ, data = TypeAccountOpened, `{"allow_negative":false,"metadata":{}}`
+		typ, data = "AccountOpened", `{"allow_negative":false,"metadata":{}}`
 	}
 	return Event{ID: EventID(account, v), Type: typ, Account: account, Version: v,
 		Time: time.Now().UTC(), Data: json.RawMessage(data)}
@@ -316,6 +316,21 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() bool, msg string, 
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// waitDelivered waits until r's group has no backlog in any partition.
+func waitDelivered(t *testing.T, r *Relay) {
+	t.Helper()
+	waitFor(t, 30*time.Second, func() bool {
+		sts, err := r.Status(context.Background())
+		require.NoError(t, err)
+		for _, st := range sts {
+			if st.Backlog != 0 {
+				return false
+			}
+		}
+		return true
+	}, "group %s delivered everything", r.cfg.Group)
 }
 
 // testConfig returns a relay config with short intervals for tests.

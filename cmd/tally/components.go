@@ -99,7 +99,7 @@ func (f *relayFlags) newAdmin(rdb redis.UniversalClient, prefix string, partitio
 func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, prefix string, partitions int, log *slog.Logger, reg prometheus.Registerer, tm outbox.Sink) (*outbox.Relay, error) {
 	sinks := []outbox.Sink{tm}
 	if f.projector {
-		p, err := outbox.NewProjector(rdb, outbox.ProjectorConfig{Prefix: prefix, Partitions: partitions})
+		p, err := ledger.NewProjector(rdb, ledger.ProjectorConfig{Prefix: prefix, Partitions: partitions})
 		if err != nil {
 			return nil, err
 		}

@@ -1,4 +1,4 @@
-package outbox
+package ledger
 
 import (
 	"context"
@@ -9,28 +9,23 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/outbox"
 )
 
-// Ledger event types the projector understands (DESIGN §8).
-const (
-	TypeAccountOpened    = "AccountOpened"
-	TypeDeposited        = "Deposited"
-	TypeWithdrawn        = "Withdrawn"
-	TypeTransferDebited  = "TransferDebited"
-	TypeTransferCredited = "TransferCredited"
-	TypeTransferRefunded = "TransferRefunded"
-	TypeHoldPlaced       = "HoldPlaced"
-	TypeHoldCaptured     = "HoldCaptured"
-	TypeHoldVoided       = "HoldVoided"
-	TypeHoldExpired      = "HoldExpired"
-)
-
-// ErrBadEventData is wrapped (with Permanent) by Projector.Deliver for an event of a known
-// type whose data cannot be projected (bad JSON, negative amount, no currency).
-var ErrBadEventData = errors.New("outbox: bad event data")
+// ErrBadEventData is wrapped (with outbox.Permanent) by Projector.Deliver for an event of a
+// known type whose data cannot be projected (bad JSON, negative amount, no currency).
+var ErrBadEventData = errors.New("bad event data")
 
 // ErrNoSummary is returned by Projector.Account for an account it has never seen.
-var ErrNoSummary = errors.New("outbox: no summary for account")
+var ErrNoSummary = errors.New("no summary for account")
+
+// Defaults of ProjectorConfig.
+const (
+	DefaultProjectorName = "projector"
+	defaultPrefix        = "tally"
+	defaultPartitions    = 16
+)
 
 // ProjectorConfig configures a Projector.
 type ProjectorConfig struct {
@@ -41,35 +36,37 @@ type ProjectorConfig struct {
 	Name string
 	// Partitions is the partition count P, used by Totals. Default 16.
 	Partitions int
-	// DedupWindow and DedupMaxGaps configure the projector's Dedup (see DedupConfig).
+	// DedupWindow and DedupMaxGaps configure the projector's Dedup (see
+	// outbox.DedupConfig).
 	DedupWindow, DedupMaxGaps int
 }
 
 func (c ProjectorConfig) withDefaults() ProjectorConfig {
 	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
+		c.Prefix = defaultPrefix
 	}
 	if c.Name == "" {
-		c.Name = "projector"
+		c.Name = DefaultProjectorName
 	}
 	if c.Partitions == 0 {
-		c.Partitions = DefaultPartitions
+		c.Partitions = defaultPartitions
 	}
 	return c
 }
 
-// Validate applies the defaults and reports the first invalid field, wrapping
-// ErrInvalidConfig.
+// Validate applies the defaults and reports the first invalid field; an invalid dedup
+// setting comes back as outbox.DedupConfig.Validate's error (wrapping
+// outbox.ErrInvalidConfig).
 func (c ProjectorConfig) Validate() error {
 	c = c.withDefaults()
 	if c.Partitions < 1 {
-		return fmt.Errorf("%w: projector Partitions %d < 1", ErrInvalidConfig, c.Partitions)
+		return fmt.Errorf("ledger: projector Partitions %d < 1", c.Partitions)
 	}
 	return c.dedupConfig().Validate()
 }
 
-func (c ProjectorConfig) dedupConfig() DedupConfig {
-	return DedupConfig{Prefix: c.Prefix, Name: c.Name, Window: c.DedupWindow, MaxGaps: c.DedupMaxGaps}
+func (c ProjectorConfig) dedupConfig() outbox.DedupConfig {
+	return outbox.DedupConfig{Prefix: c.Prefix, Name: c.Name, Window: c.DedupWindow, MaxGaps: c.DedupMaxGaps}
 }
 
 // AccountSummary is the projector's view of one account.
@@ -91,24 +88,25 @@ type Totals struct {
 	Held     map[string]int64 // sum of held amounts per currency
 }
 
-// Projector is the built-in read-model consumer (CQRS): a Sink that keeps a summary hash per
-// account and a totals hash per partition, applying each event exactly once through Dedup
-// (the dedup mark and the projection commit in one script). Events of unknown types are
-// counted and skipped (still marked processed).
+// Projector is the built-in read-model consumer (CQRS): an outbox sink that keeps a summary
+// hash per account and a totals hash per partition, applying each event exactly once
+// through an outbox.Dedup (the dedup mark and the projection commit in one script). Events
+// of unknown types are counted and skipped (still marked processed). Its keys live in the
+// outbox partition's slot: "<prefix>:{p}:<name>:acct:<account>", ":totals" and ":accounts".
 type Projector struct {
 	rdb   redis.UniversalClient
 	cfg   ProjectorConfig
-	dedup *Dedup
+	dedup *outbox.Dedup
 }
 
-// NewProjector returns a projector over rdb. It returns an error wrapping ErrInvalidConfig
-// when cfg is invalid or rdb is nil.
+// NewProjector returns a projector over rdb. It returns an error when cfg is invalid (see
+// ProjectorConfig.Validate) and one wrapping outbox.ErrInvalidConfig when rdb is nil.
 func NewProjector(rdb redis.UniversalClient, cfg ProjectorConfig) (*Projector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d, err := NewDedup(rdb, cfg.dedupConfig())
+	d, err := outbox.NewDedup(rdb, cfg.dedupConfig())
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +114,7 @@ func NewProjector(rdb redis.UniversalClient, cfg ProjectorConfig) (*Projector, e
 }
 
 // Dedup returns the projector's Dedup (for its statistics).
-func (pr *Projector) Dedup() *Dedup { return pr.dedup }
+func (pr *Projector) Dedup() *outbox.Dedup { return pr.dedup }
 
 func (pr *Projector) summaryKey(p int, account string) string {
 	return pr.dedup.Key(p, "acct:"+account)
@@ -127,7 +125,7 @@ func (pr *Projector) accountsKey(p int) string { return pr.dedup.Key(p, "account
 // projectEffect applies one event's projection.
 // KEYS: summary, totals, accounts. ARGV: account, version, then three lists each led by its
 // length: summary increments (field, delta), totals increments, summary sets (field, value).
-var projectEffect = NewEffect(`
+var projectEffect = outbox.NewEffect(`
 local v = tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v > cur then redis.call('HSET', KEYS[1], 'version', ARGV[2]) end
@@ -148,15 +146,16 @@ for k = 1, 3 do
 end
 return 1`)
 
-// Deliver projects msgs in order (Sink). Runs of messages of one partition are applied in
-// one script call each. It returns Permanent(ErrBadEventData...) when an event of a known
-// type has unusable data (nothing of the batch is applied then), and wrapped Redis errors.
-func (pr *Projector) Deliver(ctx context.Context, msgs []Message) error {
-	ops := make([]Op, 0, len(msgs))
+// Deliver projects msgs in order (outbox.Sink). Runs of messages of one partition are
+// applied in one script call each. It returns outbox.Permanent(ErrBadEventData...) when an
+// event of a known type has unusable data (nothing of the batch is applied then), and
+// wrapped Redis errors.
+func (pr *Projector) Deliver(ctx context.Context, msgs []outbox.Message) error {
+	ops := make([]outbox.Op, 0, len(msgs))
 	for _, m := range msgs {
 		pj, err := project(m.Event)
 		if err != nil {
-			return Permanent(fmt.Errorf("projector: event %s: %w", m.Event.ID, err))
+			return outbox.Permanent(fmt.Errorf("ledger: projector: event %s: %w", m.Event.ID, err))
 		}
 		p := m.Partition
 		args := []any{m.Event.Account, m.Event.Version}
@@ -166,7 +165,7 @@ func (pr *Projector) Deliver(ctx context.Context, msgs []Message) error {
 				args = append(args, x.k, x.v)
 			}
 		}
-		ops = append(ops, Op{Msg: m,
+		ops = append(ops, outbox.Op{Msg: m,
 			Keys: []string{pr.summaryKey(p, m.Event.Account), pr.totalsKey(p), pr.accountsKey(p)},
 			Args: args})
 	}
@@ -176,7 +175,7 @@ func (pr *Projector) Deliver(ctx context.Context, msgs []Message) error {
 			n++
 		}
 		if _, err := pr.dedup.ApplyBatch(ctx, projectEffect, ops[:n]); err != nil {
-			return fmt.Errorf("projector: %w", err)
+			return fmt.Errorf("ledger: projector: %w", err)
 		}
 		ops = ops[n:]
 	}
@@ -192,7 +191,7 @@ type projection struct {
 	acct, totals, set []kv
 }
 
-// eventAmount is the union of the money fields of the ledger's event data.
+// eventAmount is the union of the money fields of the event data the projector reads.
 type eventAmount struct {
 	Currency string `json:"currency"`
 	Amount   int64  `json:"amount"`
@@ -211,7 +210,7 @@ func project(e Event) (projection, error) {
 		pj.totals = append(pj.totals, kv{"held:" + cur, d})
 	}
 	switch e.Type {
-	case TypeAccountOpened:
+	case EventAccountOpened:
 		var d struct {
 			AllowNegative bool `json:"allow_negative"`
 		}
@@ -223,8 +222,8 @@ func project(e Event) (projection, error) {
 		pj.set = append(pj.set, kv{"allow_negative", strconv.FormatBool(d.AllowNegative)})
 		pj.totals = append(pj.totals, kv{"accounts", 1})
 		return pj, nil
-	case TypeDeposited, TypeWithdrawn, TypeTransferDebited, TypeTransferCredited, TypeTransferRefunded,
-		TypeHoldPlaced, TypeHoldCaptured, TypeHoldVoided, TypeHoldExpired:
+	case EventDeposited, EventWithdrawn, EventTransferDebited, EventTransferCredited, EventTransferRefunded,
+		EventHoldPlaced, EventHoldCaptured, EventHoldVoided, EventHoldExpired:
 	default:
 		pj.totals = append(pj.totals, kv{"unknown", 1})
 		return pj, nil
@@ -237,16 +236,16 @@ func project(e Event) (projection, error) {
 		return pj, fmt.Errorf("%w: currency %q amount %d released %d", ErrBadEventData, d.Currency, d.Amount, d.Released)
 	}
 	switch e.Type {
-	case TypeDeposited, TypeTransferCredited, TypeTransferRefunded:
+	case EventDeposited, EventTransferCredited, EventTransferRefunded:
 		posted(d.Currency, d.Amount)
-	case TypeWithdrawn, TypeTransferDebited:
+	case EventWithdrawn, EventTransferDebited:
 		posted(d.Currency, -d.Amount)
-	case TypeHoldPlaced:
+	case EventHoldPlaced:
 		held(d.Currency, d.Amount)
-	case TypeHoldCaptured:
+	case EventHoldCaptured:
 		posted(d.Currency, -d.Amount)
 		held(d.Currency, -(d.Amount + d.Released))
-	case TypeHoldVoided, TypeHoldExpired:
+	case EventHoldVoided, EventHoldExpired:
 		held(d.Currency, -d.Amount)
 	}
 	return pj, nil
@@ -256,7 +255,7 @@ func project(e Event) (projection, error) {
 func (pr *Projector) Account(ctx context.Context, p int, account string) (AccountSummary, error) {
 	h, err := pr.rdb.HGetAll(ctx, pr.summaryKey(p, account)).Result()
 	if err != nil {
-		return AccountSummary{}, fmt.Errorf("projector: read summary: %w", err)
+		return AccountSummary{}, fmt.Errorf("ledger: projector: read summary: %w", err)
 	}
 	if len(h) == 0 {
 		return AccountSummary{}, fmt.Errorf("%w: %s", ErrNoSummary, account)
@@ -284,7 +283,7 @@ func (pr *Projector) Account(ctx context.Context, p int, account string) (Accoun
 func (pr *Projector) Accounts(ctx context.Context, p int) ([]string, error) {
 	ids, err := pr.rdb.SMembers(ctx, pr.accountsKey(p)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("projector: read accounts: %w", err)
+		return nil, fmt.Errorf("ledger: projector: read accounts: %w", err)
 	}
 	return ids, nil
 }
@@ -293,7 +292,7 @@ func (pr *Projector) Accounts(ctx context.Context, p int) ([]string, error) {
 func (pr *Projector) PartitionTotals(ctx context.Context, p int) (Totals, error) {
 	h, err := pr.rdb.HGetAll(ctx, pr.totalsKey(p)).Result()
 	if err != nil {
-		return Totals{}, fmt.Errorf("projector: read totals: %w", err)
+		return Totals{}, fmt.Errorf("ledger: projector: read totals: %w", err)
 	}
 	t := Totals{Posted: map[string]int64{}, Held: map[string]int64{}}
 	t.add(h)
@@ -307,7 +306,7 @@ func (pr *Projector) Totals(ctx context.Context) (Totals, error) {
 	for p := 0; p < pr.cfg.Partitions; p++ {
 		h, err := pr.rdb.HGetAll(ctx, pr.totalsKey(p)).Result()
 		if err != nil {
-			return Totals{}, fmt.Errorf("projector: read totals: %w", err)
+			return Totals{}, fmt.Errorf("ledger: projector: read totals: %w", err)
 		}
 		t.add(h)
 	}
