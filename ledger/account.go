@@ -6,23 +6,6 @@ import (
 	"maps"
 	"sort"
 	"time"
-
-	"github.com/tally-ledger/tally/outbox"
-)
-
-// Event types of an account's stream (DESIGN §8).
-const (
-	EventAccountOpened    = "AccountOpened"
-	EventDeposited        = "Deposited"
-	EventWithdrawn        = "Withdrawn"
-	EventTransferDebited  = "TransferDebited"
-	EventTransferCredited = "TransferCredited"
-	EventTransferRefunded = "TransferRefunded"
-	EventHoldPlaced       = "HoldPlaced"
-	EventHoldCaptured     = "HoldCaptured"
-	EventHoldVoided       = "HoldVoided"
-	EventHoldExpired      = "HoldExpired"
-	EventAccountClosed    = "AccountClosed"
 )
 
 // Account statuses.
@@ -109,46 +92,6 @@ func (a *Account) liveHold(id string, now time.Time) (pendingHold, bool) {
 		return pendingHold{}, false
 	}
 	return h, true
-}
-
-// Event is one entry of an account's event stream; it travels unchanged through the outbox.
-type Event = outbox.Event
-
-// OpenedData is the data of an AccountOpened event.
-type OpenedData struct {
-	AllowNegative bool              `json:"allow_negative"`
-	Metadata      map[string]string `json:"metadata,omitempty"`
-}
-
-// MoneyData is the data of Deposited and Withdrawn events.
-type MoneyData struct {
-	OperationID string `json:"operation_id"`
-	Currency    string `json:"currency"`
-	Amount      int64  `json:"amount"`
-}
-
-// TransferData is the data of TransferDebited (on the source), TransferCredited (on the
-// destination) and TransferRefunded (on the source) events.
-type TransferData struct {
-	TransferID string `json:"transfer_id"`
-	From       string `json:"from"`
-	To         string `json:"to"`
-	Currency   string `json:"currency"`
-	Amount     int64  `json:"amount"`
-	Reason     string `json:"reason,omitempty"` // TransferRefunded: why the credit was refused
-}
-
-// HoldData is the data of HoldPlaced, HoldCaptured, HoldVoided and HoldExpired events.
-// Amount is the held amount; Captured what a capture took (the rest was released); To and
-// TransferID are set when the capture moved the money to another account.
-type HoldData struct {
-	HoldID     string    `json:"hold_id"`
-	Currency   string    `json:"currency"`
-	Amount     int64     `json:"amount"`
-	ExpiresAt  time.Time `json:"expires_at"`
-	Captured   int64     `json:"captured,omitempty"`
-	To         string    `json:"to,omitempty"`
-	TransferID string    `json:"transfer_id,omitempty"`
 }
 
 // apply returns the error of applying e to a (in place). It is the single definition of how
@@ -255,12 +198,4 @@ func (a *Account) currencies() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// decodeData decodes the data of e into v.
-func decodeData(e Event, v any) error {
-	if err := json.Unmarshal(e.Data, v); err != nil {
-		return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
-	}
-	return nil
 }

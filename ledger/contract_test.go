@@ -189,7 +189,7 @@ func runContract(t *testing.T, rdb redis.UniversalClient, cfg ledger.Config) {
 		assert.Zero(t, next, "a page that ends exactly at the last event has no next")
 		for i, e := range all {
 			assert.Equal(t, int64(i+1), e.Version)
-			assert.Equal(t, outbox.EventID("hank", int64(i+1)), e.ID)
+			assert.Equal(t, ledger.EventID("hank", int64(i+1)), e.ID)
 		}
 		assert.Equal(t, ledger.EventAccountOpened, all[0].Type)
 
@@ -198,9 +198,12 @@ func runContract(t *testing.T, rdb redis.UniversalClient, cfg ledger.Config) {
 		require.NoError(t, err)
 		var got []int64
 		for _, m := range msgs {
-			e, err := outbox.DecodeEntry(m.Values)
+			msg, err := outbox.DecodeEntry(m.Values)
 			require.NoError(t, err)
-			if e.Account == "hank" {
+			if msg.Key == "hank" {
+				e, err := ledger.DecodeEvent(msg)
+				require.NoError(t, err, "the payload is the event, agreeing with the entry's fields")
+				require.Equal(t, all[e.Version-1], e, "the outbox carries the stream's event unchanged")
 				got = append(got, e.Version)
 			}
 		}

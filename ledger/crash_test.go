@@ -24,10 +24,10 @@ func requireWhole(t *testing.T, rdb redis.UniversalClient, l *ledger.Ledger, id 
 	require.NoError(t, err)
 	seen := map[int64]int{}
 	for _, m := range msgs {
-		e, err := outbox.DecodeEntry(m.Values)
+		msg, err := outbox.DecodeEntry(m.Values)
 		require.NoError(t, err)
-		if e.Account == id {
-			seen[e.Version]++
+		if msg.Key == id {
+			seen[msg.Seq]++
 		}
 	}
 	require.Len(t, seen, int(acc.Version), "one outbox entry per event")

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	"github.com/tally-ledger/tally/outbox"
 )
 
 // command is one request: a pure decision from the state of its accounts to events.
@@ -91,7 +89,7 @@ func (d *decision) emit(a *Account, typ string, data any) (Event, error) {
 	}
 	v := a.Version + 1
 	e := Event{
-		ID:      outbox.EventID(a.ID, v),
+		ID:      EventID(a.ID, v),
 		Type:    typ,
 		Account: a.ID,
 		Version: v,
@@ -213,7 +211,7 @@ type OperationResult struct {
 }
 
 func (d *decision) moneyEvent(a *Account, typ, currency string, amount int64) (any, error) {
-	opID := outbox.EventID(a.ID, a.Version+1)
+	opID := EventID(a.ID, a.Version+1)
 	if _, err := d.emit(a, typ, MoneyData{OperationID: opID, Currency: currency, Amount: amount}); err != nil {
 		return nil, err
 	}

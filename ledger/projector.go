@@ -147,18 +147,23 @@ end
 return 1`)
 
 // Deliver projects msgs in order (outbox.Sink). Runs of messages of one partition are
-// applied in one script call each. It returns outbox.Permanent(ErrBadEventData...) when an
-// event of a known type has unusable data (nothing of the batch is applied then), and
+// applied in one script call each. It returns outbox.Permanent wrapping ErrMalformedEvent
+// for a message that does not carry an event (see DecodeEvent) or ErrBadEventData for an
+// event of a known type with unusable data (nothing of the batch is applied then), and
 // wrapped Redis errors.
 func (pr *Projector) Deliver(ctx context.Context, msgs []outbox.Message) error {
 	ops := make([]outbox.Op, 0, len(msgs))
 	for _, m := range msgs {
-		pj, err := project(m.Event)
+		e, err := DecodeEvent(m)
 		if err != nil {
-			return outbox.Permanent(fmt.Errorf("ledger: projector: event %s: %w", m.Event.ID, err))
+			return outbox.Permanent(fmt.Errorf("ledger: projector: %w", err))
+		}
+		pj, err := project(e)
+		if err != nil {
+			return outbox.Permanent(fmt.Errorf("ledger: projector: event %s: %w", e.ID, err))
 		}
 		p := m.Partition
-		args := []any{m.Event.Account, m.Event.Version}
+		args := []any{e.Account, e.Version}
 		for _, list := range [][]kv{pj.acct, pj.totals, pj.set} {
 			args = append(args, len(list))
 			for _, x := range list {
@@ -166,7 +171,7 @@ func (pr *Projector) Deliver(ctx context.Context, msgs []outbox.Message) error {
 			}
 		}
 		ops = append(ops, outbox.Op{Msg: m,
-			Keys: []string{pr.summaryKey(p, m.Event.Account), pr.totalsKey(p), pr.accountsKey(p)},
+			Keys: []string{pr.summaryKey(p, e.Account), pr.totalsKey(p), pr.accountsKey(p)},
 			Args: args})
 	}
 	for len(ops) > 0 {

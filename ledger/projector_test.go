@@ -27,9 +27,14 @@ func projectorPartition(account string, partitions int) int {
 	return int(h.Sum32() % uint32(partitions))
 }
 
-// projectorMessage returns the outbox message that carries e in partition p.
+// projectorMessage returns the outbox message that carries e in partition p, as the relay
+// hands it to sinks.
 func projectorMessage(p int, e ledger.Event) outbox.Message {
-	return outbox.Message{Partition: p, Event: e}
+	enc, err := json.Marshal(e)
+	if err != nil {
+		panic(err)
+	}
+	return outbox.Message{Partition: p, ID: e.ID, Key: e.Account, Seq: e.Version, Type: e.Type, Payload: enc}
 }
 
 // xaddProjectorEvents appends evs to their partitions' outbox streams (prefix "tally"), as
@@ -39,11 +44,10 @@ func xaddProjectorEvents(t *testing.T, rdb redis.UniversalClient, partitions int
 	ctx := context.Background()
 	pipe := rdb.Pipeline()
 	for _, e := range evs {
-		enc, err := json.Marshal(e)
-		require.NoError(t, err)
+		p := projectorPartition(e.Account, partitions)
 		pipe.XAdd(ctx, &redis.XAddArgs{
-			Stream: outbox.StreamKey("tally", projectorPartition(e.Account, partitions)),
-			Values: outbox.EntryFields(e, enc),
+			Stream: outbox.StreamKey("tally", p),
+			Values: outbox.EntryFields(projectorMessage(p, e)),
 		})
 	}
 	_, err := pipe.Exec(ctx)
@@ -68,7 +72,7 @@ func newLedgerModel(partitions int) *ledgerModel {
 func (l *ledgerModel) emit(account, typ string, data any) {
 	l.version[account]++
 	raw, _ := json.Marshal(data)
-	l.evs = append(l.evs, ledger.Event{ID: outbox.EventID(account, l.version[account]), Type: typ, Account: account,
+	l.evs = append(l.evs, ledger.Event{ID: ledger.EventID(account, l.version[account]), Type: typ, Account: account,
 		Version: l.version[account], Time: time.Now().UTC(), Data: raw})
 	s := l.want[account]
 	if s == nil {
@@ -144,7 +148,7 @@ func (l *ledgerModel) generate(accounts []string, steps int) {
 	// One event of a known type with unusable data: dead-lettered, not projected.
 	a := accounts[1]
 	l.version[a]++
-	l.evs = append(l.evs, ledger.Event{ID: outbox.EventID(a, l.version[a]), Type: ledger.EventDeposited, Account: a,
+	l.evs = append(l.evs, ledger.Event{ID: ledger.EventID(a, l.version[a]), Type: ledger.EventDeposited, Account: a,
 		Version: l.version[a], Data: json.RawMessage(`{"currency":"USD","amount":-5}`)})
 	l.bad++
 }

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/tally-ledger/tally/outbox"
 )
 
 //go:embed commit.lua
@@ -329,7 +327,7 @@ func (s *store) page(ctx context.Context, account string, after int64, limit int
 	}
 	events = make([]Event, 0, len(msgs))
 	for _, m := range msgs {
-		e, err := outbox.DecodeEntry(m.Values)
+		e, err := decodeStreamEntry(m.Values)
 		if err != nil {
 			return false, nil, false, fmt.Errorf("ledger: stream of %s entry %s: %w", account, m.ID, err)
 		}

@@ -122,11 +122,22 @@ type TransferManager struct{ l *Ledger }
 // TransferManager returns the ledger's transfer process manager, to add to a relay's sinks.
 func (l *Ledger) TransferManager() *TransferManager { return &TransferManager{l: l} }
 
-// Deliver drives the transfers that msgs start or advance. It returns the first error that
-// left a transfer unfinished (the relay then delivers again).
+// Deliver drives the transfers that msgs start or advance. It returns outbox.Permanent for a
+// message that does not carry an event (ErrMalformedEvent) or whose data does not decode,
+// and otherwise the first error that left a transfer unfinished (the relay then delivers
+// again).
 func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) error {
 	for _, msg := range msgs {
-		id, err := m.transferOf(msg.Event)
+		switch msg.Type {
+		case EventTransferDebited, EventTransferCredited, EventHoldCaptured: // see transferOf
+		default:
+			continue // no transfer to drive: no need to decode the payload
+		}
+		e, err := DecodeEvent(msg)
+		if err != nil {
+			return outbox.Permanent(err)
+		}
+		id, err := m.transferOf(e)
 		if err != nil {
 			return outbox.Permanent(err)
 		}

@@ -172,7 +172,7 @@ func debitedMessage(t *testing.T, l *ledger.Ledger, account, transfer string) ou
 	for _, e := range events {
 		var d ledger.TransferData
 		if e.Type == ledger.EventTransferDebited && json.Unmarshal(e.Data, &d) == nil && d.TransferID == transfer {
-			return outbox.Message{Partition: l.Partition(account), Event: e}
+			return projectorMessage(l.Partition(account), e)
 		}
 	}
 	t.Fatalf("no TransferDebited of %s on %s", transfer, account)

@@ -86,7 +86,9 @@ type DeadLetter struct {
 	Owner    string    // relay that moved it
 	Group    string    // consumer group that could not deliver it
 	At       time.Time // when it was moved
-	Event    Event     // the event; zero when the entry was malformed
+	// Msg is the entry's message, with Partition and StreamID (= Origin) set; zero when
+	// the entry was malformed.
+	Msg Message
 }
 
 // DeadLetters returns up to count dead letters of partition p, oldest first. It returns
@@ -108,7 +110,10 @@ func (a *Admin) DeadLetters(ctx context.Context, p int, count int64) ([]DeadLett
 		if ms, err := strconv.ParseInt(str(FieldDeadAt), 10, 64); err == nil {
 			d.At = time.UnixMilli(ms)
 		}
-		d.Event, _ = DecodeEntry(x.Values)
+		if m, err := DecodeEntry(x.Values); err == nil {
+			m.Partition, m.StreamID = p, d.Origin
+			d.Msg = m
+		}
 		out = append(out, d)
 	}
 	return out, nil
@@ -140,12 +145,12 @@ return #es`)
 
 // ReplayDeadLetters re-injects the dead letters of the given partitions (all partitions when
 // none are given) at the end of their outbox streams, oldest first, so the relay delivers
-// them again to every consumer group; consumers deduplicate by event ID. It is an admin
+// them again to every consumer group; consumers deduplicate by message ID. It is an admin
 // operation and may run in any process. It returns how many entries it moved.
 //
-// A replayed event arrives after later events of its account (it is out of version order
-// by nature); Dedup accepts it because its version was recorded as a gap when the later
-// events were applied.
+// A replayed message arrives after later messages of its key (it is out of sequence order
+// by nature); Dedup accepts it because its sequence number was recorded as a gap when the
+// later messages were applied.
 func (a *Admin) ReplayDeadLetters(ctx context.Context, partitions ...int) (int, error) {
 	if len(partitions) == 0 {
 		for p := 0; p < a.cfg.Partitions; p++ {

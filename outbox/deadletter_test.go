@@ -32,7 +32,7 @@ func TestPoisonEvent(t *testing.T) {
 			const partitions = 1
 			accounts := []string{"alice", "bob", "carol"}
 			w := writeWorkload(t, rdb, DefaultPrefix, partitions, accounts, 30)
-			poison := EventID("alice", 3)
+			poison := MessageID("alice", 3)
 
 			c := newOrderConsumer(t, rdb, "poison")
 			var mu sync.Mutex
@@ -42,7 +42,7 @@ func TestPoisonEvent(t *testing.T) {
 				mu.Lock()
 				defer mu.Unlock()
 				for _, m := range msgs {
-					if m.Event.ID == poison && broken {
+					if m.ID == poison && broken {
 						if len(msgs) == 1 {
 							tries++
 						}
@@ -63,7 +63,8 @@ func TestPoisonEvent(t *testing.T) {
 			dls, err := r.DeadLetters(ctx, 0, 10)
 			require.NoError(t, err)
 			require.Len(t, dls, 1)
-			require.Equal(t, poison, dls[0].Event.ID)
+			require.Equal(t, poison, dls[0].Msg.ID)
+			require.Equal(t, dls[0].Origin, dls[0].Msg.StreamID)
 			require.Equal(t, tc.attempts, dls[0].Attempts)
 			require.Contains(t, dls[0].Reason, "consumer rejects it")
 			require.Equal(t, "relay-a", dls[0].Owner)

@@ -23,11 +23,11 @@ type DedupConfig struct {
 	// Name identifies the consumer; consumers with different names deduplicate
 	// independently. Required; it must not contain '{' or '}'.
 	Name string
-	// Window is how many event IDs are remembered per partition; older IDs are evicted.
-	// Default 100,000. Events older than the window are still rejected by the version
+	// Window is how many message IDs are remembered per partition; older IDs are evicted.
+	// Default 100,000. Messages older than the window are still rejected by the sequence
 	// watermark.
 	Window int
-	// MaxGaps bounds the skipped versions remembered per account (see Dedup). Default 100.
+	// MaxGaps bounds the skipped sequence numbers remembered per key (see Dedup). Default 100.
 	MaxGaps int
 }
 
@@ -79,9 +79,9 @@ type Outcome int
 const (
 	// Applied: the effect ran and the message is now marked processed.
 	Applied Outcome = iota + 1
-	// Duplicate: the event ID is in the window; nothing ran.
+	// Duplicate: the message ID is in the window; nothing ran.
 	Duplicate
-	// Stale: the event's version is at or below its account's watermark and is not a
+	// Stale: the message's sequence is at or below its key's watermark and is not a
 	// recorded gap (an old redelivery whose ID already left the window); nothing ran.
 	Stale
 )
@@ -120,8 +120,8 @@ func NewEffect(body string) *Effect {
 
 // The dedup script handles a batch of messages of one partition.
 // KEYS: ids (zset), seq (counter), watermarks (hash); then per message: gaps (zset), its
-// effect keys. ARGV: window, maxgaps, count; then per message: event id, account,
-// version, #effect keys, #effect args, effect args.
+// effect keys. ARGV: window, maxgaps, count; then per message: message id, key,
+// sequence, #effect keys, #effect args, effect args.
 // It returns one outcome per message: 1 applied, 2 duplicate, 3 stale.
 const dedupScriptHead = `
 local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -187,15 +187,15 @@ type DedupStats struct {
 	Applied, Duplicates, Stale int64
 }
 
-// Dedup makes a consumer apply each event exactly once although delivery is at-least-once.
+// Dedup makes a consumer apply each message exactly once although delivery is at-least-once.
 //
-// Per partition it keeps a window of the last Window event IDs it processed, and per
-// account a version watermark: the highest version applied. A message is a duplicate when
-// its ID is in the window, and stale when its version is at or below the watermark, unless
-// that version is a recorded gap: when version v arrives with the watermark at w < v-1, the
-// versions in between (at most MaxGaps of them) are remembered as gaps and accepted once
-// when they arrive later (for example a dead letter replayed after later events of its
-// account). Events with version 0 are deduplicated by ID only.
+// Per partition it keeps a window of the last Window message IDs it processed, and per key
+// a sequence watermark: the highest Seq applied. A message is a duplicate when its ID is in
+// the window, and stale when its Seq is at or below the watermark, unless that Seq is a
+// recorded gap: when Seq s arrives with the watermark at w < s-1, the sequence numbers in
+// between (at most MaxGaps of them) are remembered as gaps and accepted once when they
+// arrive later (for example a dead letter replayed after later messages of its key).
+// Messages with Seq 0 are deduplicated by ID only.
 //
 // For effects in Redis use Apply/ApplyBatch: the duplicate check, the effect and the mark
 // run in one Lua script (the mark is never written before the effect, and never without
@@ -258,10 +258,10 @@ func (d *Dedup) ApplyBatch(ctx context.Context, eff *Effect, ops []Op) ([]Outcom
 		if op.Msg.Partition != p {
 			return nil, ErrMixedPartitions
 		}
-		e := op.Msg.Event
-		keys = append(keys, d.gapsKey(p, e.Account))
+		m := op.Msg
+		keys = append(keys, d.gapsKey(p, m.Key))
 		keys = append(keys, op.Keys...)
-		args = append(args, e.ID, e.Account, e.Version, len(op.Keys), len(op.Args))
+		args = append(args, m.ID, m.Key, m.Seq, len(op.Keys), len(op.Args))
 		args = append(args, op.Args...)
 	}
 	res, err := eff.script.Run(ctx, d.rdb, keys, args...).Int64Slice()
@@ -307,18 +307,18 @@ return 0`)
 // Seen reports whether m was already processed (it would be a Duplicate or Stale). It is a
 // read for consumers whose effect is outside Redis; see Mark.
 func (d *Dedup) Seen(ctx context.Context, m Message) (bool, error) {
-	p, e := m.Partition, m.Event
-	n, err := seenScript.Run(ctx, d.rdb, []string{d.idsKey(p), d.watermarkKey(p), d.gapsKey(p, e.Account)},
-		e.ID, e.Account, e.Version).Int()
+	p := m.Partition
+	n, err := seenScript.Run(ctx, d.rdb, []string{d.idsKey(p), d.watermarkKey(p), d.gapsKey(p, m.Key)},
+		m.ID, m.Key, m.Seq).Int()
 	if err != nil {
 		return false, fmt.Errorf("outbox: dedup seen: %w", err)
 	}
 	return n != 0, nil
 }
 
-// Watermark returns the highest version of account applied in partition p (0 if none).
-func (d *Dedup) Watermark(ctx context.Context, p int, account string) (int64, error) {
-	v, err := d.rdb.HGet(ctx, d.watermarkKey(p), account).Int64()
+// Watermark returns the highest sequence number of key applied in partition p (0 if none).
+func (d *Dedup) Watermark(ctx context.Context, p int, key string) (int64, error) {
+	v, err := d.rdb.HGet(ctx, d.watermarkKey(p), key).Int64()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
 	}

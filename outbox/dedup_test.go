@@ -10,11 +10,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func msgOf(p int, account string, v int64) Message {
-	return Message{Partition: p, Event: Event{ID: EventID(account, v), Account: account, Version: v, Type: "T"}}
+func msgOf(p int, key string, seq int64) Message {
+	return Message{Partition: p, ID: MessageID(key, seq), Key: key, Seq: seq, Type: "T", Payload: []byte(`{}`)}
 }
 
-// countEffect increments a counter hash field per event: the number of times the effect ran.
+// countEffect increments a counter hash field per message: the number of times the effect ran.
 var countEffect = NewEffect(`return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)`)
 
 // failEffect fails when ARGV[1] is "fail", before writing anything.
@@ -37,7 +37,7 @@ func TestDedup(t *testing.T) {
 				return n
 			}
 			apply := func(d *Dedup, m Message) Outcome {
-				o, err := d.Apply(ctx, m, countEffect, []string{d.Key(m.Partition, "count")}, m.Event.ID)
+				o, err := d.Apply(ctx, m, countEffect, []string{d.Key(m.Partition, "count")}, m.ID)
 				require.NoError(t, err)
 				return o
 			}
@@ -45,17 +45,17 @@ func TestDedup(t *testing.T) {
 			t.Run("window bound evicts old IDs", func(t *testing.T) {
 				d, err := NewDedup(rdb, DedupConfig{Name: "window", Window: 10})
 				require.NoError(t, err)
-				// Version 0: ID-only dedup, so the window alone decides.
+				// Sequence 0: ID-only dedup, so the window alone decides.
 				for i := 0; i < 25; i++ {
-					m := Message{Partition: 1, Event: Event{ID: fmt.Sprintf("ev-%d", i), Account: "a"}}
+					m := Message{Partition: 1, ID: fmt.Sprintf("ev-%d", i), Key: "a"}
 					require.Equal(t, Applied, apply(d, m))
 				}
 				n, err := rdb.ZCard(ctx, d.idsKey(1)).Result()
 				require.NoError(t, err)
 				require.Equal(t, int64(10), n, "the window holds at most Window IDs")
-				recent := Message{Partition: 1, Event: Event{ID: "ev-24", Account: "a"}}
+				recent := Message{Partition: 1, ID: "ev-24", Key: "a"}
 				require.Equal(t, Duplicate, apply(d, recent))
-				old := Message{Partition: 1, Event: Event{ID: "ev-0", Account: "a"}}
+				old := Message{Partition: 1, ID: "ev-0", Key: "a"}
 				seen, err := d.Seen(ctx, old)
 				require.NoError(t, err)
 				require.False(t, seen, "ev-0 was evicted from the window")
@@ -74,7 +74,7 @@ func TestDedup(t *testing.T) {
 				wm, err := d.Watermark(ctx, 2, "bob")
 				require.NoError(t, err)
 				require.Equal(t, int64(5), wm)
-				require.Equal(t, int64(1), count(d, 2, EventID("bob", 2)))
+				require.Equal(t, int64(1), count(d, 2, MessageID("bob", 2)))
 				seen, err := d.Seen(ctx, msgOf(2, "bob", 3))
 				require.NoError(t, err)
 				require.True(t, seen)

@@ -251,14 +251,15 @@ func (o *partition) process(ctx context.Context, xs []redis.XMessage) error {
 			gone = append(gone, x.ID)
 			continue
 		}
-		e, err := DecodeEntry(x.Values)
+		m, err := DecodeEntry(x.Values)
 		if err != nil {
 			if err := o.deadLetter(ctx, x.ID, err.Error(), 0); err != nil {
 				return err
 			}
 			continue
 		}
-		msgs = append(msgs, Message{Partition: o.p, StreamID: x.ID, Event: e})
+		m.Partition, m.StreamID = o.p, x.ID
+		msgs = append(msgs, m)
 	}
 	if len(gone) > 0 {
 		if err := o.ack(ctx, gone); err != nil {
@@ -335,12 +336,12 @@ func (o *partition) deliverOne(ctx context.Context, m Message) (failed bool, err
 			return failed, fmt.Errorf("outbox: count attempt: %w", err)
 		}
 		if errors.Is(derr, ErrPermanent) || n >= int64(r.cfg.MaxAttempts) {
-			r.log.Warn("outbox relay: dead-lettering event", "partition", o.p, "event", m.Event.ID,
+			r.log.Warn("outbox relay: dead-lettering message", "partition", o.p, "message", m.ID,
 				"stream_id", m.StreamID, "attempts", n, "err", derr)
 			return failed, o.deadLetter(ctx, m.StreamID, derr.Error(), n)
 		}
 		wait := r.retryDelay(n)
-		r.log.Warn("outbox relay: delivery failed, will retry", "partition", o.p, "event", m.Event.ID,
+		r.log.Warn("outbox relay: delivery failed, will retry", "partition", o.p, "message", m.ID,
 			"attempt", n, "retry_in", wait, "err", derr)
 		if err := backoff.Wait(ctx, wait); err != nil {
 			return failed, err

@@ -153,7 +153,7 @@ func TestTwoRelaysOneOwnerPerPartition(t *testing.T) {
 	accounts := accountNames(32)
 	w := &workload{partitions: partitions, counts: map[string]int64{}}
 	writeRound := func() {
-		var evs []Event
+		var evs []Message
 		for _, a := range accounts {
 			w.counts[a]++
 			evs = append(evs, testEvent(a, w.counts[a]))

@@ -164,8 +164,8 @@ func newOrderConsumer(t testing.TB, rdb redis.UniversalClient, name string) *ord
 func (c *orderConsumer) ops(msgs []Message) []Op {
 	ops := make([]Op, len(msgs))
 	for i, m := range msgs {
-		ops[i] = Op{Msg: m, Keys: []string{c.d.Key(m.Partition, "order:"+m.Event.Account), c.d.Key(m.Partition, "effects")},
-			Args: []any{m.Event.Version}}
+		ops[i] = Op{Msg: m, Keys: []string{c.d.Key(m.Partition, "order:"+m.Key), c.d.Key(m.Partition, "effects")},
+			Args: []any{m.Seq}}
 	}
 	return ops
 }
@@ -210,7 +210,7 @@ func partitionOf(account string, partitions int) int {
 	return int(h.Sum32() % uint32(partitions))
 }
 
-// workload is a set of events written to the outbox streams.
+// workload is a set of messages written to the outbox streams.
 type workload struct {
 	partitions int
 	counts     map[string]int64 // events per account
@@ -226,31 +226,60 @@ func accountNames(n int) []string {
 	return out
 }
 
-// testEvent builds a Deposited event of account's version v.
-func testEvent(account string, v int64) Event {
+// testPayload is the payload the tests' producer writes. It is shaped like a ledger event,
+// which the outbox itself never decodes, and carries the message ID as "id" so that webhook
+// receivers can deduplicate batches.
+type testPayload struct {
+	ID      string          `json:"id"`
+	Type    string          `json:"type"`
+	Account string          `json:"account"`
+	Version int64           `json:"version"`
+	Time    time.Time       `json:"time"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// newTestMessage returns the message of key's sequence number seq with a testPayload of
+// type typ, time at and data (valid JSON). Partition and StreamID are left zero.
+func newTestMessage(key string, seq int64, typ string, at time.Time, data string) Message {
+	id := MessageID(key, seq)
+	payload, err := json.Marshal(testPayload{ID: id, Type: typ, Account: key, Version: seq, Time: at, Data: json.RawMessage(data)})
+	if err != nil {
+		panic(fmt.Sprintf("test payload of %s: %v", id, err)) // a bug in the test's data
+	}
+	return Message{ID: id, Key: key, Seq: seq, Type: typ, Payload: payload}
+}
+
+// testPayloadOf decodes a testPayload or fails the test.
+func testPayloadOf(t testing.TB, payload []byte) testPayload {
+	t.Helper()
+	var p testPayload
+	require.NoError(t, json.Unmarshal(payload, &p))
+	return p
+}
+
+// testEvent builds the message of a Deposited-like payload of account's version v
+// (AccountOpened-like for v = 1).
+func testEvent(account string, v int64) Message {
 	typ, data := "Deposited", fmt.Sprintf(`{"operation_id":"op-%s-%d","currency":"USD","amount":%d}`, account, v, v)
 	if v == 1 {
 		typ, data = "AccountOpened", `{"allow_negative":false,"metadata":{}}`
 	}
-	return Event{ID: EventID(account, v), Type: typ, Account: account, Version: v,
-		Time: time.Now().UTC(), Data: json.RawMessage(data)}
+	return newTestMessage(account, v, typ, time.Now().UTC(), data)
 }
 
-// xaddEvents appends events to their partitions' outbox streams (pipelined) and returns
-// the stream IDs in order.
-func xaddEvents(t testing.TB, rdb redis.UniversalClient, prefix string, partitions int, evs []Event) []string {
+// xaddEvents appends the messages' entries to their partitions' outbox streams (pipelined)
+// and returns the stream IDs in order.
+func xaddEvents(t testing.TB, rdb redis.UniversalClient, prefix string, partitions int, msgs []Message) []string {
 	t.Helper()
 	ctx := context.Background()
 	var ids []string
-	for start := 0; start < len(evs); start += 500 {
+	for start := 0; start < len(msgs); start += 500 {
 		pipe := rdb.Pipeline()
 		var cmds []*redis.StringCmd
-		for _, e := range evs[start:min(start+500, len(evs))] {
-			enc, err := json.Marshal(e)
-			require.NoError(t, err)
+		for _, m := range msgs[start:min(start+500, len(msgs))] {
 			cmds = append(cmds, pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: StreamKey(prefix, partitionOf(e.Account, partitions)),
-				Values: EntryFields(e, enc),
+				Stream: StreamKey(prefix, partitionOf(m.Key, partitions)),
+				Values: EntryFields(m),
 			}))
 		}
 		_, err := pipe.Exec(ctx)
@@ -267,7 +296,7 @@ func xaddEvents(t testing.TB, rdb redis.UniversalClient, prefix string, partitio
 func writeWorkload(t testing.TB, rdb redis.UniversalClient, prefix string, partitions int, accounts []string, perAccount int) *workload {
 	t.Helper()
 	w := &workload{partitions: partitions, counts: map[string]int64{}}
-	var evs []Event
+	var evs []Message
 	next := map[string]int64{}
 	remaining := append([]string(nil), accounts...)
 	for len(remaining) > 0 {

@@ -67,7 +67,7 @@ func TestHousekeepingBackends(t *testing.T) {
 			require.Equal(t, int64(3), st.Length)
 			require.GreaterOrEqual(t, st.OldestAgeSeconds, 59.0, "age of the oldest unacknowledged entry")
 
-			evs := make([]Event, 250)
+			evs := make([]Message, 250)
 			for i := range evs {
 				evs[i] = testEvent("acct-h", int64(i+1))
 			}

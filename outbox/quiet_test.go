@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -91,10 +90,10 @@ func TestIdleRelaysAreQuiet(t *testing.T) {
 	require.NotContains(t, logs.String(), "level=ERROR")
 
 	start := time.Now()
-	xaddEvents(t, rdb, DefaultPrefix, partitions, []Event{testEvent("idle-account", 1)})
+	xaddEvents(t, rdb, DefaultPrefix, partitions, []Message{testEvent("idle-account", 1)})
 	select {
 	case m := <-got:
-		require.Equal(t, EventID("idle-account", 1), m.Event.ID)
+		require.Equal(t, MessageID("idle-account", 1), m.ID)
 		t.Logf("first event after the idle spell delivered after %v", time.Since(start))
 		require.Less(t, time.Since(start), 500*time.Millisecond, "an idle owner wakes up on a new entry")
 	case <-time.After(10 * time.Second):
@@ -165,11 +164,8 @@ func TestOwnerAdoptsStragglers(t *testing.T) {
 	// append and the read run in one MULTI, so relay-s (blocked in XREADGROUP) cannot get
 	// the entry first.
 	stream := StreamKey(DefaultPrefix, 0)
-	e := testEvent("alice", 3)
-	enc, err := json.Marshal(e)
-	require.NoError(t, err)
 	tx := rdb.TxPipeline()
-	tx.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: EntryFields(e, enc)})
+	tx.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: EntryFields(testEvent("alice", 3))})
 	read := tx.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "former-owner",
 		Streams: []string{stream, ">"}, Count: 1, Block: -1})
 	_, err = tx.Exec(ctx)

@@ -120,7 +120,7 @@ type Config struct {
 	// the stream full, the oldest are dropped: logged at warn and counted in
 	// tally_outbox_dead_letters_dropped_total. Default 10,000; negative: no bound.
 	DeadLetterMaxLen int64
-	// Logger receives the relay's own events (ownership changes, failed deliveries, dead
+	// Logger receives the relay's own reports (ownership changes, failed deliveries, dead
 	// letters). Nil discards.
 	Logger *slog.Logger
 	// Clock returns the current time. Nil means time.Now.
@@ -237,14 +237,14 @@ func defaultOwner() string {
 //     under the lease, so a slow retry can never run concurrently with a claim.
 //   - At-least-once, in stream order: an entry is acknowledged (XACK) only after every sink
 //     accepted it; a new owner first redelivers what earlier owners left pending. Sinks see
-//     each account's events in version order, except that a redelivery may repeat a batch,
-//     a replayed dead letter arrives after the later events of its account, and entries
+//     each key's messages in sequence order, except that a redelivery may repeat a batch,
+//     a replayed dead letter arrives after the later messages of its key, and entries
 //     an earlier owner read after it lost its lease arrive when the new owner adopts them.
 //   - Poison isolation: when a batch fails, its messages are retried one by one; a message
 //     that fails MaxAttempts times (or with a Permanent error) goes to the dead-letter
 //     stream with the reason, and delivery continues with the next one, including later
-//     events of the same account (they are not held back). Dedup accepts the replayed dead
-//     letter later because its version is a recorded gap.
+//     messages of the same key (they are not held back). Dedup accepts the replayed dead
+//     letter later because its sequence number is a recorded gap.
 //   - Trimming never drops an entry that any group has not acknowledged.
 type Relay struct {
 	*Admin

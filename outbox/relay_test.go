@@ -108,13 +108,13 @@ func TestRelayOrder(t *testing.T) {
 		for _, m := range msgs {
 			// A redelivery (after a lost lease, say) may repeat versions, but the sink
 			// must never see a version before all earlier ones.
-			if m.Event.Version > last[m.Event.Account]+1 {
-				disorder = append(disorder, fmt.Sprintf("%s after version %d", m.Event.ID, last[m.Event.Account]))
+			if m.Seq > last[m.Key]+1 {
+				disorder = append(disorder, fmt.Sprintf("%s after version %d", m.ID, last[m.Key]))
 			}
-			if m.Event.Version <= last[m.Event.Account] {
+			if m.Seq <= last[m.Key] {
 				repeats++
 			}
-			last[m.Event.Account] = max(last[m.Event.Account], m.Event.Version)
+			last[m.Key] = max(last[m.Key], m.Seq)
 		}
 		return nil
 	})

@@ -5,18 +5,11 @@ import (
 	"errors"
 )
 
-// Message is one outbox entry handed to a sink: the event plus where it came from.
-type Message struct {
-	Partition int    // partition whose outbox stream holds the entry
-	StreamID  string // ID of the entry in that outbox stream
-	Event     Event
-}
-
 // Sink delivers messages to a consumer. Deliver must return nil only when every message in
 // msgs was accepted by the consumer; on error the relay retries the messages (so a sink sees
-// at-least-once delivery and consumers deduplicate by Event.ID). Messages of one account
-// always arrive in version order. An error wrapped with Permanent is not retried: the relay
-// moves the message to the dead-letter stream at once.
+// at-least-once delivery and consumers deduplicate by Message.ID). Messages of one key
+// arrive in sequence order (with the exceptions Relay lists). An error wrapped with
+// Permanent is not retried: the relay moves the message to the dead-letter stream at once.
 type Sink interface {
 	Deliver(ctx context.Context, msgs []Message) error
 }

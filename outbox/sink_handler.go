@@ -9,7 +9,7 @@ import (
 // HandlerFunc handles one message in-process. It returns nil when the message was applied;
 // any error stops the delivery of the rest of the batch. Wrap an error with Permanent when
 // retrying the message cannot help. Because delivery is at-least-once, a HandlerFunc must be
-// idempotent by Event.ID (see DESIGN §7: dedup mark in the same step as the effect).
+// idempotent by Message.ID (see DESIGN §7: dedup mark in the same step as the effect).
 type HandlerFunc func(ctx context.Context, m Message) error
 
 // HandlerSink is a Sink that calls a Go function for each message, in the order given, on
@@ -25,7 +25,7 @@ func NewHandlerSink(fn HandlerFunc) *HandlerSink {
 
 // Deliver calls the handler for each message in order. It checks ctx before every message
 // and returns an error wrapping ctx.Err() (nothing further is handled) once ctx is done. It
-// stops at the first handler error and returns it wrapped with the failing event's ID, so
+// stops at the first handler error and returns it wrapped with the failing message's ID, so
 // errors.Is/As (including errors.Is(err, ErrPermanent)) see the handler's error. Messages
 // before the failing one were handled; the relay redelivers the whole batch. A sink built
 // with a nil func returns an error without handling anything.
@@ -35,10 +35,10 @@ func (s *HandlerSink) Deliver(ctx context.Context, msgs []Message) error {
 	}
 	for i := range msgs {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("outbox: handler sink: before event %s: %w", msgs[i].Event.ID, err)
+			return fmt.Errorf("outbox: handler sink: before message %s: %w", msgs[i].ID, err)
 		}
 		if err := s.fn(ctx, msgs[i]); err != nil {
-			return fmt.Errorf("outbox: handler sink: event %s: %w", msgs[i].Event.ID, err)
+			return fmt.Errorf("outbox: handler sink: message %s: %w", msgs[i].ID, err)
 		}
 	}
 	return nil

@@ -9,31 +9,31 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// sinkTestRecorder is an in-process consumer that records the events it handled.
+// sinkTestRecorder is an in-process consumer that records the messages it handled.
 type sinkTestRecorder struct {
-	mu     sync.Mutex
-	events []Event
+	mu   sync.Mutex
+	msgs []Message
 }
 
 func (r *sinkTestRecorder) handle(_ context.Context, m Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.events = append(r.events, m.Event)
+	r.msgs = append(r.msgs, m)
 	return nil
 }
 
-func (r *sinkTestRecorder) all() []Event {
+func (r *sinkTestRecorder) all() []Message {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Event(nil), r.events...)
+	return append([]Message(nil), r.msgs...)
 }
 
 func TestHandlerSinkContract(t *testing.T) {
 	t.Parallel()
-	runSinkContract(t, func(t *testing.T) (Sink, func() []Event) {
+	runSinkContract(t, func(t *testing.T) (Sink, func() []Message) {
 		rec := &sinkTestRecorder{}
-		// The consumer deduplicates by event ID, as DESIGN §7 requires of consumers.
-		return NewHandlerSink(rec.handle), func() []Event { return sinkDedupByID(rec.all()) }
+		// The consumer deduplicates by message ID, as DESIGN §7 requires of consumers.
+		return NewHandlerSink(rec.handle), func() []Message { return sinkDedupByID(rec.all()) }
 	})
 }
 
@@ -46,7 +46,7 @@ func TestHandlerSink(t *testing.T) {
 		errBoom := errors.New("boom")
 		var handled []string
 		sink := NewHandlerSink(func(_ context.Context, m Message) error {
-			handled = append(handled, m.Event.ID)
+			handled = append(handled, m.ID)
 			if len(handled) == 3 {
 				return Permanent(errBoom)
 			}
@@ -55,8 +55,8 @@ func TestHandlerSink(t *testing.T) {
 		err := sink.Deliver(ctx, msgs)
 		require.ErrorIs(t, err, errBoom)
 		require.ErrorIs(t, err, ErrPermanent, "Permanent from the handler survives the wrapping")
-		require.Contains(t, err.Error(), "outbox: handler sink: event "+msgs[2].Event.ID)
-		require.Equal(t, sinkEventIDs(sinkTestEvents(msgs[:3])), handled, "nothing after the failing message")
+		require.Contains(t, err.Error(), "outbox: handler sink: message "+msgs[2].ID)
+		require.Equal(t, sinkIDs(msgs[:3]), handled, "nothing after the failing message")
 	})
 
 	t.Run("ContextCancelledMidBatch", func(t *testing.T) {
@@ -90,6 +90,6 @@ func TestHandlerSink(t *testing.T) {
 	t.Run("NilFunc", func(t *testing.T) {
 		err := NewHandlerSink(nil).Deliver(ctx, msgs)
 		require.Error(t, err)
-		require.NotErrorIs(t, err, ErrPermanent, "a wiring mistake must not dead-letter events")
+		require.NotErrorIs(t, err, ErrPermanent, "a wiring mistake must not dead-letter messages")
 	})
 }

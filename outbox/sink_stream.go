@@ -14,16 +14,17 @@ import (
 // not block Redis for long.
 const streamSinkScriptBatch = 128
 
-// streamSinkStride is the number of script arguments per message: the event ID followed by
-// the stream fields of EntryFields.
+// streamSinkStride is the number of script arguments per message: the message ID followed
+// by the stream fields of EntryFields.
 const streamSinkStride = 9
 
-// streamSinkScript appends each event that the dedup set has not seen to the target stream
-// and marks it seen in the same script, then trims the dedup set to the newest Window IDs.
+// streamSinkScript appends each message that the dedup set has not seen to the target
+// stream and marks it seen in the same script, then trims the dedup set to the newest
+// Window IDs.
 //
-// KEYS[1] target stream, KEYS[2] dedup sorted set (event ID scored by insertion sequence).
+// KEYS[1] target stream, KEYS[2] dedup sorted set (message ID scored by insertion sequence).
 // ARGV[1] MAXLEN for approximate trimming (0 or negative: none), ARGV[2] Window, then per message the
-// event ID and the 8 values of EntryFields. Returns the number of entries appended.
+// message ID and the 8 values of EntryFields. Returns the number of entries appended.
 const streamSinkScript = `
 local maxlen = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -65,8 +66,8 @@ type StreamSinkConfig struct {
 	// not the stream's readers have seen them, so readers must not fall further behind.
 	// Default DefaultStreamSinkMaxLen (1,000,000); negative: no bound.
 	MaxLen int64
-	// Window is how many of the most recently appended event IDs the dedup set remembers.
-	// A redelivery of an event older than that is appended again. Default 100000.
+	// Window is how many of the most recently appended message IDs the dedup set remembers.
+	// A redelivery of a message older than that is appended again. Default 100000.
 	Window int64
 }
 
@@ -115,10 +116,10 @@ func streamSinkSeenKey(stream string) (string, error) {
 	return "{" + stream + "}:seen", nil // the whole key becomes the hash tag
 }
 
-// StreamSink is a Sink that appends each event to a Redis stream, in the outbox's own entry
-// format (EntryFields, readable with DecodeEntry), exactly once per event ID within a
-// bounded window: the append and the dedup mark happen in one Lua script, so a
-// redelivery does not duplicate entries. It is safe for concurrent use.
+// StreamSink is a Sink that appends each message to a Redis stream, in the outbox's own
+// entry format (EntryFields, with the payload unchanged; readable with DecodeEntry), exactly
+// once per message ID within a bounded window: the append and the dedup mark happen in one
+// Lua script, so a redelivery does not duplicate entries. It is safe for concurrent use.
 type StreamSink struct {
 	cfg     StreamSinkConfig
 	seenKey string
@@ -135,14 +136,14 @@ func NewStreamSink(cfg StreamSinkConfig) (*StreamSink, error) {
 	return &StreamSink{cfg: cfg.withDefaults(), seenKey: seen, script: redis.NewScript(streamSinkScript)}, nil
 }
 
-// SeenKey returns the key of the sink's dedup sorted set (event IDs scored by insertion
+// SeenKey returns the key of the sink's dedup sorted set (message IDs scored by insertion
 // sequence, at most Window of them).
 func (s *StreamSink) SeenKey() string { return s.seenKey }
 
-// Deliver appends the events of msgs that were not seen before to the stream, in order, in
+// Deliver appends the messages of msgs that were not seen before to the stream, in order, in
 // script calls of up to 128 messages. It returns nil when all were appended or skipped as
-// already seen. It returns an error wrapping ErrPermanent for a message without an event ID
-// or whose event does not encode, an error wrapping ctx.Err() when ctx is done before a
+// already seen. It returns an error wrapping ErrPermanent for a message without an ID or
+// whose payload is not valid JSON, an error wrapping ctx.Err() when ctx is done before a
 // call, and the Redis error otherwise; messages of earlier calls stay appended (a
 // redelivery skips them). An empty msgs returns nil without a call.
 func (s *StreamSink) Deliver(ctx context.Context, msgs []Message) error {
@@ -151,16 +152,15 @@ func (s *StreamSink) Deliver(ctx context.Context, msgs []Message) error {
 		args := make([]any, 0, 2+streamSinkStride*len(chunk))
 		args = append(args, s.cfg.MaxLen, s.cfg.Window)
 		for i := range chunk {
-			e := chunk[i].Event
-			if e.ID == "" {
-				return Permanent(fmt.Errorf("outbox: stream sink %s: message %s has no event ID", s.cfg.Stream, chunk[i].StreamID))
+			m := chunk[i]
+			if m.ID == "" {
+				return Permanent(fmt.Errorf("outbox: stream sink %s: message %s has no ID", s.cfg.Stream, m.StreamID))
 			}
-			encoded, err := json.Marshal(e)
-			if err != nil {
-				return Permanent(fmt.Errorf("outbox: stream sink %s: encode event %s: %w", s.cfg.Stream, e.ID, err))
+			if !json.Valid(m.Payload) {
+				return Permanent(fmt.Errorf("outbox: stream sink %s: message %s: payload is not valid JSON", s.cfg.Stream, m.ID))
 			}
-			args = append(args, e.ID)
-			args = append(args, EntryFields(e, encoded)...)
+			args = append(args, m.ID)
+			args = append(args, EntryFields(m)...)
 		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("outbox: stream sink %s: %w", s.cfg.Stream, err)

@@ -20,21 +20,24 @@ func mustNewStreamSink(t *testing.T, cfg StreamSinkConfig) *StreamSink {
 	return s
 }
 
-// readStreamEvents returns the events of every entry of stream, in stream order. It fails
-// the test on an entry DecodeEntry rejects or whose account/version/type fields disagree
-// with its event.
-func readStreamEvents(t *testing.T, c redis.UniversalClient, stream string) []Event {
+// readStreamEvents returns the messages of every entry of stream, in stream order. It fails
+// the test on an entry DecodeEntry rejects, one whose fields are not exactly the four of
+// the outbox format, or one whose key/sequence/type fields disagree with its payload.
+func readStreamEvents(t *testing.T, c redis.UniversalClient, stream string) []Message {
 	t.Helper()
 	entries, err := c.XRange(context.Background(), stream, "-", "+").Result()
 	require.NoError(t, err)
-	out := make([]Event, 0, len(entries))
+	out := make([]Message, 0, len(entries))
 	for _, x := range entries {
-		e, err := DecodeEntry(x.Values)
+		m, err := DecodeEntry(x.Values)
 		require.NoError(t, err)
-		require.Equal(t, e.Account, x.Values[FieldAccount])
-		require.Equal(t, fmt.Sprint(e.Version), x.Values[FieldVersion])
-		require.Equal(t, e.Type, x.Values[FieldType])
-		out = append(out, e)
+		require.Len(t, x.Values, 4, "fields of entry %s", x.ID)
+		p := testPayloadOf(t, m.Payload)
+		require.Equal(t, p.ID, m.ID)
+		require.Equal(t, p.Account, x.Values[FieldKey])
+		require.Equal(t, fmt.Sprint(p.Version), x.Values[FieldSeq])
+		require.Equal(t, p.Type, x.Values[FieldType])
+		out = append(out, m)
 	}
 	return out
 }
@@ -42,11 +45,11 @@ func readStreamEvents(t *testing.T, c redis.UniversalClient, stream string) []Ev
 // streamSinkContract runs the sink contract on c with keys made by key(n).
 func streamSinkContract(t *testing.T, c redis.UniversalClient, key func(n int64) string) {
 	var n atomic.Int64
-	runSinkContract(t, func(t *testing.T) (Sink, func() []Event) {
+	runSinkContract(t, func(t *testing.T) (Sink, func() []Message) {
 		stream := key(n.Add(1))
 		sink := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: stream})
 		// The raw stream: the sink itself must keep it free of repeats.
-		return sink, func() []Event { return readStreamEvents(t, c, stream) }
+		return sink, func() []Message { return readStreamEvents(t, c, stream) }
 	})
 }
 
@@ -68,7 +71,7 @@ func TestStreamSink(t *testing.T) {
 			require.NoError(t, sink.Deliver(ctx, msgs))
 		}
 		require.NoError(t, sink.Deliver(ctx, []Message{msgs[3], msgs[3], msgs[9]}), "repeats within a batch")
-		requireSameEvents(t, sinkTestEvents(msgs), readStreamEvents(t, c, "redeliver{a}"))
+		requireSameMessages(t, msgs, readStreamEvents(t, c, "redeliver{a}"))
 		require.Equal(t, int64(len(msgs)), c.ZCard(ctx, sink.SeenKey()).Val())
 	})
 
@@ -77,7 +80,7 @@ func TestStreamSink(t *testing.T) {
 		msgs := sinkTestMessages(3, 100, 0) // 300 > one script call
 		require.NoError(t, sink.Deliver(ctx, msgs[:200]))
 		require.NoError(t, sink.Deliver(ctx, msgs))
-		requireSameEvents(t, sinkTestEvents(msgs), readStreamEvents(t, c, "large{a}"))
+		requireSameMessages(t, msgs, readStreamEvents(t, c, "large{a}"))
 	})
 
 	t.Run("WindowBound", func(t *testing.T) {
@@ -87,13 +90,13 @@ func TestStreamSink(t *testing.T) {
 		require.NoError(t, sink.Deliver(ctx, msgs[20:]))
 		seen, err := c.ZRange(ctx, sink.SeenKey(), 0, -1).Result()
 		require.NoError(t, err)
-		require.Equal(t, sinkEventIDs(sinkTestEvents(msgs[15:])), seen, "exactly the 10 newest IDs, oldest first")
+		require.Equal(t, sinkIDs(msgs[15:]), seen, "exactly the 10 newest IDs, oldest first")
 
 		require.NoError(t, sink.Deliver(ctx, msgs[15:]), "redelivery inside the window")
 		require.Equal(t, int64(25), c.XLen(ctx, "window{a}").Val())
 
 		require.NoError(t, sink.Deliver(ctx, msgs[:1]), "redelivery outside the window")
-		require.Equal(t, int64(26), c.XLen(ctx, "window{a}").Val(), "an event older than the window is appended again")
+		require.Equal(t, int64(26), c.XLen(ctx, "window{a}").Val(), "a message older than the window is appended again")
 		require.Equal(t, int64(10), c.ZCard(ctx, sink.SeenKey()).Val())
 	})
 
@@ -112,12 +115,31 @@ func TestStreamSink(t *testing.T) {
 		require.Equal(t, int64(1000), c.XLen(ctx, "keep{a}").Val())
 	})
 
-	t.Run("EventWithoutIDIsPermanent", func(t *testing.T) {
+	t.Run("MessageWithoutIDIsPermanent", func(t *testing.T) {
 		sink := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: "noid{a}"})
 		msgs := sinkTestMessages(1, 2, 0)
-		msgs[1].Event.ID = ""
+		msgs[1].ID = ""
 		require.ErrorIs(t, sink.Deliver(ctx, msgs), ErrPermanent)
 		require.Zero(t, c.XLen(ctx, "noid{a}").Val(), "a rejected batch appends nothing")
+	})
+
+	t.Run("InvalidPayloadIsPermanent", func(t *testing.T) {
+		sink := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: "badjson{a}"})
+		msgs := sinkTestMessages(1, 2, 0)
+		msgs[1].Payload = []byte(`{not json`)
+		require.ErrorIs(t, sink.Deliver(ctx, msgs), ErrPermanent)
+		require.Zero(t, c.XLen(ctx, "badjson{a}").Val(), "a rejected batch appends nothing")
+	})
+
+	t.Run("PayloadForwardedByteForByte", func(t *testing.T) {
+		sink := mustNewStreamSink(t, StreamSinkConfig{Client: c, Stream: "bytes{a}"})
+		m := sinkTestMessages(1, 1, 0)[0]
+		m.Payload = []byte(`{"id":"acct-0-0:1", "spaced" : [1, 2],"html":"<&>"}`)
+		require.NoError(t, sink.Deliver(ctx, []Message{m}))
+		xs, err := c.XRange(ctx, "bytes{a}", "-", "+").Result()
+		require.NoError(t, err)
+		require.Len(t, xs, 1)
+		require.Equal(t, string(m.Payload), xs[0].Values[FieldPayload], "not re-encoded")
 	})
 
 	t.Run("RedisErrorIsWrapped", func(t *testing.T) {
@@ -152,7 +174,7 @@ func TestStreamSinkCluster(t *testing.T) {
 			msgs := sinkTestMessages(3, 10, 0)
 			require.NoError(t, sink.Deliver(ctx, msgs))
 			require.NoError(t, sink.Deliver(ctx, msgs[10:]))
-			requireSameEvents(t, sinkTestEvents(msgs), readStreamEvents(t, cc, stream))
+			requireSameMessages(t, msgs, readStreamEvents(t, cc, stream))
 		})
 	}
 }

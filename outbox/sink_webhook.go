@@ -20,14 +20,15 @@ import (
 )
 
 // Headers of a webhook request. Every request carries Content-Type: application/json and
-// the signature; a request with one event also carries its ID, a request with several the
-// number of events.
+// the signature; a request with one message also carries its ID, a request with several the
+// number of messages. (The names say "event": every payload Tally sends is a ledger event.)
 const (
 	// WebhookSignatureHeader holds "sha256=" + lowercase hex HMAC-SHA256(secret, body).
 	WebhookSignatureHeader = "Tally-Signature"
-	// WebhookEventIDHeader holds the event ID of a single-event request.
+	// WebhookEventIDHeader holds the message ID (Message.ID, the ledger's event ID) of a
+	// single-message request.
 	WebhookEventIDHeader = "Tally-Event-Id"
-	// WebhookEventCountHeader holds the number of events of a batch request.
+	// WebhookEventCountHeader holds the number of messages of a batch request.
 	WebhookEventCountHeader = "Tally-Event-Count"
 )
 
@@ -44,7 +45,7 @@ const (
 // WebhookSinkConfig configures a WebhookSink. Zero values of optional fields mean their
 // defaults.
 type WebhookSinkConfig struct {
-	// URL is the absolute http:// or https:// URL that events are POSTed to. Required.
+	// URL is the absolute http:// or https:// URL that payloads are POSTed to. Required.
 	URL string
 	// Secret is the HMAC-SHA256 key that signs every request body. Required.
 	Secret []byte
@@ -63,9 +64,9 @@ type WebhookSinkConfig struct {
 	// Retry-After header in seconds; the header replaces the backoff for that attempt.
 	// Default 5s.
 	MaxRetryAfter time.Duration
-	// BatchSize is the most events sent in one request. A request with one event has the
-	// event as its JSON body; a request with several has {"events":[...]}. Default 100;
-	// 1 sends every event alone.
+	// BatchSize is the most messages sent in one request. A request with one message has
+	// its payload as the JSON body; a request with several has {"events":[payload,...]}.
+	// Default 100; 1 sends every message alone.
 	BatchSize int
 	// Client sends the requests. Nil means a client whose Timeout is Timeout. Timeout
 	// also applies, through the request context, to a client passed here.
@@ -139,8 +140,9 @@ func (e *WebhookStatusError) Error() string {
 	return fmt.Sprintf("webhook answered %d %s: %s", e.StatusCode, http.StatusText(e.StatusCode), e.Body)
 }
 
-// WebhookSink is a Sink that POSTs events as signed JSON to an HTTP endpoint. It is safe for
-// concurrent use. Receivers see each event at least once and must deduplicate by its ID.
+// WebhookSink is a Sink that POSTs message payloads, unchanged, as signed JSON to an HTTP
+// endpoint. It is safe for concurrent use. Receivers see each message at least once and must
+// deduplicate by its ID (the ledger's events carry it as "id").
 type WebhookSink struct {
 	cfg WebhookSinkConfig
 }
@@ -156,7 +158,7 @@ func NewWebhookSink(cfg WebhookSinkConfig) (*WebhookSink, error) {
 	return &WebhookSink{cfg: cfg}, nil
 }
 
-// Deliver POSTs msgs in order, in requests of at most BatchSize events, one request after
+// Deliver POSTs msgs in order, in requests of at most BatchSize messages, one request after
 // the other. It returns nil when every request got a 2xx answer. A request that fails with
 // a network error, a timeout, 429 or 5xx is retried up to MaxAttempts times with backoff;
 // then Deliver returns the last error (which wraps a *WebhookStatusError or the
@@ -224,7 +226,7 @@ func (s *WebhookSink) attempt(ctx context.Context, chunk []Message, body []byte,
 	req.Header.Set("User-Agent", "tally-outbox-webhook")
 	req.Header.Set(WebhookSignatureHeader, sig)
 	if len(chunk) == 1 {
-		req.Header.Set(WebhookEventIDHeader, chunk[0].Event.ID)
+		req.Header.Set(WebhookEventIDHeader, chunk[0].ID)
 	} else {
 		req.Header.Set(WebhookEventCountHeader, strconv.Itoa(len(chunk)))
 	}
@@ -265,61 +267,65 @@ func (s *WebhookSink) backoff(attempt int) time.Duration {
 	return p.Delay(attempt)
 }
 
-// webhookDescribe names the events of a request for error messages.
+// webhookDescribe names the messages of a request for error messages.
 func webhookDescribe(chunk []Message) string {
 	if len(chunk) == 1 {
-		return "event " + chunk[0].Event.ID
+		return "message " + chunk[0].ID
 	}
-	return fmt.Sprintf("%d events %s..%s", len(chunk), chunk[0].Event.ID, chunk[len(chunk)-1].Event.ID)
+	return fmt.Sprintf("%d messages %s..%s", len(chunk), chunk[0].ID, chunk[len(chunk)-1].ID)
 }
 
-// webhookBatch is the body of a request with several events.
-type webhookBatch struct {
-	Events []Event `json:"events"`
-}
-
-// EncodeWebhookBody returns the JSON body the webhook sink sends for msgs: the Event object
-// itself for one message, {"events":[...]} for several (or none). It returns an error when
-// an event does not encode (for example Data that is not valid JSON).
+// EncodeWebhookBody returns the JSON body the webhook sink sends for msgs: the payload
+// itself, byte for byte, for one message; {"events":[payload,...]} with the payloads
+// unchanged for several (or none). It returns an error when a payload is not valid JSON.
 func EncodeWebhookBody(msgs []Message) ([]byte, error) {
-	var (
-		body []byte
-		err  error
-	)
-	if len(msgs) == 1 {
-		body, err = json.Marshal(msgs[0].Event)
-	} else {
-		b := webhookBatch{Events: make([]Event, len(msgs))}
-		for i := range msgs {
-			b.Events[i] = msgs[i].Event
+	for i := range msgs {
+		if !json.Valid(msgs[i].Payload) {
+			return nil, fmt.Errorf("outbox: encode webhook body: message %s: payload is not valid JSON", msgs[i].ID)
 		}
-		body, err = json.Marshal(b)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("outbox: encode webhook body: %w", err)
+	if len(msgs) == 1 {
+		return bytes.Clone(msgs[0].Payload), nil
 	}
-	return body, nil
+	n := len(`{"events":[]}`) + len(msgs)
+	for i := range msgs {
+		n += len(msgs[i].Payload)
+	}
+	body := make([]byte, 0, n)
+	body = append(body, `{"events":[`...)
+	for i := range msgs {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, msgs[i].Payload...)
+	}
+	return append(body, "]}"...), nil
 }
 
-// DecodeWebhookBody returns the events of a webhook request body, for receivers: one event
-// for a single-event body, all of them for {"events":[...]}. It returns an error when body
-// is not valid JSON or a single-event body has no id. It does not check the signature; call
-// VerifySignature first.
-func DecodeWebhookBody(body []byte) ([]Event, error) {
-	var v struct {
-		Events *[]Event `json:"events"`
-		Event
-	}
-	if err := json.Unmarshal(body, &v); err != nil {
+// DecodeWebhookBody returns the payloads of a webhook request body, for receivers: the body
+// itself for a single-message body, every element for {"events":[...]}. A body is a batch
+// when it is a JSON object with an "events" member, so a payload sent alone must not have
+// one at its top level (the ledger's events do not). It returns an error when body is not
+// a JSON object or its "events" member is not an array. It does not check the signature;
+// call VerifySignature first. Decode the payloads with the producer's type (the ledger's
+// events: json.Unmarshal into ledger.Event).
+func DecodeWebhookBody(body []byte) ([]json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil {
 		return nil, fmt.Errorf("outbox: decode webhook body: %w", err)
 	}
-	if v.Events != nil {
-		return *v.Events, nil
+	if obj == nil {
+		return nil, errors.New("outbox: decode webhook body: not a JSON object")
 	}
-	if v.ID == "" {
-		return nil, errors.New("outbox: decode webhook body: neither an event nor {\"events\":[...]}")
+	raw, ok := obj["events"]
+	if !ok {
+		return []json.RawMessage{bytes.Clone(body)}, nil
 	}
-	return []Event{v.Event}, nil
+	var payloads []json.RawMessage
+	if err := json.Unmarshal(raw, &payloads); err != nil || payloads == nil { // null gives nil
+		return nil, errors.New("outbox: decode webhook body: \"events\" is not an array")
+	}
+	return payloads, nil
 }
 
 // WebhookSignature returns the WebhookSignatureHeader value for body: "sha256=" followed by

@@ -38,8 +38,8 @@ type webhookTestReceiver struct {
 	mu       sync.Mutex
 	reply    func(n int) webhookTestReply // called under mu with the request number (1-based)
 	requests int
-	applied  []Event  // events of applied requests, with repeats
-	problems []string // signature or format violations
+	applied  []Message // messages of applied requests, with repeats
+	problems []string  // signature or format violations
 }
 
 // mustStartWebhookReceiver starts a receiver that is stopped when the test ends.
@@ -89,8 +89,9 @@ func (rc *webhookTestReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request)
 	w.WriteHeader(rep.status)
 }
 
-// check verifies a request and returns its events, or a description of what is wrong.
-func (rc *webhookTestReceiver) check(r *http.Request, body []byte, readErr error) ([]Event, string) {
+// check verifies a request and returns its messages (rebuilt from the payloads, which carry
+// the ID as "id"), or a description of what is wrong.
+func (rc *webhookTestReceiver) check(r *http.Request, body []byte, readErr error) ([]Message, string) {
 	if readErr != nil {
 		return nil, "read body: " + readErr.Error()
 	}
@@ -103,18 +104,26 @@ func (rc *webhookTestReceiver) check(r *http.Request, body []byte, readErr error
 	if !VerifySignature(rc.secret, body, r.Header.Get(WebhookSignatureHeader)) {
 		return nil, "bad signature"
 	}
-	events, err := DecodeWebhookBody(body)
+	payloads, err := DecodeWebhookBody(body)
 	if err != nil {
 		return nil, err.Error()
 	}
-	if len(events) == 1 {
-		if id := r.Header.Get(WebhookEventIDHeader); id != events[0].ID {
-			return nil, fmt.Sprintf("event ID header %q for event %s", id, events[0].ID)
+	msgs := make([]Message, len(payloads))
+	for i, raw := range payloads {
+		var p testPayload
+		if err := json.Unmarshal(raw, &p); err != nil || p.ID == "" {
+			return nil, fmt.Sprintf("payload %d is not a test payload with an id: %s", i, raw)
 		}
-	} else if n := r.Header.Get(WebhookEventCountHeader); n != strconv.Itoa(len(events)) {
-		return nil, fmt.Sprintf("event count header %q for %d events", n, len(events))
+		msgs[i] = Message{ID: p.ID, Key: p.Account, Seq: p.Version, Type: p.Type, Payload: raw}
 	}
-	return events, ""
+	if len(msgs) == 1 {
+		if id := r.Header.Get(WebhookEventIDHeader); id != msgs[0].ID {
+			return nil, fmt.Sprintf("event ID header %q for message %s", id, msgs[0].ID)
+		}
+	} else if n := r.Header.Get(WebhookEventCountHeader); n != strconv.Itoa(len(msgs)) {
+		return nil, fmt.Sprintf("event count header %q for %d messages", n, len(msgs))
+	}
+	return msgs, ""
 }
 
 func (rc *webhookTestReceiver) url() string { return rc.srv.URL + "/hooks/tally" }
@@ -125,14 +134,14 @@ func (rc *webhookTestReceiver) requestCount() int {
 	return rc.requests
 }
 
-// appliedRaw returns the applied events with repeats; deduped without.
-func (rc *webhookTestReceiver) appliedRaw() []Event {
+// appliedRaw returns the applied messages with repeats; deduped without.
+func (rc *webhookTestReceiver) appliedRaw() []Message {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	return append([]Event(nil), rc.applied...)
+	return append([]Message(nil), rc.applied...)
 }
 
-func (rc *webhookTestReceiver) deduped() []Event { return sinkDedupByID(rc.appliedRaw()) }
+func (rc *webhookTestReceiver) deduped() []Message { return sinkDedupByID(rc.appliedRaw()) }
 
 func (rc *webhookTestReceiver) problemList() []string {
 	rc.mu.Lock()
@@ -160,7 +169,7 @@ func mustNewWebhookSink(t *testing.T, cfg WebhookSinkConfig) *WebhookSink {
 
 func TestWebhookSinkContract(t *testing.T) {
 	t.Parallel()
-	runSinkContract(t, func(t *testing.T) (Sink, func() []Event) {
+	runSinkContract(t, func(t *testing.T) (Sink, func() []Message) {
 		rc := mustStartWebhookReceiver(t, []byte("contract-secret"), nil)
 		cfg := fastWebhookConfig(rc)
 		cfg.BatchSize = 7 // batches split into several requests, the last one possibly single
@@ -229,7 +238,10 @@ func TestWebhookSignature(t *testing.T) {
 			require.Contains(t, single, f)
 			require.Contains(t, batch["events"][0], f)
 		}
-		require.JSONEq(t, `"`+msgs[2].Event.ID+`"`, string(single["id"]))
+		require.JSONEq(t, `"`+msgs[2].ID+`"`, string(single["id"]))
+		// The payloads travel unchanged: the bodies are byte for byte the payloads.
+		require.Equal(t, `{"events":[`+string(msgs[0].Payload)+`,`+string(msgs[1].Payload)+`]}`, string(bodies[0]))
+		require.Equal(t, string(msgs[2].Payload), string(bodies[1]))
 	})
 }
 
@@ -254,7 +266,7 @@ func TestWebhookSinkRetries(t *testing.T) {
 		rc := mustStartWebhookReceiver(t, secret, failFirst(webhookTestReply{status: 500}))
 		require.NoError(t, mustNewWebhookSink(t, fastWebhookConfig(rc)).Deliver(ctx, msgs))
 		require.Equal(t, 2, rc.requestCount())
-		requireSameEvents(t, sinkTestEvents(msgs), rc.deduped())
+		requireSameMessages(t, msgs, rc.deduped())
 		require.Empty(t, rc.problemList())
 	})
 
@@ -263,7 +275,7 @@ func TestWebhookSinkRetries(t *testing.T) {
 		rc := mustStartWebhookReceiver(t, secret, failFirst(webhookTestReply{status: 429, retryAfter: "0"}))
 		require.NoError(t, mustNewWebhookSink(t, fastWebhookConfig(rc)).Deliver(ctx, msgs))
 		require.Equal(t, 2, rc.requestCount())
-		requireSameEvents(t, sinkTestEvents(msgs), rc.deduped())
+		requireSameMessages(t, msgs, rc.deduped())
 	})
 
 	t.Run("429RetryAfter1", func(t *testing.T) {
@@ -392,8 +404,8 @@ func TestWebhookSinkFlakyServer(t *testing.T) {
 	got := rc.deduped()
 	t.Logf("%d Deliver calls (%d failed), %d requests, %d events received for %d distinct", deliveries, failures, rc.requestCount(), len(raw), len(got))
 	require.Greater(t, len(raw), len(msgs), "the seeded failures produce repeats")
-	// Each event at least once, nothing else, and first occurrences in delivery order.
-	requireSameEvents(t, sinkTestEvents(msgs), got)
+	// Each message at least once, nothing else, and first occurrences in delivery order.
+	requireSameMessages(t, msgs, got)
 }
 
 func TestWebhookSinkConfig(t *testing.T) {
@@ -437,19 +449,39 @@ func TestWebhookSinkConfig(t *testing.T) {
 	})
 
 	t.Run("DecodeRejectsGarbage", func(t *testing.T) {
-		_, err := DecodeWebhookBody([]byte(`{"foo":1}`))
-		require.Error(t, err)
-		_, err = DecodeWebhookBody([]byte(`not json`))
-		require.Error(t, err)
-		evs, err := DecodeWebhookBody([]byte(`{"events":[]}`))
+		for _, body := range []string{`not json`, `[1,2]`, `"x"`, `null`, `{"events":{}}`, `{"events":null}`, `{"events":[1,}`} {
+			_, err := DecodeWebhookBody([]byte(body))
+			require.Error(t, err, "body %s", body)
+		}
+		ps, err := DecodeWebhookBody([]byte(`{"events":[]}`))
 		require.NoError(t, err)
-		require.Empty(t, evs)
+		require.Empty(t, ps)
+		ps, err = DecodeWebhookBody([]byte(`{"events":[{"id":"a:1"}, {"id":"a:2"}]}`))
+		require.NoError(t, err)
+		require.Equal(t, []json.RawMessage{json.RawMessage(`{"id":"a:1"}`), json.RawMessage(`{"id":"a:2"}`)}, ps)
+		ps, err = DecodeWebhookBody([]byte(`{"foo":1}`))
+		require.NoError(t, err, "any object without \"events\" is one payload: the outbox does not know its schema")
+		require.Equal(t, []json.RawMessage{json.RawMessage(`{"foo":1}`)}, ps)
+	})
+
+	t.Run("EncodeForwardsPayloadsUnchanged", func(t *testing.T) {
+		a := Message{ID: "a:1", Payload: json.RawMessage(`{"id":"a:1", "spaced": true,"html":"<&>"}`)}
+		b := Message{ID: "a:2", Payload: json.RawMessage(`{"id":"a:2"}`)}
+		body, err := EncodeWebhookBody([]Message{a})
+		require.NoError(t, err)
+		require.Equal(t, string(a.Payload), string(body))
+		body, err = EncodeWebhookBody([]Message{a, b})
+		require.NoError(t, err)
+		require.Equal(t, `{"events":[`+string(a.Payload)+`,`+string(b.Payload)+`]}`, string(body))
+		body, err = EncodeWebhookBody(nil)
+		require.NoError(t, err)
+		require.Equal(t, `{"events":[]}`, string(body))
 	})
 
 	t.Run("UnencodableEventIsPermanent", func(t *testing.T) {
 		rc := mustStartWebhookReceiver(t, []byte("k"), nil)
 		msgs := sinkTestMessages(1, 1, 0)
-		msgs[0].Event.Data = json.RawMessage(`{not json`)
+		msgs[0].Payload = json.RawMessage(`{not json`)
 		err := mustNewWebhookSink(t, fastWebhookConfig(rc)).Deliver(context.Background(), msgs)
 		require.ErrorIs(t, err, ErrPermanent)
 		require.Zero(t, rc.requestCount())

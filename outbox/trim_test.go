@@ -89,7 +89,7 @@ func TestTrimUnderSlowConsumer(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, m := range msgs {
-			seen[m.Event.ID]++
+			seen[m.ID]++
 		}
 		return nil
 	})

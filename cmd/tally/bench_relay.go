@@ -69,8 +69,11 @@ func (s *lagSink) Deliver(ctx context.Context, msgs []outbox.Message) error {
 				continue
 			}
 			s.applied++
-			if t := batch[i].Event.Time; s.since.Load() != 0 && !t.Before(since) {
-				s.lag = append(s.lag, now.Sub(t))
+			if s.since.Load() == 0 {
+				continue
+			}
+			if e, err := ledger.DecodeEvent(batch[i]); err == nil && !e.Time.Before(since) {
+				s.lag = append(s.lag, now.Sub(e.Time))
 			}
 		}
 		s.mu.Unlock()

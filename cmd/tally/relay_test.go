@@ -57,12 +57,17 @@ func TestRelayCommandWebhook(t *testing.T) {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		events, err := outbox.DecodeWebhookBody(body)
+		payloads, err := outbox.DecodeWebhookBody(body)
 		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		for _, e := range events {
+		for _, raw := range payloads {
+			var e ledger.Event
+			if err := json.Unmarshal(raw, &e); err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
 			if seen[e.ID] {
 				continue // a redelivery: the receiver dedupes by event ID
 			}

@@ -1,0 +1,134 @@
+package ledger
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tally-ledger/tally/outbox"
+)
+
+// Event types of an account's stream (DESIGN §8).
+const (
+	EventAccountOpened    = "AccountOpened"
+	EventDeposited        = "Deposited"
+	EventWithdrawn        = "Withdrawn"
+	EventTransferDebited  = "TransferDebited"
+	EventTransferCredited = "TransferCredited"
+	EventTransferRefunded = "TransferRefunded"
+	EventHoldPlaced       = "HoldPlaced"
+	EventHoldCaptured     = "HoldCaptured"
+	EventHoldVoided       = "HoldVoided"
+	EventHoldExpired      = "HoldExpired"
+	EventAccountClosed    = "AccountClosed"
+)
+
+// Event is one entry of an account's event stream. The commit script appends its JSON to
+// the account's stream and, in the same step, to the partition outbox as the payload of an
+// entry whose key is Account, sequence Version and type Type; the outbox delivers that JSON
+// unchanged (DecodeEvent turns an outbox.Message back into the Event). The JSON is also
+// the public shape of GET /v1/accounts/{id}/events and of webhook bodies.
+type Event struct {
+	// ID is EventID(Account, Version): globally unique, the same on every redelivery, and
+	// equal to the ID of the outbox message that carries the event.
+	ID      string          `json:"id"`
+	Type    string          `json:"type"` // one of the Event* constants
+	Account string          `json:"account"`
+	Version int64           `json:"version"` // from 1, without gaps per account
+	Time    time.Time       `json:"time"`    // when the event was decided (the ledger's clock)
+	Data    json.RawMessage `json:"data"`    // the type's data: OpenedData, MoneyData, ...
+}
+
+// EventID returns the ID of the event with the given version of an account:
+// "<account>:<version>", the outbox message ID (outbox.MessageID) of its entry.
+func EventID(account string, version int64) string {
+	return outbox.MessageID(account, version)
+}
+
+// ErrMalformedEvent is wrapped by DecodeEvent's errors: an outbox message that does not carry
+// a ledger event. Consumers treat it as permanent (retrying cannot help).
+var ErrMalformedEvent = errors.New("malformed event")
+
+// DecodeEvent returns the event an outbox message carries: its payload, checked against the
+// message. It returns an error wrapping ErrMalformedEvent when the payload is not an event
+// JSON object, or when the event's ID, account, version or type disagree with the message's
+// ID, Key, Seq or Type.
+func DecodeEvent(m outbox.Message) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(m.Payload, &e); err != nil {
+		return Event{}, fmt.Errorf("ledger: message %s: %w: %v", m.ID, ErrMalformedEvent, err)
+	}
+	if e.ID != m.ID || e.Account != m.Key || e.Version != m.Seq || e.Type != m.Type {
+		return Event{}, fmt.Errorf("ledger: message %s: %w: payload is event %q of %q version %d type %q, entry says %q version %d type %q",
+			m.ID, ErrMalformedEvent, e.ID, e.Account, e.Version, e.Type, m.Key, m.Seq, m.Type)
+	}
+	return e, nil
+}
+
+// streamFieldEvent is the field of an account event stream entry that holds the event JSON
+// (the commit script writes "type" and "event").
+const streamFieldEvent = "event"
+
+// decodeStreamEntry returns the event of an account event stream entry's values. It
+// returns an error wrapping ErrMalformedEvent when the event field is missing or is not an
+// event with an ID, account and version.
+func decodeStreamEntry(values map[string]any) (Event, error) {
+	raw, ok := values[streamFieldEvent].(string)
+	if !ok {
+		return Event{}, fmt.Errorf("%w: no %q field", ErrMalformedEvent, streamFieldEvent)
+	}
+	var e Event
+	if err := json.Unmarshal([]byte(raw), &e); err != nil {
+		return Event{}, fmt.Errorf("%w: %v", ErrMalformedEvent, err)
+	}
+	if e.ID == "" || e.Account == "" || e.Version < 1 {
+		return Event{}, fmt.Errorf("%w: event without id, account or version", ErrMalformedEvent)
+	}
+	return e, nil
+}
+
+// OpenedData is the data of an AccountOpened event.
+type OpenedData struct {
+	AllowNegative bool              `json:"allow_negative"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+}
+
+// MoneyData is the data of Deposited and Withdrawn events.
+type MoneyData struct {
+	OperationID string `json:"operation_id"`
+	Currency    string `json:"currency"`
+	Amount      int64  `json:"amount"`
+}
+
+// TransferData is the data of TransferDebited (on the source), TransferCredited (on the
+// destination) and TransferRefunded (on the source) events.
+type TransferData struct {
+	TransferID string `json:"transfer_id"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+	Currency   string `json:"currency"`
+	Amount     int64  `json:"amount"`
+	Reason     string `json:"reason,omitempty"` // TransferRefunded: why the credit was refused
+}
+
+// HoldData is the data of HoldPlaced, HoldCaptured, HoldVoided and HoldExpired events.
+// Amount is the held amount; Captured what a capture took (the rest was released); To and
+// TransferID are set when the capture moved the money to another account.
+type HoldData struct {
+	HoldID     string    `json:"hold_id"`
+	Currency   string    `json:"currency"`
+	Amount     int64     `json:"amount"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	Captured   int64     `json:"captured,omitempty"`
+	To         string    `json:"to,omitempty"`
+	TransferID string    `json:"transfer_id,omitempty"`
+}
+
+// decodeData decodes the data of e into v.
+func decodeData(e Event, v any) error {
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
+	}
+	return nil
+}
