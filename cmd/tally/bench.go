@@ -59,7 +59,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlagSet("bench", stderr)
 	f.redis.register(fs)
 	f.lock.register(fs)
-	fs.StringVar(&f.scenario, "scenario", "modes", "modes (concurrency modes × group commit × account counts) | relay (outbox relay throughput and lag)")
+	fs.StringVar(&f.scenario, "scenario", "modes", "modes (concurrency modes × group commit × account counts) | relay (outbox relay throughput and lag) | transfers, batch (HTTP load on a running serve at --target)")
 	fs.IntVar(&f.workers, "workers", 64, "concurrent writers")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "measured time per scenario (relay: the steady-rate phase)")
 	fs.Int64Var(&f.ops, "ops", 0, "modes: stop a scenario after this many operations (0: only --duration)")
@@ -77,8 +77,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&f.pollInterval, "poll-interval", outbox.DefaultPollInterval, "relay: wait after a read found nothing new")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", time.Minute, "relay: longest wait for the relay to deliver everything written")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level of the lock and relay: debug | info | warn | error")
+	hf := registerHTTPBenchFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if hf.handles(f.scenario) {
+		return runHTTPBench(ctx, &f, hf, stdout, stderr)
 	}
 	if err := f.redis.check(false); err != nil {
 		return err
