@@ -1,40 +1,56 @@
 -- Tally commit script: for every account of one partition a version CAS, its events and its
 -- snapshot; the partition outbox; idempotency and resource records; the writes that go with
--- them (hold and transfer records, expiry and pending indexes) — all or nothing. Every key
--- carries the partition's hash tag, so this runs on one Cluster node.
+-- them (hold and transfer records, expiry and pending indexes).
+--
+-- One call carries the requests of several accounts that waited together. They come in
+-- slices (numbered from 1): requests that share an account, directly or through others,
+-- are in one slice. A slice is all or nothing; a slice whose account's version moved is
+-- skipped whole, and the other slices commit. Every key carries the partition's hash tag,
+-- so this runs on one Cluster node.
 --
 -- KEYS[1] partition outbox stream; KEYS[2..] every other key, named by index in ARGV.
 -- ARGV[1] accounts A   ARGV[2] records R   ARGV[3] guards G   ARGV[4] extra writes X
 -- ARGV[5] record TTL (ms) of client idempotency keys   ARGV[6] record TTL (ms) of internal tokens
--- then per account: snapshot key index, events key index, expected version, account ID,
+-- ARGV[7] slices S
+-- then per account: slice, snapshot key index, events key index, expected version, account ID,
 --   events n, snapshot fields m, deleted fields k, then n x (version, type, event JSON),
 --   m x (field, value), k x field
--- then per record: key index, kind ("idem" | "op" | "mark"), fingerprint, response body
--- then per guard: key index (a key that must not exist: a resource ID already taken)
--- then per write: command (HSET | HDEL | ZADD | ZREM | PEXPIRE), key index, argument count c, c x argument
+-- then per record: slice, key index, kind ("idem" | "op" | "mark"), fingerprint, response body
+-- then per guard: slice, key index (a key that must not exist: a resource ID already taken)
+-- then per write: slice, command (HSET | HDEL | ZADD | ZREM | PEXPIRE), key index,
+--   argument count c, c x argument
 --
--- Returns {"OK"}, {"CONFLICT", account index, current version}, {"IDEM", record index},
--- {"DUPLICATE", record index} or {"TAKEN", guard index} (indexes from 1).
+-- Returns {"OK"} when every slice committed, {"PARTIAL", slice, ...} naming the slices
+-- skipped for a version conflict (the others committed), {"CONFLICT"} when every slice was
+-- skipped, or — committing nothing — {"IDEM", record index}, {"DUPLICATE", record index} or
+-- {"TAKEN", guard index} (indexes from 1).
 --
 -- Every check comes before the first write: a script that fails half way keeps what it wrote.
 
 local A, R, G, X = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local a = 7
+local S = tonumber(ARGV[7])
+local a = 8
 
 -- Pass 1: checks. Remember where each section starts.
+local skip = {} -- slice → true when one of its accounts moved
+local skipped = 0
 local accounts = {}
 for i = 1, A do
   local acc = {
-    snap = KEYS[tonumber(ARGV[a])], events = KEYS[tonumber(ARGV[a + 1])],
-    expected = tonumber(ARGV[a + 2]), id = ARGV[a + 3],
-    n = tonumber(ARGV[a + 4]), m = tonumber(ARGV[a + 5]), k = tonumber(ARGV[a + 6]), at = a + 7,
+    slice = ARGV[a], snap = KEYS[tonumber(ARGV[a + 1])], events = KEYS[tonumber(ARGV[a + 2])],
+    expected = tonumber(ARGV[a + 3]), id = ARGV[a + 4],
+    n = tonumber(ARGV[a + 5]), m = tonumber(ARGV[a + 6]), k = tonumber(ARGV[a + 7]), at = a + 8,
   }
   local cur = tonumber(redis.call('HGET', acc.snap, 'v') or '0')
-  if cur ~= acc.expected then
-    return {'CONFLICT', tostring(i), tostring(cur)}
+  if cur ~= acc.expected and not skip[acc.slice] then
+    skip[acc.slice] = true
+    skipped = skipped + 1
   end
   accounts[i] = acc
   a = acc.at + 3 * acc.n + 2 * acc.m + acc.k
+end
+if skipped == S then
+  return {'CONFLICT'}
 end
 
 -- Second line of defence against a double apply: the ledger collapses requests that share a
@@ -44,75 +60,88 @@ end
 local records = a
 local seen = {}
 for i = 1, R do
-  local key = KEYS[tonumber(ARGV[a])]
+  local key = KEYS[tonumber(ARGV[a + 1])]
   if seen[key] then
     return {'DUPLICATE', tostring(i)}
   end
   seen[key] = true
-  if redis.call('EXISTS', key) == 1 then
+  if not skip[ARGV[a]] and redis.call('EXISTS', key) == 1 then
     return {'IDEM', tostring(i)}
   end
-  a = a + 4
+  a = a + 5
 end
 for i = 1, G do
-  if redis.call('EXISTS', KEYS[tonumber(ARGV[a])]) == 1 then
+  if not skip[ARGV[a]] and redis.call('EXISTS', KEYS[tonumber(ARGV[a + 1])]) == 1 then
     return {'TAKEN', tostring(i)}
   end
-  a = a + 1
+  a = a + 2
 end
 local writes = a
 for _ = 1, X do
-  local cmd = ARGV[a]
+  local cmd = ARGV[a + 1]
   if cmd ~= 'HSET' and cmd ~= 'HDEL' and cmd ~= 'ZADD' and cmd ~= 'ZREM' and cmd ~= 'PEXPIRE' then
     return redis.error_reply('tally commit: write ' .. cmd .. ' not allowed')
   end
-  a = a + 3 + tonumber(ARGV[a + 2])
+  a = a + 4 + tonumber(ARGV[a + 3])
 end
 
--- Pass 2: writes.
+-- Pass 2: writes, of the slices not skipped.
 local outbox = KEYS[1]
 for _, acc in ipairs(accounts) do
-  local p = acc.at
-  for _ = 1, acc.n do
-    local version, typ, event = ARGV[p], ARGV[p + 1], ARGV[p + 2]
-    -- Explicit IDs: Redis itself rejects an append that does not follow the last version.
-    redis.call('XADD', acc.events, version .. '-0', 'type', typ, 'event', event)
-    redis.call('XADD', outbox, '*', 'event', event, 'account', acc.id, 'version', version, 'type', typ)
-    p = p + 3
-  end
-  if acc.m > 0 then
-    local fields = {}
-    for _ = 1, acc.m do
-      fields[#fields + 1] = ARGV[p]
-      fields[#fields + 1] = ARGV[p + 1]
-      p = p + 2
+  if not skip[acc.slice] then
+    local p = acc.at
+    for _ = 1, acc.n do
+      local version, typ, event = ARGV[p], ARGV[p + 1], ARGV[p + 2]
+      -- Explicit IDs: Redis itself rejects an append that does not follow the last version.
+      redis.call('XADD', acc.events, version .. '-0', 'type', typ, 'event', event)
+      redis.call('XADD', outbox, '*', 'event', event, 'account', acc.id, 'version', version, 'type', typ)
+      p = p + 3
     end
-    redis.call('HSET', acc.snap, unpack(fields))
-  end
-  if acc.k > 0 then
-    local gone = {}
-    for _ = 1, acc.k do
-      gone[#gone + 1] = ARGV[p]
-      p = p + 1
+    if acc.m > 0 then
+      local fields = {}
+      for _ = 1, acc.m do
+        fields[#fields + 1] = ARGV[p]
+        fields[#fields + 1] = ARGV[p + 1]
+        p = p + 2
+      end
+      redis.call('HSET', acc.snap, unpack(fields))
     end
-    redis.call('HDEL', acc.snap, unpack(gone))
+    if acc.k > 0 then
+      local gone = {}
+      for _ = 1, acc.k do
+        gone[#gone + 1] = ARGV[p]
+        p = p + 1
+      end
+      redis.call('HDEL', acc.snap, unpack(gone))
+    end
   end
 end
 a = records
 for _ = 1, R do
-  local key, kind = KEYS[tonumber(ARGV[a])], ARGV[a + 1]
-  redis.call('HSET', key, 'fp', ARGV[a + 2], 'body', ARGV[a + 3])
-  if kind == 'idem' then
-    redis.call('PEXPIRE', key, ARGV[5])
-  elseif kind == 'op' then
-    redis.call('PEXPIRE', key, ARGV[6])
-  end -- 'mark': a resource record (hold, transfer, transfer step), kept
-  a = a + 4
+  if not skip[ARGV[a]] then
+    local key, kind = KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2]
+    redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4])
+    if kind == 'idem' then
+      redis.call('PEXPIRE', key, ARGV[5])
+    elseif kind == 'op' then
+      redis.call('PEXPIRE', key, ARGV[6])
+    end -- 'mark': a resource record (hold, transfer, transfer step), kept
+  end
+  a = a + 5
 end
 a = writes
 for _ = 1, X do
-  local cmd, key, c = ARGV[a], KEYS[tonumber(ARGV[a + 1])], tonumber(ARGV[a + 2])
-  redis.call(cmd, key, unpack(ARGV, a + 3, a + 2 + c))
-  a = a + 3 + c
+  local cmd, key, c = ARGV[a + 1], KEYS[tonumber(ARGV[a + 2])], tonumber(ARGV[a + 3])
+  if not skip[ARGV[a]] then
+    redis.call(cmd, key, unpack(ARGV, a + 4, a + 3 + c))
+  end
+  a = a + 4 + c
 end
-return {'OK'}
+if skipped == 0 then
+  return {'OK'}
+end
+local out = {'PARTIAL'}
+for s in pairs(skip) do
+  out[#out + 1] = s
+end
+return out

@@ -176,7 +176,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
 	return &Ledger{
 		cfg:       cfg,
 		store:     &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
-		queue:     groupQueue{accounts: map[string]*accountQueue{}},
+		queue:     groupQueue{partitions: map[int]*partitionQueue{}},
 		admission: admission{inflight: map[string]int{}},
 	}, nil
 }
@@ -388,13 +388,13 @@ func fingerprint(cmd any) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// groupQueue holds, per account, the requests waiting for the account's current leader.
+// groupQueue holds, per partition, the requests waiting for the partition's current leader.
 type groupQueue struct {
-	mu       sync.Mutex
-	accounts map[string]*accountQueue
+	mu         sync.Mutex
+	partitions map[int]*partitionQueue
 }
 
-type accountQueue struct {
+type partitionQueue struct {
 	waiting []*request
 }
 

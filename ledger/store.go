@@ -193,6 +193,7 @@ func boolString(b bool) string {
 
 // recordWrite is a response to remember under a record key.
 type recordWrite struct {
+	slice       int
 	ref         recordRef
 	fingerprint string
 	body        []byte
@@ -201,34 +202,45 @@ type recordWrite struct {
 // write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
 // partition): hold and transfer records, the hold expiry and pending transfer indexes.
 type write struct {
-	cmd  string
-	key  string
-	args []any
+	slice int
+	cmd   string
+	key   string
+	args  []any
+}
+
+// guard is a key that must not exist for its slice to commit.
+type guard struct {
+	slice int
+	key   string
 }
 
 // accountWrite is one account of a commit: the version its decision was made on, its
 // state afterwards and the events between.
 type accountWrite struct {
+	slice  int
 	before snapshot
 	after  *Account
 	events []Event
 }
 
-// plan is everything one commit script call writes, all in one partition.
+// plan is everything one commit script call writes, all in one partition. Its parts are
+// grouped in slices numbered from 0: the parts of requests that share accounts. The script
+// commits each slice whole or skips it when one of its accounts' versions moved.
 type plan struct {
 	partition int
+	slices    int
 	accounts  []accountWrite
 	records   []recordWrite
-	guards    []string // keys that must not exist
+	guards    []guard
 	writes    []write
 }
 
-// commitOutcome is what the commit script answered.
+// commitOutcome is what the commit script answered. When neither existing nor taken is
+// set, the slices not in skipped were committed.
 type commitOutcome struct {
-	ok       bool
-	conflict bool // an account's version moved
-	existing int  // index into the plan's records of one that already exists, or -1
-	taken    int  // index into the plan's guards of a key that exists, or -1
+	skipped  map[int]bool // slices not committed because an account's version moved
+	existing int          // index into the plan's records of one that already exists, or -1
+	taken    int          // index into the plan's guards of a key that exists, or -1
 }
 
 // write commits a plan in one script call.
@@ -243,7 +255,8 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		index[k] = len(keys)
 		return len(keys)
 	}
-	args := []any{len(pl.accounts), len(pl.records), len(pl.guards), len(pl.writes), ttls[0], ttls[1]}
+	slices := max(pl.slices, 1)
+	args := []any{len(pl.accounts), len(pl.records), len(pl.guards), len(pl.writes), ttls[0], ttls[1], slices}
 	for _, aw := range pl.accounts {
 		id := aw.after.ID
 		if p := s.keys.partition(id); p != pl.partition {
@@ -266,7 +279,7 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 				}
 			}
 		}
-		args = append(args, key(s.keys.snapshot(pl.partition, id)), key(s.keys.events(pl.partition, id)),
+		args = append(args, aw.slice+1, key(s.keys.snapshot(pl.partition, id)), key(s.keys.events(pl.partition, id)),
 			aw.before.acc.Version, id, len(aw.events), len(fields)/2, len(deleted))
 		for _, e := range aw.events {
 			raw, err := json.Marshal(e)
@@ -279,13 +292,13 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		args = append(args, deleted...)
 	}
 	for _, r := range pl.records {
-		args = append(args, key(r.ref.key), r.ref.kind, r.fingerprint, string(r.body))
+		args = append(args, r.slice+1, key(r.ref.key), r.ref.kind, r.fingerprint, string(r.body))
 	}
 	for _, g := range pl.guards {
-		args = append(args, key(g))
+		args = append(args, g.slice+1, key(g.key))
 	}
 	for _, w := range pl.writes {
-		args = append(args, w.cmd, key(w.key), len(w.args))
+		args = append(args, w.slice+1, w.cmd, key(w.key), len(w.args))
 		args = append(args, w.args...)
 	}
 	res, err := s.commit.Run(ctx, s.rdb, keys, args...).StringSlice()
@@ -296,9 +309,20 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 	index1 := func() int { i, _ := strconv.Atoi(res[1]); return i - 1 }
 	switch {
 	case len(res) == 1 && res[0] == "OK":
-		out.ok = true
-	case len(res) == 3 && res[0] == "CONFLICT":
-		out.conflict = true
+	case len(res) == 1 && res[0] == "CONFLICT":
+		out.skipped = make(map[int]bool, slices)
+		for i := range slices {
+			out.skipped[i] = true
+		}
+	case len(res) >= 2 && res[0] == "PARTIAL":
+		out.skipped = make(map[int]bool, len(res)-1)
+		for _, v := range res[1:] {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > slices {
+				return commitOutcome{}, fmt.Errorf("%w: unexpected commit reply %q", ErrInternal, res)
+			}
+			out.skipped[n-1] = true
+		}
 	case len(res) == 2 && res[0] == "IDEM":
 		out.existing = index1()
 	case len(res) == 2 && res[0] == "TAKEN":

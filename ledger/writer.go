@@ -66,10 +66,10 @@ func (l *Ledger) submitRef(ctx context.Context, cmd command, ref recordRef, fp s
 	}
 	defer l.leave(account)
 	if l.cfg.DisableGroupCommit {
-		l.execute(ctx, account, []*request{req})
+		l.execute(ctx, []*request{req})
 		return req.receipt, req.err
 	}
-	return l.enqueue(ctx, account, req)
+	return l.enqueue(ctx, l.store.keys.partition(account), req)
 }
 
 // admit counts a request in for its account, or reports false when MaxQueue requests of
@@ -96,18 +96,20 @@ func (l *Ledger) leave(account string) {
 	}
 }
 
-// enqueue adds req to its account's queue. The first request of an idle account becomes the
-// leader: it commits everything that waits (up to MaxBatch) in one script call, then hands
-// leadership to the next waiting request. Others wait for their result or for leadership.
-func (l *Ledger) enqueue(ctx context.Context, account string, req *request) (Receipt, error) {
+// enqueue adds req to its partition's queue. The first request of an idle partition becomes
+// the leader: it commits everything that waits (up to MaxBatch requests, of any accounts of
+// the partition) in one read round trip and one script call, then hands leadership to the
+// next waiting request. Others wait for their result or for leadership. Requests are taken
+// in arrival order and decided in that order, so each account's writes keep their order.
+func (l *Ledger) enqueue(ctx context.Context, p int, req *request) (Receipt, error) {
 	q := &l.queue
 	q.mu.Lock()
-	aq, busy := q.accounts[account]
+	aq, busy := q.partitions[p]
 	if !busy {
-		aq = &accountQueue{}
-		q.accounts[account] = aq
+		aq = &partitionQueue{}
+		q.partitions[p] = aq
 		q.mu.Unlock()
-		l.lead(account, aq, req)
+		l.lead(p, aq, req)
 		return req.receipt, req.err
 	}
 	aq.waiting = append(aq.waiting, req)
@@ -117,7 +119,7 @@ func (l *Ledger) enqueue(ctx context.Context, account string, req *request) (Rec
 	case <-req.done:
 		return req.receipt, req.err
 	case <-req.lead:
-		l.lead(account, aq, req)
+		l.lead(p, aq, req)
 		return req.receipt, req.err
 	case <-ctx.Done():
 	}
@@ -135,15 +137,15 @@ func (l *Ledger) enqueue(ctx context.Context, account string, req *request) (Rec
 	select {
 	case <-req.done:
 	case <-req.lead:
-		l.lead(account, aq, req)
+		l.lead(p, aq, req)
 	}
 	return req.receipt, req.err
 }
 
 // lead commits first and the requests waiting behind it, then passes leadership on. The
 // hand-off is deferred, so that nothing — not even a panic that escaped execute — leaves the
-// account's queue without a leader while requests wait in it.
-func (l *Ledger) lead(account string, aq *accountQueue, first *request) {
+// partition's queue without a leader while requests wait in it.
+func (l *Ledger) lead(p int, aq *partitionQueue, first *request) {
 	q := &l.queue
 	defer func() {
 		q.mu.Lock()
@@ -152,7 +154,7 @@ func (l *Ledger) lead(account string, aq *accountQueue, first *request) {
 			aq.waiting = aq.waiting[1:]
 			next.lead <- struct{}{}
 		} else {
-			delete(q.accounts, account)
+			delete(q.partitions, p)
 		}
 		q.mu.Unlock()
 	}()
@@ -173,15 +175,15 @@ func (l *Ledger) lead(account string, aq *accountQueue, first *request) {
 	// by the leader's context.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(first.ctx), l.cfg.BatchTimeout)
 	defer cancel()
-	l.execute(ctx, account, batch)
+	l.execute(ctx, batch)
 }
 
-// execute runs read → decide → commit for a batch of requests of one account, retrying on
+// execute runs read → decide → commit for a batch of requests of one partition, retrying on
 // version conflicts and store errors, and finishes every request of the batch.
 //
 // A panic while deciding or committing fails the whole batch with a *PanicError (every
 // request the batch had not finished yet), so no caller waits forever.
-func (l *Ledger) execute(ctx context.Context, account string, batch []*request) {
+func (l *Ledger) execute(ctx context.Context, batch []*request) {
 	defer func() {
 		if v := recover(); v != nil {
 			err := &PanicError{Value: v, Stack: debug.Stack()}
@@ -322,12 +324,14 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	}
 	d := newDecision(l.store.keys, now, l.cfg.IdempotencyTTL, work)
 	var (
-		writes     []recordWrite
 		accepted   []*request
+		records    []recordWrite // accepted[i]'s record
 		bodies     [][]byte
 		rejected   []*request
 		rejections []error
-		guardOwner []*request // the request that added each guard
+		collided   []int // per rejected request: the accepted one whose record it reused, or -1
+		guardOwner []int // per guard of d: index into accepted
+		writeOwner []int // per write of d: index into accepted
 	)
 	// Requests that share a record collapse: the first accepted one claims the record; a
 	// later one with the same fingerprint follows it (same response, replayed, applied
@@ -339,13 +343,14 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		of int
 	}
 	var followers []follower
-	used := map[string]bool{} // accounts an accepted command read: their versions are checked
+	groups := newSliceSet() // accounts an accepted command read, grouped: their versions are checked
 	for _, r := range live {
 		if i, ok := claimed[r.ref.key]; ok {
 			if accepted[i].fp == r.fp {
 				followers = append(followers, follower{r, i})
 			} else {
 				rejected, rejections = append(rejected, r), append(rejections, ErrIdempotencyKeyReused)
+				collided = append(collided, i)
 			}
 			continue
 		}
@@ -359,16 +364,18 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 		if err != nil {
 			rejected, rejections = append(rejected, r), append(rejections, err)
+			collided = append(collided, -1)
 			continue
 		}
 		d.merge(f)
 		for range f.guards {
-			guardOwner = append(guardOwner, r)
+			guardOwner = append(guardOwner, len(accepted))
 		}
-		for _, id := range r.cmd.accounts() {
-			used[id] = true
+		for range f.writes {
+			writeOwner = append(writeOwner, len(accepted))
 		}
-		writes = append(writes, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
+		groups.join(r.cmd.accounts())
+		records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
 		claimed[r.ref.key] = len(accepted)
 		accepted, bodies = append(accepted, r), append(bodies, raw)
 	}
@@ -379,11 +386,26 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		return nil, nil
 	}
 
-	pl := plan{partition: l.store.keys.partition(accounts[0]), records: writes, guards: d.guards, writes: d.writes}
+	// One slice per group of accounts that accepted requests share: the script commits or
+	// skips each whole, so a conflict on one account holds back only the requests that
+	// touch it.
+	sliceOf := func(i int) int { return groups.of(accepted[i].cmd.accounts()[0]) }
+	pl := plan{partition: l.store.keys.partition(accounts[0]), slices: groups.number()}
 	for _, id := range accounts {
-		if used[id] {
-			pl.accounts = append(pl.accounts, accountWrite{before: snaps[id], after: d.accs[id], events: d.events[id]})
+		if groups.has(id) {
+			pl.accounts = append(pl.accounts, accountWrite{slice: groups.of(id), before: snaps[id], after: d.accs[id], events: d.events[id]})
 		}
+	}
+	for i, rw := range records {
+		rw.slice = sliceOf(i)
+		pl.records = append(pl.records, rw)
+	}
+	for j, key := range d.guards {
+		pl.guards = append(pl.guards, guard{slice: sliceOf(guardOwner[j]), key: key})
+	}
+	for j, w := range d.writes {
+		w.slice = sliceOf(writeOwner[j])
+		pl.writes = append(pl.writes, w)
 	}
 	if l.beforeCommit != nil {
 		l.beforeCommit()
@@ -397,7 +419,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	if out.taken >= 0 {
 		// A resource ID one request claims exists already: that request fails, the others
 		// are decided again without it.
-		owner := guardOwner[out.taken]
+		owner := accepted[guardOwner[out.taken]]
 		owner.finish(Receipt{}, ErrIdempotencyKeyReused)
 		rest := live[:0:0]
 		for _, r := range live {
@@ -407,25 +429,123 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 		return rest, errRetry
 	}
-	if !out.ok {
+	if out.existing >= 0 {
+		// A record written since the read: another process committed that request. The
+		// versions moved with it; read again.
 		l.stats.conflicts.Add(1)
-		// Rejections were decided on a stale snapshot: decide them again too.
 		return live, errRetry
 	}
-	l.stats.commits.Add(1)
-	l.stats.operations.Add(int64(len(accepted)))
+
+	// Requests of skipped slices are decided again on a fresh read, and so are the
+	// rejections that read a skipped slice's accounts (decided on a stale snapshot) or
+	// collided with a skipped request's record.
+	var retry []*request
+	skipped := func(i int) bool { return out.skipped[sliceOf(i)] }
+	committed := 0
 	for i, r := range accepted {
+		if skipped(i) {
+			retry = append(retry, r)
+			continue
+		}
+		committed++
 		r.finish(Receipt{Body: bodies[i]}, nil)
 	}
 	for _, f := range followers {
+		if skipped(f.of) {
+			retry = append(retry, f.r)
+			continue
+		}
 		l.stats.replays.Add(1)
 		f.r.finish(Receipt{Body: bodies[f.of], Replayed: true}, nil)
 	}
 	for i, r := range rejected {
+		stale := collided[i] >= 0 && skipped(collided[i])
+		for _, id := range r.cmd.accounts() {
+			stale = stale || (groups.has(id) && out.skipped[groups.of(id)])
+		}
+		if stale {
+			retry = append(retry, r)
+			continue
+		}
 		r.finish(Receipt{}, rejections[i])
+	}
+	if committed > 0 {
+		l.stats.commits.Add(1)
+		l.stats.operations.Add(int64(committed))
+	}
+	if len(retry) > 0 {
+		l.stats.conflicts.Add(1)
+		return inOrder(live, retry), errRetry
 	}
 	return nil, nil
 }
+
+// inOrder returns the requests of some in the order they have in all.
+func inOrder(all, some []*request) []*request {
+	in := make(map[*request]bool, len(some))
+	for _, r := range some {
+		in[r] = true
+	}
+	out := make([]*request, 0, len(some))
+	for _, r := range all {
+		if in[r] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// sliceSet groups accounts that requests share, transitively (a union-find), and numbers the
+// groups from 0 in the order they were first seen.
+type sliceSet struct {
+	parent map[string]string
+	ids    map[string]int // root → slice number, set by number
+}
+
+func newSliceSet() *sliceSet { return &sliceSet{parent: map[string]string{}} }
+
+func (s *sliceSet) root(id string) string {
+	for s.parent[id] != id {
+		s.parent[id] = s.parent[s.parent[id]]
+		id = s.parent[id]
+	}
+	return id
+}
+
+// join puts accounts in one slice.
+func (s *sliceSet) join(accounts []string) {
+	for _, id := range accounts {
+		if _, ok := s.parent[id]; !ok {
+			s.parent[id] = id
+		}
+	}
+	for _, id := range accounts[1:] {
+		if a, b := s.root(accounts[0]), s.root(id); a != b {
+			s.parent[b] = a
+		}
+	}
+}
+
+func (s *sliceSet) has(id string) bool { _, ok := s.parent[id]; return ok }
+
+// number numbers the slices and returns how many there are; call it after the last join.
+func (s *sliceSet) number() int {
+	s.ids = map[string]int{}
+	ids := make([]string, 0, len(s.parent))
+	for id := range s.parent {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if _, ok := s.ids[s.root(id)]; !ok {
+			s.ids[s.root(id)] = len(s.ids)
+		}
+	}
+	return len(s.ids)
+}
+
+// of returns the slice number of a joined account.
+func (s *sliceSet) of(id string) int { return s.ids[s.root(id)] }
 
 // backoff waits before retry attempt (1-based) a jittered exponential delay: RetryBackoff
 // doubling up to RetryBackoffMax, at least half of it ("equal jitter"). It returns ctx's
