@@ -107,33 +107,46 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 	return l.looseBatch(ctx, ops), false, nil
 }
 
-// looseBatch runs each operation on its own.
+// looseBatch runs each operation on its own. Operations that touch a common account
+// (directly, or through other operations: a transfer touches both its accounts) run one
+// after another in the batch's order, so every account sees its operations in that order;
+// the other groups run concurrently, and their writes meet in the partitions' group commits.
 func (l *Ledger) looseBatch(ctx context.Context, ops []BatchOp) []BatchResult {
 	results := make([]BatchResult, len(ops))
-	byAccount := map[string][]int{}
-	var order []string
+	groups := newSliceSet()
+	for _, op := range ops {
+		groups.join(op.touches())
+	}
+	groups.number()
+	chains := map[int][]int{}
+	var order []int
 	for i, op := range ops {
-		a := op.Account
-		if op.Type == OpTransfer {
-			a = op.From
+		g := groups.of(op.touches()[0])
+		if _, ok := chains[g]; !ok {
+			order = append(order, g)
 		}
-		if _, ok := byAccount[a]; !ok {
-			order = append(order, a)
-		}
-		byAccount[a] = append(byAccount[a], i)
+		chains[g] = append(chains[g], i)
 	}
 	var wg sync.WaitGroup
-	for _, a := range order {
+	for _, g := range order {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, i := range byAccount[a] {
+			for _, i := range chains[g] {
 				results[i] = l.runOp(ctx, ops[i])
 			}
 		}()
 	}
 	wg.Wait()
 	return results
+}
+
+// touches returns the accounts the operation writes.
+func (op BatchOp) touches() []string {
+	if op.Type == OpTransfer {
+		return []string{op.From, op.To}
+	}
+	return []string{op.Account}
 }
 
 // runOp runs one operation alone.
