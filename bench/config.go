@@ -1,0 +1,226 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Config configures a load test (Run). The zero value of every field but Redis or Target
+// has a usable default.
+type Config struct {
+	// Redis is the data Redis. Without Target the library runs on it (each run under a
+	// fresh key prefix) and Redis is required. With Target it is optional: given, it must be
+	// the server's data Redis, and the bench measures its raw commit ceiling and runs
+	// ledger.Verify on it (Prefix "tally", the server's) after every run.
+	Redis redis.UniversalClient
+	// Target is the base URL of a running `tally serve` (http://host:port). Empty: the bench
+	// drives the library on Redis.
+	Target string
+	// APIKey is sent as "Authorization: Bearer" to Target.
+	APIKey string
+	// HTTPTimeout bounds one request to Target. Default 60s.
+	HTTPTimeout time.Duration
+
+	// Locker provides the leases of lock mode (library only); required when Modes has
+	// ModeLock and Target is empty.
+	Locker ledger.Locker
+	// LeaseWaits, when set, is fed by the Locker's Acquired hook; the bench reports its
+	// quantiles per run.
+	LeaseWaits *LeaseWaits
+	// LockMasters are the Redlock masters when other than Redis, only to count the
+	// commands they execute (INFO commandstats).
+	LockMasters []*redis.Client
+
+	// Mix weighs the kinds of operations. Default DefaultMix (deposits, 1 withdrawal in 10).
+	Mix Mix
+	// Accounts lists the account counts to sweep. Default [1, 10000].
+	Accounts []int
+	// Modes lists the concurrency modes to sweep. Default [optimistic, lock]. With Target
+	// the server's mode cannot change: one entry, which only labels the results (default
+	// optimistic, serve's default).
+	Modes []ledger.Mode
+	// GroupCommit lists the group commit settings to sweep. Default [true, false]. With
+	// Target: one entry, a label like Modes (default true).
+	GroupCommit []bool
+	// Workers is the number of concurrent writers, each in a closed loop. Default 64.
+	Workers int
+	// Duration is how long each run's load lasts. Default 10s.
+	Duration time.Duration
+	// Ops, when positive, ends a run's load after this many operations (or Duration,
+	// whichever comes first).
+	Ops int64
+	// Partitions is the ledger's partition count (with Target: the server's). Default 16.
+	Partitions int
+	// MaxBatch is the library's largest group commit. Default 64.
+	MaxBatch int
+	// SeedBalance is deposited into every account before the load. Default 1,000,000.
+	SeedBalance int64
+	// Prefix starts the key prefix of every run (library) and the account IDs. A run adds
+	// a random run ID and its number. Default "bench".
+	Prefix string
+	// KeepKeys keeps each library run's keys instead of deleting them after its check.
+	KeepKeys bool
+	// CheckSample is how many accounts of each run (spread over them) are replayed and
+	// compared with their snapshot over HTTP. The library runs ledger.Verify instead, which
+	// replays every account of the run. Default 100.
+	CheckSample int
+
+	// CeilingDuration is how long the raw commit ceiling is measured; negative skips it.
+	// Default 3s.
+	CeilingDuration time.Duration
+	// CeilingConns is the number of connections the ceiling is measured from. Default 64.
+	CeilingConns int
+
+	// Out receives the results table as runs complete. Nil discards it.
+	Out io.Writer
+	// Progress receives a live progress line (rewritten with \r). Nil: quiet. Give it a
+	// terminal only.
+	Progress io.Writer
+	// Now is the clock for elapsed times. Default time.Now.
+	Now func() time.Time
+	// AfterLoad, when set, runs after each run's load and before its correctness check;
+	// tests use it to corrupt a run. An error ends Run.
+	AfterLoad func(r RunInfo) error
+}
+
+// RunInfo describes one run to Config.AfterLoad.
+type RunInfo struct {
+	Prefix   string   // the key prefix of the run's ledger
+	Accounts []string // the run's account IDs
+	Ledger   *ledger.Ledger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Mix.total() == 0 {
+		c.Mix = DefaultMix()
+	}
+	if len(c.Accounts) == 0 {
+		c.Accounts = []int{1, 10000}
+	}
+	if len(c.Modes) == 0 {
+		c.Modes = []ledger.Mode{ledger.ModeOptimistic, ledger.ModeLock}
+		if c.Target != "" {
+			c.Modes = []ledger.Mode{ledger.ModeOptimistic}
+		}
+	}
+	if len(c.GroupCommit) == 0 {
+		c.GroupCommit = []bool{true, false}
+		if c.Target != "" {
+			c.GroupCommit = []bool{true}
+		}
+	}
+	if c.Workers == 0 {
+		c.Workers = 64
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 16
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 64
+	}
+	if c.SeedBalance == 0 {
+		c.SeedBalance = 1_000_000
+	}
+	if c.Prefix == "" {
+		c.Prefix = "bench"
+	}
+	if c.CheckSample == 0 {
+		c.CheckSample = 100
+	}
+	if c.CeilingDuration == 0 {
+		c.CeilingDuration = 3 * time.Second
+	}
+	if c.CeilingConns == 0 {
+		c.CeilingConns = 64
+	}
+	if c.HTTPTimeout == 0 {
+		c.HTTPTimeout = 60 * time.Second
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Validate returns an error describing the first invalid field of c (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if c.Target == "" && c.Redis == nil {
+		return errors.New("bench: a Redis or a Target is required")
+	}
+	if c.Target != "" {
+		u, err := url.Parse(c.Target)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("bench: target must be an http(s) base URL, got %q", c.Target)
+		}
+		if len(c.Modes) != 1 || len(c.GroupCommit) != 1 {
+			return errors.New("bench: with a target, the server's mode and group commit cannot change: give one of each (they label the results)")
+		}
+	}
+	for _, m := range c.Modes {
+		if m != ledger.ModeOptimistic && m != ledger.ModeLock {
+			return fmt.Errorf("bench: unknown mode %q (optimistic, lock)", m)
+		}
+		if m == ledger.ModeLock && c.Target == "" && c.Locker == nil {
+			return errors.New("bench: lock mode needs a Locker")
+		}
+	}
+	for _, n := range c.Accounts {
+		if n < 1 {
+			return fmt.Errorf("bench: account counts must be positive, got %d", n)
+		}
+	}
+	for k, w := range c.Mix.Weights {
+		if w < 0 {
+			return fmt.Errorf("bench: mix weight of %s is negative", Kind(k))
+		}
+	}
+	switch {
+	case c.Workers < 1:
+		return errors.New("bench: workers must be positive")
+	case c.Duration < 0 || c.Ops < 0:
+		return errors.New("bench: duration and ops must not be negative")
+	case c.Partitions < 1:
+		return errors.New("bench: partitions must be positive")
+	case c.MaxBatch < 1:
+		return errors.New("bench: max batch must be positive")
+	case c.SeedBalance < 0:
+		return errors.New("bench: seed balance must not be negative")
+	case strings.ContainsAny(c.Prefix, "{}:*?[] "):
+		return errors.New("bench: prefix must not contain any of {}:*?[] or spaces")
+	case c.CheckSample < 0:
+		return errors.New("bench: check sample must not be negative")
+	case c.CeilingConns < 1:
+		return errors.New("bench: ceiling connections must be positive")
+	case c.HTTPTimeout < 0:
+		return errors.New("bench: HTTP timeout must not be negative")
+	}
+	return nil
+}
+
+// httpClient returns a keep-alive client for Target with room for every worker.
+func (c Config) httpClient() *http.Client {
+	tr := &http.Transport{
+		Proxy:               nil,
+		MaxIdleConns:        2 * c.Workers,
+		MaxIdleConnsPerHost: 2 * c.Workers,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	return &http.Client{Transport: tr, Timeout: c.HTTPTimeout}
+}

@@ -1,0 +1,147 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// TestLatenciesMerge records the same samples into one histogram and, split by
+// "worker", into eight that are then merged: the merged quantiles equal the single one's,
+// and both are within 0.1% of the exact values.
+func TestLatenciesMerge(t *testing.T) {
+	one := NewLatencies()
+	workers := make([]*Latencies, 8)
+	for i := range workers {
+		workers[i] = NewLatencies()
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	const n = 100_000
+	for i := range n {
+		d := time.Duration(1+i) * 10 * time.Microsecond // 10µs .. 1s, uniform
+		one.Record(d)
+		workers[rng.IntN(len(workers))].Record(d)
+	}
+	merged := NewLatencies()
+	for _, w := range workers {
+		merged.Merge(w)
+	}
+	require.Equal(t, int64(n), merged.Count())
+	for _, q := range []float64{0.5, 0.9, 0.99, 0.999} {
+		assert.Equal(t, one.Quantile(q), merged.Quantile(q), "q=%v", q)
+		exact := time.Duration(q*n) * 10 * time.Microsecond
+		assert.InEpsilon(t, float64(exact), float64(merged.Quantile(q)), 0.001, "q=%v", q)
+	}
+	assert.InEpsilon(t, float64(time.Second), float64(merged.Max()), 0.001)
+	assert.Zero(t, NewLatencies().Quantile(0.99), "no samples")
+	assert.Zero(t, NewLatencies().Max())
+
+	clamp := NewLatencies()
+	clamp.Record(0)
+	clamp.Record(time.Hour)
+	assert.Equal(t, time.Microsecond, clamp.Quantile(0))
+	assert.InEpsilon(t, float64(latencyMax), float64(clamp.Max()), 0.001, "beyond the range: the top")
+}
+
+// TestClassify checks that ledger errors, wrapped as the ledger wraps them, get the HTTP
+// API's problem codes (asked from package handlers) and the right outcome, and that
+// answers of a running server, lost answers and cancellations are told apart.
+func TestClassify(t *testing.T) {
+	c, err := NewClassifier()
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name    string
+		err     error
+		code    string
+		status  int
+		outcome Outcome
+	}{
+		{"success", nil, "", 200, Applied},
+		{"insufficient funds", fmt.Errorf("%w: 10 USD available, 20 requested", ledger.ErrInsufficientFunds), "insufficient_funds", 422, Rejected},
+		{"version conflict", ledger.ErrVersionConflict, "version_conflict", 409, Refused},
+		{"lock unavailable", fmt.Errorf("ledger: %w", ledger.ErrLockUnavailable), "lock_unavailable", 503, Refused},
+		{"overloaded", ledger.ErrOverloaded, "overloaded", 503, Refused},
+		{"store unavailable", fmt.Errorf("%w: %w", ledger.ErrStoreUnavailable, errors.New("dial tcp: refused")), "store_unavailable", 503, Unknown},
+		{"not found", ledger.ErrAccountNotFound, "account_not_found", 404, Refused},
+		{"hold not pending", ledger.ErrHoldNotPending, "hold_not_pending", 409, Refused},
+		{"deadline", context.DeadlineExceeded, "store_unavailable", 503, Unknown},
+		{"internal", fmt.Errorf("%w: decode: bad", ledger.ErrInternal), "internal", 500, Unknown},
+		{"unmapped", errors.New("something else"), "internal", 500, Unknown},
+		{"panic", &ledger.PanicError{Value: "boom"}, "internal", 500, Unknown},
+		{"server problem", &ProblemError{Status: 409, Code: "version_conflict"}, "version_conflict", 409, Refused},
+		{"server 503", &ProblemError{Status: 503, Code: "store_unavailable"}, "store_unavailable", 503, Unknown},
+		{"server 422", &ProblemError{Status: 422, Code: "insufficient_funds"}, "insufficient_funds", 422, Rejected},
+		{"no answer", &TransportError{Err: errors.New("connection reset")}, "transport", 0, Unknown},
+		{"canceled", fmt.Errorf("wait: %w", context.Canceled), "canceled", 0, Unknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := c.Classify(tc.err)
+			assert.Equal(t, tc.code, a.Code)
+			assert.Equal(t, tc.outcome, a.Outcome)
+			if tc.status != 0 {
+				assert.Equal(t, tc.status, a.Status)
+			}
+		})
+	}
+	// Every ledger sentinel has a code from the API, none of them "internal".
+	for i, e := range c.errs {
+		assert.NotEqual(t, "internal", c.specs[i].Code, "%v", e)
+		assert.NotZero(t, c.specs[i].Status, "%v", e)
+	}
+	assert.Equal(t, http.StatusUnprocessableEntity, c.Classify(ledger.ErrAmountExceedsHold).Status)
+}
+
+// TestParseMix checks the mix syntax and that picks follow the weights.
+func TestParseMix(t *testing.T) {
+	m, err := ParseMix("deposit=70, withdrawal=10,transfer=15,hold=5")
+	require.NoError(t, err)
+	assert.Equal(t, "deposit=70,withdrawal=10,transfer=15,hold=5", m.String())
+	rng := rand.New(rand.NewPCG(3, 4))
+	var counts [numKinds]int
+	for range 100_000 {
+		counts[m.pick(rng)]++
+	}
+	for k, w := range m.Weights {
+		assert.InDelta(t, float64(w)/100, float64(counts[k])/100_000, 0.01, "%s", Kind(k))
+	}
+	m, err = ParseMix("transfer=1")
+	require.NoError(t, err)
+	assert.Equal(t, Transfer, m.pick(rng))
+	assert.Equal(t, "", m.without(Transfer).String())
+	for _, bad := range []string{"", "deposit", "deposit=-1", "deposit=x", "loan=5", "deposit=1,deposit=2", "deposit=0"} {
+		_, err := ParseMix(bad)
+		assert.Error(t, err, "%q", bad)
+	}
+}
+
+// TestReplayMoney checks the HTTP replay's reading of the event types.
+func TestReplayMoney(t *testing.T) {
+	ev := func(v int64, typ, data string) ledger.Event {
+		return ledger.Event{Version: v, Type: typ, Data: []byte(data)}
+	}
+	a, err := replayMoney("a", []ledger.Event{
+		ev(1, ledger.EventAccountOpened, `{"allow_negative":false}`),
+		ev(2, ledger.EventDeposited, `{"currency":"USD","amount":100}`),
+		ev(3, ledger.EventWithdrawn, `{"currency":"USD","amount":30}`),
+		ev(4, ledger.EventHoldPlaced, `{"hold_id":"h","currency":"USD","amount":20}`),
+		ev(5, ledger.EventHoldCaptured, `{"hold_id":"h","currency":"USD","amount":20,"captured":15}`),
+		ev(6, ledger.EventHoldPlaced, `{"hold_id":"i","currency":"USD","amount":5}`),
+		ev(7, ledger.EventTransferDebited, `{"transfer_id":"t","currency":"USD","amount":10}`),
+		ev(8, ledger.EventTransferRefunded, `{"transfer_id":"t","currency":"USD","amount":10}`),
+		ev(9, ledger.EventTransferCredited, `{"transfer_id":"u","currency":"USD","amount":1}`),
+	})
+	require.NoError(t, err)
+	assert.Equal(t, int64(9), a.Version)
+	assert.Equal(t, ledger.Balance{Posted: 56, Held: 5, Available: 51}, a.Balances["USD"])
+	_, err = replayMoney("a", []ledger.Event{ev(2, ledger.EventDeposited, `{}`)})
+	assert.Error(t, err, "a gap")
+}
