@@ -130,7 +130,7 @@ func runHTTPBench(ctx context.Context, f *benchFlags, h *httpBenchFlags, stdout,
 			return err
 		}
 		// INFO commandstats of the data Redis and of the --lock-redis masters, if given.
-		hb.counter = &bench{rdb: rdb}
+		hb.counter = &relayBench{rdb: rdb}
 		for _, a := range splitList(f.lock.masters) {
 			m := redis.NewClient(lock.MasterOptions(a))
 			defer m.Close()
@@ -189,7 +189,7 @@ type httpBench struct {
 	base           string
 	client         *http.Client
 	ledger         *ledger.Ledger // nil without --redis
-	counter        *bench         // counts Redis commands; nil without --redis
+	counter        *relayBench    // counts Redis commands; nil without --redis
 	rows           int
 }
 

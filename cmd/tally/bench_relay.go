@@ -2,10 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
 	"runtime"
 	"slices"
+	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,7 +112,7 @@ func (s *lagSink) effects(ctx context.Context, rdb redis.UniversalClient, partit
 }
 
 // waitEffects polls until the effect counters reach want, ctx ends or timeout passes.
-func (b *bench) waitEffects(ctx context.Context, s *lagSink, want int64, timeout time.Duration) error {
+func (b *relayBench) waitEffects(ctx context.Context, s *lagSink, want int64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
@@ -160,7 +168,7 @@ func pace(ctx context.Context, rate int, d time.Duration, jobs chan<- struct{}) 
 // backlog (setup events plus --backlog operations written before it starts), then the
 // end-to-end lag while the ledger writes at a steady --rate for --duration. It checks
 // that every event took effect exactly once.
-func (b *bench) runRelay(ctx context.Context) error {
+func (b *relayBench) runRelay(ctx context.Context) error {
 	counts, err := parseCounts(b.f.accounts, "1000")
 	if err != nil {
 		return err
@@ -300,7 +308,7 @@ const idleWindow = 5 * time.Second
 // relay processes would run), waits until the three have split the partitions, and
 // returns the commands per second that the data Redis and the lock masters executed
 // during idleWindow without traffic. It stops the relays it started.
-func (b *bench) measureIdle(ctx context.Context, rdb redis.UniversalClient, config func(owner string) outbox.Config) (data, masters float64, err error) {
+func (b *relayBench) measureIdle(ctx context.Context, rdb redis.UniversalClient, config func(owner string) outbox.Config) (data, masters float64, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var (
 		wg      sync.WaitGroup
@@ -384,7 +392,7 @@ func (b *bench) measureIdle(ctx context.Context, rdb redis.UniversalClient, conf
 
 // checkWatermarks reports whether the consumer's watermark of every account equals the
 // account's version: every event, the last included, was applied.
-func (b *bench) checkWatermarks(ctx context.Context, l *ledger.Ledger, d *outbox.Dedup, accounts []string) (bool, error) {
+func (b *relayBench) checkWatermarks(ctx context.Context, l *ledger.Ledger, d *outbox.Dedup, accounts []string) (bool, error) {
 	for _, a := range accounts {
 		acc, err := l.Account(ctx, a)
 		if err != nil {
@@ -400,4 +408,370 @@ func (b *bench) checkWatermarks(ctx context.Context, l *ledger.Ledger, d *outbox
 		}
 	}
 	return true, nil
+}
+
+// bench holds what every scenario of one run shares.
+type relayBench struct {
+	f              benchFlags
+	rdb            redis.UniversalClient
+	log            *slog.Logger
+	stdout, stderr io.Writer
+	runID          string
+	n              int // scenarios started, numbers their prefixes
+
+	waits   waitRecorder    // lease waits reported by the Locker's Acquired hook
+	masters []*redis.Client // --lock-redis masters, for INFO only
+}
+
+// newRunID returns a short random ID that keeps this run's keys and account IDs apart from
+// every other run's (and from real accounts on shared lock masters).
+func newRunID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// nextPrefix returns a fresh key prefix for the next scenario.
+func (b *relayBench) nextPrefix() string {
+	b.n++
+	return fmt.Sprintf("%s-%s-%d", b.f.prefix, b.runID, b.n)
+}
+
+// accountIDs returns n account IDs unique to this run.
+func (b *relayBench) accountIDs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("bench.%s.%d", b.runID, i)
+	}
+	return out
+}
+
+func (b *relayBench) progress(format string, args ...any) {
+	fmt.Fprintf(b.stderr, "bench: "+format+"\n", args...)
+}
+
+// locker returns a Locker over the --lock-redis masters (the data Redis by default) whose
+// lease waits go to b.waits, and the number of masters.
+func (b *relayBench) locker() (*lock.Locker, int, func(), error) {
+	hooks := lock.Hooks{Acquired: func(_ string, wait time.Duration) { b.waits.add(wait) }}
+	l, closeFn, err := b.f.lock.newLocker(b.rdb, b.log, hooks, b.f.lock.ttl)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	addrs := splitList(b.f.lock.masters)
+	for _, a := range addrs {
+		b.masters = append(b.masters, redis.NewClient(lock.MasterOptions(a)))
+	}
+	closeAll := func() {
+		for _, m := range b.masters {
+			m.Close()
+		}
+		b.masters = nil
+		closeFn()
+	}
+	return l, max(len(addrs), 1), closeAll, nil
+}
+
+// waitRecorder collects lease waits (local queue plus acquisition).
+type waitRecorder struct {
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (w *waitRecorder) add(d time.Duration) {
+	w.mu.Lock()
+	w.waits = append(w.waits, d)
+	w.mu.Unlock()
+}
+
+// take returns the waits recorded since the last take, sorted.
+func (w *waitRecorder) take() []time.Duration {
+	w.mu.Lock()
+	out := w.waits
+	w.waits = nil
+	w.mu.Unlock()
+	slices.Sort(out)
+	return out
+}
+
+// commandCount returns how many commands Redis executed, summed over the data Redis (every
+// master of a Cluster) and, separately, over the --lock-redis masters, from INFO
+// commandstats. Commands that scripts run are included; INFO and PING are not.
+func (b *relayBench) commandCount(ctx context.Context) (data, masters int64, err error) {
+	var mu sync.Mutex
+	count := func(ctx context.Context, c *redis.Client, into *int64) error {
+		info, err := c.Info(ctx, "commandstats").Result()
+		if err != nil {
+			return err
+		}
+		n := commandCalls(info)
+		mu.Lock()
+		*into += n
+		mu.Unlock()
+		return nil
+	}
+	switch c := b.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return count(ctx, m, &data) })
+	case *redis.Client:
+		err = count(ctx, c, &data)
+	}
+	for _, m := range b.masters {
+		if err == nil {
+			err = count(ctx, m, &masters)
+		}
+	}
+	return data, masters, err
+}
+
+// commandCalls sums the calls of an INFO commandstats reply, except INFO and PING.
+func commandCalls(info string) int64 {
+	var n int64
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok || name == "cmdstat_info" || name == "cmdstat_ping" {
+			continue
+		}
+		calls, _, _ := strings.Cut(rest, ",")
+		if v, err := strconv.ParseInt(calls, 10, 64); err == nil {
+			n += v
+		}
+	}
+	return n
+}
+
+// cleanupPrefix deletes every key under prefix (on every master of a Cluster).
+func (b *relayBench) cleanupPrefix(ctx context.Context, prefix string) {
+	if !b.f.cleanup {
+		return
+	}
+	del := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+		var keys []string
+		flush := func() error {
+			if len(keys) == 0 {
+				return nil
+			}
+			pipe := c.Pipeline()
+			for _, k := range keys {
+				pipe.Unlink(ctx, k)
+			}
+			keys = keys[:0]
+			_, err := pipe.Exec(ctx)
+			return err
+		}
+		for iter.Next(ctx) {
+			if keys = append(keys, iter.Val()); len(keys) == 1000 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return flush()
+	}
+	var err error
+	switch c := b.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, del)
+	case *redis.Client:
+		err = del(ctx, c)
+	}
+	if err != nil {
+		b.progress("cleanup of %s failed (keys stay): %v", prefix, err)
+	}
+}
+
+// load issues deposits and withdrawals against a set of accounts through one Ledger.
+type load struct {
+	l             *ledger.Ledger
+	accounts      []string
+	withdrawEvery int
+}
+
+// setup opens every account and deposits seed into it, from workers goroutines. It returns
+// the first error.
+func (ld *load) setup(ctx context.Context, workers int, seed int64) error {
+	var (
+		next  atomic.Int64
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	for range min(workers, len(ld.accounts)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(ld.accounts) || ctx.Err() != nil {
+					return
+				}
+				id := ld.accounts[i]
+				_, err := ld.l.OpenAccount(ctx, ledger.OpenAccount{ID: id}, ledger.WriteOptions{})
+				if err == nil && seed > 0 {
+					_, err = ld.l.Deposit(ctx, ledger.Deposit{Account: id, Currency: "USD", Amount: seed}, ledger.WriteOptions{})
+				}
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = fmt.Errorf("setup of account %s: %w", id, err)
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// op performs one write on a random account: a withdrawal of 1 in one of withdrawEvery
+// operations, otherwise a deposit of 1..100.
+func (ld *load) op(ctx context.Context) error {
+	a := ld.accounts[mrand.IntN(len(ld.accounts))]
+	if ld.withdrawEvery > 0 && mrand.IntN(ld.withdrawEvery) == 0 {
+		_, err := ld.l.Withdraw(ctx, ledger.Withdraw{Account: a, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+		return err
+	}
+	_, err := ld.l.Deposit(ctx, ledger.Deposit{Account: a, Currency: "USD", Amount: 1 + mrand.Int64N(100)}, ledger.WriteOptions{})
+	return err
+}
+
+// run starts workers goroutines that each call op for as long as next returns true, and
+// returns their merged outcomes once all have stopped.
+func (ld *load) run(ctx context.Context, workers int, next func() bool) outcomes {
+	results := make([]outcomes, workers)
+	var wg sync.WaitGroup
+	for w := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := &results[w]
+			for next() {
+				start := time.Now()
+				err := ld.op(ctx)
+				o.record(err, time.Since(start))
+			}
+		}()
+	}
+	wg.Wait()
+	var all outcomes
+	for i := range results {
+		all.merge(&results[i])
+	}
+	return all
+}
+
+// outcomes counts what the operations of a load answered.
+type outcomes struct {
+	ok       int64            // committed
+	rejected int64            // answered with a domain error (insufficient funds)
+	errs     map[string]int64 // failed, by kind
+	lat      []time.Duration  // latency of every answered operation
+}
+
+func (o *outcomes) record(err error, d time.Duration) {
+	switch {
+	case err == nil:
+		o.ok++
+	case errors.Is(err, ledger.ErrInsufficientFunds):
+		o.rejected++
+	default:
+		if o.errs == nil {
+			o.errs = map[string]int64{}
+		}
+		o.errs[errKind(err)]++
+		return
+	}
+	o.lat = append(o.lat, d)
+}
+
+func (o *outcomes) merge(x *outcomes) {
+	o.ok += x.ok
+	o.rejected += x.rejected
+	for k, v := range x.errs {
+		if o.errs == nil {
+			o.errs = map[string]int64{}
+		}
+		o.errs[k] += v
+	}
+	o.lat = append(o.lat, x.lat...)
+}
+
+func (o *outcomes) answered() int64 { return o.ok + o.rejected }
+
+func (o *outcomes) errors() int64 {
+	var n int64
+	for _, v := range o.errs {
+		n += v
+	}
+	return n
+}
+
+// errSummary returns "kind=n, ..." in kind order, or "" without errors.
+func (o *outcomes) errSummary() string {
+	kinds := make([]string, 0, len(o.errs))
+	for k := range o.errs {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	parts := make([]string, len(kinds))
+	for i, k := range kinds {
+		parts[i] = fmt.Sprintf("%s=%d", k, o.errs[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// errKind names the kind of a failed operation.
+func errKind(err error) string {
+	for _, k := range []struct {
+		err  error
+		name string
+	}{
+		{ledger.ErrVersionConflict, "version_conflict"},
+		{ledger.ErrLockUnavailable, "lock_unavailable"},
+		{ledger.ErrStoreUnavailable, "store_unavailable"},
+		{context.Canceled, "canceled"},
+		{context.DeadlineExceeded, "deadline_exceeded"},
+	} {
+		if errors.Is(err, k.err) {
+			return k.name
+		}
+	}
+	return "other: " + err.Error()
+}
+
+// percentile returns the q-quantile (0..1, nearest rank) of sorted, or 0 when it is empty.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
+}
+
+// runRelayBench runs the relay scenario on the data Redis (embedded by default).
+func runRelayBench(ctx context.Context, f benchFlags, stdout, stderr io.Writer) error {
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	rdb, closeRedis, err := f.redis.connect(ctx, log, true)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+	b := &relayBench{f: f, rdb: rdb, log: log, stdout: stdout, stderr: stderr, runID: newRunID()}
+	return b.runRelay(ctx)
 }

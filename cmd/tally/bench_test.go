@@ -21,7 +21,7 @@ func TestBenchModes(t *testing.T) {
 	var out, errOut bytes.Buffer
 	err := run(t.Context(), []string{"bench",
 		"--redis", data.Addr(), "--lock-redis", strings.Join(redistest.Addrs(masters), ","),
-		"--duration", "300ms", "--workers", "4", "--accounts", "1,50",
+		"--duration", "300ms", "--workers", "4", "--accounts", "1,50", "--ceiling-duration", "200ms",
 	}, &out, &errOut)
 	t.Log(errOut.String())
 	require.NoError(t, err, out.String())
@@ -92,8 +92,11 @@ func TestBenchFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no redis", []string{"bench"}, "--redis or --redis-cluster is required"},
+		{"both redis flags", []string{"bench", "--redis", "127.0.0.1:1", "--redis-cluster", "127.0.0.1:2"}, "not both"},
 		{"unknown scenario", []string{"bench", "--scenario", "x", "--redis", "127.0.0.1:1"}, "--scenario"},
+		{"bad mix", []string{"bench", "--mix", "deposit=1,loan=2"}, "--mix"},
+		{"bad group commit", []string{"bench", "--group-commit", "maybe"}, "--group-commit"},
+		{"target sweeps modes", []string{"bench", "--target", "http://127.0.0.1:1", "--modes", "lock,optimistic"}, "--target"},
 		{"no workers", []string{"bench", "--workers", "0", "--redis", "127.0.0.1:1"}, "--workers"},
 		{"bad prefix", []string{"bench", "--prefix", "a:b", "--redis", "127.0.0.1:1"}, "--prefix"},
 	} {

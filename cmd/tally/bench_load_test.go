@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
+)
+
+// benchJSON is the --json file's schema as the issue specifies it.
+type benchJSON struct {
+	Ceiling *float64 `json:"ceiling_ops_per_sec"`
+	Runs    []struct {
+		Mode        string   `json:"mode"`
+		GroupCommit bool     `json:"group_commit"`
+		Accounts    int      `json:"accounts"`
+		Workers     int      `json:"workers"`
+		OpsPerSec   float64  `json:"ops_per_sec"`
+		P50Ms       float64  `json:"p50_ms"`
+		P99Ms       float64  `json:"p99_ms"`
+		Errors      int64    `json:"errors"`
+		Correct     bool     `json:"correct"`
+		Check       string   `json:"check"`
+		Problems    []string `json:"problems"`
+	} `json:"runs"`
+}
+
+func readBenchJSON(t *testing.T, path string) benchJSON {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var doc benchJSON
+	require.NoError(t, json.Unmarshal(b, &doc), string(b))
+	return doc
+}
+
+// TestBenchEmbedded runs `tally bench` with no Redis at all: it uses the embedded one,
+// sweeps both modes, and writes the JSON, CSV and SVG files.
+func TestBenchEmbedded(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--workers", "8", "--accounts", "1,10",
+		"--modes", "lock,optimistic", "--group-commit", "true", "--mix", "deposit=60,withdrawal=10,transfer=20,hold=10",
+		"--ceiling-duration", "200ms", "--json", filepath.Join(dir, "out.json"), "--csv", filepath.Join(dir, "out.csv"),
+		"--svg", filepath.Join(dir, "out.svg")}, &out, &errOut)
+	t.Log(errOut.String())
+	require.NoError(t, err, out.String())
+	assert.Contains(t, out.String(), "Redis: embedded")
+	assert.Empty(t, errOut.String(), "no progress line without a terminal, no NOT DURABLE warning")
+
+	doc := readBenchJSON(t, filepath.Join(dir, "out.json"))
+	require.NotNil(t, doc.Ceiling)
+	assert.Positive(t, *doc.Ceiling)
+	require.Len(t, doc.Runs, 4)
+	for _, r := range doc.Runs {
+		assert.True(t, r.Correct, "%s %d: %v", r.Mode, r.Accounts, r.Problems)
+		assert.Positive(t, r.OpsPerSec)
+		assert.Equal(t, 8, r.Workers)
+	}
+	rows := benchTable(t, out.String(), "| mode |")
+	require.Len(t, rows, 4)
+	csvData, err := os.ReadFile(filepath.Join(dir, "out.csv"))
+	require.NoError(t, err)
+	assert.Len(t, strings.Split(strings.TrimSpace(string(csvData)), "\n"), 5)
+	svg, err := os.ReadFile(filepath.Join(dir, "out.svg"))
+	require.NoError(t, err)
+	assert.Contains(t, string(svg), "<svg")
+}
+
+// TestBenchTarget loads a real serve over HTTP with every kind of operation and checks
+// that the run is correct: over HTTP (conservation, replayed events) and with tally verify
+// on the server's Redis.
+func TestBenchTarget(t *testing.T) {
+	data := redistest.MustStart(t)
+	base, _ := startServe(t, "--redis", data.Addr(), "--log-level", "warn")
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"bench", "--target", base, "--redis", data.Addr(), "--duration", "500ms",
+		"--workers", "8", "--accounts", "1,20", "--mix", "deposit=50,withdrawal=20,transfer=20,hold=10",
+		"--ceiling-duration", "200ms", "--json", filepath.Join(dir, "out.json")}, &out, &errOut)
+	t.Log(errOut.String())
+	require.NoError(t, err, out.String())
+	doc := readBenchJSON(t, filepath.Join(dir, "out.json"))
+	require.NotNil(t, doc.Ceiling, "the ceiling of the server's Redis")
+	require.Len(t, doc.Runs, 2)
+	for _, r := range doc.Runs {
+		assert.True(t, r.Correct, "%d accounts: %v", r.Accounts, r.Problems)
+		assert.Equal(t, "optimistic", r.Mode, "the label's default")
+		assert.True(t, r.GroupCommit)
+		assert.Positive(t, r.OpsPerSec)
+		assert.Zero(t, r.Errors)
+		assert.Contains(t, r.Check, "replay = snapshot")
+		assert.Contains(t, r.Check, "verify: ")
+	}
+	rows := benchTable(t, out.String(), "| mode |")
+	require.Len(t, rows, 2)
+	assert.NotEqual(t, "-", rows[1]["conflicts"], "the server's counters, from /metrics")
+}
+
+// TestBenchTargetCatchesAWrongServer puts a proxy in front of a real serve that answers
+// one deposit in five 201 without passing it on: fast and wrong. Without --redis (HTTP
+// only), the bench must fail the run.
+func TestBenchTargetCatchesAWrongServer(t *testing.T) {
+	data := redistest.MustStart(t)
+	base, _ := startServe(t, "--redis", data.Addr(), "--log-level", "warn")
+	target, err := url.Parse(base)
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/deposits") && r.Header.Get("Idempotency-Key") == "" && n.Add(1)%5 == 0 {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusCreated)
+			_, _ = io.WriteString(w, `{}`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	err = run(t.Context(), []string{"bench", "--target", srv.URL, "--duration", "300ms", "--workers", "4",
+		"--accounts", "10", "--json", filepath.Join(dir, "out.json")}, &out, &errOut)
+	t.Log(errOut.String())
+	require.Error(t, err, out.String())
+	assert.Contains(t, err.Error(), "failed their correctness check")
+	assert.Contains(t, out.String(), "Check failures:")
+	doc := readBenchJSON(t, filepath.Join(dir, "out.json"))
+	require.Len(t, doc.Runs, 1)
+	assert.False(t, doc.Runs[0].Correct)
+	assert.Nil(t, doc.Ceiling, "no Redis: no ceiling")
+	assert.Positive(t, n.Load())
+}
