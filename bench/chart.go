@@ -52,7 +52,8 @@ func (r Report) WriteSVG(w io.Writer) error {
 		p.X.Scale = plot.LogScale{}
 		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 		p.Y.Min = 0
-		p.Legend.Top = true
+		p.Legend.Top, p.Legend.Left = true, true
+		p.Legend.XOffs = vg.Millimeter * 4
 		p.Add(plotter.NewGrid())
 		return p
 	}
@@ -82,6 +83,15 @@ func (r Report) WriteSVG(w io.Writer) error {
 		tp.Add(c)
 		tp.Legend.Add("raw commit ceiling", c)
 	}
+	// Room above the lines for the legend.
+	var maxT, maxL float64
+	for _, x := range r.Runs {
+		maxT, maxL = max(maxT, x.OpsPerSec), max(maxL, x.P99Ms)
+	}
+	if r.CeilingOpsPerSec != nil {
+		maxT = max(maxT, *r.CeilingOpsPerSec)
+	}
+	tp.Y.Max, lat.Y.Max = max(maxT, 1)*1.45, max(maxL, 0.001)*1.45
 	const width, height = 8 * vg.Inch, 9 * vg.Inch
 	img := vgsvg.New(width, height)
 	dc := draw.New(img)
