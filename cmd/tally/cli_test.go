@@ -17,12 +17,12 @@ import (
 )
 
 // TestHelpSaysWhatIsRequired checks that the top-level usage and 'tally <command> -h' say
-// that relay, bench and verify require --redis or --redis-cluster, and that only serve
-// offers an embedded Redis (saying it is not durable).
+// that relay and verify require --redis or --redis-cluster, that serve offers an embedded
+// Redis (saying it is not durable), and that bench runs on an embedded Redis or --target.
 func TestHelpSaysWhatIsRequired(t *testing.T) {
 	var top bytes.Buffer
 	require.NoError(t, run(t.Context(), []string{"--help"}, &top, &top))
-	for _, cmd := range []string{"relay", "bench", "verify"} {
+	for _, cmd := range []string{"relay", "verify"} {
 		t.Run(cmd, func(t *testing.T) {
 			i := strings.Index(top.String(), "\n  "+cmd+" ")
 			require.GreaterOrEqual(t, i, 0, "top-level usage lists %s:\n%s", cmd, top.String())
@@ -39,6 +39,19 @@ func TestHelpSaysWhatIsRequired(t *testing.T) {
 			assert.NotContains(t, strings.ToLower(help), "embedded", "%s has no embedded Redis", cmd)
 		})
 	}
+	t.Run("bench", func(t *testing.T) {
+		i := strings.Index(top.String(), "\n  bench ")
+		require.GreaterOrEqual(t, i, 0, top.String())
+		entry, _, _ := strings.Cut(top.String()[i+1:], "\n  verify ")
+		assert.Contains(t, entry, "embedded without --redis")
+		assert.Contains(t, entry, "--target")
+		var stdout, stderr bytes.Buffer
+		err := run(t.Context(), []string{"bench", "-h"}, &stdout, &stderr)
+		require.ErrorIs(t, err, flag.ErrHelp)
+		assert.Contains(t, stderr.String(), "usage: tally bench [--redis host:port | --redis-cluster host:port,... | --target http://host:port]")
+		assert.Contains(t, stderr.String(), "not\ncomparable with a real redis-server")
+		assert.Contains(t, stderr.String(), "-mix string")
+	})
 	t.Run("serve", func(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		err := run(t.Context(), []string{"serve", "-h"}, &stdout, &stderr)
@@ -60,10 +73,10 @@ func nextCommand(cmd string) string {
 	return ""
 }
 
-// TestRedisRequired checks that relay, bench and verify refuse to run without a Redis
-// address, before writing anything to stdout.
+// TestRedisRequired checks that relay and verify refuse to run without a Redis address,
+// before writing anything to stdout (bench runs on an embedded one: TestBenchEmbedded).
 func TestRedisRequired(t *testing.T) {
-	for _, cmd := range []string{"relay", "bench", "verify"} {
+	for _, cmd := range []string{"relay", "verify"} {
 		t.Run(cmd, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			err := run(t.Context(), []string{cmd}, &stdout, &stderr)

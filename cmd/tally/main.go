@@ -2,7 +2,7 @@
 //
 //	tally serve    HTTP API (+ in-process outbox relay); embedded, NOT durable Redis without --redis/--redis-cluster
 //	tally relay    standalone outbox relay (requires --redis or --redis-cluster)
-//	tally bench    compare concurrency modes on real Redis (requires --redis or --redis-cluster)
+//	tally bench    load test of the library (embedded Redis without --redis) or of a running serve (--target)
 //	tally verify   check ledger invariants on a Redis (requires --redis or --redis-cluster)
 //	tally version  print the module version and VCS revision (also tally --version)
 package main
@@ -37,7 +37,8 @@ commands:
   serve    run the HTTP API; with neither --redis nor --redis-cluster it uses an embedded
            in-memory Redis and nothing is durable
   relay    run a standalone outbox relay (requires --redis or --redis-cluster)
-  bench    benchmark concurrency modes and the relay (requires --redis or --redis-cluster)
+  bench    load test: the ledger library on a Redis (embedded without --redis or
+           --redis-cluster) or a running serve (--target); checks every run's correctness
   verify   check ledger invariants (replay = snapshot, conservation)
            (requires --redis or --redis-cluster)
   version  print the version and VCS revision of this binary
@@ -59,9 +60,8 @@ func commandUsage(name string) string {
 		return "usage: tally relay " + required + " [flags]\n\n" +
 			"Runs a standalone outbox relay. --redis or --redis-cluster is required.\n"
 	case "bench":
-		return "usage: tally bench " + required + " [flags]\n\n" +
-			"Benchmarks the write path or the relay against a real Redis, under a fresh key prefix.\n" +
-			"--redis or --redis-cluster is required: bench measures a real Redis.\n"
+		return "usage: tally bench [--redis host:port | --redis-cluster host:port,... | --target http://host:port] [flags]\n\n" +
+			"Load test of the ledger library (an embedded Redis without --redis) or of a running serve.\n"
 	case "verify":
 		return "usage: tally verify " + required + " [flags]\n\n" +
 			"Checks the ledger invariants on a Redis and prints a JSON report.\n" +
