@@ -19,7 +19,7 @@ func pooled(rdb redis.UniversalClient, size int) (redis.UniversalClient, func())
 		n := redis.NewClient(&redis.Options{
 			Network: o.Network, Addr: o.Addr, Dialer: o.Dialer, Username: o.Username, Password: o.Password,
 			CredentialsProvider: o.CredentialsProvider, DB: o.DB, TLSConfig: o.TLSConfig,
-			ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: size, MinIdleConns: size,
+			ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: size,
 		})
 		return n, func() { n.Close() }
 	case *redis.ClusterClient:

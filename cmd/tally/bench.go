@@ -247,6 +247,9 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, stdout,
 	return nil
 }
 
+// errBenchRelayAccounts is --accounts with several counts for the relay scenario.
+var errBenchRelayAccounts = errors.New("--accounts: the relay scenario takes one account count")
+
 // benchMix returns the --mix, or without it deposits with one withdrawal in withdrawEvery.
 func benchMix(mix string, withdrawEvery int) (bench.Mix, error) {
 	if mix != "" {

@@ -116,24 +116,6 @@ func TestBenchHTTPFlags(t *testing.T) {
 	}
 }
 
-// TestLatencyHistogram checks that quantiles are at most 1/64 above the exact value and
-// never below it.
-func TestLatencyHistogram(t *testing.T) {
-	var h latencyHistogram
-	for us := 1; us <= 1_000_000; us++ {
-		h.record(time.Duration(us) * time.Microsecond)
-	}
-	for _, q := range []float64{0.0001, 0.01, 0.5, 0.9, 0.99, 0.999, 1} {
-		exact := time.Duration(q*1_000_000+0.5) * time.Microsecond
-		got := h.quantile(q)
-		assert.GreaterOrEqual(t, got, exact, "q=%v", q)
-		assert.LessOrEqual(t, float64(got), float64(exact)*(1+1.0/64)+float64(time.Microsecond), "q=%v", q)
-	}
-	assert.Equal(t, time.Second, h.max)
-	var empty latencyHistogram
-	assert.Zero(t, empty.quantile(0.99))
-}
-
 // BenchmarkHTTP runs the HTTP scenarios for 5 s each against an in-process serve on real
 // Redis servers (lock mode: 3 Redlock masters), so that one CPU profile shows where the
 // server's time goes (the load generator's frames are in the same profile, under

@@ -1,0 +1,864 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// The HTTP scenarios load a running `tally serve` over HTTP/1.1 keep-alive connections, as
+// its clients would, and check the ledger afterwards.
+
+// HTTPConfig configures RunHTTP, the transfers and batch scenarios. The zero value of
+// every field but Target and Scenario has a usable default.
+type HTTPConfig struct {
+	// Target is the base URL of a running tally serve (required).
+	Target string
+	// Scenario is ScenarioTransfers or ScenarioBatch.
+	Scenario string
+	// Redis, when set, is the server's data Redis: bench counts its commands and runs
+	// ledger.Verify on the server's keys (prefix "tally") after every row.
+	Redis redis.UniversalClient
+	// LockMasters are the server's lock masters, to count their commands.
+	LockMasters []*redis.Client
+	// Accounts lists the account counts, one row each (× Placements). Default [10000].
+	Accounts []int
+	// Placements (transfers): "same" (both accounts share a placement tag: one script)
+	// and/or "cross" (different partitions: the saga). Default both.
+	Placements []string
+	// Clients is the number of concurrent HTTP clients. Default 64.
+	Clients int
+	// GroupSize (transfers, same) is the number of accounts per placement tag. Default 10.
+	GroupSize int
+	// BatchSize (batch) is the number of deposits per request. Default 100.
+	BatchSize int
+	// APIKey is sent as Authorization: Bearer.
+	APIKey string
+	// Label fills the table's label column. Default "-".
+	Label string
+	// Timeout bounds one request (default 60s); SettleTimeout the wait for pending
+	// transfers to end before the check (default 30s).
+	Timeout, SettleTimeout time.Duration
+	// Duration of each row's load. Default 10s.
+	Duration time.Duration
+	// SeedBalance is deposited into every account first. Default 1,000,000.
+	SeedBalance int64
+	// Partitions is the server's partition count. Default 16.
+	Partitions int
+	// Out receives the table; Progress, when set, a status line (a terminal).
+	Out, Progress io.Writer
+}
+
+// The HTTP scenarios of RunHTTP.
+const (
+	ScenarioTransfers = "transfers" // POST /v1/transfers between two accounts
+	ScenarioBatch     = "batch"     // POST /v1/batch, atomic=false, deposits
+)
+
+func (c HTTPConfig) withDefaults() HTTPConfig {
+	if len(c.Accounts) == 0 {
+		c.Accounts = []int{10000}
+	}
+	if len(c.Placements) == 0 {
+		c.Placements = []string{"same", "cross"}
+	}
+	if c.Clients == 0 {
+		c.Clients = 64
+	}
+	if c.GroupSize == 0 {
+		c.GroupSize = 10
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 100
+	}
+	if c.Label == "" {
+		c.Label = "-"
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 60 * time.Second
+	}
+	if c.SettleTimeout == 0 {
+		c.SettleTimeout = 30 * time.Second
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.SeedBalance == 0 {
+		c.SeedBalance = 1_000_000
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 16
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	return c
+}
+
+// Validate returns an error describing the first invalid field of c (after defaults).
+func (c HTTPConfig) Validate() error {
+	c = c.withDefaults()
+	u, err := url.Parse(c.Target)
+	switch {
+	case c.Scenario != ScenarioTransfers && c.Scenario != ScenarioBatch:
+		return fmt.Errorf("bench: scenario must be %s or %s, got %q", ScenarioTransfers, ScenarioBatch, c.Scenario)
+	case c.Target == "":
+		return fmt.Errorf("bench: scenario %s needs a target (the base URL of a running tally serve)", c.Scenario)
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("bench: target must be an http(s) base URL, got %q", c.Target)
+	case c.Clients < 1:
+		return errors.New("bench: clients must be positive")
+	case c.GroupSize < 2:
+		return errors.New("bench: group size must be at least 2")
+	case c.BatchSize < 1 || c.BatchSize > ledger.MaxBatchOps:
+		return fmt.Errorf("bench: batch size must be 1..%d", ledger.MaxBatchOps)
+	case c.Timeout < 0 || c.SettleTimeout < 0 || c.Duration < 0 || c.SeedBalance < 0 || c.Partitions < 1:
+		return errors.New("bench: timeouts, duration and seed balance must not be negative, partitions positive")
+	}
+	for _, n := range c.Accounts {
+		if n < 1 {
+			return fmt.Errorf("bench: account counts must be positive, got %d", n)
+		}
+	}
+	for _, p := range c.Placements {
+		if p != "same" && p != "cross" {
+			return fmt.Errorf("bench: placement %q is neither same nor cross", p)
+		}
+	}
+	return nil
+}
+
+// RunHTTP runs the transfers or batch scenario against a running serve, one table row per
+// account count (× placement), and checks every row's accounts afterwards: over HTTP
+// against what the clients were told, and with Redis also with ledger.Verify. It returns an
+// error for an invalid cfg, a failed setup or a failed check; individual requests that fail
+// are counted in the table.
+func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	stdout := cfg.Out
+	hb := &httpBench{cfg: cfg, runID: newRunID(), base: strings.TrimRight(cfg.Target, "/"), prog: newProgress(cfg.Progress, time.Now)}
+	defer hb.prog.clear()
+	if cfg.Redis != nil {
+		// The prefix serve uses; Open fails on a partition count other than the server's.
+		var err error
+		if hb.ledger, err = ledger.Open(ctx, cfg.Redis, ledger.Config{Prefix: "tally", Partitions: cfg.Partitions}); err != nil {
+			return err
+		}
+		hb.counter = &commandCounter{data: cfg.Redis, masters: cfg.LockMasters}
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        2 * cfg.Clients,
+		MaxIdleConnsPerHost: 2 * cfg.Clients,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	defer tr.CloseIdleConnections()
+	hb.client = &http.Client{Transport: tr, Timeout: cfg.Timeout}
+	counts := cfg.Accounts
+
+	placements := []string{""}
+	if cfg.Scenario == ScenarioTransfers {
+		placements = cfg.Placements
+	}
+	fmt.Fprintf(stdout, "Target %s, %d clients, %s per row, %d partitions, seed balance %d; GOMAXPROCS %d, %s.\n\n",
+		hb.base, cfg.Clients, cfg.Duration, cfg.Partitions, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintln(stdout, "| label | scenario | accounts | ops | ops/s | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Redis cmds/op data / lock | HTTP statuses | operation statuses | check |")
+	fmt.Fprintln(stdout, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+	var failed []string
+	for _, n := range counts {
+		for _, p := range placements {
+			r, err := hb.runRow(ctx, n, p)
+			if err != nil {
+				return err
+			}
+			if r.check != nil {
+				failed = append(failed, fmt.Sprintf("- %s, %d accounts: %v", r.name, n, r.check))
+			}
+		}
+	}
+	fmt.Fprint(stdout, "\nops counts operations the server applied (transfers answered 201 completed or 202 pending; "+
+		"batch: deposits answered 201 inside the batch), per second of the run; requests/s counts HTTP requests. "+
+		"Latencies are per HTTP request (a whole batch for the batch scenario), over every request that got an answer, "+
+		"from a log-linear histogram (≤ 1.6% above the true value). Redis cmds/op: commands the data Redis and the --lock-redis masters "+
+		"executed during the load (INFO commandstats, including those scripts run, and the server's relay) per op; \"-\" without --redis or --lock-redis.\n")
+	if len(failed) > 0 {
+		fmt.Fprintf(stdout, "\nCheck failures:\n%s\n", strings.Join(failed, "\n"))
+		return fmt.Errorf("bench: %d of the rows failed their correctness check", len(failed))
+	}
+	return ctx.Err()
+}
+
+// httpBench holds what every row of one run shares.
+type httpBench struct {
+	cfg     HTTPConfig
+	prog    *progress
+	runID   string
+	base    string
+	client  *http.Client
+	ledger  *ledger.Ledger  // nil without Redis
+	counter *commandCounter // counts Redis commands; nil without Redis
+	rows    int
+}
+
+func (hb *httpBench) progress(format string, args ...any) { hb.prog.status(format, args...) }
+
+// rowResult is the outcome of one row.
+type rowResult struct {
+	name  string
+	check error // nil when the correctness check passed
+}
+
+// benchAccounts are the accounts of one row with what the clients know about them: every
+// answer that applied something adds its amount and event count here.
+type benchAccounts struct {
+	ids       []string
+	partition []int
+	groups    int // placement same: account i has tag i % groups
+	delta     []atomic.Int64
+	events    []atomic.Int64
+}
+
+func newBenchAccounts(ids []string, partitions int) *benchAccounts {
+	a := &benchAccounts{ids: ids, partition: make([]int, len(ids)),
+		delta: make([]atomic.Int64, len(ids)), events: make([]atomic.Int64, len(ids))}
+	for i, id := range ids {
+		a.partition[i] = placementPartition(id, partitions)
+	}
+	return a
+}
+
+// placementPartition is the partition of an account ID as docs/transfers.md specifies it:
+// FNV-1a (32 bit) of the placement tag (the part before the first "..") or of the whole
+// ID, modulo the partition count. With --redis the bench checks it against
+// ledger.(*Ledger).Partition.
+func placementPartition(id string, partitions int) int {
+	if i := strings.Index(id, ledger.PlacementSeparator); i > 0 {
+		id = id[:i]
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() % uint32(partitions))
+}
+
+// runRow opens and funds n accounts, runs the load for --duration, settles and checks.
+func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowResult, error) {
+	hb.rows++
+	tag := fmt.Sprintf("%s%d", hb.runID, hb.rows)
+	name := hb.cfg.Scenario
+	ids := make([]string, n)
+	var groups int
+	switch {
+	case hb.cfg.Scenario == ScenarioBatch:
+		name = fmt.Sprintf("batch of %d deposits", hb.cfg.BatchSize)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("d%s.%d", tag, i)
+		}
+	case placement == "same":
+		name = "transfers, same partition"
+		if n < 2 {
+			return rowResult{}, errors.New("--accounts: transfers need at least 2 accounts")
+		}
+		groups = max(1, n/hb.cfg.GroupSize)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("g%s.%d..a%d", tag, i%groups, i)
+		}
+	default:
+		name = "transfers, cross partition"
+		for i := range ids {
+			ids[i] = fmt.Sprintf("x%s.%d", tag, i)
+		}
+	}
+	accts := newBenchAccounts(ids, hb.cfg.Partitions)
+	accts.groups = groups
+	if placement == "cross" && !slices.ContainsFunc(accts.partition, func(p int) bool { return p != accts.partition[0] }) {
+		return rowResult{}, fmt.Errorf("%s: all %d accounts fall into one partition; use more accounts", name, n)
+	}
+	if hb.ledger != nil {
+		for i, id := range ids {
+			if p := hb.ledger.Partition(id); p != accts.partition[i] {
+				return rowResult{}, fmt.Errorf("account %s: the ledger places it in partition %d, the bench computed %d", id, p, accts.partition[i])
+			}
+		}
+	}
+
+	hb.progress("%s, %d accounts: opening and funding (IDs %s…)", name, n, ids[0])
+	if err := hb.setup(ctx, accts); err != nil {
+		return rowResult{}, fmt.Errorf("%s, %d accounts: setup: %w", name, n, err)
+	}
+	hb.progress("%s, %d accounts: %d clients for %v", name, n, hb.cfg.Clients, hb.cfg.Duration)
+	dataBefore, lockBefore, err := hb.commands(ctx)
+	if err != nil {
+		return rowResult{}, err
+	}
+	var st *loadStats
+	if hb.cfg.Scenario == ScenarioBatch {
+		st, err = hb.runBatch(ctx, accts)
+	} else {
+		st, err = hb.runTransfers(ctx, accts, placement == "same", tag)
+	}
+	if err != nil {
+		return rowResult{}, err
+	}
+	dataAfter, lockAfter, err := hb.commands(ctx)
+	if err != nil {
+		return rowResult{}, err
+	}
+	perOp := func(before, after int64, ok bool) string {
+		if !ok || st.ops == 0 {
+			return "-"
+		}
+		return strconv.FormatFloat(float64(after-before)/float64(st.ops), 'f', 1, 64)
+	}
+	cmds := perOp(dataBefore, dataAfter, hb.counter != nil) + " / " + perOp(lockBefore, lockAfter, hb.counter != nil && len(hb.counter.masters) > 0)
+	hb.progress("%s, %d accounts: settling and checking", name, n)
+	check := hb.settle(ctx, accts, st)
+	if check == nil {
+		check = hb.check(ctx, accts, st)
+	}
+	label := hb.cfg.Label
+	if label == "" {
+		label = "-"
+	}
+	verdict := "ok: " + st.checked
+	if check != nil {
+		verdict = "FAILED"
+	}
+	q := func(p float64) string { return fmtMs(st.lat.Quantile(p)) }
+	fmt.Fprintf(hb.cfg.Out, "| %s | %s | %d | %d | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		label, name, n, st.ops, float64(st.ops)/st.elapsed.Seconds(), float64(st.requests)/st.elapsed.Seconds(),
+		q(0.50), q(0.90), q(0.99), q(0.999), fmtMs(st.lat.Max()), cmds,
+		countsSummary(st.httpStatus), countsSummary(st.opStatus), verdict)
+	return rowResult{name: name, check: check}, nil
+}
+
+// commands returns the commands the data Redis and the lock masters executed so far (0
+// without Redis).
+func (hb *httpBench) commands(ctx context.Context) (data, masters int64, err error) {
+	if hb.counter == nil {
+		return 0, 0, nil
+	}
+	data, masters, ok := hb.counter.count(ctx)
+	if !ok {
+		return 0, 0, errors.New("INFO commandstats: no command statistics")
+	}
+	return data, masters, nil
+}
+
+// setup opens every account and deposits --seed-balance into it, one account after the
+// other per client, each deposit with an Idempotency-Key so that a retry (after 429, 503
+// or a lost answer) cannot deposit twice.
+func (hb *httpBench) setup(ctx context.Context, a *benchAccounts) error {
+	return parallel(ctx, min(hb.cfg.Clients, len(a.ids)), len(a.ids), func(i int) error {
+		id := a.ids[i]
+		err := hb.retry(ctx, "/v1/accounts", "", fmt.Appendf(nil, `{"id":%q}`, id), func(status int, _ []byte, attempt int) bool {
+			return status == http.StatusCreated || (attempt > 0 && status == http.StatusConflict) // a retry finds it opened
+		})
+		if err != nil {
+			return err
+		}
+		err = hb.retry(ctx, "/v1/accounts/"+id+"/deposits", "fund-"+id, fmt.Appendf(nil, `{"currency":"USD","amount":%d}`, hb.cfg.SeedBalance),
+			func(status int, _ []byte, _ int) bool { return status == http.StatusCreated })
+		if err != nil {
+			return err
+		}
+		a.delta[i].Add(hb.cfg.SeedBalance)
+		a.events[i].Add(2) // AccountOpened, Deposited
+		return nil
+	})
+}
+
+// retry posts body to path until ok accepts an answer, up to 10 attempts, waiting between
+// them on 429, 503 and transport errors; any other answer ok refuses is an error.
+func (hb *httpBench) retry(ctx context.Context, path, key string, body []byte, ok func(status int, resp []byte, attempt int) bool) error {
+	var last error
+	for attempt := range 10 {
+		status, resp, err := hb.post(ctx, path, key, body)
+		switch {
+		case err == nil && ok(status, resp, attempt):
+			return nil
+		case err == nil && status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable:
+			return fmt.Errorf("POST %s: %d %s", path, status, bytes.TrimSpace(resp))
+		case err != nil:
+			last = err
+		default:
+			last = fmt.Errorf("POST %s: %d %s", path, status, bytes.TrimSpace(resp))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 100 * time.Millisecond):
+		}
+	}
+	return last
+}
+
+// post sends one POST and returns the status and body of the answer.
+func (hb *httpBench) post(ctx context.Context, path, idemKey string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hb.base+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if idemKey != "" {
+		req.Header.Set("Idempotency-Key", idemKey)
+	}
+	return hb.do(req)
+}
+
+// get sends one GET and returns the status and body of the answer.
+func (hb *httpBench) get(ctx context.Context, path string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hb.base+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	return hb.do(req)
+}
+
+func (hb *httpBench) do(req *http.Request) (int, []byte, error) {
+	if hb.cfg.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+hb.cfg.APIKey)
+	}
+	resp, err := hb.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body) // read to the end, so the connection is reused
+	if err != nil {
+		return 0, nil, err
+	}
+	return resp.StatusCode, b, nil
+}
+
+// loadStats are the merged results of a row's clients.
+type loadStats struct {
+	ops, requests int64
+	elapsed       time.Duration
+	lat           *Latencies
+	httpStatus    map[string]int64 // by HTTP status, or "error" for transport errors
+	opStatus      map[string]int64 // by operation outcome
+	pending       []benchTransfer  // answered 202: the saga finishes them
+	unknown       []benchTransfer  // no answer, or 5xx: outcome unknown until resolved
+	unknownOps    int64            // batch: deposits in requests without an answer
+	unknownAmount int64            // batch: their sum
+	checked       string           // what the check compared, for the table
+}
+
+// benchClient is one client's share of a row's results, merged at the end.
+type benchClient struct {
+	lat           *Latencies
+	ops, requests int64
+	httpStatus    map[string]int64
+	opStatus      map[string]int64
+	pending       []benchTransfer
+	unknown       []benchTransfer
+	unknownOps    int64
+	unknownAmount int64
+}
+
+func (c *benchClient) count(m *map[string]int64, k string) { c.add(m, k, 1) }
+
+func (c *benchClient) add(m *map[string]int64, k string, n int64) {
+	if *m == nil {
+		*m = map[string]int64{}
+	}
+	(*m)[k] += n
+}
+
+// benchTransfer is a transfer whose outcome the client learns after the load.
+type benchTransfer struct {
+	id       string
+	from, to int
+	amount   int64
+	body     []byte
+}
+
+// runClients runs hb.cfg.Clients goroutines that call one until Duration has passed (a
+// request in flight then finishes), and merges their results.
+func (hb *httpBench) runClients(ctx context.Context, one func(c *benchClient, w int, rng *mrand.Rand, seq int64)) *loadStats {
+	clients := make([]benchClient, hb.cfg.Clients)
+	for i := range clients {
+		clients[i].lat = NewLatencies()
+	}
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(hb.cfg.Duration)
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := mrand.New(mrand.NewPCG(uint64(start.UnixNano()), uint64(w)))
+			for seq := int64(0); ctx.Err() == nil && time.Now().Before(deadline); seq++ {
+				one(&clients[w], w, rng, seq)
+			}
+		}()
+	}
+	wg.Wait()
+	st := &loadStats{elapsed: time.Since(start), lat: NewLatencies(),
+		httpStatus: map[string]int64{}, opStatus: map[string]int64{}}
+	for i := range clients {
+		c := &clients[i]
+		st.lat.Merge(c.lat)
+		st.ops += c.ops
+		st.requests += c.requests
+		for k, v := range c.httpStatus {
+			st.httpStatus[k] += v
+		}
+		for k, v := range c.opStatus {
+			st.opStatus[k] += v
+		}
+		st.pending = append(st.pending, c.pending...)
+		st.unknown = append(st.unknown, c.unknown...)
+		st.unknownOps += c.unknownOps
+		st.unknownAmount += c.unknownAmount
+	}
+	return st
+}
+
+// transferAnswer is the part of a transfer's answer the bench reads.
+type transferAnswer struct {
+	Status string `json:"status"`
+}
+
+// runTransfers moves 1..100 USD between random pairs of accounts: of one placement tag
+// (same) or of different partitions (cross). Every transfer carries its own ID, so one
+// whose answer was lost can be asked again afterwards.
+func (hb *httpBench) runTransfers(ctx context.Context, a *benchAccounts, same bool, tag string) (*loadStats, error) {
+	n := len(a.ids)
+	pick := func(rng *mrand.Rand) (int, int) {
+		from := rng.IntN(n)
+		if same {
+			// Members of from's group: from%groups + k*groups.
+			g := from % a.groups
+			size := (n - g + a.groups - 1) / a.groups
+			for {
+				if to := g + rng.IntN(size)*a.groups; to != from {
+					return from, to
+				}
+			}
+		}
+		for {
+			if to := rng.IntN(n); a.partition[to] != a.partition[from] {
+				return from, to
+			}
+		}
+	}
+	st := hb.runClients(ctx, func(c *benchClient, w int, rng *mrand.Rand, seq int64) {
+		from, to := pick(rng)
+		t := benchTransfer{id: fmt.Sprintf("t%s.%d.%d", tag, w, seq), from: from, to: to, amount: 1 + rng.Int64N(100)}
+		t.body = fmt.Appendf(nil, `{"id":%q,"from":%q,"to":%q,"currency":"USD","amount":%d}`, t.id, a.ids[from], a.ids[to], t.amount)
+		start := time.Now()
+		status, resp, err := hb.post(ctx, "/v1/transfers", "", t.body)
+		d := time.Since(start)
+		c.requests++
+		if err != nil {
+			c.count(&c.httpStatus, "error")
+			c.count(&c.opStatus, "unknown")
+			c.unknown = append(c.unknown, t)
+			return
+		}
+		c.lat.Record(d)
+		c.count(&c.httpStatus, strconv.Itoa(status))
+		outcome := hb.transferOutcome(a, t, status, resp)
+		c.count(&c.opStatus, outcome)
+		switch outcome {
+		case ledger.TransferCompleted, ledger.TransferPending:
+			c.ops++
+		}
+		switch outcome {
+		case ledger.TransferPending:
+			c.pending = append(c.pending, t)
+		case "unknown":
+			c.unknown = append(c.unknown, t)
+		}
+	})
+	return st, ctx.Err()
+}
+
+// transferOutcome applies what an answer to transfer t says to a, and names it: completed
+// or refunded (applied), pending (the saga finishes it), unknown (5xx or an unreadable
+// answer: ask again), or "rejected <status>" (nothing was written).
+func (hb *httpBench) transferOutcome(a *benchAccounts, t benchTransfer, status int, resp []byte) string {
+	switch {
+	case status == http.StatusCreated || status == http.StatusAccepted || status == http.StatusOK:
+		var ans transferAnswer
+		if err := json.Unmarshal(resp, &ans); err != nil {
+			return "unknown"
+		}
+		switch ans.Status {
+		case ledger.TransferCompleted:
+			a.delta[t.from].Add(-t.amount)
+			a.delta[t.to].Add(t.amount)
+			a.events[t.from].Add(1)
+			a.events[t.to].Add(1)
+		case ledger.TransferRefunded:
+			a.events[t.from].Add(2) // TransferDebited, TransferRefunded
+		case ledger.TransferPending:
+		default:
+			return "unknown"
+		}
+		return ans.Status
+	case status >= 500:
+		return "unknown"
+	default:
+		return "rejected " + strconv.Itoa(status)
+	}
+}
+
+// runBatch sends batches of --batch-size deposits of 1..100 USD into random accounts,
+// atomic=false.
+func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats, error) {
+	size := hb.cfg.BatchSize
+	st := hb.runClients(ctx, func(c *benchClient, _ int, rng *mrand.Rand, _ int64) {
+		idx := make([]int, size)
+		amounts := make([]int64, size)
+		var total int64
+		ids := make([]string, size)
+		for i := range idx {
+			idx[i], amounts[i] = rng.IntN(len(a.ids)), 1+rng.Int64N(100)
+			ids[i] = a.ids[idx[i]]
+			total += amounts[i]
+		}
+		body := depositBatch(ids, func(i int) int64 { return amounts[i] })
+		start := time.Now()
+		status, resp, err := hb.post(ctx, "/v1/batch", "", body)
+		d := time.Since(start)
+		c.requests++
+		if err != nil {
+			c.count(&c.httpStatus, "error")
+		} else {
+			c.lat.Record(d)
+			c.count(&c.httpStatus, strconv.Itoa(status))
+		}
+		var statuses []int
+		if err == nil && status == http.StatusOK {
+			if statuses, err = batchStatuses(resp); err == nil && len(statuses) != size {
+				err = errors.New("result count")
+			}
+		}
+		if err != nil || status >= 500 {
+			c.add(&c.opStatus, "unknown", int64(size))
+			c.unknownOps += int64(size)
+			c.unknownAmount += total
+			return
+		}
+		if status != http.StatusOK { // refused as a whole: nothing written
+			c.add(&c.opStatus, "rejected "+strconv.Itoa(status), int64(size))
+			return
+		}
+		for i, s := range statuses {
+			c.count(&c.opStatus, strconv.Itoa(s))
+			switch {
+			case s == http.StatusCreated:
+				c.ops++
+				a.delta[idx[i]].Add(amounts[i])
+				a.events[idx[i]].Add(1)
+			case s >= 500: // 503 after a deadline may have been applied
+				c.unknownOps++
+				c.unknownAmount += amounts[i]
+			}
+		}
+	})
+	return st, ctx.Err()
+}
+
+// depositBatch returns the body of a POST /v1/batch (atomic=false) that deposits
+// amount(i) USD into ids[i].
+func depositBatch(ids []string, amount func(i int) int64) []byte {
+	b := make([]byte, 0, 32+80*len(ids))
+	b = append(b, `{"atomic":false,"operations":[`...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, `{"type":"deposit","account":%q,"currency":"USD","amount":%d}`, id, amount(i))
+	}
+	return append(b, "]}"...)
+}
+
+// batchStatuses returns the per-operation statuses of a POST /v1/batch answer.
+func batchStatuses(resp []byte) ([]int, error) {
+	var ans struct {
+		Results []struct {
+			Status int `json:"status"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(resp, &ans); err != nil {
+		return nil, fmt.Errorf("batch answer: %w", err)
+	}
+	out := make([]int, len(ans.Results))
+	for i, r := range ans.Results {
+		out[i] = r.Status
+	}
+	return out, nil
+}
+
+// settle learns the final outcome of every transfer answered 202 (polling GET
+// /v1/transfers/{id} until the saga ends it, at most --settle-timeout) and of every
+// transfer without an answer (posting it again with its ID, which replays or finishes it).
+// It returns an error when some transfer does not end in time.
+func (hb *httpBench) settle(ctx context.Context, a *benchAccounts, st *loadStats) error {
+	if len(st.pending) == 0 && len(st.unknown) == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(hb.cfg.SettleTimeout)
+	var mu sync.Mutex
+	stuck := 0
+	work := append(slices.Clone(st.pending), st.unknown...)
+	firstUnknown := len(st.pending)
+	err := parallel(ctx, min(hb.cfg.Clients, len(work)), len(work), func(i int) error {
+		t := work[i]
+		for {
+			var status int
+			var resp []byte
+			var err error
+			if i >= firstUnknown {
+				status, resp, err = hb.post(ctx, "/v1/transfers", "", t.body)
+			} else {
+				status, resp, err = hb.get(ctx, "/v1/transfers/"+t.id)
+			}
+			if err == nil {
+				switch outcome := hb.transferOutcome(a, t, status, resp); {
+				case outcome == ledger.TransferCompleted || outcome == ledger.TransferRefunded:
+					return nil
+				case strings.HasPrefix(outcome, "rejected"):
+					if i < firstUnknown {
+						return fmt.Errorf("GET /v1/transfers/%s of a pending transfer: %d %s", t.id, status, bytes.TrimSpace(resp))
+					}
+					return nil // asked again, refused: the first attempt wrote nothing either
+				}
+			}
+			if time.Now().After(deadline) {
+				mu.Lock()
+				stuck++
+				mu.Unlock()
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if stuck > 0 {
+		return fmt.Errorf("%d of %d transfers (pending or unanswered) did not end within %v", stuck, len(work), hb.cfg.SettleTimeout)
+	}
+	return nil
+}
+
+// check reads every account of the row over HTTP and compares it with what the clients
+// were told: each account's posted USD balance and version (the number of its events)
+// must equal the sum of the answers that applied something (exactly; within the amounts of
+// unanswered batches if there were any), no balance may be negative, and the total is
+// conserved. With --redis it then runs ledger.Verify (replay = snapshot for every account,
+// conservation with in-flight transfers, no double debit or credit).
+func (hb *httpBench) check(ctx context.Context, a *benchAccounts, st *loadStats) error {
+	type got struct{ posted, version int64 }
+	res := make([]got, len(a.ids))
+	err := parallel(ctx, min(hb.cfg.Clients, len(a.ids)), len(a.ids), func(i int) error {
+		status, resp, err := hb.get(ctx, "/v1/accounts/"+a.ids[i])
+		if err != nil {
+			return err
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("GET /v1/accounts/%s: %d %s", a.ids[i], status, bytes.TrimSpace(resp))
+		}
+		var acc ledger.Account
+		if err := json.Unmarshal(resp, &acc); err != nil {
+			return fmt.Errorf("GET /v1/accounts/%s: %w", a.ids[i], err)
+		}
+		res[i] = got{posted: acc.Balances["USD"].Posted, version: acc.Version}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reading accounts: %w", err)
+	}
+	var problems []string
+	var total, want, events, wantEvents int64
+	for i, id := range a.ids {
+		g := res[i]
+		wp, wv := a.delta[i].Load(), a.events[i].Load() // setup added the seed balance and 2 events
+		total, want, events, wantEvents = total+g.posted, want+wp, events+g.version, wantEvents+wv
+		if g.posted < 0 {
+			problems = append(problems, fmt.Sprintf("%s: posted balance %d is negative", id, g.posted))
+		}
+		if st.unknownOps == 0 && (g.posted != wp || g.version != wv) {
+			problems = append(problems, fmt.Sprintf("%s: posted %d version %d, the answers add up to posted %d version %d", id, g.posted, g.version, wp, wv))
+		}
+		if st.unknownOps > 0 && (g.posted < wp || g.version < wv) {
+			problems = append(problems, fmt.Sprintf("%s: posted %d version %d, below what the answers add up to (posted %d version %d)", id, g.posted, g.version, wp, wv))
+		}
+	}
+	if st.unknownOps == 0 && total != want {
+		problems = append(problems, fmt.Sprintf("money not conserved: Σ posted %d, expected %d", total, want))
+	}
+	if st.unknownOps > 0 && (total-want > st.unknownAmount || events-wantEvents > st.unknownOps) {
+		problems = append(problems, fmt.Sprintf("Σ posted %d and Σ versions %d exceed what was acknowledged (%d, %d) by more than the unanswered deposits (%d ops, %d)",
+			total, events, want, wantEvents, st.unknownOps, st.unknownAmount))
+	}
+	st.checked = fmt.Sprintf("Σ posted %d, Σ versions %d", total, events)
+	if hb.ledger != nil && len(problems) == 0 {
+		rep, err := hb.ledger.Verify(ctx)
+		if err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		for _, p := range rep.Problems {
+			problems = append(problems, "verify: "+p)
+		}
+		st.checked += fmt.Sprintf("; verify: %d accounts, %d events, %d transfers", rep.Accounts, rep.Events, rep.Transfers)
+	}
+	if len(problems) > 0 {
+		const show = 10
+		if len(problems) > show {
+			problems = append(problems[:show], fmt.Sprintf("… and %d more", len(problems)-show))
+		}
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// countsSummary returns "k=n k=n" in key order.
+func countsSummary(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+// fmtMs formats d in milliseconds with two decimals.
+func fmtMs(d time.Duration) string { return strconv.FormatFloat(ms(d), 'f', 2, 64) }
