@@ -36,6 +36,14 @@ type Locker interface {
 	Do(ctx context.Context, key string, fn func(ctx context.Context) error) error
 }
 
+// MultiLocker is a Locker that can run fn under the leases of several keys taken together
+// (package lock's DoAll), without deadlock between callers that share keys. The ledger
+// uses it for writes and group commits that touch several accounts.
+type MultiLocker interface {
+	Locker
+	DoAll(ctx context.Context, keys []string, fn func(ctx context.Context) error) error
+}
+
 // Config configures a Ledger. The zero value of every field but Locker has a usable default.
 type Config struct {
 	// Prefix starts every Redis key. Default "tally".

@@ -244,28 +244,30 @@ func touched(reqs []*request) []string {
 	return out
 }
 
-// withLeases runs fn under the leases of accounts (sorted), taken one after another.
+// withLeases runs fn under the leases of accounts (sorted). A Locker that can take several
+// leases at once (MultiLocker) gets them all in one call; otherwise they are taken one
+// after another, in order. When a lease could not be taken nothing ran, and the error wraps
+// ErrLockUnavailable. When one was lost while fn ran, the commit may or may not have
+// happened: the error wraps errRetry so that the next attempt's read (every request carries
+// a record) settles it.
 func (l *Ledger) withLeases(ctx context.Context, accounts []string, fn func(ctx context.Context) error) error {
-	if len(accounts) == 1 {
-		return l.withLease(ctx, accounts[0], fn)
+	keys := make([]string, len(accounts))
+	for i, id := range accounts {
+		keys[i] = "acct:" + id
 	}
-	return l.withLease(ctx, accounts[0], func(ctx context.Context) error {
-		return l.withLeases(ctx, accounts[1:], fn)
-	})
-}
-
-// withLease runs fn under the account's lease. When the lease could not be taken nothing
-// ran, and the error wraps ErrLockUnavailable. When it was lost while fn ran, the commit may
-// or may not have happened: the error wraps errRetry so that the next attempt's read (every
-// request carries a record) settles it.
-func (l *Ledger) withLease(ctx context.Context, account string, fn func(ctx context.Context) error) error {
 	var fnErr error
 	ran := false
-	err := l.cfg.Locker.Do(ctx, "acct:"+account, func(ctx context.Context) error {
+	run := func(ctx context.Context) error {
 		ran = true
 		fnErr = fn(ctx)
 		return fnErr
-	})
+	}
+	var err error
+	if m, ok := l.cfg.Locker.(MultiLocker); ok && len(keys) > 1 {
+		err = m.DoAll(ctx, keys, run)
+	} else {
+		err = nest(ctx, l.cfg.Locker, keys, run)
+	}
 	switch {
 	case err == nil:
 		return nil
@@ -280,6 +282,16 @@ func (l *Ledger) withLease(ctx context.Context, account string, fn func(ctx cont
 		l.stats.lockFailures.Add(1)
 		return fmt.Errorf("%w: %w", ErrLockUnavailable, err)
 	}
+}
+
+// nest runs fn under the leases of keys, taken one after another in their order.
+func nest(ctx context.Context, lk Locker, keys []string, fn func(ctx context.Context) error) error {
+	if len(keys) == 1 {
+		return lk.Do(ctx, keys[0], fn)
+	}
+	return lk.Do(ctx, keys[0], func(ctx context.Context) error {
+		return nest(ctx, lk, keys[1:], fn)
+	})
 }
 
 func isCtxErr(err error) bool {

@@ -204,10 +204,16 @@ func (l *Locker) TryAcquire(ctx context.Context, key string) (*Lease, error) {
 // obtain takes key's local queue slot, then the lease. With keepSlot the caller owns the
 // slot on success and must leave it; on error the slot is never held.
 func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (lease *Lease, err error) {
+	return l.obtainHooked(ctx, key, try, keepSlot, true)
+}
+
+// obtainHooked is obtain; without failHook a failure does not call Hooks.AcquireFailed
+// (DoAll's first, optimistic round: a busy key there is not a failure, DoAll then waits).
+func (l *Locker) obtainHooked(ctx context.Context, key string, try, keepSlot, failHook bool) (lease *Lease, err error) {
 	start := l.cfg.Clock()
 	defer func() {
 		switch {
-		case err != nil && l.cfg.Hooks.AcquireFailed != nil:
+		case err != nil && failHook && l.cfg.Hooks.AcquireFailed != nil:
 			l.cfg.Hooks.AcquireFailed(key, err)
 		case err == nil && l.cfg.Hooks.Acquired != nil:
 			l.cfg.Hooks.Acquired(key, l.cfg.Clock().Sub(start))
@@ -312,39 +318,55 @@ func (l *Locker) attempt(ctx context.Context, key string) (*Lease, error) {
 
 // run runs fn under lease, renewing it, and releases it afterwards. See Do for the result.
 func (l *Locker) run(ctx context.Context, lease *Lease, fn func(ctx context.Context) error) error {
+	return l.runAll(ctx, []*Lease{lease}, fn)
+}
+
+// runAll runs fn under every lease of leases, renewing each, and releases them afterwards.
+// fn's context is cancelled with cause ErrLeaseLost when any of them is lost. See Do (and
+// DoAll) for the result.
+func (l *Locker) runAll(ctx context.Context, leases []*Lease, fn func(ctx context.Context) error) error {
 	fnCtx, cancelFn := context.WithCancelCause(ctx)
 	defer cancelFn(nil)
 
-	// Renewal runs until fn returns, whatever happens to ctx: the lease must keep
+	// Renewal runs until fn returns, whatever happens to ctx: the leases must keep
 	// protecting fn while fn unwinds after a cancellation.
 	renewCtx, stopRenewal := context.WithCancel(context.WithoutCancel(ctx))
-	renewDone := make(chan struct{})
-	go func() {
-		defer close(renewDone)
-		l.keepAlive(renewCtx, lease, func() { cancelFn(ErrLeaseLost) })
-	}()
+	var renewals sync.WaitGroup
+	for _, lease := range leases {
+		renewals.Add(1)
+		go func() {
+			defer renewals.Done()
+			l.keepAlive(renewCtx, lease, func() { cancelFn(ErrLeaseLost) })
+		}()
+	}
 
 	fnErr := fn(fnCtx)
 	stopRenewal()
-	<-renewDone
+	renewals.Wait()
 
-	lost := lease.isLost()
-	if err := lease.Release(ctx); err != nil && !lost {
-		l.cfg.Logger.Warn("lock: release failed; the lease expires by itself", "key", lease.key, "err", err)
+	var lostKey string
+	for _, lease := range leases {
+		lost := lease.isLost()
+		if lost && lostKey == "" {
+			lostKey = lease.key
+		}
+		if err := lease.Release(ctx); err != nil && !lost {
+			l.cfg.Logger.Warn("lock: release failed; the lease expires by itself", "key", lease.key, "err", err)
+		}
 	}
 	switch {
 	case fnErr == nil:
-		if lost {
-			l.cfg.Logger.Warn("lock: lease was lost while fn ran; fn completed", "key", lease.key)
+		if lostKey != "" {
+			l.cfg.Logger.Warn("lock: lease was lost while fn ran; fn completed", "key", lostKey)
 		}
 		return nil
-	case !lost:
+	case lostKey == "":
 		return fnErr
 	case errors.Is(fnErr, ErrLeaseLost) || (errors.Is(fnErr, context.Canceled) && ctx.Err() == nil):
 		// fn only reports the cancellation Do caused.
-		return fmt.Errorf("%w: %q while fn ran", ErrLeaseLost, lease.key)
+		return fmt.Errorf("%w: %q while fn ran", ErrLeaseLost, lostKey)
 	default:
-		return fmt.Errorf("%w: %q while fn ran: %w", ErrLeaseLost, lease.key, fnErr)
+		return fmt.Errorf("%w: %q while fn ran: %w", ErrLeaseLost, lostKey, fnErr)
 	}
 }
 
