@@ -137,9 +137,13 @@ func TestRunLockMode(t *testing.T) {
 	cfg := shortConfig(data.Client())
 	cfg.Modes, cfg.GroupCommit, cfg.Accounts = []ledger.Mode{ledger.ModeLock}, []bool{true, false}, []int{10}
 	cfg.Locker, cfg.LeaseWaits, cfg.LockMasters = mustLocker(t, clients, waits), waits, counted
+	var progress bytes.Buffer
+	cfg.Progress = &progress // as on a terminal
 	rep, err := bench.Run(t.Context(), cfg)
 	require.NoError(t, err)
 	require.True(t, rep.OK())
+	assert.Contains(t, progress.String(), "\r\033[Klock, group commit on, 10 accounts: opening and funding the accounts")
+	assert.True(t, strings.HasSuffix(progress.String(), "\r\033[K"), "the line is erased at the end")
 	require.Len(t, rep.Runs, 2)
 	for _, r := range rep.Runs {
 		require.NotNil(t, r.LeaseWaitP99Ms, "group commit %v", r.GroupCommit)

@@ -17,9 +17,6 @@ const tableHeader = "| mode | group commit | accounts | workers | ops | ops/s | 
 
 // writeRow prints one run as a table row.
 func writeRow(w io.Writer, r Result) {
-	if r.Workers == 0 {
-		return
-	}
 	dash := func(p *float64, prec int) string {
 		if p == nil {
 			return "-"

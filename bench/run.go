@@ -175,14 +175,12 @@ type state struct {
 	ids       []string
 	expected  []atomic.Int64
 	uncertain []atomic.Bool // an answer was lost: the account's exact balance is unknown
-	index     map[string]int
 }
 
 func newState(ids []string, seed int64) *state {
-	s := &state{ids: ids, expected: make([]atomic.Int64, len(ids)), uncertain: make([]atomic.Bool, len(ids)), index: make(map[string]int, len(ids))}
-	for i, id := range ids {
+	s := &state{ids: ids, expected: make([]atomic.Int64, len(ids)), uncertain: make([]atomic.Bool, len(ids))}
+	for i := range ids {
 		s.expected[i].Store(seed)
-		s.index[id] = i
 	}
 	return s
 }
