@@ -156,6 +156,7 @@ func TestServeConfigErrorsBeforeAnything(t *testing.T) {
 		{"huge max batch", []string{"--max-batch", "5000"}, "ledger: max batch must be 1..1024"},
 		{"short idempotency TTL", []string{"--idempotency-ttl", "100ms"}, "TTLs at least 1s"},
 		{"non-loopback without keys", []string{"--addr", "0.0.0.0:0"}, "non-loopback"},
+		{"profiler off loopback", []string{"--pprof", "0.0.0.0:6060"}, "--pprof must be a loopback address"},
 		{"short API key", []string{"--api-keys", "short"}, "at least 16 characters"},
 		{"short admin key", []string{"--admin-keys", "0123456789abcdef,short"}, "at least 16 characters"},
 		{"zero max body", []string{"--max-body", "0"}, "--max-body must be positive"},

@@ -247,5 +247,8 @@ func (f *serveFlags) validate() error {
 	if !isLoopback(f.addr) && len(splitList(f.apiKeys))+len(splitList(f.adminKeys)) == 0 {
 		return fmt.Errorf("refusing to listen on non-loopback address %s without --api-keys", f.addr)
 	}
+	if f.pprof != "" && !isLoopback(f.pprof) {
+		return fmt.Errorf("--pprof must be a loopback address (the profiler has no authentication), got %q", f.pprof)
+	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/tally-ledger/tally/handlers"
@@ -33,6 +34,7 @@ type serveFlags struct {
 	reqTimeout  time.Duration
 	maxQueue    int
 	stuckAfter  time.Duration
+	pprof       string
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -56,6 +58,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&f.maxQueue, "max-queue", 10_000, "requests of one account this process holds at once; beyond it: 503 overloaded")
 	fs.DurationVar(&f.stuckAfter, "sweep-stuck-after", 30*time.Second, "a cross-partition transfer pending this long is logged, counted and finished by the sweep")
 	fs.DurationVar(&f.reqTimeout, "request-timeout", handlers.DefaultRequestTimeout, "deadline of one API request; a request that outlives it is answered 503 with Retry-After")
+	fs.StringVar(&f.pprof, "pprof", "", "serve Go's profiler (/debug/pprof/) on this separate loopback address, e.g. 127.0.0.1:6060 (default: off)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -160,7 +163,30 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	g.add(func(ctx context.Context) error {
 		return serveHTTPTimeout(ctx, log, ln, api, f.shutdown, apiWriteTimeout(f.reqTimeout, groupCommitTimeout))
 	})
+	if f.pprof != "" {
+		pln, err := net.Listen("tcp", f.pprof)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("--pprof: %w", err)
+		}
+		log.Info("profiler serving", "addr", pln.Addr().String(), "path", "/debug/pprof/")
+		g.add(func(ctx context.Context) error {
+			// A CPU profile takes 30s by default: allow the response that long and more.
+			return serveHTTPTimeout(ctx, log, pln, profiler(), f.shutdown, 5*time.Minute)
+		})
+	}
 	return g.run(ctx)
+}
+
+// profiler returns the handlers of net/http/pprof on their own mux (never on the API's).
+func profiler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // groupCommitTimeout bounds one group commit (ledger.Config.BatchTimeout). A request that
