@@ -45,6 +45,7 @@ type ProblemError struct {
 	Detail string
 }
 
+// Error returns the status, code and detail.
 func (e *ProblemError) Error() string {
 	return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Detail)
 }
@@ -52,6 +53,7 @@ func (e *ProblemError) Error() string {
 // TransportError is a request that got no HTTP answer (connection refused or cut, timeout).
 type TransportError struct{ Err error }
 
+// Error returns the cause prefixed with "transport".
 func (e *TransportError) Error() string { return "transport: " + e.Err.Error() }
 
 // Unwrap returns the cause.

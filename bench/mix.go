@@ -19,14 +19,19 @@ const (
 	numKinds
 )
 
-var kindNames = [numKinds]string{"deposit", "withdrawal", "transfer", "hold"}
-
 // String returns the kind's name as --mix spells it.
 func (k Kind) String() string {
-	if k < 0 || k >= numKinds {
-		return "kind(" + strconv.Itoa(int(k)) + ")"
+	switch k {
+	case Deposit:
+		return "deposit"
+	case Withdrawal:
+		return "withdrawal"
+	case Transfer:
+		return "transfer"
+	case Hold:
+		return "hold"
 	}
-	return kindNames[k]
+	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
 
 // Mix weighs the kinds of operations: an operation is of kind k with probability
@@ -55,9 +60,9 @@ func ParseMix(s string) (Mix, error) {
 			return Mix{}, fmt.Errorf("mix: %q is not kind=weight", part)
 		}
 		k := Kind(-1)
-		for i, n := range kindNames {
-			if n == name {
-				k = Kind(i)
+		for i := range numKinds {
+			if i.String() == name {
+				k = i
 			}
 		}
 		if k < 0 {
