@@ -33,12 +33,10 @@ func newDecision(keys keyspace, now time.Time, idemTTL time.Duration, accs map[s
 	return &decision{keys: keys, now: now, idemTTL: idemTTL, accs: accs, events: map[string][]Event{}}
 }
 
-// fork returns a decision over copies of the accounts ids (the rest is shared read-only).
+// fork returns a decision over copies of the accounts ids, the only accounts a command
+// may read: a fork costs what its command touches, not what the batch holds.
 func (d *decision) fork(ids []string) *decision {
-	f := &decision{keys: d.keys, now: d.now, idemTTL: d.idemTTL, accs: make(map[string]*Account, len(d.accs)), events: map[string][]Event{}}
-	for id, a := range d.accs {
-		f.accs[id] = a
-	}
+	f := &decision{keys: d.keys, now: d.now, idemTTL: d.idemTTL, accs: make(map[string]*Account, len(ids)), events: map[string][]Event{}}
 	for _, id := range ids {
 		if a, ok := d.accs[id]; ok {
 			f.accs[id] = a.clone()
