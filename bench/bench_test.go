@@ -241,6 +241,10 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"no redis or target", func(c *bench.Config) { c.Redis = nil }, "a Redis or a Target"},
 		{"bad target", func(c *bench.Config) { c.Target = "127.0.0.1:8080" }, "http(s) base URL"},
+		{"bad second replica", func(c *bench.Config) {
+			c.Target = "http://127.0.0.1:8080,127.0.0.1:8081"
+			c.Modes, c.GroupCommit = []ledger.Mode{ledger.ModeOptimistic}, []bool{true}
+		}, `got "127.0.0.1:8081"`},
 		{"target sweeps modes", func(c *bench.Config) {
 			c.Target, c.Modes = "http://127.0.0.1:1", []ledger.Mode{ledger.ModeLock, ledger.ModeOptimistic}
 		}, "cannot change"},

@@ -22,8 +22,10 @@ type Config struct {
 	// the server's data Redis, and the bench measures its raw commit ceiling and runs
 	// ledger.Verify on it (Prefix "tally", the server's) after every run.
 	Redis redis.UniversalClient
-	// Target is the base URL of a running `tally serve` (http://host:port). Empty: the bench
-	// drives the library on Redis.
+	// Target is the base URL of a running `tally serve` (http://host:port), or several,
+	// comma-separated: replicas of one deployment, which the operations then go to in turn
+	// (a hot account written through every replica). Empty: the bench drives the library on
+	// Redis.
 	Target string
 	// APIKey is sent as "Authorization: Bearer" to Target.
 	APIKey string
@@ -164,9 +166,11 @@ func (c Config) Validate() error {
 		return errors.New("bench: a Redis or a Target is required")
 	}
 	if c.Target != "" {
-		u, err := url.Parse(c.Target)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("bench: target must be an http(s) base URL, got %q", c.Target)
+		for _, t := range targets(c.Target) {
+			u, err := url.Parse(t)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("bench: target must be an http(s) base URL, got %q", t)
+			}
 		}
 		if len(c.Modes) != 1 || len(c.GroupCommit) != 1 {
 			return errors.New("bench: with a target, the server's mode and group commit cannot change: give one of each (they label the results)")
@@ -223,4 +227,15 @@ func (c Config) httpClient() *http.Client {
 		DisableCompression:  true,
 	}
 	return &http.Client{Transport: tr, Timeout: c.HTTPTimeout}
+}
+
+// targets splits a comma-separated Target into base URLs without trailing slashes.
+func targets(s string) []string {
+	var out []string
+	for _, t := range strings.Split(s, ",") {
+		if t = strings.TrimRight(strings.TrimSpace(t), "/"); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }

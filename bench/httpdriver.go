@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tally-ledger/tally/ledger"
@@ -17,9 +18,18 @@ import (
 
 // httpDriver runs the operations against a running `tally serve`, as its clients would.
 type httpDriver struct {
-	base   string // without a trailing slash
+	bases  []string // one per replica, without a trailing slash
+	next   atomic.Uint64
 	apiKey string
 	client *http.Client
+}
+
+// base returns the replica the next request goes to (in turn).
+func (d *httpDriver) base() string {
+	if len(d.bases) == 1 {
+		return d.bases[0]
+	}
+	return d.bases[(d.next.Add(1)-1)%uint64(len(d.bases))]
 }
 
 // do sends one request and returns the answer's status and body. A problem+json answer
@@ -29,7 +39,7 @@ func (d *httpDriver) do(ctx context.Context, method, path, idemKey string, body 
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, d.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, d.base()+path, rd)
 	if err != nil {
 		return 0, nil, err
 	}

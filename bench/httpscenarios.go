@@ -123,6 +123,8 @@ func (c HTTPConfig) Validate() error {
 		return fmt.Errorf("bench: scenario must be %s or %s, got %q", ScenarioTransfers, ScenarioBatch, c.Scenario)
 	case c.Target == "":
 		return fmt.Errorf("bench: scenario %s needs a target (the base URL of a running tally serve)", c.Scenario)
+	case strings.Contains(c.Target, ","):
+		return fmt.Errorf("bench: scenario %s loads one serve: give one target URL", c.Scenario)
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		return fmt.Errorf("bench: target must be an http(s) base URL, got %q", c.Target)
 	case c.Clients < 1:

@@ -97,7 +97,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	r := &runner{cfg: cfg, cls: cls, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
-		r.http = &httpDriver{base: strings.TrimRight(cfg.Target, "/"), apiKey: cfg.APIKey, client: cfg.httpClient()}
+		r.http = &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: cfg.httpClient()}
 		defer r.http.client.CloseIdleConnections()
 		if cfg.Redis != nil {
 			// The server's ledger, to verify it: the prefix serve uses; Open fails on a
@@ -206,7 +206,7 @@ func (r *runner) one(ctx context.Context, sp spec) (Result, error) {
 		stats func(ctx context.Context) (ledger.Stats, bool)
 	)
 	if r.http != nil {
-		res.Target = r.http.base
+		res.Target = strings.Join(r.http.bases, ",")
 		d = r.http
 		stats = r.http.stats
 	} else {

@@ -35,7 +35,7 @@ type httpBenchFlags struct {
 // registerHTTPBenchFlags adds the HTTP scenarios' flags to fs.
 func registerHTTPBenchFlags(fs *flag.FlagSet) *httpBenchFlags {
 	h := &httpBenchFlags{}
-	fs.StringVar(&h.target, "target", "", "base URL of a running tally serve to load over HTTP, e.g. http://127.0.0.1:8080 (--redis is then optional: given, it must be the server's data Redis; bench measures its ceiling and runs tally verify on it)")
+	fs.StringVar(&h.target, "target", "", "base URL of a running tally serve to load over HTTP, e.g. http://127.0.0.1:8080, or several comma-separated replicas of one deployment, used in turn (--redis is then optional: given, it must be the server's data Redis; bench measures its ceiling and runs tally verify on it)")
 	fs.IntVar(&h.clients, "clients", 64, "transfers, batch: concurrent HTTP clients, each with its own keep-alive connection")
 	fs.StringVar(&h.placement, "placement", "same,cross", "transfers: comma-separated placements: same (both accounts share a placement tag: one script) | cross (different partitions: the saga)")
 	fs.IntVar(&h.groupSize, "group-size", 10, "transfers, placement same: accounts per placement tag")

@@ -146,3 +146,40 @@ func TestBenchTargetCatchesAWrongServer(t *testing.T) {
 	assert.Nil(t, doc.Ceiling, "no Redis: no ceiling")
 	assert.Positive(t, n.Load())
 }
+
+// TestBenchTargetReplicas loads one hot account through two serve replicas of one
+// deployment (--target a,b): the operations go to both in turn, and the run is correct.
+func TestBenchTargetReplicas(t *testing.T) {
+	data := redistest.MustStart(t)
+	var counts [2]atomic.Int64
+	var urls []string
+	for i, extra := range [][]string{nil, {"--relay=false"}} {
+		base, _ := startServe(t, append([]string{"--redis", data.Addr(), "--log-level", "warn"}, extra...)...)
+		target, err := url.Parse(base)
+		require.NoError(t, err)
+		proxy := httputil.NewSingleHostReverseProxy(target)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/deposits") {
+				counts[i].Add(1)
+			}
+			proxy.ServeHTTP(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"bench", "--target", strings.Join(urls, ","), "--redis", data.Addr(), "--duration", "500ms",
+		"--workers", "8", "--accounts", "1", "--mix", "deposit=100", "--ceiling-duration", "0",
+		"--json", filepath.Join(dir, "out.json")}, &out, &errOut)
+	t.Log(errOut.String())
+	require.NoError(t, err, out.String())
+	doc := readBenchJSON(t, filepath.Join(dir, "out.json"))
+	require.Len(t, doc.Runs, 1)
+	assert.True(t, doc.Runs[0].Correct, "%v", doc.Runs[0].Problems)
+	assert.Zero(t, doc.Runs[0].Errors)
+	a, b := counts[0].Load(), counts[1].Load()
+	require.Positive(t, a)
+	require.Positive(t, b)
+	assert.InDelta(t, 1.0, float64(a)/float64(b), 0.2, "in turn: %d vs %d deposits", a, b)
+}
