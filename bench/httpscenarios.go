@@ -51,6 +51,10 @@ type HTTPConfig struct {
 	GroupSize int
 	// BatchSize (batch) is the number of deposits per request. Default 100.
 	BatchSize int
+	// AtomicBatch (batch): each request is an atomic batch on the accounts of one placement
+	// tag (GroupSize accounts per tag), committed in one script call, instead of a
+	// non-atomic batch on random accounts.
+	AtomicBatch bool
 	// APIKey is sent as Authorization: Bearer.
 	APIKey string
 	// Label fills the table's label column. Default "-".
@@ -274,6 +278,12 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 	ids := make([]string, n)
 	var groups int
 	switch {
+	case hb.cfg.Scenario == ScenarioBatch && hb.cfg.AtomicBatch:
+		name = fmt.Sprintf("atomic batch of %d deposits, one placement tag", hb.cfg.BatchSize)
+		groups = max(1, n/hb.cfg.GroupSize)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("g%s.%d..a%d", tag, i%groups, i)
+		}
 	case hb.cfg.Scenario == ScenarioBatch:
 		name = fmt.Sprintf("batch of %d deposits", hb.cfg.BatchSize)
 		for i := range ids {
@@ -640,12 +650,19 @@ func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats
 		amounts := make([]int64, size)
 		var total int64
 		ids := make([]string, size)
+		pick := func() int { return rng.IntN(len(a.ids)) }
+		if hb.cfg.AtomicBatch {
+			// Members of one group: g + k*groups.
+			n, g := len(a.ids), rng.IntN(a.groups)
+			members := (n - g + a.groups - 1) / a.groups
+			pick = func() int { return g + rng.IntN(members)*a.groups }
+		}
 		for i := range idx {
-			idx[i], amounts[i] = rng.IntN(len(a.ids)), 1+rng.Int64N(100)
+			idx[i], amounts[i] = pick(), 1+rng.Int64N(100)
 			ids[i] = a.ids[idx[i]]
 			total += amounts[i]
 		}
-		body := depositBatch(ids, func(i int) int64 { return amounts[i] })
+		body := depositBatch(ids, hb.cfg.AtomicBatch, func(i int) int64 { return amounts[i] })
 		start := time.Now()
 		status, resp, err := hb.post(ctx, "/v1/batch", "", body)
 		d := time.Since(start)
@@ -688,11 +705,11 @@ func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats
 	return st, ctx.Err()
 }
 
-// depositBatch returns the body of a POST /v1/batch (atomic=false) that deposits
-// amount(i) USD into ids[i].
-func depositBatch(ids []string, amount func(i int) int64) []byte {
+// depositBatch returns the body of a POST /v1/batch that deposits amount(i) USD into
+// ids[i].
+func depositBatch(ids []string, atomic bool, amount func(i int) int64) []byte {
 	b := make([]byte, 0, 32+80*len(ids))
-	b = append(b, `{"atomic":false,"operations":[`...)
+	b = fmt.Appendf(b, `{"atomic":%t,"operations":[`, atomic)
 	for i, id := range ids {
 		if i > 0 {
 			b = append(b, ',')

@@ -24,6 +24,7 @@ type httpBenchFlags struct {
 	target        string
 	clients       int
 	placement     string
+	batchAtomic   bool
 	groupSize     int
 	batchSize     int
 	apiKey        string
@@ -38,7 +39,8 @@ func registerHTTPBenchFlags(fs *flag.FlagSet) *httpBenchFlags {
 	fs.StringVar(&h.target, "target", "", "base URL of a running tally serve to load over HTTP, e.g. http://127.0.0.1:8080, or several comma-separated replicas of one deployment, used in turn (--redis is then optional: given, it must be the server's data Redis; bench measures its ceiling and runs tally verify on it)")
 	fs.IntVar(&h.clients, "clients", 64, "transfers, batch: concurrent HTTP clients, each with its own keep-alive connection")
 	fs.StringVar(&h.placement, "placement", "same,cross", "transfers: comma-separated placements: same (both accounts share a placement tag: one script) | cross (different partitions: the saga)")
-	fs.IntVar(&h.groupSize, "group-size", 10, "transfers, placement same: accounts per placement tag")
+	fs.IntVar(&h.groupSize, "group-size", 10, "transfers, placement same; batch with --batch-atomic: accounts per placement tag")
+	fs.BoolVar(&h.batchAtomic, "batch-atomic", false, "batch: each request is an atomic batch on the accounts of one placement tag (one script call), not a non-atomic batch on random accounts")
 	fs.IntVar(&h.batchSize, "batch-size", 100, "batch: deposits per request (1..1000)")
 	fs.StringVar(&h.apiKey, "api-key", "", "transfers, batch: API key sent as Authorization: Bearer")
 	fs.StringVar(&h.label, "label", "", "transfers, batch: text for the table's label column (e.g. the server's --concurrency)")
@@ -98,7 +100,7 @@ func runHTTPBench(ctx context.Context, f *benchFlags, h *httpBenchFlags, stdout,
 	}
 	cfg := bench.HTTPConfig{
 		Target: h.target, Scenario: f.scenario, Accounts: counts, Placements: splitList(h.placement),
-		Clients: h.clients, GroupSize: h.groupSize, BatchSize: h.batchSize, APIKey: h.apiKey, Label: h.label,
+		Clients: h.clients, GroupSize: h.groupSize, BatchSize: h.batchSize, AtomicBatch: h.batchAtomic, APIKey: h.apiKey, Label: h.label,
 		Timeout: h.timeout, SettleTimeout: h.settleTimeout, Duration: f.duration, SeedBalance: f.seed,
 		Partitions: f.partitions, Out: stdout,
 	}

@@ -36,6 +36,7 @@ func TestBenchHTTP(t *testing.T) {
 			}{
 				{"transfers", []string{"--scenario", "transfers", "--placement", "same,cross", "--group-size", "5"}, 2},
 				{"batch", []string{"--scenario", "batch", "--batch-size", "50"}, 1},
+				{"atomic batch", []string{"--scenario", "batch", "--batch-size", "50", "--batch-atomic", "--group-size", "5"}, 1},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					var out, errOut bytes.Buffer
@@ -53,6 +54,7 @@ func TestBenchHTTP(t *testing.T) {
 						assert.Contains(t, r["check"], "verify: ", "%s: ledger.Verify ran", r["scenario"])
 						assert.NotEqual(t, "0.00", r["p99 ms"], "%s: latencies recorded", r["scenario"])
 						assert.NotContains(t, r["Redis cmds/op data / lock"], "- /", "%s: data Redis commands counted", r["scenario"])
+						assert.NotContains(t, r["operation statuses"], "rejected", "%s: no batch refused", r["scenario"])
 					}
 				})
 			}
