@@ -260,45 +260,41 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	return TransferResult{Transfer: t, Replayed: rc.Replayed}, nil
 }
 
-// prepareTransfer checks, before anything is written, that both accounts exist and are
-// open, then claims the transfer ID for its source (the index GetTransfer reads). A
-// transfer ID already claimed by another source is ErrIdempotencyKeyReused; one claimed by
-// this source is a retry and goes on to replay.
+// prepareTransfer claims the transfer ID for its source (the index GetTransfer reads) and
+// checks that both accounts exist and are open — one round trip. A transfer ID already
+// claimed by another source is ErrIdempotencyKeyReused; one claimed by this source is a
+// retry and goes on to replay. When an account is missing or closed, a claim this call made
+// is given back, so a refused transfer leaves nothing behind.
 func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error {
 	idx := l.store.keys.transferIndex(id)
 	pipe := l.store.rdb.Pipeline()
+	claimCmd := pipe.SetNX(ctx, idx, from, 0)
 	ownerCmd := pipe.Get(ctx, idx)
 	snapCmds := []*redis.MapStringStringCmd{
 		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(from), from)),
 		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(to), to)),
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	if _, err := pipe.Exec(ctx); err != nil {
 		return storeErr(ctx, err)
 	}
-	switch owner, err := ownerCmd.Result(); {
-	case err == nil && owner == from:
+	claimed := claimCmd.Val()
+	switch owner := ownerCmd.Val(); {
+	case !claimed && owner == from:
 		return nil // a retry: it goes on to replay
-	case err == nil:
+	case !claimed:
 		return fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
 	}
 	for i, acct := range []string{from, to} {
 		a, err := parseSnapshot(acct, snapCmds[i].Val(), l.cfg.Clock())
+		if err == nil && !a.exists() {
+			err = fmt.Errorf("%w: %s", ErrAccountNotFound, acct)
+		} else if err == nil && a.closed() {
+			err = fmt.Errorf("%w: %s", ErrAccountClosed, acct)
+		}
 		if err != nil {
+			l.releaseTransferID(ctx, id, from)
 			return err
 		}
-		switch {
-		case !a.exists():
-			return fmt.Errorf("%w: %s", ErrAccountNotFound, acct)
-		case a.closed():
-			return fmt.Errorf("%w: %s", ErrAccountClosed, acct)
-		}
-	}
-	ok, err := l.store.rdb.SetNX(ctx, idx, from, 0).Result()
-	if err != nil {
-		return storeErr(ctx, err)
-	}
-	if !ok {
-		return l.prepareTransfer(ctx, id, from, to) // claimed meanwhile: decide on the owner
 	}
 	return nil
 }
