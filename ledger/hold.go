@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -266,9 +267,14 @@ func (l *Ledger) PlaceHold(ctx context.Context, cmd PlaceHold) (Receipt, error) 
 // hold as transfer_id). It returns ErrNotFound (no such hold), ErrHoldNotPending,
 // ErrAmountExceedsHold, ErrAccountNotFound or ErrAccountClosed (of to).
 func (l *Ledger) CaptureHold(ctx context.Context, account, hold string, amount int64, to string, opts WriteOptions) (Receipt, error) {
-	if err := l.checkHold(ctx, account, hold); err != nil {
+	if err := validateHoldIDs(account, hold); err != nil {
 		return Receipt{}, err
 	}
+	rc, err := l.captureHold(ctx, account, hold, amount, to, opts)
+	return rc, l.holdErr(ctx, account, hold, err)
+}
+
+func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount int64, to string, opts WriteOptions) (Receipt, error) {
 	if amount < 0 {
 		return Receipt{}, invalidf("amount must be a positive integer in minor units")
 	}
@@ -301,37 +307,41 @@ func (l *Ledger) CaptureHold(ctx context.Context, account, hold string, amount i
 
 // VoidHold releases a pending hold. It returns ErrNotFound or ErrHoldNotPending.
 func (l *Ledger) VoidHold(ctx context.Context, account, hold string, opts WriteOptions) (Receipt, error) {
-	if err := l.checkHold(ctx, account, hold); err != nil {
+	if err := validateHoldIDs(account, hold); err != nil {
 		return Receipt{}, err
 	}
-	return l.submit(ctx, VoidHold{Account: account, HoldID: hold}, opts)
+	rc, err := l.submit(ctx, VoidHold{Account: account, HoldID: hold}, opts)
+	return rc, l.holdErr(ctx, account, hold, err)
 }
 
-// checkHold validates IDs and returns ErrNotFound when the hold was never placed.
-func (l *Ledger) checkHold(ctx context.Context, account, hold string) error {
+func validateHoldIDs(account, hold string) error {
 	if err := ValidateID("account", account); err != nil {
 		return err
 	}
-	if err := ValidateID("hold id", hold); err != nil {
+	return ValidateID("hold id", hold)
+}
+
+// holdErr returns err, or ErrNotFound when err says the hold's account does not exist or
+// the hold is not pending and the hold was in fact never placed. Only a refusal pays for
+// the look-up: a capture or void that succeeds costs no extra round trip.
+func (l *Ledger) holdErr(ctx context.Context, account, hold string, err error) error {
+	if !errors.Is(err, ErrHoldNotPending) && !errors.Is(err, ErrAccountNotFound) {
 		return err
 	}
-	n, err := l.store.rdb.Exists(ctx, l.store.keys.hold(l.store.keys.partition(account), account, hold)).Result()
-	if err != nil {
-		return storeErr(ctx, err)
-	}
-	if n == 0 {
+	n, xerr := l.store.rdb.Exists(ctx, l.store.keys.hold(l.store.keys.partition(account), account, hold)).Result()
+	switch {
+	case xerr != nil:
+		return storeErr(ctx, xerr)
+	case n == 0:
 		return fmt.Errorf("%w: hold %s of %s", ErrNotFound, hold, account)
 	}
-	return nil
+	return err
 }
 
 // Hold returns a hold. A pending hold whose expiry has passed is reported expired even
 // before the sweeper records it. It returns ErrNotFound or an error wrapping ErrInvalid.
 func (l *Ledger) Hold(ctx context.Context, account, hold string) (Hold, error) {
-	if err := ValidateID("account", account); err != nil {
-		return Hold{}, err
-	}
-	if err := ValidateID("hold id", hold); err != nil {
+	if err := validateHoldIDs(account, hold); err != nil {
 		return Hold{}, err
 	}
 	v, err := l.store.rdb.HGetAll(ctx, l.store.keys.hold(l.store.keys.partition(account), account, hold)).Result()
@@ -393,10 +403,11 @@ func (l *Ledger) expireDue(ctx context.Context, p int, limit int64) (int, error)
 	}
 	n := 0
 	for _, m := range due {
-		account, hold, ok := cutLast(m, ":")
-		if !ok {
+		i := strings.LastIndex(m, ":")
+		if i < 0 {
 			continue
 		}
+		account, hold := m[:i], m[i+1:]
 		_, err := l.submit(ctx, expireHoldCmd{Account: account, HoldID: hold}, WriteOptions{})
 		switch {
 		case err == nil:
@@ -413,14 +424,4 @@ func (l *Ledger) expireDue(ctx context.Context, p int, limit int64) (int, error)
 		}
 	}
 	return n, nil
-}
-
-// cutLast splits s around the last sep.
-func cutLast(s, sep string) (before, after string, found bool) {
-	for i := len(s) - len(sep); i >= 0; i-- {
-		if s[i:i+len(sep)] == sep {
-			return s[:i], s[i+len(sep):], true
-		}
-	}
-	return s, "", false
 }
