@@ -42,7 +42,7 @@ type BatchResult struct {
 	Err  error
 }
 
-// validate checks the operation and returns the account it queues on.
+// validate returns an error wrapping ErrInvalid when the operation is malformed.
 func (op BatchOp) validate() error {
 	switch op.Type {
 	case OpDeposit, OpWithdrawal:
@@ -64,8 +64,8 @@ func (op BatchOp) validate() error {
 // Batch runs up to MaxBatchOps operations. Operations without an ID of type transfer or
 // hold get a random one.
 //
-// Not atomic: every operation runs as if sent alone (operations of one account in the
-// given order, accounts concurrently) and has its own result.
+// Not atomic: every operation runs as if sent alone and has its own result; operations that
+// touch a common account run in the given order, unrelated ones concurrently.
 //
 // Atomic: every account must be in one partition (else ErrBatchNotAtomic, see
 // co-location in docs/transfers.md); the operations are decided in order and committed by
@@ -255,8 +255,8 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	var accs []string
 	seen := map[string]bool{}
 	for _, op := range ops {
-		for _, a := range []string{op.Account, op.From, op.To} {
-			if a != "" && !seen[a] {
+		for _, a := range op.touches() {
+			if !seen[a] {
 				seen[a] = true
 				accs = append(accs, a)
 			}

@@ -9,7 +9,7 @@ import (
 // command is one request: a pure decision from the state of its accounts to events.
 type command interface {
 	// accounts returns the accounts the command reads and writes, all in one partition.
-	// The first is the one whose queue the command waits in.
+	// The first decides the partition whose queue the command waits in.
 	accounts() []string
 	// decide emits the command's events through d (which applies them to d's state) and
 	// returns the response body, or a domain error. It must not touch anything else.

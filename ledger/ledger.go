@@ -55,11 +55,11 @@ type Config struct {
 	Mode Mode
 	// Locker provides account leases; required in ModeLock.
 	Locker Locker
-	// DisableGroupCommit turns off per-account group commit: every request then reads,
+	// DisableGroupCommit turns off group commit: every request then reads,
 	// decides and commits on its own (optimistic mode then relies on the version check alone).
 	DisableGroupCommit bool
-	// MaxBatch bounds how many waiting commands of one account are committed together.
-	// Default 64.
+	// MaxBatch bounds how many waiting commands of one partition (any of its accounts) are
+	// committed together. Default 64.
 	MaxBatch int
 	// MaxQueue bounds the requests of one account this process holds at once (waiting for
 	// their group commit, or being committed). Beyond it a write fails at once with
@@ -193,11 +193,14 @@ func New(rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
 // verifies it. It returns ErrPartitionMismatch when Redis records another count, and an
 // error wrapping ErrStoreUnavailable when Redis cannot be reached.
 func (l *Ledger) CheckPartitions(ctx context.Context) error {
-	rdb, meta := l.store.rdb, l.store.keys.meta()
-	if err := rdb.HSetNX(ctx, meta, "partitions", l.cfg.Partitions).Err(); err != nil {
+	meta := l.store.keys.meta()
+	pipe := l.store.rdb.Pipeline()
+	pipe.HSetNX(ctx, meta, "partitions", l.cfg.Partitions)
+	get := pipe.HGet(ctx, meta, "partitions")
+	if _, err := pipe.Exec(ctx); err != nil {
 		return storeErr(ctx, err)
 	}
-	recorded, err := rdb.HGet(ctx, meta, "partitions").Int()
+	recorded, err := get.Int()
 	if err != nil {
 		return storeErr(ctx, err)
 	}

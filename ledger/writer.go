@@ -19,7 +19,7 @@ type request struct {
 	cmd  command
 	ref  recordRef
 	fp   string
-	lead chan struct{} // receives when this request becomes its account's leader
+	lead chan struct{} // receives when this request becomes its partition's leader
 	done chan struct{} // closed when receipt/err are set
 
 	receipt Receipt
@@ -41,7 +41,7 @@ func (r *request) finish(rc Receipt, err error) {
 // errRetry means the attempt changed nothing and should be repeated after a re-read.
 var errRetry = errors.New("ledger: retry")
 
-// submit runs one command through the write path: alone, or in its account's group commit.
+// submit runs one command through the write path: alone, or in its partition's group commit.
 // The request's record is the client's Idempotency-Key, or an internal token.
 func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Receipt, error) {
 	account := cmd.accounts()[0]
