@@ -85,10 +85,10 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.Prefix == "" {
-		c.Prefix = "tally"
+		c.Prefix = defaultPrefix
 	}
 	if c.Partitions == 0 {
-		c.Partitions = 16
+		c.Partitions = defaultPartitions
 	}
 	if c.Mode == "" {
 		c.Mode = ModeOptimistic
