@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"sort"
@@ -104,12 +103,6 @@ func (a *Account) apply(e Event) error {
 	if a.Balances == nil {
 		a.Balances = map[string]Balance{}
 	}
-	decode := func(v any) error {
-		if err := json.Unmarshal(e.Data, v); err != nil {
-			return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
-		}
-		return nil
-	}
 	post := func(currency string, delta int64) error {
 		b := a.Balances[currency]
 		n, err := add(b.Posted, delta)
@@ -123,13 +116,13 @@ func (a *Account) apply(e Event) error {
 	switch e.Type {
 	case EventAccountOpened:
 		var d OpenedData
-		if err := decode(&d); err != nil {
+		if err := decodeData(e, &d); err != nil {
 			return err
 		}
 		a.Status, a.AllowNegative, a.Metadata = StatusOpen, d.AllowNegative, d.Metadata
 	case EventDeposited, EventWithdrawn:
 		var d MoneyData
-		if err := decode(&d); err != nil {
+		if err := decodeData(e, &d); err != nil {
 			return err
 		}
 		delta := d.Amount
@@ -141,7 +134,7 @@ func (a *Account) apply(e Event) error {
 		}
 	case EventTransferDebited, EventTransferCredited, EventTransferRefunded:
 		var d TransferData
-		if err := decode(&d); err != nil {
+		if err := decodeData(e, &d); err != nil {
 			return err
 		}
 		delta := d.Amount
@@ -153,7 +146,7 @@ func (a *Account) apply(e Event) error {
 		}
 	case EventHoldPlaced:
 		var d HoldData
-		if err := decode(&d); err != nil {
+		if err := decodeData(e, &d); err != nil {
 			return err
 		}
 		if a.holds == nil {
@@ -166,7 +159,7 @@ func (a *Account) apply(e Event) error {
 		}
 	case EventHoldCaptured, EventHoldVoided, EventHoldExpired:
 		var d HoldData
-		if err := decode(&d); err != nil {
+		if err := decodeData(e, &d); err != nil {
 			return err
 		}
 		if _, ok := a.holds[d.HoldID]; !ok {
