@@ -226,6 +226,18 @@ func runContract(t *testing.T, rdb redis.UniversalClient, cfg ledger.Config) {
 		assert.Contains(t, rep.Problems[0], "zoe")
 		assert.Contains(t, rep.Problems[1], "not conserved")
 		require.NoError(t, rdb.HDel(ctx, key, "b:USD").Err())
+
+		// An event that does not apply is reported, not a failure of Verify.
+		bad := `{"id":"zoe:2","type":"Withdrawn","account":"zoe","version":2,"time":"2026-01-01T00:00:00Z","data":"not an object"}`
+		require.NoError(t, rdb.XAdd(ctx, &redis.XAddArgs{Stream: key + ":events", ID: "2-0", Values: []any{"type", "Withdrawn", "event", bad}}).Err())
+		rep, err = l.Verify(ctx)
+		require.NoError(t, err)
+		require.NotEmpty(t, rep.Problems)
+		assert.Contains(t, rep.Problems[0], "zoe: replay: ")
+		require.NoError(t, rdb.XDel(ctx, key+":events", "2-0").Err())
+		rep, err = l.Verify(ctx)
+		require.NoError(t, err)
+		require.True(t, rep.OK(), "%v", rep.Problems)
 	})
 
 	t.Run("partition count is fixed", func(t *testing.T) {

@@ -334,11 +334,20 @@ func (l *Ledger) Events(ctx context.Context, id string, after int64, limit int) 
 // Replay rebuilds an account's snapshot from its whole event stream. It returns
 // ErrAccountNotFound, or an error when the stream has a gap or an undecodable event.
 func (l *Ledger) Replay(ctx context.Context, id string) (*Account, error) {
-	return l.replayAt(ctx, id, l.cfg.Clock())
+	return l.replayAt(ctx, id, l.cfg.Clock(), nil)
 }
 
-// replayAt replays an account and settles its balances for now.
-func (l *Ledger) replayAt(ctx context.Context, id string, now time.Time) (*Account, error) {
+// badEventError is replayAt's error for an event that does not apply (or that visit
+// refused), as opposed to a failure to read the stream.
+type badEventError struct{ err error }
+
+func (e *badEventError) Error() string { return e.err.Error() }
+func (e *badEventError) Unwrap() error { return e.err }
+
+// replayAt replays an account and settles its balances for now, handing every event to
+// visit (when not nil) after it applied. An event that does not apply, or that visit
+// refuses, ends the replay with a *badEventError.
+func (l *Ledger) replayAt(ctx context.Context, id string, now time.Time, visit func(Event) error) (*Account, error) {
 	acc := &Account{ID: id, Balances: map[string]Balance{}}
 	var after int64
 	for {
@@ -347,8 +356,12 @@ func (l *Ledger) replayAt(ctx context.Context, id string, now time.Time) (*Accou
 			return nil, err
 		}
 		for _, e := range events {
-			if err := acc.apply(e); err != nil {
-				return nil, err
+			err := acc.apply(e)
+			if err == nil && visit != nil {
+				err = visit(e)
+			}
+			if err != nil {
+				return nil, &badEventError{err}
 			}
 		}
 		if !more {

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/big"
 	"reflect"
@@ -90,30 +91,15 @@ func (l *Ledger) Verify(ctx context.Context) (VerifyReport, error) {
 		if err != nil {
 			return rep, err
 		}
-		replayed := &Account{ID: id, Balances: map[string]Balance{}}
-		var after int64
-		var bad error
-		for bad == nil {
-			_, events, more, err := l.store.page(ctx, id, after, MaxEventsPage)
-			if err != nil {
-				return rep, err
-			}
-			for _, e := range events {
-				if bad = replayed.apply(e); bad != nil {
-					break
-				}
-				bad = l.trace(e, flows, &rep, sum)
-			}
-			if !more || len(events) == 0 {
-				break
-			}
-			after = events[len(events)-1].Version
-		}
-		if bad != nil {
-			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: replay: %v", id, bad))
+		replayed, err := l.replayAt(ctx, id, now, func(e Event) error { return l.trace(e, flows, &rep, sum) })
+		var bad *badEventError
+		if errors.As(err, &bad) || errors.Is(err, ErrAccountNotFound) { // a snapshot without events
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: replay: %v", id, err))
 			continue
 		}
-		replayed.settle(now)
+		if err != nil {
+			return rep, err
+		}
 		rep.Accounts++
 		rep.Events += replayed.Version
 		if !reflect.DeepEqual(snap, replayed) {
