@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -172,12 +171,7 @@ func snapshotFields(acc *Account) ([]any, error) {
 	for _, c := range acc.currencies() {
 		out = append(out, prefixPosted+c, strconv.FormatInt(acc.Balances[c].Posted, 10))
 	}
-	ids := make([]string, 0, len(acc.holds))
-	for id := range acc.holds {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range sortedHolds(acc) {
 		h := acc.holds[id]
 		out = append(out, prefixHold+id, fmt.Sprintf("%s %d %d %d", h.Currency, h.Amount, h.ExpiresAt.UnixMilli(), h.CreatedAt.UnixMilli()))
 	}
