@@ -55,7 +55,8 @@ func (l *Ledger) Verify(ctx context.Context) (VerifyReport, error) {
 		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
 		for iter.Next(ctx) {
 			k := iter.Val()
-			id := k[strings.LastIndex(k, ":acct:")+len(":acct:"):]
+			// After the partition tag: an account may be called "acct" too.
+			id := k[strings.Index(k, "}:acct:")+len("}:acct:"):]
 			if strings.Contains(id, ":") { // an account's other keys (its event stream)
 				continue
 			}
