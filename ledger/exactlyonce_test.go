@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -24,12 +25,26 @@ func (t libraryTarget) OpenAccount(ctx context.Context, id string) error {
 	return err
 }
 
+// Do sends op as a deposit or withdrawal, or — one request in three, so that copies of one
+// keyed request take both paths — as the only operation of a non-atomic batch, whose
+// operation ID is the same idempotency key.
 func (t libraryTarget) Do(ctx context.Context, op workload.Op) workload.Result {
 	var (
 		rc   ledger.Receipt
 		err  error
 		opts = ledger.WriteOptions{IdempotencyKey: op.Key}
 	)
+	if rand.IntN(3) == 0 {
+		typ := ledger.OpDeposit
+		if op.Kind != workload.Deposit {
+			typ = ledger.OpWithdrawal
+		}
+		res, _, err := t.l.Batch(ctx, false, []ledger.BatchOp{{Type: typ, ID: op.Key, Account: op.Account, Currency: workload.Currency, Amount: op.Amount}}, ledger.WriteOptions{})
+		if err != nil {
+			return classify(ledger.Receipt{}, err)
+		}
+		return classify(ledger.Receipt{Body: res[0].Body}, res[0].Err)
+	}
 	if op.Kind == workload.Deposit {
 		rc, err = t.l.Deposit(ctx, ledger.Deposit{Account: op.Account, Currency: workload.Currency, Amount: op.Amount}, opts)
 	} else {
