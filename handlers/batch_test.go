@@ -47,7 +47,7 @@ func (r batchResponse) statuses(t *testing.T) []string {
 }
 
 func TestBatchAtomic(t *testing.T) {
-	a, l := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	// Co-located by their placement tag "s1".
 	x, y := "s1..x", "s1..y"
 	a.mustOpen(0, x, y)
@@ -108,7 +108,7 @@ func TestBatchAtomic(t *testing.T) {
 	})
 
 	t.Run("accounts in different partitions are refused", func(t *testing.T) {
-		far := otherPartition(t, l, x, "far")
+		far := a.otherPartition(x, "far")
 		a.mustOpen(0, far)
 		before := a.digest()
 		body := fmt.Sprintf(`{"atomic":true,"operations":[
@@ -138,9 +138,9 @@ func TestBatchAtomic(t *testing.T) {
 }
 
 func TestBatchNotAtomic(t *testing.T) {
-	a, l := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	x := "x"
-	y := otherPartition(t, l, x, "y")
+	y := a.otherPartition(x, "y")
 	a.mustOpen(0, x, y)
 	ops := fmt.Sprintf(`{"atomic":false,"operations":[
 		{"type":"deposit","account":%[1]q,"currency":"USD","amount":100},
@@ -194,7 +194,7 @@ func TestBatchNotAtomic(t *testing.T) {
 }
 
 func TestBatchRefusesMalformedBatches(t *testing.T) {
-	a, _ := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	a.mustOpen(100, "s1..x", "s1..y")
 	dep := `{"type":"deposit","account":"s1..x","currency":"USD","amount":1}`
 	tooMany := `{"atomic":false,"operations":[` + strings.Repeat(dep+",", ledger.MaxBatchOps) + dep + `]}`

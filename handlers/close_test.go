@@ -9,13 +9,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/handlers"
 	"github.com/tally-ledger/tally/ledger"
 )
 
 func TestCloseAccount(t *testing.T) {
-	a, l := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	a.mustOpen(100, "carol", "dave")
-	far := otherPartition(t, l, "carol", "far")
+	far := a.otherPartition("carol", "far")
 	a.mustOpen(100, far)
 
 	t.Run("an account that holds money stays open", func(t *testing.T) {

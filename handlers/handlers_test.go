@@ -24,21 +24,75 @@ import (
 	"github.com/tally-ledger/tally/lock"
 )
 
-// api is a running API on a fresh real Redis.
+// api is a running API on a real Redis.
 type api struct {
 	t   *testing.T
 	h   http.Handler
 	rdb *redis.Client
+	l   *ledger.Ledger // for its partition placement
 }
 
+// mustAPI returns the API on a fresh real Redis with the ledger's defaults.
 func mustAPI(t *testing.T, cfg handlers.Config) *api {
 	t.Helper()
-	rdb := redistest.MustStart(t).Client()
-	l, err := ledger.Open(context.Background(), rdb, ledger.Config{})
+	return newAPI(t, redistest.MustStart(t).Client(), ledger.Config{}, cfg)
+}
+
+// newAPI opens a ledger on rdb with lcfg and returns the API over it.
+func newAPI(t *testing.T, rdb *redis.Client, lcfg ledger.Config, cfg handlers.Config) *api {
+	t.Helper()
+	l, err := ledger.Open(context.Background(), rdb, lcfg)
 	require.NoError(t, err)
 	h, err := handlers.New(l, cfg)
 	require.NoError(t, err)
-	return &api{t: t, h: h, rdb: rdb}
+	return &api{t: t, h: h, rdb: rdb, l: l}
+}
+
+// otherPartition returns the first ID prefix0, prefix1, ... whose partition differs from
+// id's.
+func (a *api) otherPartition(id, prefix string) string {
+	a.t.Helper()
+	for i := range 1000 {
+		other := fmt.Sprintf("%s%d", prefix, i)
+		if a.l.Partition(other) != a.l.Partition(id) {
+			return other
+		}
+	}
+	a.t.Fatalf("no ID with prefix %q outside the partition of %q", prefix, id)
+	return ""
+}
+
+// mustOpen opens accounts and deposits amount USD into each (none when amount is 0).
+func (a *api) mustOpen(amount int64, ids ...string) {
+	a.t.Helper()
+	for _, id := range ids {
+		a.mustDo(http.StatusCreated, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, id))
+		if amount > 0 {
+			a.mustDo(http.StatusCreated, "POST", "/v1/accounts/"+id+"/deposits", fmt.Sprintf(`{"currency":"USD","amount":%d}`, amount))
+		}
+	}
+}
+
+// balance returns an account's USD balance.
+func (a *api) balance(id string) ledger.Balance {
+	a.t.Helper()
+	var acc ledger.Account
+	require.NoError(a.t, json.Unmarshal(a.mustDo(http.StatusOK, "GET", "/v1/accounts/"+id, ``).Body.Bytes(), &acc))
+	return acc.Balances["USD"]
+}
+
+// eventTypes returns the types of an account's events.
+func (a *api) eventTypes(id string) []string {
+	a.t.Helper()
+	var page struct {
+		Events []ledger.Event `json:"events"`
+	}
+	require.NoError(a.t, json.Unmarshal(a.mustDo(http.StatusOK, "GET", "/v1/accounts/"+id+"/events", ``).Body.Bytes(), &page))
+	types := make([]string, len(page.Events))
+	for i, e := range page.Events {
+		types[i] = e.Type
+	}
+	return types
 }
 
 // do sends a request and returns the recorder.
@@ -251,11 +305,7 @@ func TestAuth(t *testing.T) {
 
 func TestStoreDownIs503(t *testing.T) {
 	srv := redistest.MustStart(t)
-	l, err := ledger.Open(context.Background(), srv.Client(), ledger.Config{MaxRetries: 2})
-	require.NoError(t, err)
-	h, err := handlers.New(l, handlers.Config{})
-	require.NoError(t, err)
-	a := &api{t: t, h: h}
+	a := newAPI(t, srv.Client(), ledger.Config{MaxRetries: 2}, handlers.Config{})
 	a.mustDo(201, "POST", "/v1/accounts", `{"id":"x"}`)
 	srv.Kill()
 	rec := a.do("POST", "/v1/accounts/x/deposits", `{"currency":"USD","amount":1}`)
@@ -266,7 +316,6 @@ func TestStoreDownIs503(t *testing.T) {
 }
 
 func TestLockUnavailableIs503(t *testing.T) {
-	ctx := context.Background()
 	rdb := redistest.MustStart(t).Client()
 	masters := redistest.MustStartN(t, 3)
 	clients := make([]redis.UniversalClient, len(masters))
@@ -276,11 +325,7 @@ func TestLockUnavailableIs503(t *testing.T) {
 	locker, err := lock.New(clients, lock.Config{WaitTimeout: 300 * time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(func() { locker.Close() })
-	l, err := ledger.Open(ctx, rdb, ledger.Config{Mode: ledger.ModeLock, Locker: locker})
-	require.NoError(t, err)
-	h, err := handlers.New(l, handlers.Config{})
-	require.NoError(t, err)
-	a := &api{t: t, h: h, rdb: rdb}
+	a := newAPI(t, rdb, ledger.Config{Mode: ledger.ModeLock, Locker: locker}, handlers.Config{})
 	a.mustDo(201, "POST", "/v1/accounts", `{"id":"alice"}`)
 
 	masters[0].Kill()

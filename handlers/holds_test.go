@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/handlers"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -28,10 +29,10 @@ func holdBody(id string, amount int64, timeout int64) string {
 }
 
 func TestHolds(t *testing.T) {
-	a, l := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	a.mustOpen(1000, "alice")
 	a.mustOpen(0, "alice..shop")
-	far := otherPartition(t, l, "alice", "far")
+	far := a.otherPartition("alice", "far")
 	a.mustOpen(0, far)
 	const holds = "/v1/accounts/alice/holds/"
 

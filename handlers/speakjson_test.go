@@ -15,7 +15,7 @@ import (
 // TestNewRoutesSpeakJSON sends undecodable bodies to the transfer, hold, close and batch
 // routes: each gets 400 problem+json whose detail names JSON, never Go.
 func TestNewRoutesSpeakJSON(t *testing.T) {
-	a, _ := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	a.mustOpen(10, "alice", "bob")
 	a.mustDo(http.StatusCreated, "POST", "/v1/accounts/alice/holds", `{"id":"h","currency":"USD","amount":1,"timeout_seconds":60}`)
 	routes := map[string][]string{

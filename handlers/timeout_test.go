@@ -9,7 +9,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/handlers"
 	"github.com/tally-ledger/tally/internal/redistest"
@@ -27,12 +26,8 @@ func TestRequestTimeoutAnswers503(t *testing.T) {
 	srv := redistest.MustStart(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, ReadTimeout: -1, WriteTimeout: -1})
 	t.Cleanup(func() { rdb.Close() })
-	l, err := ledger.Open(t.Context(), rdb, ledger.Config{DisableGroupCommit: true})
-	require.NoError(t, err)
 	const timeout = 300 * time.Millisecond
-	h, err := handlers.New(l, handlers.Config{RequestTimeout: timeout})
-	require.NoError(t, err)
-	a := &api{t: t, h: h, rdb: rdb}
+	a := newAPI(t, rdb, ledger.Config{DisableGroupCommit: true}, handlers.Config{RequestTimeout: timeout})
 	a.mustDo(http.StatusCreated, "POST", "/v1/accounts", `{"id":"alice"}`)
 
 	srv.Pause()
@@ -46,7 +41,7 @@ func TestRequestTimeoutAnswers503(t *testing.T) {
 			start := time.Now()
 			go func() {
 				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
+				a.h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
 				done <- rec
 			}()
 			select {

@@ -15,67 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/handlers"
-	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
 )
-
-// mustLedgerAPI is mustAPI that also returns the ledger, for its partition placement.
-func mustLedgerAPI(t *testing.T) (*api, *ledger.Ledger) {
-	t.Helper()
-	rdb := redistest.MustStart(t).Client()
-	l, err := ledger.Open(context.Background(), rdb, ledger.Config{})
-	require.NoError(t, err)
-	h, err := handlers.New(l, handlers.Config{})
-	require.NoError(t, err)
-	return &api{t: t, h: h, rdb: rdb}, l
-}
-
-// otherPartition returns the first ID prefix0, prefix1, ... whose partition differs from
-// id's.
-func otherPartition(t *testing.T, l *ledger.Ledger, id, prefix string) string {
-	t.Helper()
-	for i := range 1000 {
-		other := fmt.Sprintf("%s%d", prefix, i)
-		if l.Partition(other) != l.Partition(id) {
-			return other
-		}
-	}
-	t.Fatalf("no ID with prefix %q outside the partition of %q", prefix, id)
-	return ""
-}
-
-// mustOpen opens accounts and deposits amount USD into each (none when amount is 0).
-func (a *api) mustOpen(amount int64, ids ...string) {
-	a.t.Helper()
-	for _, id := range ids {
-		a.mustDo(http.StatusCreated, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, id))
-		if amount > 0 {
-			a.mustDo(http.StatusCreated, "POST", "/v1/accounts/"+id+"/deposits", fmt.Sprintf(`{"currency":"USD","amount":%d}`, amount))
-		}
-	}
-}
-
-// balance returns an account's USD balance.
-func (a *api) balance(id string) ledger.Balance {
-	a.t.Helper()
-	var acc ledger.Account
-	require.NoError(a.t, json.Unmarshal(a.mustDo(http.StatusOK, "GET", "/v1/accounts/"+id, ``).Body.Bytes(), &acc))
-	return acc.Balances["USD"]
-}
-
-// eventTypes returns the types of an account's events.
-func (a *api) eventTypes(id string) []string {
-	a.t.Helper()
-	var page struct {
-		Events []ledger.Event `json:"events"`
-	}
-	require.NoError(a.t, json.Unmarshal(a.mustDo(http.StatusOK, "GET", "/v1/accounts/"+id+"/events", ``).Body.Bytes(), &page))
-	types := make([]string, len(page.Events))
-	for i, e := range page.Events {
-		types[i] = e.Type
-	}
-	return types
-}
 
 func decodeTransfer(t *testing.T, rec *httptest.ResponseRecorder) ledger.Transfer {
 	t.Helper()
@@ -85,11 +26,11 @@ func decodeTransfer(t *testing.T, rec *httptest.ResponseRecorder) ledger.Transfe
 }
 
 func TestTransfers(t *testing.T) {
-	a, l := mustLedgerAPI(t)
+	a := mustAPI(t, handlers.Config{})
 	// Placement tags: both accounts live in the partition of "shop1".
 	alice, bob := "shop1..alice", "shop1..bob"
-	require.Equal(t, l.Partition(alice), l.Partition(bob))
-	far := otherPartition(t, l, alice, "far")
+	require.Equal(t, a.l.Partition(alice), a.l.Partition(bob))
+	far := a.otherPartition(alice, "far")
 	a.mustOpen(1000, alice, far)
 	a.mustOpen(0, bob)
 
@@ -179,7 +120,7 @@ func TestTransfers(t *testing.T) {
 	t.Run("refused transfers write nothing", func(t *testing.T) {
 		a.mustOpen(0, "shop1..closed")
 		a.mustDo(http.StatusOK, "POST", "/v1/accounts/shop1..closed/close", ``)
-		farClosed := otherPartition(t, l, alice, "farclosed")
+		farClosed := a.otherPartition(alice, "farclosed")
 		a.mustOpen(0, farClosed)
 		a.mustDo(http.StatusOK, "POST", "/v1/accounts/"+farClosed+"/close", ``)
 		tr := func(from, to string, amount int) string {
@@ -192,7 +133,7 @@ func TestTransfers(t *testing.T) {
 		}{
 			{"unknown source", tr("nobody", bob, 1), 404, "account_not_found"},
 			{"unknown destination", tr(alice, "nobody", 1), 404, "account_not_found"},
-			{"unknown destination in another partition", tr(alice, otherPartition(t, l, alice, "ghost"), 1), 404, "account_not_found"},
+			{"unknown destination in another partition", tr(alice, a.otherPartition(alice, "ghost"), 1), 404, "account_not_found"},
 			{"closed destination", tr(alice, "shop1..closed", 1), 409, "account_closed"},
 			{"closed destination in another partition", tr(alice, farClosed, 1), 409, "account_closed"},
 			{"closed source", tr("shop1..closed", alice, 1), 409, "account_closed"},
