@@ -16,7 +16,7 @@ const currency = "USD"
 const holdTimeout = time.Hour
 
 // driver performs the operations of one run, on the library or over HTTP. Its errors are
-// ledger errors (library) or ProblemError / TransportError (HTTP), for the Classifier.
+// ledger errors (library) or ProblemError / TransportError (HTTP), for Classify.
 type driver interface {
 	// open opens an account without allow_negative and deposits seed into it (when
 	// positive), retrying answers that leave the outcome unknown.

@@ -123,7 +123,7 @@ func (ld *load) op(ctx context.Context, w *worker, k Kind) Answer {
 	w.seq++
 	switch k {
 	case Withdrawal:
-		a := ld.r.cls.Classify(ld.d.withdraw(ctx, st.ids[i], amount))
+		a := Classify(ld.d.withdraw(ctx, st.ids[i], amount))
 		switch a.Outcome {
 		case Applied:
 			st.expected[i].Add(-amount)
@@ -139,7 +139,7 @@ func (ld *load) op(ctx context.Context, w *worker, k Kind) Answer {
 		}
 		id := fmt.Sprintf("t%s.%d.%d", ld.tag, w.w, w.seq)
 		status, err := ld.d.transfer(ctx, id, st.ids[i], st.ids[j], amount)
-		a := ld.r.cls.Classify(err)
+		a := Classify(err)
 		switch {
 		case a.Outcome == Applied && status == ledger.TransferCompleted:
 			st.expected[i].Add(-amount)
@@ -151,7 +151,7 @@ func (ld *load) op(ctx context.Context, w *worker, k Kind) Answer {
 		return a
 	case Hold:
 		id := fmt.Sprintf("h%s.%d.%d", ld.tag, w.w, w.seq)
-		a := ld.r.cls.Classify(ld.d.placeHold(ctx, st.ids[i], id, amount))
+		a := Classify(ld.d.placeHold(ctx, st.ids[i], id, amount))
 		if a.Outcome == Unknown {
 			w.unsettled = append(w.unsettled, unsettled{kind: Hold, id: id, from: i, amount: amount})
 		}
@@ -165,7 +165,7 @@ func (ld *load) op(ctx context.Context, w *worker, k Kind) Answer {
 		} else {
 			err = ld.d.voidHold(ctx, st.ids[i], id)
 		}
-		a = ld.r.cls.Classify(err)
+		a = Classify(err)
 		switch {
 		case a.Outcome == Applied && capture:
 			st.expected[i].Add(-amount)
@@ -174,7 +174,7 @@ func (ld *load) op(ctx context.Context, w *worker, k Kind) Answer {
 		}
 		return a
 	default:
-		a := ld.r.cls.Classify(ld.d.deposit(ctx, st.ids[i], amount))
+		a := Classify(ld.d.deposit(ctx, st.ids[i], amount))
 		switch a.Outcome {
 		case Applied:
 			st.expected[i].Add(amount)
@@ -232,7 +232,7 @@ func (ld *load) settleOne(ctx context.Context, u unsettled) (done bool, err erro
 	st := ld.st
 	if u.kind == Transfer {
 		status, err := ld.d.transfer(ctx, u.id, st.ids[u.from], st.ids[u.to], u.amount)
-		switch a := ld.r.cls.Classify(err); {
+		switch a := Classify(err); {
 		case a.Outcome == Applied && status == ledger.TransferCompleted:
 			st.expected[u.from].Add(-u.amount)
 			st.expected[u.to].Add(u.amount)

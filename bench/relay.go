@@ -129,10 +129,6 @@ func RunRelay(ctx context.Context, cfg RelayConfig) error {
 		return err
 	}
 	cfg = cfg.withDefaults()
-	cls, err := NewClassifier()
-	if err != nil {
-		return err
-	}
 	runID := newRunID()
 	prefix := fmt.Sprintf("%s-%s-relay", cfg.Prefix, runID)
 	prog := newProgress(cfg.Progress, time.Now)
@@ -153,7 +149,7 @@ func RunRelay(ctx context.Context, cfg RelayConfig) error {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s.%d", prefix, i)
 	}
-	wl := &relayWrites{l: l, cls: cls, ids: ids, withdrawEvery: cfg.WithdrawEvery}
+	wl := &relayWrites{l: l, ids: ids, withdrawEvery: cfg.WithdrawEvery}
 	prog.status("relay: opening %d accounts", len(ids))
 	d := libraryDriver{l: l}
 	if err := parallel(ctx, min(cfg.Workers, len(ids)), len(ids), func(i int) error { return d.open(ctx, ids[i], cfg.SeedBalance) }); err != nil {
@@ -268,7 +264,6 @@ func RunRelay(ctx context.Context, cfg RelayConfig) error {
 // in withdrawEvery, on random accounts.
 type relayWrites struct {
 	l             *ledger.Ledger
-	cls           *Classifier
 	ids           []string
 	withdrawEvery int
 }
@@ -309,7 +304,7 @@ func (wl *relayWrites) run(ctx context.Context, workers int, next func() bool) *
 				} else {
 					_, err = wl.l.Deposit(ctx, ledger.Deposit{Account: a, Currency: currency, Amount: 1 + rng.Int64N(100)}, ledger.WriteOptions{})
 				}
-				switch ans := wl.cls.Classify(err); ans.Outcome {
+				switch ans := Classify(err); ans.Outcome {
 				case Applied:
 					c.ok++
 				case Rejected:

@@ -91,17 +91,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := ledger.ValidateID("prefix", cfg.Prefix); err != nil {
 		return Report{}, fmt.Errorf("bench: prefix: %w", err)
 	}
-	cls, err := NewClassifier()
-	if err != nil {
-		return Report{}, err
-	}
-	r := &runner{cfg: cfg, cls: cls, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
+	r := &runner{cfg: cfg, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
 		r.http = &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: cfg.httpClient()}
 		defer r.http.client.CloseIdleConnections()
 		if cfg.Redis != nil {
 			// The server's ledger, to verify it: the prefix serve uses; Open fails on a
 			// partition count other than the server's.
+			var err error
 			if r.verifier, err = ledger.Open(ctx, cfg.Redis, ledger.Config{Prefix: "tally", Partitions: cfg.Partitions}); err != nil {
 				return Report{}, fmt.Errorf("bench: the server's ledger: %w", err)
 			}
@@ -146,7 +143,6 @@ type spec struct {
 // runner holds what the runs of one Run share.
 type runner struct {
 	cfg      Config
-	cls      *Classifier
 	runID    string
 	n        int // prefixes handed out
 	http     *httpDriver
@@ -331,7 +327,7 @@ func (r *runner) setup(ctx context.Context, d driver, ids []string) error {
 			if err = d.open(ctx, ids[i], r.cfg.SeedBalance); err == nil {
 				return nil
 			}
-			if a := r.cls.Classify(err); a.Outcome == Refused && a.Code != "lock_unavailable" && a.Code != "overloaded" && a.Code != "version_conflict" || ctx.Err() != nil {
+			if a := Classify(err); a.Outcome == Refused && a.Code != "lock_unavailable" && a.Code != "overloaded" && a.Code != "version_conflict" || ctx.Err() != nil {
 				return fmt.Errorf("account %s: %w", ids[i], err)
 			}
 			select {
