@@ -207,13 +207,14 @@ func (l *Locker) obtain(ctx context.Context, key string, try, keepSlot bool) (le
 	return l.obtainHooked(ctx, key, try, keepSlot, true)
 }
 
-// obtainHooked is obtain; without failHook a failure does not call Hooks.AcquireFailed
-// (DoAll's first, optimistic round: a busy key there is not a failure, DoAll then waits).
-func (l *Locker) obtainHooked(ctx context.Context, key string, try, keepSlot, failHook bool) (lease *Lease, err error) {
+// obtainHooked is obtain; without hooks it calls neither Hooks.Acquired nor
+// Hooks.AcquireFailed (DoAll's first, optimistic round reports its own outcome).
+func (l *Locker) obtainHooked(ctx context.Context, key string, try, keepSlot, hooks bool) (lease *Lease, err error) {
 	start := l.cfg.Clock()
 	defer func() {
 		switch {
-		case err != nil && failHook && l.cfg.Hooks.AcquireFailed != nil:
+		case !hooks:
+		case err != nil && l.cfg.Hooks.AcquireFailed != nil:
 			l.cfg.Hooks.AcquireFailed(key, err)
 		case err == nil && l.cfg.Hooks.Acquired != nil:
 			l.cfg.Hooks.Acquired(key, l.cfg.Clock().Sub(start))

@@ -9,16 +9,24 @@ import (
 
 // DoAll runs fn while holding the leases of every key in keys, and returns fn's error. It
 // is Do for a write that touches several keys at once (a transfer, a group commit of several
-// accounts); its results are those of Do, and fn's context is cancelled when any of the
-// leases is lost.
+// accounts); fn's context is cancelled when any of the leases is lost.
 //
 // The leases are first tried all at once, without waiting (one pipelined round of
-// attempts). If any key is busy, the leases taken are given back and DoAll waits for the
-// keys one after another in sorted order, like nested Do calls. Only that ordered wait ever
-// blocks, so two DoAll calls that share keys cannot wait for each other in a cycle.
+// attempts). If any key is busy, the leases taken are given back and DoAll takes the keys
+// one after another in sorted order, as nested Do calls: each key is waited for like Do
+// (bounded by ctx and Config.WaitTimeout per key) while the leases already taken are
+// renewed. Only that ordered wait ever blocks, so two DoAll calls that share keys cannot
+// wait for each other in a cycle.
+//
+// Its results are those of Do, with one addition: when a lease taken first is lost while
+// DoAll waits for a later key, fn does not run and the error wraps ErrLeaseLost. An empty
+// keys is an error; duplicate keys count once.
 func (l *Locker) DoAll(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
 	if fn == nil {
 		return errors.New("lock: nil fn")
+	}
+	if len(keys) == 0 {
+		return errors.New("lock: no keys")
 	}
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
@@ -27,13 +35,11 @@ func (l *Locker) DoAll(ctx context.Context, keys []string, fn func(ctx context.C
 		return l.Do(ctx, keys[0], fn)
 	}
 	leases, err := l.tryAll(ctx, keys)
-	if err != nil && !errors.Is(err, ErrNotAcquired) {
+	switch {
+	case errors.Is(err, ErrNotAcquired):
+		return l.doInOrder(ctx, keys, fn)
+	case err != nil:
 		return err
-	}
-	if err != nil {
-		if leases, err = l.waitAll(ctx, keys); err != nil {
-			return err
-		}
 	}
 	defer func() {
 		for _, k := range keys {
@@ -45,17 +51,15 @@ func (l *Locker) DoAll(ctx context.Context, keys []string, fn func(ctx context.C
 
 // tryAll tries every key at once without waiting. It returns the leases (holding each
 // key's local queue slot) when all were taken; otherwise it gives back those taken and
-// returns the first error (ErrNotAcquired, or ctx's).
+// returns the first error (ErrNotAcquired, or ctx's). Only a success calls the hooks
+// (Acquired for every key): a busy key here is no failure, DoAll then waits for it.
 func (l *Locker) tryAll(ctx context.Context, keys []string) ([]*Lease, error) {
+	start := l.cfg.Clock()
 	leases := make([]*Lease, len(keys))
 	errs := make([]error, len(keys))
 	var wg sync.WaitGroup
 	for i, k := range keys {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			leases[i], errs[i] = l.obtainHooked(ctx, k, true, true, false)
-		}()
+		wg.Go(func() { leases[i], errs[i] = l.obtainHooked(ctx, k, true, true, false) })
 	}
 	wg.Wait()
 	var first error
@@ -64,34 +68,32 @@ func (l *Locker) tryAll(ctx context.Context, keys []string) ([]*Lease, error) {
 			first = err // a context error wins over "busy"
 		}
 	}
-	if first == nil {
-		return leases, nil
-	}
-	l.giveBack(ctx, keys, leases)
-	return nil, first
-}
-
-// waitAll takes the keys one after another, in order, waiting for each like Do. On
-// failure it gives back what it took.
-func (l *Locker) waitAll(ctx context.Context, keys []string) ([]*Lease, error) {
-	leases := make([]*Lease, len(keys))
-	for i, k := range keys {
-		lease, err := l.obtain(ctx, k, false, true)
-		if err != nil {
-			l.giveBack(ctx, keys[:i], leases[:i])
-			return nil, err
+	if first != nil {
+		for i, lease := range leases {
+			if lease != nil {
+				l.releaseQuietly(ctx, lease)
+				l.queue.leave(keys[i])
+			}
 		}
-		leases[i] = lease
+		return nil, first
+	}
+	if acquired := l.cfg.Hooks.Acquired; acquired != nil {
+		wait := l.cfg.Clock().Sub(start)
+		for _, k := range keys {
+			acquired(k, wait)
+		}
 	}
 	return leases, nil
 }
 
-// giveBack releases the leases taken (nil entries were not) and leaves their queue slots.
-func (l *Locker) giveBack(ctx context.Context, keys []string, leases []*Lease) {
-	for i, lease := range leases {
-		if lease != nil {
-			l.releaseQuietly(ctx, lease)
-			l.queue.leave(keys[i])
-		}
+// doInOrder runs fn under the leases of keys, taken one after another in order by nested
+// Do calls, so that the leases already held are renewed (and their loss cancels the wait)
+// while a later key is waited for.
+func (l *Locker) doInOrder(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
+	if len(keys) == 0 {
+		return fn(ctx)
 	}
+	return l.Do(ctx, keys[0], func(ctx context.Context) error {
+		return l.doInOrder(ctx, keys[1:], fn)
+	})
 }

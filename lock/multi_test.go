@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/internal/redistest"
 )
 
@@ -28,11 +29,13 @@ func TestDoAllExcludesAndNeverDeadlocks(t *testing.T) {
 	)
 	cfg := Config{RetryDelayMin: time.Millisecond, RetryDelayMax: 5 * time.Millisecond, WaitTimeout: 30 * time.Second}
 	var holders [nkeys]atomic.Int64
-	var overlaps, calls, fastMisses atomic.Int64
+	var overlaps, calls atomic.Int64
+	var recs []*hookRecorder
 	errs := make(chan error, lockers*goroutines*rounds)
 	var wg sync.WaitGroup
 	for i := range lockers {
-		rec := &hookRecorder{}
+		rec := newHookRecorder()
+		recs = append(recs, rec)
 		cfg := cfg
 		cfg.Hooks = rec.hooks()
 		l := mustLocker(t, servers, cfg)
@@ -64,7 +67,6 @@ func TestDoAllExcludesAndNeverDeadlocks(t *testing.T) {
 				}
 			})
 		}
-		t.Cleanup(func() { fastMisses.Add(rec.acquireFailed.Load()) })
 	}
 	wg.Wait()
 	close(errs)
@@ -73,6 +75,50 @@ func TestDoAllExcludesAndNeverDeadlocks(t *testing.T) {
 	}
 	require.EqualValues(t, lockers*goroutines*rounds, calls.Load())
 	require.Zero(t, overlaps.Load(), "a key was held by two callers at once")
+	for i, rec := range recs {
+		require.Zero(t, rec.acquireFailed.Load(), "locker %d: a key found busy and then waited for is no failed acquisition", i)
+	}
+}
+
+// TestDoAllKeepsLeasesWhileWaiting: when DoAll waits for a busy key longer than the lease
+// TTL, the leases it took before are renewed meanwhile, so fn starts holding every key
+// (nobody else can take the first one) with a live context. The Acquired hook counts each
+// key once, although the first, optimistic round took and gave back a lease.
+func TestDoAllKeepsLeasesWhileWaiting(t *testing.T) {
+	servers := redistest.MustStartN(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a failure must not hang
+	defer cancel()
+	const ttl = 500 * time.Millisecond
+	cfg := Config{TTL: ttl, RetryDelayMin: time.Millisecond, RetryDelayMax: 5 * time.Millisecond, WaitTimeout: 10 * time.Second}
+	rec := newHookRecorder()
+	acfg := cfg
+	acfg.Hooks = rec.hooks()
+	a, b, c := mustLocker(t, servers, acfg), mustLocker(t, servers, cfg), mustLocker(t, servers, cfg)
+
+	held := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Do(ctx, "k2", func(ctx context.Context) error {
+			close(held)
+			// The stimulus: k2 stays busy for several TTLs of the lease DoAll holds on k1.
+			return backoff.Wait(ctx, 4*ttl)
+		})
+	}()
+	<-held
+	err := a.DoAll(ctx, []string{"k1", "k2"}, func(fnCtx context.Context) error {
+		require.NoError(t, fnCtx.Err(), "fn starts with live leases")
+		err := c.TryDo(ctx, "k1", mustNotRun(t))
+		require.ErrorIs(t, err, ErrNotAcquired, "k1 is still held by DoAll")
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, <-done)
+	require.EqualValues(t, 2, rec.acquired.Load(), "one Acquired per key")
+	require.Zero(t, rec.acquireFailed.Load())
+	require.Zero(t, rec.lost.Load())
+	require.Positive(t, rec.renewed.Load(), "k1 was renewed while DoAll waited for k2")
+
+	require.ErrorContains(t, a.DoAll(ctx, nil, mustNotRun(t)), "no keys")
 }
 
 // TestDoAll covers what DoAll shares with Do: fn runs holding every key (others cannot
