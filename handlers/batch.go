@@ -33,10 +33,10 @@ type batchOpBody struct {
 }
 
 // batchResult is the outcome of one operation: the status it would have had alone and its
-// body (the resource, or a problem object).
+// body (the resource as the ledger encoded it, or a Problem).
 type batchResult struct {
-	Status int             `json:"status"`
-	Body   json.RawMessage `json:"body"`
+	Status int `json:"status"`
+	Body   any `json:"body"`
 }
 
 type batchResponse struct {
@@ -104,12 +104,7 @@ func (s *server) batch(c *gin.Context) {
 			c.Abort() // the client went away; nobody reads a response
 			return
 		}
-		raw, err := json.Marshal(newProblem(spec, detail))
-		if err != nil {
-			s.writeError(c, fmt.Errorf("%w: encode problem: %w", ledger.ErrInternal, err))
-			return
-		}
-		resp.Results[i] = batchResult{Status: spec.status, Body: raw}
+		resp.Results[i] = batchResult{Status: spec.status, Body: newProblem(spec, detail)}
 	}
 	if replayed {
 		c.Header("Idempotent-Replayed", "true")

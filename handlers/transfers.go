@@ -4,8 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"fmt"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
@@ -89,7 +87,7 @@ func (s *server) createTransfer(c *gin.Context) {
 		c.Header("Idempotent-Replayed", "true")
 	}
 	c.Header("Location", "/v1/transfers/"+res.Transfer.ID)
-	s.writeTransfer(c, transferStatus(res.Transfer), res.Transfer)
+	c.JSON(transferStatus(res.Transfer), res.Transfer)
 }
 
 func (s *server) getTransfer(c *gin.Context) {
@@ -98,15 +96,5 @@ func (s *server) getTransfer(c *gin.Context) {
 		s.writeError(c, err)
 		return
 	}
-	s.writeTransfer(c, http.StatusOK, t)
-}
-
-// writeTransfer answers with t.
-func (s *server) writeTransfer(c *gin.Context, status int, t ledger.Transfer) {
-	raw, err := json.Marshal(t)
-	if err != nil {
-		s.writeError(c, fmt.Errorf("%w: encode transfer: %w", ledger.ErrInternal, err))
-		return
-	}
-	c.Data(status, "application/json", raw)
+	c.JSON(http.StatusOK, t)
 }
