@@ -31,7 +31,7 @@ var errorTable = []struct {
 	err  error
 	spec problemSpec
 }{
-	{ledger.ErrInvalid, problemSpec{http.StatusBadRequest, "invalid_request", "Invalid request"}},
+	{ledger.ErrInvalid, specInvalid},
 	{ledger.ErrAccountNotFound, problemSpec{http.StatusNotFound, "account_not_found", "Account not found"}},
 	{ledger.ErrAccountExists, problemSpec{http.StatusConflict, "account_exists", "Account already exists"}},
 	{ledger.ErrVersionConflict, problemSpec{http.StatusConflict, "version_conflict", "Version conflict"}},
@@ -43,7 +43,7 @@ var errorTable = []struct {
 	{ledger.ErrOverloaded, problemSpec{http.StatusServiceUnavailable, "overloaded", "Overloaded"}},
 	{ledger.ErrAccountClosed, problemSpec{http.StatusConflict, "account_closed", "Account closed"}},
 	{ledger.ErrAccountNotEmpty, problemSpec{http.StatusConflict, "account_not_empty", "Account not empty"}},
-	{ledger.ErrNotFound, problemSpec{http.StatusNotFound, "not_found", "Not found"}},
+	{ledger.ErrNotFound, specNotFound},
 	{ledger.ErrHoldNotPending, problemSpec{http.StatusConflict, "hold_not_pending", "Hold not pending"}},
 	{ledger.ErrAmountExceedsHold, problemSpec{http.StatusUnprocessableEntity, "amount_exceeds_hold", "Amount exceeds hold"}},
 	{ledger.ErrBatchNotAtomic, problemSpec{http.StatusUnprocessableEntity, "batch_not_atomic", "Batch not atomic"}},
