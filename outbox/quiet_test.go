@@ -3,7 +3,6 @@ package outbox
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,30 +13,6 @@ import (
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/lock"
 )
-
-// commandsProcessed returns the server's total_commands_processed (INFO stats).
-func commandsProcessed(t *testing.T, rdb *redis.Client) int64 {
-	t.Helper()
-	info, err := rdb.Info(context.Background(), "stats").Result()
-	require.NoError(t, err)
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			require.NoError(t, err)
-			return n
-		}
-	}
-	t.Fatal("no total_commands_processed in INFO stats")
-	return 0
-}
-
-// commandRate measures the commands per second the server processes during window.
-func commandRate(t *testing.T, rdb *redis.Client, window time.Duration) float64 {
-	t.Helper()
-	before, start := commandsProcessed(t, rdb), time.Now()
-	<-time.After(window) // the measurement window itself, not a wait for a condition
-	return float64(commandsProcessed(t, rdb)-before) / time.Since(start).Seconds()
-}
 
 // bufferLogger returns a logger at level that writes text lines to buf.
 func bufferLogger(buf *lockedBuffer, level slog.Level) *slog.Logger {
@@ -52,7 +27,8 @@ func bufferLogger(buf *lockedBuffer, level slog.Level) *slog.Logger {
 // still delivered at once (the owner waits for it inside Redis).
 func TestIdleRelaysAreQuiet(t *testing.T) {
 	ctx := context.Background()
-	rdb := newClient(t, redistest.MustStart(t).Addr())
+	srv := redistest.MustStart(t)
+	rdb := newClient(t, srv.Addr())
 	const partitions = 16
 	var logs lockedBuffer
 	got := make(chan Message, 16)
@@ -83,7 +59,7 @@ func TestIdleRelaysAreQuiet(t *testing.T) {
 		return owners[""] == 0 && len(owners) == 3 && owners["relay-a"] <= 6 && owners["relay-b"] <= 6 && owners["relay-c"] <= 6
 	}, "the three relays split the 16 partitions")
 
-	rate := commandRate(t, rdb, 5*time.Second)
+	rate := srv.CommandRate(5 * time.Second)
 	t.Logf("3 idle relays, 16 partitions: %.0f commands/s", rate)
 	require.Less(t, rate, 250.0, "idle relays must not poll Redis hard")
 	require.NotContains(t, logs.String(), "level=WARN", "an idle group logs no warnings")

@@ -35,3 +35,13 @@ func TestCluster(t *testing.T) {
 	}
 	require.NoError(t, cc.MSet(ctx, "{x}1", "1", "{x}2", "2").Err())
 }
+
+func TestCommandsProcessed(t *testing.T) {
+	s := MustStart(t)
+	c := s.Client()
+	before := s.CommandsProcessed()
+	for i := 0; i < 10; i++ {
+		require.NoError(t, c.Ping(context.Background()).Err())
+	}
+	require.GreaterOrEqual(t, s.CommandsProcessed()-before, int64(10))
+}
