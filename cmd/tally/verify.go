@@ -25,9 +25,6 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := rf.check(false); err != nil {
-		return err
-	}
 	rdb, closeRedis, err := rf.connect(ctx, slog.New(slog.NewTextHandler(stderr, nil)), false)
 	if err != nil {
 		return err
