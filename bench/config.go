@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -217,16 +218,18 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// httpClient returns a keep-alive client for Target with room for every worker.
-func (c Config) httpClient() *http.Client {
+// newHTTPClient returns a keep-alive client for a running serve with room for conns
+// concurrent requests, each bounded by timeout.
+func newHTTPClient(conns int, timeout time.Duration) *http.Client {
 	tr := &http.Transport{
 		Proxy:               nil,
-		MaxIdleConns:        2 * c.Workers,
-		MaxIdleConnsPerHost: 2 * c.Workers,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        2 * conns,
+		MaxIdleConnsPerHost: 2 * conns,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
-	return &http.Client{Transport: tr, Timeout: c.HTTPTimeout}
+	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
 // targets splits a comma-separated Target into base URLs without trailing slashes.

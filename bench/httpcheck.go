@@ -36,9 +36,9 @@ func (hb *httpBench) settle(ctx context.Context, a *benchAccounts, st *loadStats
 			var resp []byte
 			var err error
 			if i >= firstUnknown {
-				status, resp, err = hb.post(ctx, "/v1/transfers", "", t.body)
+				status, resp, err = hb.d.send(ctx, http.MethodPost, "/v1/transfers", "", t.body)
 			} else {
-				status, resp, err = hb.get(ctx, "/v1/transfers/"+t.id)
+				status, resp, err = hb.d.send(ctx, http.MethodGet, "/v1/transfers/"+t.id, "", nil)
 			}
 			if err == nil {
 				switch outcome := hb.transferOutcome(a, t, status, resp); {
@@ -83,7 +83,7 @@ func (hb *httpBench) check(ctx context.Context, a *benchAccounts, st *loadStats)
 	type got struct{ posted, version int64 }
 	res := make([]got, len(a.ids))
 	err := parallel(ctx, min(hb.cfg.Clients, len(a.ids)), len(a.ids), func(i int) error {
-		status, resp, err := hb.get(ctx, "/v1/accounts/"+a.ids[i])
+		status, resp, err := hb.d.send(ctx, http.MethodGet, "/v1/accounts/"+a.ids[i], "", nil)
 		if err != nil {
 			return err
 		}

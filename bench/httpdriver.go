@@ -32,9 +32,9 @@ func (d *httpDriver) base() string {
 	return d.bases[(d.next.Add(1)-1)%uint64(len(d.bases))]
 }
 
-// do sends one request and returns the answer's status and body. A problem+json answer
-// (status >= 400) is returned as a *ProblemError, no answer as a *TransportError.
-func (d *httpDriver) do(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
+// send sends one request and returns the answer's status and body, whatever the status;
+// err is a *TransportError (or ctx's error) when no answer came.
+func (d *httpDriver) send(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -60,22 +60,28 @@ func (d *httpDriver) do(ctx context.Context, method, path, idemKey string, body 
 		return 0, nil, &TransportError{Err: err}
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body) // read to the end, so that the connection is reused
 	if err != nil {
 		return 0, nil, &TransportError{Err: err}
 	}
-	if resp.StatusCode >= 400 {
-		var p struct {
-			Code   string `json:"code"`
-			Detail string `json:"detail"`
-		}
-		if json.Unmarshal(b, &p) != nil || p.Code == "" {
-			p.Code = "http_" + strconv.Itoa(resp.StatusCode)
-			p.Detail = string(bytes.TrimSpace(b))
-		}
-		return resp.StatusCode, b, &ProblemError{Status: resp.StatusCode, Code: p.Code, Detail: p.Detail}
-	}
 	return resp.StatusCode, b, nil
+}
+
+// do is send with a problem+json answer (status >= 400) returned as a *ProblemError.
+func (d *httpDriver) do(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
+	status, b, err := d.send(ctx, method, path, idemKey, body)
+	if err != nil || status < 400 {
+		return status, b, err
+	}
+	var p struct {
+		Code   string `json:"code"`
+		Detail string `json:"detail"`
+	}
+	if json.Unmarshal(b, &p) != nil || p.Code == "" {
+		p.Code = "http_" + strconv.Itoa(status)
+		p.Detail = string(bytes.TrimSpace(b))
+	}
+	return status, b, &ProblemError{Status: status, Code: p.Code, Detail: p.Detail}
 }
 
 func (d *httpDriver) post(ctx context.Context, path, idemKey string, body []byte) ([]byte, error) {

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"hash/fnv"
 	"io"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"runtime"
@@ -164,7 +162,10 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	}
 	cfg = cfg.withDefaults()
 	stdout := cfg.Out
-	hb := &httpBench{cfg: cfg, runID: newRunID(), base: strings.TrimRight(cfg.Target, "/"), prog: newProgress(cfg.Progress, time.Now)}
+	client := newHTTPClient(cfg.Clients, cfg.Timeout)
+	defer client.CloseIdleConnections()
+	hb := &httpBench{cfg: cfg, runID: newRunID(), prog: newProgress(cfg.Progress, time.Now),
+		d: &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: client}}
 	defer hb.prog.clear()
 	if cfg.Redis != nil {
 		// The prefix serve uses; Open fails on a partition count other than the server's.
@@ -174,16 +175,6 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 		}
 		hb.counter = &commandCounter{data: cfg.Redis, masters: cfg.LockMasters}
 	}
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        2 * cfg.Clients,
-		MaxIdleConnsPerHost: 2 * cfg.Clients,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-	}
-	defer tr.CloseIdleConnections()
-	hb.client = &http.Client{Transport: tr, Timeout: cfg.Timeout}
 	counts := cfg.Accounts
 
 	placements := []string{""}
@@ -191,7 +182,7 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 		placements = cfg.Placements
 	}
 	fmt.Fprintf(stdout, "Target %s, %d clients, %s per row, %d partitions, seed balance %d; GOMAXPROCS %d, %s.\n\n",
-		hb.base, cfg.Clients, cfg.Duration, cfg.Partitions, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
+		hb.d.bases[0], cfg.Clients, cfg.Duration, cfg.Partitions, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
 	fmt.Fprintln(stdout, "| label | scenario | accounts | ops | ops/s | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Redis cmds/op data / lock | HTTP statuses | operation statuses | check |")
 	fmt.Fprintln(stdout, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
 	var failed []string
@@ -223,8 +214,7 @@ type httpBench struct {
 	cfg     HTTPConfig
 	prog    *progress
 	runID   string
-	base    string
-	client  *http.Client
+	d       *httpDriver     // the requests; send, as every status counts
 	ledger  *ledger.Ledger  // nil without Redis
 	counter *commandCounter // counts Redis commands; nil without Redis
 	rows    int
@@ -380,90 +370,17 @@ func (hb *httpBench) commands(ctx context.Context) (data, masters int64, err err
 	return data, masters, nil
 }
 
-// setup opens every account and deposits --seed-balance into it, one account after the
-// other per client, each deposit with an Idempotency-Key so that a retry (after 429, 503
-// or a lost answer) cannot deposit twice.
+// setup opens every account and deposits --seed-balance into it, as the modes scenario
+// does (openAccounts), and books what that did.
 func (hb *httpBench) setup(ctx context.Context, a *benchAccounts) error {
-	return parallel(ctx, min(hb.cfg.Clients, len(a.ids)), len(a.ids), func(i int) error {
-		id := a.ids[i]
-		err := hb.retry(ctx, "/v1/accounts", "", fmt.Appendf(nil, `{"id":%q}`, id), func(status int, _ []byte, attempt int) bool {
-			return status == http.StatusCreated || (attempt > 0 && status == http.StatusConflict) // a retry finds it opened
-		})
-		if err != nil {
-			return err
-		}
-		err = hb.retry(ctx, "/v1/accounts/"+id+"/deposits", "fund-"+id, fmt.Appendf(nil, `{"currency":"USD","amount":%d}`, hb.cfg.SeedBalance),
-			func(status int, _ []byte, _ int) bool { return status == http.StatusCreated })
-		if err != nil {
-			return err
-		}
+	if err := openAccounts(ctx, hb.d, a.ids, hb.cfg.SeedBalance, hb.cfg.Clients); err != nil {
+		return err
+	}
+	for i := range a.ids {
 		a.delta[i].Add(hb.cfg.SeedBalance)
 		a.events[i].Add(2) // AccountOpened, Deposited
-		return nil
-	})
-}
-
-// retry posts body to path until ok accepts an answer, up to 10 attempts, waiting between
-// them on 429, 503 and transport errors; any other answer ok refuses is an error.
-func (hb *httpBench) retry(ctx context.Context, path, key string, body []byte, ok func(status int, resp []byte, attempt int) bool) error {
-	var last error
-	for attempt := range 10 {
-		status, resp, err := hb.post(ctx, path, key, body)
-		switch {
-		case err == nil && ok(status, resp, attempt):
-			return nil
-		case err == nil && status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable:
-			return fmt.Errorf("POST %s: %d %s", path, status, bytes.TrimSpace(resp))
-		case err != nil:
-			last = err
-		default:
-			last = fmt.Errorf("POST %s: %d %s", path, status, bytes.TrimSpace(resp))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt+1) * 100 * time.Millisecond):
-		}
 	}
-	return last
-}
-
-// post sends one POST and returns the status and body of the answer.
-func (hb *httpBench) post(ctx context.Context, path, idemKey string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hb.base+path, bytes.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if idemKey != "" {
-		req.Header.Set("Idempotency-Key", idemKey)
-	}
-	return hb.do(req)
-}
-
-// get sends one GET and returns the status and body of the answer.
-func (hb *httpBench) get(ctx context.Context, path string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hb.base+path, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	return hb.do(req)
-}
-
-func (hb *httpBench) do(req *http.Request) (int, []byte, error) {
-	if hb.cfg.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+hb.cfg.APIKey)
-	}
-	resp, err := hb.client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body) // read to the end, so the connection is reused
-	if err != nil {
-		return 0, nil, err
-	}
-	return resp.StatusCode, b, nil
+	return nil
 }
 
 // loadStats are the merged results of a row's clients.
@@ -584,7 +501,7 @@ func (hb *httpBench) runTransfers(ctx context.Context, a *benchAccounts, same bo
 		t := benchTransfer{id: fmt.Sprintf("t%s.%d.%d", tag, w, seq), from: from, to: to, amount: 1 + rng.Int64N(100)}
 		t.body = fmt.Appendf(nil, `{"id":%q,"from":%q,"to":%q,"currency":"USD","amount":%d}`, t.id, a.ids[from], a.ids[to], t.amount)
 		start := time.Now()
-		status, resp, err := hb.post(ctx, "/v1/transfers", "", t.body)
+		status, resp, err := hb.d.send(ctx, http.MethodPost, "/v1/transfers", "", t.body)
 		d := time.Since(start)
 		c.requests++
 		if err != nil {
@@ -664,7 +581,7 @@ func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats
 		}
 		body := depositBatch(ids, hb.cfg.AtomicBatch, func(i int) int64 { return amounts[i] })
 		start := time.Now()
-		status, resp, err := hb.post(ctx, "/v1/batch", "", body)
+		status, resp, err := hb.d.send(ctx, http.MethodPost, "/v1/batch", "", body)
 		d := time.Since(start)
 		c.requests++
 		if err != nil {

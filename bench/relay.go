@@ -151,8 +151,7 @@ func RunRelay(ctx context.Context, cfg RelayConfig) error {
 	}
 	wl := &relayWrites{l: l, ids: ids, withdrawEvery: cfg.WithdrawEvery}
 	prog.status("relay: opening %d accounts", len(ids))
-	d := libraryDriver{l: l}
-	if err := parallel(ctx, min(cfg.Workers, len(ids)), len(ids), func(i int) error { return d.open(ctx, ids[i], cfg.SeedBalance) }); err != nil {
+	if err := openAccounts(ctx, libraryDriver{l: l}, ids, cfg.SeedBalance, cfg.Workers); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	prog.status("relay: writing a backlog of %d operations", cfg.Backlog)

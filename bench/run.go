@@ -93,7 +93,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	r := &runner{cfg: cfg, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
-		r.http = &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: cfg.httpClient()}
+		r.http = &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: newHTTPClient(cfg.Workers, cfg.HTTPTimeout)}
 		defer r.http.client.CloseIdleConnections()
 		if cfg.Redis != nil {
 			// The server's ledger, to verify it: the prefix serve uses; Open fails on a
@@ -229,7 +229,7 @@ func (r *runner) one(ctx context.Context, sp spec) (Result, error) {
 	st := newState(ids, cfg.SeedBalance)
 	label := fmt.Sprintf("%s, group commit %s, %d accounts", sp.mode, onOff(sp.groupCommit), sp.accounts)
 	r.progress.status("%s: opening and funding the accounts", label)
-	if err := r.setup(ctx, d, ids); err != nil {
+	if err := openAccounts(ctx, d, ids, cfg.SeedBalance, cfg.Workers); err != nil {
 		return res, fmt.Errorf("setup: %w", err)
 	}
 
@@ -318,13 +318,14 @@ func onOff(b bool) string {
 	return "off"
 }
 
-// setup opens and funds every account from up to Workers goroutines, retrying answers
-// that leave the outcome unknown (each step carries an idempotency key).
-func (r *runner) setup(ctx context.Context, d driver, ids []string) error {
-	return parallel(ctx, min(r.cfg.Workers, len(ids)), len(ids), func(i int) error {
+// openAccounts opens every account and deposits seed into it through d, from up to
+// workers goroutines, retrying answers that leave the outcome unknown or say "not now"
+// (each step carries an idempotency key, so that a retry cannot open or fund twice).
+func openAccounts(ctx context.Context, d driver, ids []string, seed int64, workers int) error {
+	return parallel(ctx, min(workers, len(ids)), len(ids), func(i int) error {
 		var err error
 		for attempt := range 10 {
-			if err = d.open(ctx, ids[i], r.cfg.SeedBalance); err == nil {
+			if err = d.open(ctx, ids[i], seed); err == nil {
 				return nil
 			}
 			if a := Classify(err); a.Outcome == Refused && a.Code != "lock_unavailable" && a.Code != "overloaded" && a.Code != "version_conflict" || ctx.Err() != nil {
