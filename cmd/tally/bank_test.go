@@ -84,10 +84,9 @@ func runBank(t *testing.T, bin string, redisArgs []string, rdb redis.UniversalCl
 	accounts := make([]string, cfg.accounts)
 	for i := range accounts {
 		accounts[i] = fmt.Sprintf("acct%03d", i)
-		status, body := send(t, client, procs.base(i), "POST", "/v1/accounts", "", map[string]any{"id": accounts[i]})
+		status, body := post(t, procs.base(i)+"/v1/accounts", fmt.Sprintf(`{"id":%q}`, accounts[i]))
 		require.Equal(t, http.StatusCreated, status, body)
-		status, body = send(t, client, procs.base(i), "POST", "/v1/accounts/"+accounts[i]+"/deposits", "fund-"+accounts[i],
-			map[string]any{"currency": "USD", "amount": cfg.funding})
+		status, body = post(t, procs.base(i)+"/v1/accounts/"+accounts[i]+"/deposits", fmt.Sprintf(`{"currency":"USD","amount":%d}`, cfg.funding))
 		require.Equal(t, http.StatusCreated, status, body)
 	}
 
@@ -266,13 +265,6 @@ func retryOr(t *testing.T, client *http.Client, procs *bankProcs, c int, method,
 	}
 	t.Errorf("%s %s: no definite answer within 60s", method, path)
 	return 599
-}
-
-func send(t *testing.T, client *http.Client, base, method, path, key string, body any) (int, string) {
-	t.Helper()
-	status, out, err := sendErr(client, base, method, path, key, body)
-	require.NoError(t, err)
-	return status, out
 }
 
 func sendErr(client *http.Client, base, method, path, key string, body any) (int, string, error) {
