@@ -48,9 +48,9 @@ func (s *syncBuffer) String() string {
 }
 
 // startServe runs `serve` in-process and returns its base URL and a stop function that
-// cancels it and returns run's error.
-func startServe(t *testing.T, args ...string) (string, func() error) {
-	t.Helper()
+// cancels it and returns run's error; the test's cleanup stops it too.
+func startServe(tb testing.TB, args ...string) (string, func() error) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
@@ -58,7 +58,7 @@ func startServe(t *testing.T, args ...string) (string, func() error) {
 		done <- run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), &stdout, &stderr)
 	}()
 	var base string
-	require.Eventually(t, func() bool {
+	require.Eventually(tb, func() bool {
 		select {
 		case err := <-done:
 			done <- err
@@ -71,7 +71,7 @@ func startServe(t *testing.T, args ...string) (string, func() error) {
 		}
 		return false
 	}, 15*time.Second, 10*time.Millisecond)
-	require.NotEmpty(t, base, "serve did not start: %s", stderr.String())
+	require.NotEmpty(tb, base, "serve did not start: %s", stderr.String())
 	stopped := false
 	stop := func() error {
 		if stopped {
@@ -86,7 +86,7 @@ func startServe(t *testing.T, args ...string) (string, func() error) {
 			return fmt.Errorf("serve did not stop")
 		}
 	}
-	t.Cleanup(func() { _ = stop() })
+	tb.Cleanup(func() { _ = stop() })
 	return base, stop
 }
 
