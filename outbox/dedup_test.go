@@ -8,6 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
 )
 
 func msgOf(p int, key string, seq int64) Message {
@@ -24,9 +26,9 @@ return redis.call('HINCRBY', KEYS[1], 'n', 1)`)
 
 // TestDedup runs the Dedup contract on standalone Redis, Cluster and miniredis.
 func TestDedup(t *testing.T) {
-	for name, connect := range backends() {
-		t.Run(name, func(t *testing.T) {
-			rdb := connect(t)
+	for _, b := range redistest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
 			ctx := context.Background()
 			count := func(d *Dedup, p int, id string) int64 {
 				n, err := rdb.HGet(ctx, d.Key(p, "count"), id).Int64()

@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
 )
 
 // TestHousekeepingBackends is the housekeeping contract, run on standalone Redis, Redis
@@ -18,10 +20,10 @@ import (
 // reports backlog, length and age; dead letters are bounded by DeadLetterMaxLen (the
 // drops counted) and replayed; a fully acknowledged stream is trimmed to nothing.
 func TestHousekeepingBackends(t *testing.T) {
-	for name, connect := range backends() {
-		t.Run(name, func(t *testing.T) {
+	for _, b := range redistest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
-			rdb := connect(t)
+			rdb := b.Start(t)
 			const partitions = 2
 			later := func() time.Time { return time.Now().Add(time.Minute) }
 			admin, err := NewAdmin(rdb, AdminConfig{Partitions: partitions, Clock: later})

@@ -7,37 +7,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/internal/redistest"
 )
 
-// backends returns the Redis flavours the relay must work on.
-func backends() map[string]func(t *testing.T) redis.UniversalClient {
-	return map[string]func(t *testing.T) redis.UniversalClient{
-		"standalone": func(t *testing.T) redis.UniversalClient {
-			return newClient(t, redistest.MustStart(t).Addr())
-		},
-		"cluster": func(t *testing.T) redis.UniversalClient {
-			return redistest.MustStartCluster(t).Client()
-		},
-		"miniredis": func(t *testing.T) redis.UniversalClient {
-			return newClient(t, miniredis.RunT(t).Addr())
-		},
-	}
-}
-
 // TestRelayDelivery is the basic delivery contract, run on standalone Redis, Redis Cluster
 // and miniredis: every event reaches a Dedup-backed consumer once, in per-account order;
 // status reports the lag before and none after; metrics count the deliveries.
 func TestRelayDelivery(t *testing.T) {
-	for name, connect := range backends() {
-		t.Run(name, func(t *testing.T) {
+	for _, b := range redistest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
-			rdb := connect(t)
+			rdb := b.Start(t)
 			const partitions = 4
 			w := writeWorkload(t, rdb, DefaultPrefix, partitions, accountNames(12), 40)
 			c := newOrderConsumer(t, rdb, "basic")

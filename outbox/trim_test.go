@@ -182,10 +182,10 @@ func TestTrimUnderSlowConsumer(t *testing.T) {
 // TestTrimBackends: the trim script works on standalone Redis, Cluster and miniredis,
 // including on a group that has read nothing and on an empty stream.
 func TestTrimBackends(t *testing.T) {
-	for name, connect := range backends() {
-		t.Run(name, func(t *testing.T) {
+	for _, b := range redistest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
-			rdb := connect(t)
+			rdb := b.Start(t)
 			stream := StreamKey(DefaultPrefix, 3)
 			var ids []string
 			for i := 0; i < 10; i++ {
