@@ -171,4 +171,6 @@ func TestDedupConfigValidate(t *testing.T) {
 	require.ErrorIs(t, Config{}.Validate(), ErrInvalidConfig, "no sinks")
 	require.ErrorIs(t, Config{Sinks: []Sink{nil}}.Validate(), ErrInvalidConfig)
 	require.NoError(t, Config{Sinks: []Sink{funcSink(nil)}}.Validate())
+	require.ErrorIs(t, Config{Partitions: -1, Sinks: []Sink{funcSink(nil)}}.Validate(), ErrInvalidConfig, "partitions")
+	require.ErrorIs(t, AdminConfig{Partitions: -1}.Validate(), ErrInvalidConfig, "partitions")
 }

@@ -133,16 +133,15 @@ type Config struct {
 // ErrInvalidConfig is wrapped by Validate's errors.
 var ErrInvalidConfig = errors.New("outbox: invalid config")
 
+// adminConfig returns the AdminConfig of the relay's group (without a Registerer: the
+// relay's own collectors are its counters, see Registerer).
+func (c Config) adminConfig() AdminConfig {
+	return AdminConfig{Prefix: c.Prefix, Partitions: c.Partitions, Group: c.Group, Clock: c.Clock}
+}
+
 func (c Config) withDefaults() Config {
-	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
-	}
-	if c.Partitions == 0 {
-		c.Partitions = DefaultPartitions
-	}
-	if c.Group == "" {
-		c.Group = DefaultGroup
-	}
+	a := c.adminConfig().withDefaults()
+	c.Prefix, c.Partitions, c.Group, c.Clock = a.Prefix, a.Partitions, a.Group, a.Clock
 	if c.Owner == "" {
 		c.Owner = defaultOwner()
 	}
@@ -182,9 +181,6 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Clock == nil {
-		c.Clock = time.Now
-	}
 	return c
 }
 
@@ -192,9 +188,10 @@ func (c Config) withDefaults() Config {
 // ErrInvalidConfig.
 func (c Config) Validate() error {
 	c = c.withDefaults()
+	if err := c.adminConfig().Validate(); err != nil {
+		return err
+	}
 	switch {
-	case c.Partitions < 1:
-		return fmt.Errorf("%w: Partitions %d < 1", ErrInvalidConfig, c.Partitions)
 	case len(c.Sinks) == 0:
 		return fmt.Errorf("%w: no Sinks", ErrInvalidConfig)
 	case c.BatchSize < 1:
@@ -272,7 +269,7 @@ func NewRelay(rdb redis.UniversalClient, leaser Leaser, cfg Config) (*Relay, err
 		return nil, fmt.Errorf("%w: nil redis client or leaser", ErrInvalidConfig)
 	}
 	cfg = cfg.withDefaults()
-	admin, err := NewAdmin(rdb, AdminConfig{Prefix: cfg.Prefix, Partitions: cfg.Partitions, Group: cfg.Group, Clock: cfg.Clock})
+	admin, err := NewAdmin(rdb, cfg.adminConfig())
 	if err != nil {
 		return nil, err
 	}
