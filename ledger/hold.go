@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -392,7 +393,8 @@ func parseHold(v map[string]string) (Hold, error) {
 }
 
 // expireDue appends HoldExpired for up to limit holds of partition p whose expiry has
-// passed, and returns how many it expired.
+// passed, and returns how many it expired. The expiries are submitted together, so they
+// meet in the partition's group commit instead of paying a round trip each.
 func (l *Ledger) expireDue(ctx context.Context, p int, limit int64) (int, error) {
 	now := l.cfg.Clock()
 	key := l.store.keys.holdExpiry(p)
@@ -401,14 +403,22 @@ func (l *Ledger) expireDue(ctx context.Context, p int, limit int64) (int, error)
 	if err != nil {
 		return 0, storeErr(ctx, err)
 	}
-	n := 0
-	for _, m := range due {
+	errs := make([]error, len(due))
+	var wg sync.WaitGroup
+	for j, m := range due {
 		i := strings.LastIndex(m, ":")
 		if i < 0 {
+			errs[j] = errNotDue // not an entry of ours: leave it
 			continue
 		}
-		account, hold := m[:i], m[i+1:]
-		_, err := l.submit(ctx, expireHoldCmd{Account: account, HoldID: hold}, WriteOptions{})
+		wg.Go(func() {
+			_, errs[j] = l.submit(ctx, expireHoldCmd{Account: m[:i], HoldID: m[i+1:]}, WriteOptions{})
+		})
+	}
+	wg.Wait()
+	n := 0
+	var stale []any
+	for j, err := range errs {
 		switch {
 		case err == nil:
 			n++
@@ -416,11 +426,14 @@ func (l *Ledger) expireDue(ctx context.Context, p int, limit int64) (int, error)
 		case errors.Is(err, errNothingToDo):
 			// Resolved meanwhile; its own commit removed it from the index, or this entry
 			// is stale: drop it.
-			if err := l.store.rdb.ZRem(ctx, key, m).Err(); err != nil {
-				return n, storeErr(ctx, err)
-			}
+			stale = append(stale, due[j])
 		default:
 			return n, err
+		}
+	}
+	if len(stale) > 0 {
+		if err := l.store.rdb.ZRem(ctx, key, stale...).Err(); err != nil {
+			return n, storeErr(ctx, err)
 		}
 	}
 	return n, nil

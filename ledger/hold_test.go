@@ -326,6 +326,118 @@ func TestHoldExpirySweeper(t *testing.T) {
 	}
 }
 
+// TestManyHoldsExpireWhileClientsResolveThem: holds on several accounts of one partition
+// expire together while clients capture or void some of them at the same moment. The
+// sweeper submits the expiries together; every hold ends exactly once (one terminal event:
+// captured, voided or expired), and the ledger verifies.
+func TestManyHoldsExpireWhileClientsResolveThem(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			ctx := context.Background()
+			prefix := fmt.Sprintf("many%d", time.Now().UnixNano())
+			l := MustOpen(t, rdb, ledger.Config{Prefix: prefix})
+			// The clients' process runs 30ms behind the sweeper's: for it a hold is still
+			// pending for 30ms after the sweeper may expire it — the race under test.
+			behind := MustOpen(t, rdb, ledger.Config{Prefix: prefix, Clock: func() time.Time { return time.Now().Add(-30 * time.Millisecond) }})
+			const accounts, perAccount = 8, 5
+			type ref struct{ account, hold string }
+			var holds []ref
+			for a := range accounts {
+				acct := fmt.Sprintf("sw..a%d", a)
+				fund(t, l, acct, 1000)
+				for h := range perAccount {
+					id := fmt.Sprintf("h%d", h)
+					_, err := l.PlaceHold(ctx, ledger.PlaceHold{Account: acct, ID: id, Currency: "USD", Amount: 10, Timeout: time.Second})
+					require.NoError(t, err)
+					holds = append(holds, ref{acct, id})
+				}
+			}
+			s, err := l.NewSweeper(ledger.SweeperConfig{HoldInterval: 50 * time.Millisecond})
+			require.NoError(t, err)
+			sctx, cancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- s.Run(sctx) }()
+			defer func() { cancel(); require.NoError(t, <-done) }()
+
+			// A third of the holds: a client captures or voids it in the 30ms after its
+			// expiry; either the client wins (201) or the sweeper did (409 hold_not_pending).
+			var wg sync.WaitGroup
+			for i, h := range holds {
+				if i%3 != 0 {
+					continue
+				}
+				wg.Go(func() {
+					exp, err := l.Hold(ctx, h.account, h.hold)
+					if !assert.NoError(t, err) {
+						return
+					}
+					<-time.After(time.Until(exp.ExpiresAt) + 5*time.Millisecond*time.Duration(i%5))
+					if i%2 == 0 {
+						_, err = behind.CaptureHold(ctx, h.account, h.hold, 0, "", ledger.WriteOptions{})
+					} else {
+						_, err = behind.VoidHold(ctx, h.account, h.hold, ledger.WriteOptions{})
+					}
+					if err != nil {
+						assert.ErrorIs(t, err, ledger.ErrHoldNotPending)
+					}
+				})
+			}
+			wg.Wait()
+			require.Eventually(t, func() bool {
+				for _, h := range holds {
+					got, err := l.Hold(ctx, h.account, h.hold)
+					require.NoError(t, err)
+					if got.ResolvedAt == nil {
+						return false // not recorded yet (an expired hold reads as expired before)
+					}
+				}
+				return true
+			}, 15*time.Second, 20*time.Millisecond)
+
+			terminal := map[ref]int{}
+			for a := range accounts {
+				acct := fmt.Sprintf("sw..a%d", a)
+				events, _, err := l.Events(ctx, acct, 0, ledger.MaxEventsPage)
+				require.NoError(t, err)
+				for _, e := range events {
+					switch e.Type {
+					case ledger.EventHoldCaptured, ledger.EventHoldVoided, ledger.EventHoldExpired:
+						var d ledger.HoldData
+						require.NoError(t, json.Unmarshal(e.Data, &d))
+						terminal[ref{acct, d.HoldID}]++
+					}
+				}
+				left := 1000 - 10*int64(len(capturedOf(t, l, acct)))
+				assert.Equal(t, ledger.Balance{Posted: left, Held: 0, Available: left}, balance(t, l, acct))
+			}
+			for _, h := range holds {
+				assert.Equal(t, 1, terminal[h], "hold %s of %s ends exactly once", h.hold, h.account)
+			}
+			expiry := fmt.Sprintf("%s:{%d}:holds:expiry", l.Prefix(), l.Partition("sw..a0"))
+			require.Eventually(t, func() bool { return rdb.ZCard(ctx, expiry).Val() == 0 }, 5*time.Second, 10*time.Millisecond,
+				"no expiry index entry outlives its hold")
+			requireVerified(t, l)
+		})
+	}
+}
+
+// capturedOf returns the IDs of the holds of account that were captured.
+func capturedOf(t *testing.T, l *ledger.Ledger, account string) []string {
+	t.Helper()
+	events, _, err := l.Events(context.Background(), account, 0, ledger.MaxEventsPage)
+	require.NoError(t, err)
+	var out []string
+	for _, e := range events {
+		if e.Type == ledger.EventHoldCaptured {
+			var d ledger.HoldData
+			require.NoError(t, json.Unmarshal(e.Data, &d))
+			out = append(out, d.HoldID)
+		}
+	}
+	return out
+}
+
 func TestBatches(t *testing.T) {
 	rdb := redistest.MustStart(t).Client()
 	ctx := context.Background()
