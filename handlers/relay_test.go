@@ -86,8 +86,7 @@ func (s relayStatus) Status(ctx context.Context) ([]handlers.PartitionStatus, er
 	st, err := s.a.Status(ctx)
 	out := make([]handlers.PartitionStatus, len(st))
 	for i, p := range st {
-		out[i] = handlers.PartitionStatus{Partition: p.Partition, Owner: p.Owner, Consumed: p.Consumed, Length: p.Length,
-			Backlog: p.Backlog, OldestAgeSeconds: p.OldestAgeSeconds, Pending: p.Pending, DeadLetters: p.DeadLetters}
+		out[i] = handlers.PartitionStatus(p)
 	}
 	return out, err
 }
