@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/tally-ledger/tally/handlers"
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -67,6 +69,24 @@ func answerFor(status int, code string) Answer {
 		a.Outcome = Unknown
 	}
 	return a
+}
+
+// retryable reports whether asking again may turn the answer around: its outcome is
+// unknown, or the refusal says "not now" (lock_unavailable, overloaded, version_conflict).
+func (a Answer) retryable() bool {
+	switch {
+	case a.Outcome == Unknown:
+		return true
+	case a.Outcome != Refused:
+		return false
+	}
+	return a.Code == "lock_unavailable" || a.Code == "overloaded" || a.Code == "version_conflict"
+}
+
+// retryDelay is the wait before retry n (n ≥ 1) of an operation whose answer was
+// retryable or that has not ended yet: 20 ms doubling up to 250 ms, jittered.
+func retryDelay(n int) time.Duration {
+	return backoff.Policy{Base: 20 * time.Millisecond, Max: 250 * time.Millisecond, Jitter: 0.5}.Delay(n)
 }
 
 // Classify returns what err means: nil is Applied; a ProblemError (a running server's

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -31,15 +32,12 @@ func (hb *httpBench) settle(ctx context.Context, a *benchAccounts, st *loadStats
 	firstUnknown := len(st.pending)
 	err := parallel(ctx, min(hb.cfg.Clients, len(work)), len(work), func(i int) error {
 		t := work[i]
-		for {
-			var status int
-			var resp []byte
-			var err error
-			if i >= firstUnknown {
-				status, resp, err = hb.d.send(ctx, http.MethodPost, "/v1/transfers", "", t.body)
-			} else {
-				status, resp, err = hb.d.send(ctx, http.MethodGet, "/v1/transfers/"+t.id, "", nil)
-			}
+		method, path, body := http.MethodGet, "/v1/transfers/"+t.id, []byte(nil)
+		if i >= firstUnknown {
+			method, path, body = http.MethodPost, "/v1/transfers", t.body
+		}
+		for attempt := 1; ; attempt++ {
+			status, resp, err := hb.d.send(ctx, method, path, "", body)
 			if err == nil {
 				switch outcome := hb.transferOutcome(a, t, status, resp); {
 				case outcome == ledger.TransferCompleted || outcome == ledger.TransferRefunded:
@@ -57,10 +55,8 @@ func (hb *httpBench) settle(ctx context.Context, a *benchAccounts, st *loadStats
 				mu.Unlock()
 				return nil
 			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(50 * time.Millisecond):
+			if err := backoff.Wait(ctx, retryDelay(attempt)); err != nil {
+				return err
 			}
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -217,10 +218,7 @@ func (ld *load) settle(ctx context.Context, out *loadOutcome) []string {
 				mu.Unlock()
 				return nil
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Duration(min(attempt+1, 10)) * 20 * time.Millisecond):
-			}
+			_ = backoff.Wait(ctx, retryDelay(attempt+1)) // a cancellation ends the next round
 		}
 	})
 	return problems
@@ -239,10 +237,10 @@ func (ld *load) settleOne(ctx context.Context, u unsettled) (done bool, err erro
 			return true, nil
 		case a.Outcome == Applied && status == ledger.TransferRefunded:
 			return true, nil
-		case a.Outcome == Rejected || a.Outcome == Refused && a.Code != "lock_unavailable" && a.Code != "overloaded" && a.Code != "version_conflict":
-			return true, nil // refused now: the first attempt wrote nothing either
 		case a.Outcome == Applied:
 			return false, fmt.Errorf("still %s", status)
+		case !a.retryable():
+			return true, nil // refused now: the first attempt wrote nothing either
 		default:
 			return false, err
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/outbox"
 )
@@ -530,19 +531,15 @@ func measureIdle(ctx context.Context, cfg RelayConfig, rdb redis.UniversalClient
 		if time.Now().After(deadline) {
 			return "", "", errors.New("the relays did not split the partitions within a minute")
 		}
-		select {
-		case <-ctx.Done():
-			return "", "", ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		if err := backoff.Wait(ctx, 50*time.Millisecond); err != nil {
+			return "", "", err
 		}
 	}
 	counter := commandCounter{data: cfg.Redis, masters: cfg.LockMasters}
 	dataBefore, mastersBefore, ok1 := counter.count(ctx)
 	start := time.Now()
-	select {
-	case <-ctx.Done():
-		return "", "", ctx.Err()
-	case <-time.After(cfg.IdleWindow):
+	if err := backoff.Wait(ctx, cfg.IdleWindow); err != nil {
+		return "", "", err
 	}
 	dataAfter, mastersAfter, ok2 := counter.count(ctx)
 	if !ok1 || !ok2 {

@@ -17,8 +17,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -328,13 +328,11 @@ func openAccounts(ctx context.Context, d driver, ids []string, seed int64, worke
 			if err = d.open(ctx, ids[i], seed); err == nil {
 				return nil
 			}
-			if a := Classify(err); a.Outcome == Refused && a.Code != "lock_unavailable" && a.Code != "overloaded" && a.Code != "version_conflict" || ctx.Err() != nil {
+			if !Classify(err).retryable() || ctx.Err() != nil {
 				return fmt.Errorf("account %s: %w", ids[i], err)
 			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+			if err := backoff.Wait(ctx, retryDelay(attempt+1)); err != nil {
+				return err
 			}
 		}
 		return fmt.Errorf("account %s: %w", ids[i], err)
