@@ -91,7 +91,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	hcfg.Metrics, hcfg.Registerer = metricsHandler(reg), reg
 	lcfg := ledger.Config{
-		Prefix:             "tally", // the prefix tally relay and tally verify default to
 		Partitions:         f.partitions,
 		Mode:               ledger.Mode(f.concurrency),
 		DisableGroupCommit: !f.groupCommit,
@@ -119,7 +118,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var g group
 	g.add(sweeper.Run)
 	// The relay status and dead-letter replay live in Redis: every serve answers them.
-	admin, err := f.relay.newAdmin(rdb, lcfg.Prefix, lcfg.Partitions, reg)
+	admin, err := f.relay.newAdmin(rdb, l.Prefix(), l.Partitions(), reg)
 	if err != nil {
 		return err
 	}
@@ -130,9 +129,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer closeLeaser()
-		relayRDB, closeRelayRDB := relayClient(rdb, lcfg.Partitions)
+		relayRDB, closeRelayRDB := relayClient(rdb, l.Partitions())
 		defer closeRelayRDB()
-		relay, err := f.relay.newRelay(relayRDB, leaser, lcfg.Prefix, lcfg.Partitions, log, reg, l.TransferManager())
+		relay, err := f.relay.newRelay(relayRDB, leaser, l.Prefix(), l.Partitions(), log, reg, l.TransferManager())
 		if err != nil {
 			return err
 		}
