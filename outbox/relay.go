@@ -83,7 +83,7 @@ type Config struct {
 	// and the partition's next owner takes them over. A blocked read holds one connection
 	// of the client, stopping waits for it, and it must end before another relay can take
 	// the lease: keep BlockTimeout well below the lease's safety margin (package lock:
-	// TTL/4). Default 1s.
+	// TTL/4). Default min(1s, OwnerTTL/8), half that margin when OwnerTTL is the lease TTL.
 	BlockTimeout time.Duration
 	// MaxAttempts is the number of failed deliveries of one entry after which it is moved
 	// to the dead-letter stream. Failures are counted in Redis, so the count survives a
@@ -151,9 +151,6 @@ func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
-	if c.BlockTimeout == 0 {
-		c.BlockTimeout = DefaultBlockTimeout
-	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
@@ -168,6 +165,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OwnerTTL == 0 {
 		c.OwnerTTL = DefaultOwnerTTL
+	}
+	if c.BlockTimeout == 0 {
+		c.BlockTimeout = min(DefaultBlockTimeout, c.OwnerTTL/8)
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention

@@ -116,3 +116,11 @@ func TestRelayOrder(t *testing.T) {
 		t.Logf("%d redeliveries (a lease was lost or a batch failed; see the log)", repeats)
 	}
 }
+
+// TestConfigBlockTimeoutFollowsOwnerTTL: an idle owner's blocked read ends well within the
+// lease's safety margin (TTL/4) when OwnerTTL is the lease TTL, unless set explicitly.
+func TestConfigBlockTimeoutFollowsOwnerTTL(t *testing.T) {
+	require.Equal(t, DefaultBlockTimeout, Config{}.withDefaults().BlockTimeout)
+	require.Equal(t, 250*time.Millisecond, Config{OwnerTTL: 2 * time.Second}.withDefaults().BlockTimeout)
+	require.Equal(t, 3*time.Second, Config{OwnerTTL: 2 * time.Second, BlockTimeout: 3 * time.Second}.withDefaults().BlockTimeout)
+}

@@ -123,12 +123,9 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 		Prefix: prefix, Partitions: partitions, Group: f.group, Sinks: sinks,
 		MaxAttempts: f.maxAttempts, Retention: f.retention, DeadLetterMaxLen: f.deadLetterMax,
 		// A dead relay's partitions are free once both its leases and its owner records
-		// expired: give them the same lifetime.
+		// expired: give them the same lifetime (the default BlockTimeout follows it).
 		OwnerTTL: f.leaseTTL,
-		// An idle owner's blocked read must end well before another relay can take the
-		// lease it lost (lock's safety margin is TTL/4).
-		BlockTimeout: min(outbox.DefaultBlockTimeout, f.leaseTTL/8),
-		Logger:       log, Registerer: reg,
+		Logger:   log, Registerer: reg,
 	})
 }
 
