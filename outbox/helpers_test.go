@@ -32,10 +32,11 @@ type busyError struct{}
 func (busyError) Error() string { return "test leaser: held by another holder" }
 func (busyError) Busy() bool    { return true }
 
-// testLeaser is a Leaser on real Redis for the outbox tests (package lock is written
-// concurrently): SET NX PX to acquire (one attempt), a renewal loop that extends only its
-// own token and cancels fn's ctx when that fails, compare-and-delete to release. It records
-// every lease it held in hist.
+// testLeaser is a minimal Leaser on the data Redis itself (any backend: standalone,
+// Cluster, miniredis): SET NX PX to acquire (one attempt), a renewal loop that extends only
+// its own token and cancels fn's ctx when that fails, compare-and-delete to release. It
+// records every lease it held in hist, for the tests that check one owner at a time. The
+// relay over package lock is tested in lockintegration_test.go and quiet_test.go.
 type testLeaser struct {
 	rdb    redis.UniversalClient
 	ttl    time.Duration
