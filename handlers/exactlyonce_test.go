@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -139,16 +138,7 @@ func TestExactlyOnceOverHTTP(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/group-commit=%v", mode, group), func(t *testing.T) {
 						cfg := ledger.Config{Prefix: fmt.Sprintf("http%d", time.Now().UnixNano()), Mode: mode, DisableGroupCommit: !group, MaxRetries: 200}
 						if mode == ledger.ModeLock {
-							var clients []redis.UniversalClient
-							for _, m := range masters {
-								c := redis.NewClient(lock.MasterOptions(m.Addr()))
-								t.Cleanup(func() { c.Close() })
-								clients = append(clients, c)
-							}
-							locker, err := lock.New(clients, lock.Config{TTL: 5 * time.Second, WaitTimeout: 20 * time.Second})
-							require.NoError(t, err)
-							t.Cleanup(func() { _ = locker.Close() })
-							cfg.Locker = locker
+							cfg.Locker = mustLocker(t, masters, lock.Config{TTL: 5 * time.Second, WaitTimeout: 20 * time.Second})
 						}
 						l, err := ledger.Open(context.Background(), rdb, cfg)
 						require.NoError(t, err)

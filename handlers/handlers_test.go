@@ -48,6 +48,22 @@ func newAPI(t *testing.T, rdb *redis.Client, lcfg ledger.Config, cfg handlers.Co
 	return &api{t: t, h: h, rdb: rdb, l: l}
 }
 
+// mustLocker returns a Locker over masters (clients with lock.MasterOptions), closed with
+// its clients when the test ends.
+func mustLocker(t *testing.T, masters []*redistest.Server, cfg lock.Config) *lock.Locker {
+	t.Helper()
+	clients := make([]redis.UniversalClient, len(masters))
+	for i, m := range masters {
+		c := redis.NewClient(lock.MasterOptions(m.Addr()))
+		t.Cleanup(func() { c.Close() })
+		clients[i] = c
+	}
+	locker, err := lock.New(clients, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = locker.Close() })
+	return locker
+}
+
 // otherPartition returns the first ID prefix0, prefix1, ... whose partition differs from
 // id's.
 func (a *api) otherPartition(id, prefix string) string {
@@ -318,13 +334,7 @@ func TestStoreDownIs503(t *testing.T) {
 func TestLockUnavailableIs503(t *testing.T) {
 	rdb := redistest.MustStart(t).Client()
 	masters := redistest.MustStartN(t, 3)
-	clients := make([]redis.UniversalClient, len(masters))
-	for i, m := range masters {
-		clients[i] = m.Client()
-	}
-	locker, err := lock.New(clients, lock.Config{WaitTimeout: 300 * time.Millisecond})
-	require.NoError(t, err)
-	t.Cleanup(func() { locker.Close() })
+	locker := mustLocker(t, masters, lock.Config{WaitTimeout: 300 * time.Millisecond})
 	a := newAPI(t, rdb, ledger.Config{Mode: ledger.ModeLock, Locker: locker}, handlers.Config{})
 	a.mustDo(201, "POST", "/v1/accounts", `{"id":"alice"}`)
 
