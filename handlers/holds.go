@@ -90,7 +90,7 @@ func (s *server) captureHold(c *gin.Context) {
 		return
 	}
 	account, hold := c.Param("id"), c.Param("hold")
-	s.resolveHold(c, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+	s.write(c, http.StatusOK, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
 		return s.ledger.CaptureHold(ctx, account, hold, body.Amount.Value, body.To, opts)
 	})
 }
@@ -101,30 +101,9 @@ func (s *server) voidHold(c *gin.Context) {
 		return
 	}
 	account, hold := c.Param("id"), c.Param("hold")
-	s.resolveHold(c, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
+	s.write(c, http.StatusOK, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
 		return s.ledger.VoidHold(ctx, account, hold, opts)
 	})
-}
-
-// resolveHold runs a capture or void and answers 200 with the hold as GET shows it: the
-// whole record (the ledger's receipt of a capture or void has no created_at). A resolved
-// hold never changes again, so a replay (same Idempotency-Key) answers the same bytes.
-func (s *server) resolveHold(c *gin.Context, fn func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error)) {
-	ctx := c.Request.Context()
-	rc, err := fn(ctx, ledger.WriteOptions{IdempotencyKey: c.GetHeader("Idempotency-Key")})
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
-	h, err := s.ledger.Hold(ctx, c.Param("id"), c.Param("hold"))
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
-	if rc.Replayed {
-		c.Header("Idempotent-Replayed", "true")
-	}
-	c.JSON(http.StatusOK, h)
 }
 
 // decodeOptional is decode for routes whose body may be left out: an empty body reads as
