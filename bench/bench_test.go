@@ -231,27 +231,29 @@ func keys(m map[string]json.RawMessage) []string {
 	return out
 }
 
-// TestConfigValidate checks the refusals of Validate.
+// TestConfigValidate checks the refusals of Validate, and that a refusal of one field is
+// a *FieldError naming it (tally bench turns it into an error about the flag).
 func TestConfigValidate(t *testing.T) {
 	ok := bench.Config{Redis: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})}
 	for _, tc := range []struct {
-		name string
-		edit func(*bench.Config)
-		want string
+		name  string
+		edit  func(*bench.Config)
+		want  string
+		field string // "" when the error is not a *FieldError
 	}{
-		{"no redis or target", func(c *bench.Config) { c.Redis = nil }, "a Redis or a Target"},
-		{"bad target", func(c *bench.Config) { c.Target = "127.0.0.1:8080" }, "http(s) base URL"},
+		{"no redis or target", func(c *bench.Config) { c.Redis = nil }, "a Redis or a Target", ""},
+		{"bad target", func(c *bench.Config) { c.Target = "127.0.0.1:8080" }, "http(s) base URL", "Target"},
 		{"bad second replica", func(c *bench.Config) {
 			c.Target = "http://127.0.0.1:8080,127.0.0.1:8081"
 			c.Modes, c.GroupCommit = []ledger.Mode{ledger.ModeOptimistic}, []bool{true}
-		}, `got "127.0.0.1:8081"`},
+		}, `got "127.0.0.1:8081"`, "Target"},
 		{"target sweeps modes", func(c *bench.Config) {
 			c.Target, c.Modes = "http://127.0.0.1:1", []ledger.Mode{ledger.ModeLock, ledger.ModeOptimistic}
-		}, "cannot change"},
-		{"lock without locker", func(c *bench.Config) {}, "Locker"},
-		{"unknown mode", func(c *bench.Config) { c.Modes = []ledger.Mode{"fast"} }, "unknown mode"},
-		{"zero accounts", func(c *bench.Config) { c.Modes, c.Accounts = []ledger.Mode{"optimistic"}, []int{0} }, "positive"},
-		{"bad prefix", func(c *bench.Config) { c.Modes, c.Prefix = []ledger.Mode{"optimistic"}, "a:b" }, "prefix"},
+		}, "cannot change", "Target"},
+		{"lock without locker", func(c *bench.Config) {}, "Locker", "Locker"},
+		{"unknown mode", func(c *bench.Config) { c.Modes = []ledger.Mode{"fast"} }, "unknown mode", "Modes"},
+		{"zero accounts", func(c *bench.Config) { c.Modes, c.Accounts = []ledger.Mode{"optimistic"}, []int{0} }, "positive", "Accounts"},
+		{"bad prefix", func(c *bench.Config) { c.Modes, c.Prefix = []ledger.Mode{"optimistic"}, "a:b" }, "prefix", "Prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok
@@ -259,6 +261,13 @@ func TestConfigValidate(t *testing.T) {
 			err := c.Validate()
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
+			var fe *bench.FieldError
+			if tc.field == "" {
+				assert.NotErrorAs(t, err, &fe)
+				return
+			}
+			require.ErrorAs(t, err, &fe)
+			assert.Equal(t, tc.field, fe.Field)
 		})
 	}
 	c := ok

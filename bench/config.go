@@ -102,6 +102,25 @@ type RunInfo struct {
 	Ledger   *ledger.Ledger
 }
 
+// Defaults shared by Config, HTTPConfig and RelayConfig (and `tally bench`'s flags).
+const (
+	DefaultWorkers     = 64 // Config.Workers, HTTPConfig.Clients, RelayConfig.Workers
+	DefaultDuration    = 10 * time.Second
+	DefaultPartitions  = 16
+	DefaultMaxBatch    = 64
+	DefaultSeedBalance = 1_000_000
+	DefaultPrefix      = "bench"
+	DefaultHTTPTimeout = 60 * time.Second
+)
+
+// orDefault sets *v to def when *v is the zero value.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
 func (c Config) withDefaults() Config {
 	if c.Mix.total() == 0 {
 		c.Mix = DefaultMix()
@@ -121,36 +140,16 @@ func (c Config) withDefaults() Config {
 			c.GroupCommit = []bool{true}
 		}
 	}
-	if c.Workers == 0 {
-		c.Workers = 64
-	}
-	if c.Duration == 0 {
-		c.Duration = 10 * time.Second
-	}
-	if c.Partitions == 0 {
-		c.Partitions = 16
-	}
-	if c.MaxBatch == 0 {
-		c.MaxBatch = 64
-	}
-	if c.SeedBalance == 0 {
-		c.SeedBalance = 1_000_000
-	}
-	if c.Prefix == "" {
-		c.Prefix = "bench"
-	}
-	if c.CheckSample == 0 {
-		c.CheckSample = 100
-	}
-	if c.CeilingDuration == 0 {
-		c.CeilingDuration = 3 * time.Second
-	}
-	if c.CeilingConns == 0 {
-		c.CeilingConns = 64
-	}
-	if c.HTTPTimeout == 0 {
-		c.HTTPTimeout = 60 * time.Second
-	}
+	orDefault(&c.Workers, DefaultWorkers)
+	orDefault(&c.Duration, DefaultDuration)
+	orDefault(&c.Partitions, DefaultPartitions)
+	orDefault(&c.MaxBatch, DefaultMaxBatch)
+	orDefault(&c.SeedBalance, DefaultSeedBalance)
+	orDefault(&c.Prefix, DefaultPrefix)
+	orDefault(&c.CheckSample, 100)
+	orDefault(&c.CeilingDuration, 3*time.Second)
+	orDefault(&c.CeilingConns, 64)
+	orDefault(&c.HTTPTimeout, DefaultHTTPTimeout)
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
@@ -160,62 +159,95 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate returns an error describing the first invalid field of c (after defaults).
+// FieldError is an invalid field of a Config, HTTPConfig or RelayConfig: Field is its
+// name (Target, Workers, ...), Reason what is wrong with its value ("must be positive").
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+// Error returns "bench: <Field> <Reason>".
+func (e *FieldError) Error() string { return "bench: " + e.Field + " " + e.Reason }
+
+// invalid returns a *FieldError.
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// checkTarget returns a *FieldError of field unless every comma-separated part of s is an
+// http(s) base URL.
+func checkTarget(field, s string) error {
+	for _, t := range targets(s) {
+		u, err := url.Parse(t)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return invalid(field, "must be an http(s) base URL, got %q", t)
+		}
+	}
+	return nil
+}
+
+// checkPrefix returns a *FieldError of Prefix unless p can start keys and account IDs.
+func checkPrefix(p string) error {
+	if err := ledger.ValidateID("prefix", p); err != nil {
+		return invalid("Prefix", "is not a valid ID (%v)", err)
+	}
+	return nil
+}
+
+// Validate returns an error describing the first invalid field of c (after defaults): a
+// *FieldError, or an error saying that neither Redis nor Target is given.
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	if c.Target == "" && c.Redis == nil {
 		return errors.New("bench: a Redis or a Target is required")
 	}
 	if c.Target != "" {
-		for _, t := range targets(c.Target) {
-			u, err := url.Parse(t)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return fmt.Errorf("bench: target must be an http(s) base URL, got %q", t)
-			}
+		if err := checkTarget("Target", c.Target); err != nil {
+			return err
 		}
 		if len(c.Modes) != 1 || len(c.GroupCommit) != 1 {
-			return errors.New("bench: with a target, the server's mode and group commit cannot change: give one of each (they label the results)")
+			return invalid("Target", "cannot change the server's mode or group commit: give one mode and one group commit setting at most (they label the results)")
 		}
 	}
 	for _, m := range c.Modes {
 		if m != ledger.ModeOptimistic && m != ledger.ModeLock {
-			return fmt.Errorf("bench: unknown mode %q (optimistic, lock)", m)
+			return invalid("Modes", "has unknown mode %q (optimistic, lock)", m)
 		}
 		if m == ledger.ModeLock && c.Target == "" && c.Locker == nil {
-			return errors.New("bench: lock mode needs a Locker")
+			return invalid("Locker", "is required in lock mode")
 		}
 	}
 	for _, n := range c.Accounts {
 		if n < 1 {
-			return fmt.Errorf("bench: account counts must be positive, got %d", n)
+			return invalid("Accounts", "must be positive, got %d", n)
 		}
 	}
 	for k, w := range c.Mix.Weights {
 		if w < 0 {
-			return fmt.Errorf("bench: mix weight of %s is negative", Kind(k))
+			return invalid("Mix", "weighs %s negative", Kind(k))
 		}
 	}
 	switch {
 	case c.Workers < 1:
-		return errors.New("bench: workers must be positive")
-	case c.Duration < 0 || c.Ops < 0:
-		return errors.New("bench: duration and ops must not be negative")
+		return invalid("Workers", "must be positive")
+	case c.Duration < 0:
+		return invalid("Duration", "must not be negative")
+	case c.Ops < 0:
+		return invalid("Ops", "must not be negative")
 	case c.Partitions < 1:
-		return errors.New("bench: partitions must be positive")
+		return invalid("Partitions", "must be positive")
 	case c.MaxBatch < 1:
-		return errors.New("bench: max batch must be positive")
+		return invalid("MaxBatch", "must be positive")
 	case c.SeedBalance < 0:
-		return errors.New("bench: seed balance must not be negative")
-	case strings.ContainsAny(c.Prefix, "{}:*?[] "):
-		return errors.New("bench: prefix must not contain any of {}:*?[] or spaces")
+		return invalid("SeedBalance", "must not be negative")
 	case c.CheckSample < 0:
-		return errors.New("bench: check sample must not be negative")
+		return invalid("CheckSample", "must not be negative")
 	case c.CeilingConns < 1:
-		return errors.New("bench: ceiling connections must be positive")
+		return invalid("CeilingConns", "must be positive")
 	case c.HTTPTimeout < 0:
-		return errors.New("bench: HTTP timeout must not be negative")
+		return invalid("HTTPTimeout", "must not be negative")
 	}
-	return nil
+	return checkPrefix(c.Prefix)
 }
 
 // newHTTPClient returns a keep-alive client for a running serve with room for conns

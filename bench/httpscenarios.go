@@ -9,7 +9,6 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net/http"
-	"net/url"
 	"runtime"
 	"slices"
 	"strconv"
@@ -57,9 +56,9 @@ type HTTPConfig struct {
 	APIKey string
 	// Label fills the table's label column. Default "-".
 	Label string
-	// Timeout bounds one request (default 60s); SettleTimeout the wait for pending
+	// HTTPTimeout bounds one request (default 60s); SettleTimeout the wait for pending
 	// transfers to end before the check (default 30s).
-	Timeout, SettleTimeout time.Duration
+	HTTPTimeout, SettleTimeout time.Duration
 	// Duration of each row's load. Default 10s.
 	Duration time.Duration
 	// SeedBalance is deposited into every account first. Default 1,000,000.
@@ -83,69 +82,60 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 	if len(c.Placements) == 0 {
 		c.Placements = []string{"same", "cross"}
 	}
-	if c.Clients == 0 {
-		c.Clients = 64
-	}
-	if c.GroupSize == 0 {
-		c.GroupSize = 10
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = 100
-	}
-	if c.Label == "" {
-		c.Label = "-"
-	}
-	if c.Timeout == 0 {
-		c.Timeout = 60 * time.Second
-	}
-	if c.SettleTimeout == 0 {
-		c.SettleTimeout = 30 * time.Second
-	}
-	if c.Duration == 0 {
-		c.Duration = 10 * time.Second
-	}
-	if c.SeedBalance == 0 {
-		c.SeedBalance = 1_000_000
-	}
-	if c.Partitions == 0 {
-		c.Partitions = 16
-	}
+	orDefault(&c.Clients, DefaultWorkers)
+	orDefault(&c.GroupSize, 10)
+	orDefault(&c.BatchSize, 100)
+	orDefault(&c.Label, "-")
+	orDefault(&c.HTTPTimeout, DefaultHTTPTimeout)
+	orDefault(&c.SettleTimeout, 30*time.Second)
+	orDefault(&c.Duration, DefaultDuration)
+	orDefault(&c.SeedBalance, DefaultSeedBalance)
+	orDefault(&c.Partitions, DefaultPartitions)
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
 	return c
 }
 
-// Validate returns an error describing the first invalid field of c (after defaults).
+// Validate returns a *FieldError describing the first invalid field of c (after
+// defaults).
 func (c HTTPConfig) Validate() error {
 	c = c.withDefaults()
-	u, err := url.Parse(c.Target)
 	switch {
 	case c.Scenario != ScenarioTransfers && c.Scenario != ScenarioBatch:
-		return fmt.Errorf("bench: scenario must be %s or %s, got %q", ScenarioTransfers, ScenarioBatch, c.Scenario)
+		return invalid("Scenario", "must be %s or %s, got %q", ScenarioTransfers, ScenarioBatch, c.Scenario)
 	case c.Target == "":
-		return fmt.Errorf("bench: scenario %s needs a target (the base URL of a running tally serve)", c.Scenario)
+		return invalid("Target", "is required: the base URL of a running tally serve")
 	case strings.Contains(c.Target, ","):
-		return fmt.Errorf("bench: scenario %s loads one serve: give one target URL", c.Scenario)
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		return fmt.Errorf("bench: target must be an http(s) base URL, got %q", c.Target)
+		return invalid("Target", "must be one URL: scenario %s loads one serve", c.Scenario)
 	case c.Clients < 1:
-		return errors.New("bench: clients must be positive")
+		return invalid("Clients", "must be positive")
 	case c.GroupSize < 2:
-		return errors.New("bench: group size must be at least 2")
+		return invalid("GroupSize", "must be at least 2")
 	case c.BatchSize < 1 || c.BatchSize > ledger.MaxBatchOps:
-		return fmt.Errorf("bench: batch size must be 1..%d", ledger.MaxBatchOps)
-	case c.Timeout < 0 || c.SettleTimeout < 0 || c.Duration < 0 || c.SeedBalance < 0 || c.Partitions < 1:
-		return errors.New("bench: timeouts, duration and seed balance must not be negative, partitions positive")
+		return invalid("BatchSize", "must be 1..%d", ledger.MaxBatchOps)
+	case c.HTTPTimeout < 0:
+		return invalid("HTTPTimeout", "must not be negative")
+	case c.SettleTimeout < 0:
+		return invalid("SettleTimeout", "must not be negative")
+	case c.Duration < 0:
+		return invalid("Duration", "must not be negative")
+	case c.SeedBalance < 0:
+		return invalid("SeedBalance", "must not be negative")
+	case c.Partitions < 1:
+		return invalid("Partitions", "must be positive")
+	}
+	if err := checkTarget("Target", c.Target); err != nil {
+		return err
 	}
 	for _, n := range c.Accounts {
 		if n < 1 {
-			return fmt.Errorf("bench: account counts must be positive, got %d", n)
+			return invalid("Accounts", "must be positive, got %d", n)
 		}
 	}
 	for _, p := range c.Placements {
 		if p != "same" && p != "cross" {
-			return fmt.Errorf("bench: placement %q is neither same nor cross", p)
+			return invalid("Placements", "has %q, neither same nor cross", p)
 		}
 	}
 	return nil
@@ -162,7 +152,7 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	}
 	cfg = cfg.withDefaults()
 	stdout := cfg.Out
-	client := newHTTPClient(cfg.Clients, cfg.Timeout)
+	client := newHTTPClient(cfg.Clients, cfg.HTTPTimeout)
 	defer client.CloseIdleConnections()
 	hb := &httpBench{cfg: cfg, runID: newRunID(), prog: newProgress(cfg.Progress, time.Now),
 		d: &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: client}}

@@ -66,35 +66,18 @@ type RelayConfig struct {
 }
 
 func (c RelayConfig) withDefaults() RelayConfig {
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.Accounts, 1000)
-	def(&c.Partitions, 16)
-	def(&c.MaxBatch, 64)
-	def(&c.Workers, 64)
-	def(&c.Backlog, 50_000)
-	def(&c.Rate, 5000)
-	if c.SeedBalance == 0 {
-		c.SeedBalance = 1_000_000
-	}
-	if c.Duration == 0 {
-		c.Duration = 10 * time.Second
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = outbox.DefaultPollInterval
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = time.Minute
-	}
-	if c.IdleWindow == 0 {
-		c.IdleWindow = 5 * time.Second
-	}
-	if c.Prefix == "" {
-		c.Prefix = "bench"
-	}
+	orDefault(&c.Accounts, 1000)
+	orDefault(&c.Partitions, DefaultPartitions)
+	orDefault(&c.MaxBatch, DefaultMaxBatch)
+	orDefault(&c.Workers, DefaultWorkers)
+	orDefault(&c.Backlog, 50_000)
+	orDefault(&c.Rate, 5000)
+	orDefault(&c.SeedBalance, DefaultSeedBalance)
+	orDefault(&c.Duration, DefaultDuration)
+	orDefault(&c.PollInterval, outbox.DefaultPollInterval)
+	orDefault(&c.DrainTimeout, time.Minute)
+	orDefault(&c.IdleWindow, 5*time.Second)
+	orDefault(&c.Prefix, DefaultPrefix)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,20 +87,38 @@ func (c RelayConfig) withDefaults() RelayConfig {
 	return c
 }
 
-// Validate returns an error describing the first invalid field of c (after defaults).
+// Validate returns an error describing the first invalid field of c (after defaults): a
+// *FieldError, or an error saying that Redis or NewLeaser is missing.
 func (c RelayConfig) Validate() error {
 	c = c.withDefaults()
-	switch {
-	case c.Redis == nil || c.NewLeaser == nil:
+	if c.Redis == nil || c.NewLeaser == nil {
 		return errors.New("bench: relay: a Redis and a leaser are required")
-	case c.Accounts < 1 || c.Partitions < 1 || c.MaxBatch < 1 || c.Workers < 1 || c.Rate < 1:
-		return errors.New("bench: relay: accounts, partitions, max batch, workers and rate must be positive")
-	case c.WithdrawEvery < 0 || c.SeedBalance < 0:
-		return errors.New("bench: relay: withdraw-every and seed balance must not be negative")
-	case c.Duration < 0 || c.PollInterval < 0 || c.DrainTimeout < 0 || c.IdleWindow < 0:
-		return errors.New("bench: relay: durations must not be negative")
 	}
-	return ledger.ValidateID("prefix", c.Prefix)
+	switch {
+	case c.Accounts < 1:
+		return invalid("Accounts", "must be positive")
+	case c.Partitions < 1:
+		return invalid("Partitions", "must be positive")
+	case c.MaxBatch < 1:
+		return invalid("MaxBatch", "must be positive")
+	case c.Workers < 1:
+		return invalid("Workers", "must be positive")
+	case c.Rate < 1:
+		return invalid("Rate", "must be positive")
+	case c.WithdrawEvery < 0:
+		return invalid("WithdrawEvery", "must not be negative")
+	case c.SeedBalance < 0:
+		return invalid("SeedBalance", "must not be negative")
+	case c.Duration < 0:
+		return invalid("Duration", "must not be negative")
+	case c.PollInterval < 0:
+		return invalid("PollInterval", "must not be negative")
+	case c.DrainTimeout < 0:
+		return invalid("DrainTimeout", "must not be negative")
+	case c.IdleWindow < 0:
+		return invalid("IdleWindow", "must not be negative")
+	}
+	return checkPrefix(c.Prefix)
 }
 
 // RunRelay measures the outbox relay on ledger-written events: first its throughput on a

@@ -88,9 +88,6 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return Report{}, err
 	}
 	cfg = cfg.withDefaults()
-	if err := ledger.ValidateID("prefix", cfg.Prefix); err != nil {
-		return Report{}, fmt.Errorf("bench: prefix: %w", err)
-	}
 	r := &runner{cfg: cfg, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
 		r.http = &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: newHTTPClient(cfg.Workers, cfg.HTTPTimeout)}

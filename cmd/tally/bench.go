@@ -79,18 +79,18 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	f.redis.registerEmbedded(fs)
 	f.lock.register(fs)
 	fs.StringVar(&f.scenario, "scenario", "modes", "modes (the operation mix over accounts × modes × group commit) | relay (outbox relay throughput and lag) | transfers, batch (HTTP load on a running serve at --target)")
-	fs.IntVar(&f.workers, "workers", 64, "concurrent writers, each in a closed loop")
-	fs.DurationVar(&f.duration, "duration", 10*time.Second, "measured time per run (relay: the steady-rate phase)")
+	fs.IntVar(&f.workers, "workers", bench.DefaultWorkers, "concurrent writers, each in a closed loop")
+	fs.DurationVar(&f.duration, "duration", bench.DefaultDuration, "measured time per run (relay: the steady-rate phase)")
 	fs.Int64Var(&f.ops, "ops", 0, "modes: stop a run after this many operations (0: only --duration)")
 	fs.StringVar(&f.accounts, "accounts", "", "comma-separated account counts to sweep (default: modes 1,10000; relay 1000; transfers, batch 10000)")
 	fs.StringVar(&f.modes, "modes", "", "comma-separated concurrency modes: optimistic, lock (default both; with --target the server's mode, one value, only a label: default optimistic)")
 	fs.StringVar(&f.groupCommit, "group-commit", "", "comma-separated group commit settings: true, false (default both; with --target the server's setting, one value, only a label: default true)")
 	fs.StringVar(&f.mix, "mix", "", "operation mix, e.g. deposit=70,withdrawal=10,transfer=15,hold=5 (a hold is placed, then captured or voided); default: from --withdraw-every")
-	fs.IntVar(&f.partitions, "partitions", 16, "partition count (with --target: the server's)")
-	fs.IntVar(&f.maxBatch, "max-batch", 64, "largest group commit")
+	fs.IntVar(&f.partitions, "partitions", bench.DefaultPartitions, "partition count (with --target: the server's)")
+	fs.IntVar(&f.maxBatch, "max-batch", bench.DefaultMaxBatch, "largest group commit")
 	fs.IntVar(&f.withdrawEvery, "withdraw-every", 10, "without --mix: one operation in this many is a withdrawal, the others deposits (0: deposits only)")
-	fs.Int64Var(&f.seed, "seed-balance", 1_000_000, "amount deposited into every account during setup, so that withdrawals do not run dry")
-	fs.StringVar(&f.prefix, "prefix", "bench", "key prefix and start of account IDs; each run appends a run ID and its number")
+	fs.Int64Var(&f.seed, "seed-balance", bench.DefaultSeedBalance, "amount deposited into every account during setup, so that withdrawals do not run dry")
+	fs.StringVar(&f.prefix, "prefix", bench.DefaultPrefix, "key prefix and start of account IDs; each run appends a run ID and its number")
 	fs.BoolVar(&f.cleanup, "cleanup", true, "delete each run's keys when it is done")
 	fs.IntVar(&f.checkSample, "check-sample", 100, "with --target: accounts per run whose events are replayed over HTTP and compared with their snapshot")
 	fs.DurationVar(&f.ceilingDuration, "ceiling-duration", 3*time.Second, "how long the raw commit ceiling of the data Redis is measured (0: skip)")
@@ -107,45 +107,106 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if hf.handles(f.scenario) {
-		return runHTTPBench(ctx, &f, hf, stdout, stderr)
-	}
-	if err := f.validate(); err != nil {
+	if err := f.validate(hf); err != nil {
 		return err
 	}
-	if f.scenario == "relay" {
-		return runRelayBench(ctx, f, stdout, stderr)
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
 	}
-	return runLoadBench(ctx, f, hf, stdout, stderr)
+	switch f.scenario {
+	case "relay":
+		return runRelayBench(ctx, f, log, stdout, stderr)
+	case bench.ScenarioTransfers, bench.ScenarioBatch:
+		return runHTTPBench(ctx, f, hf, log, stdout, stderr)
+	}
+	return runLoadBench(ctx, f, hf, log, stdout, stderr)
 }
 
-func (f *benchFlags) validate() error {
-	switch {
-	case f.scenario != "modes" && f.scenario != "relay":
+// validate checks the flags that no bench config checks: the scenario, the choice of Redis,
+// and the flags whose zero or negative value a config would silently replace with its
+// default or read as "skip" (given explicitly, such a value is a mistake). The rest is
+// checked by the scenario's config (see benchFlagError).
+func (f *benchFlags) validate(h *httpBenchFlags) error {
+	switch f.scenario {
+	case "modes", "relay", bench.ScenarioTransfers, bench.ScenarioBatch:
+	default:
 		return fmt.Errorf("--scenario must be modes, relay, transfers or batch, got %q", f.scenario)
-	case f.workers < 1:
-		return errors.New("--workers must be positive")
-	case f.duration <= 0:
-		return errors.New("--duration must be positive")
-	case f.ops < 0 || f.backlog < 0 || f.withdrawEvery < 0 || f.seed < 0 || f.ceilingDuration < 0 || f.checkSample < 0:
-		return errors.New("--ops, --backlog, --withdraw-every, --seed-balance, --ceiling-duration and --check-sample must not be negative")
-	case f.scenario == "relay" && f.rate < 1:
-		return errors.New("--rate must be positive")
-	case f.drainTimeout <= 0:
-		return errors.New("--drain-timeout must be positive")
-	case f.prefix == "" || strings.ContainsAny(f.prefix, "{}:*?[]"):
-		return errors.New("--prefix must be non-empty and must not contain any of {}:*?[]")
 	}
-	return f.redis.check(true)
+	if err := f.redis.check(true); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		flag     string
+		ok       bool
+		positive bool // else: must not be negative
+	}{
+		{"--workers", f.workers > 0, true},
+		{"--duration", f.duration > 0, true},
+		{"--partitions", f.partitions > 0, true},
+		{"--max-batch", f.maxBatch > 0, true},
+		{"--seed-balance", f.seed > 0, true},
+		{"--ceiling-conns", f.ceilingConns > 0, true},
+		{"--rate", f.rate > 0, true},
+		{"--poll-interval", f.pollInterval > 0, true},
+		{"--drain-timeout", f.drainTimeout > 0, true},
+		{"--clients", h.clients > 0, true},
+		{"--group-size", h.groupSize > 0, true},
+		{"--batch-size", h.batchSize > 0, true},
+		{"--http-timeout", h.timeout > 0, true},
+		{"--settle-timeout", h.settleTimeout > 0, true},
+		{"--backlog", f.backlog >= 0, false},
+		{"--withdraw-every", f.withdrawEvery >= 0, false},
+		{"--ceiling-duration", f.ceilingDuration >= 0, false},
+		{"--check-sample", f.checkSample >= 0, false},
+	} {
+		switch {
+		case !p.ok && p.positive:
+			return fmt.Errorf("%s must be positive", p.flag)
+		case !p.ok:
+			return fmt.Errorf("%s must not be negative", p.flag)
+		}
+	}
+	switch {
+	case f.prefix == "":
+		return errors.New("--prefix must not be empty")
+	case len(splitList(h.placement)) == 0:
+		return errors.New("--placement names no placement")
+	}
+	return nil
 }
 
-// runLoadBench wires the flags into a bench.Config, runs it and writes the requested files.
-func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, stdout, stderr io.Writer) error {
+// benchFlagError turns a *bench.FieldError into an error about the flag that sets the
+// field, so that the bench configs' refusals read as the command line's; other errors are
+// returned as they are.
+func benchFlagError(err error) error {
+	var fe *bench.FieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	flag, ok := map[string]string{
+		"Scenario": "--scenario", "Target": "--target", "Accounts": "--accounts", "Modes": "--modes", "Mix": "--mix",
+		"Workers": "--workers", "Clients": "--clients", "Duration": "--duration", "Ops": "--ops",
+		"Partitions": "--partitions", "MaxBatch": "--max-batch", "SeedBalance": "--seed-balance", "Prefix": "--prefix",
+		"CheckSample": "--check-sample", "CeilingConns": "--ceiling-conns", "HTTPTimeout": "--http-timeout",
+		"GroupSize": "--group-size", "BatchSize": "--batch-size", "Placements": "--placement",
+		"SettleTimeout": "--settle-timeout", "Rate": "--rate", "WithdrawEvery": "--withdraw-every",
+		"PollInterval": "--poll-interval", "DrainTimeout": "--drain-timeout",
+	}[fe.Field]
+	if !ok {
+		return err
+	}
+	return fmt.Errorf("%s %s", flag, fe.Reason)
+}
+
+// runLoadBench wires the flags into a bench.Config, checks it before it connects to
+// anything, runs it and writes the requested files.
+func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *slog.Logger, stdout, stderr io.Writer) error {
 	cfg := bench.Config{
 		Target: hf.target, APIKey: hf.apiKey, HTTPTimeout: hf.timeout,
 		Workers: f.workers, Duration: f.duration, Ops: f.ops, Partitions: f.partitions, MaxBatch: f.maxBatch,
 		SeedBalance: f.seed, Prefix: f.prefix, KeepKeys: !f.cleanup, CheckSample: f.checkSample,
-		CeilingDuration: f.ceilingDuration, CeilingConns: f.ceilingConns, Out: stdout,
+		CeilingDuration: f.ceilingDuration, CeilingConns: f.ceilingConns, Out: stdout, Progress: progressTo(stderr),
 	}
 	if f.ceilingDuration == 0 {
 		cfg.CeilingDuration = -1
@@ -170,30 +231,42 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, stdout,
 		}
 		cfg.GroupCommit = append(cfg.GroupCommit, v)
 	}
-	if cfg.Target != "" && (len(cfg.Modes) > 1 || len(cfg.GroupCommit) > 1) {
-		return errors.New("--modes and --group-commit: with --target bench cannot change the server's settings; give at most one value each (a label for the results)")
-	}
-	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		cfg.Progress = stderr
-	}
-	log, err := newLogger(stderr, f.logLevel)
-	if err != nil {
-		return err
-	}
 
 	embedded := f.redis.addr == "" && f.redis.cluster == ""
+	var data *dataRedis
 	if cfg.Target == "" || !embedded {
-		// The embedded Redis is expected here: its NOT DURABLE warning would only alarm.
-		connectLog := log
-		if embedded {
-			connectLog = slog.New(slog.DiscardHandler)
-		}
-		rdb, closeRedis, err := f.redis.connect(ctx, connectLog, true)
-		if err != nil {
+		if data, err = f.redis.open(true); err != nil {
 			return err
 		}
-		defer closeRedis()
-		cfg.Redis = rdb
+		defer data.close()
+		cfg.Redis = data.client
+	}
+	var locker *lock.Locker
+	if cfg.Target == "" && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, ledger.ModeLock)) {
+		waits := bench.NewLeaseWaits()
+		var closeLocker func()
+		if locker, closeLocker, err = f.lock.newLocker(cfg.Redis, log, lock.Hooks{Acquired: waits.Acquired}, f.lock.ttl); err != nil {
+			return err
+		}
+		defer closeLocker()
+		cfg.Locker, cfg.LeaseWaits = locker, waits
+		var closeMasters func()
+		cfg.LockMasters, closeMasters = lockMasterClients(f.lock.masters)
+		defer closeMasters()
+	}
+	if err := cfg.Validate(); err != nil {
+		return benchFlagError(err)
+	}
+
+	if data != nil {
+		// The embedded Redis is expected here: its NOT DURABLE warning would only alarm.
+		startLog := log
+		if embedded {
+			startLog = slog.New(slog.DiscardHandler)
+		}
+		if err := data.start(ctx, startLog); err != nil {
+			return err
+		}
 		switch {
 		case embedded:
 			fmt.Fprintln(stdout, "Redis: embedded, in this process (in-memory, single-threaded Lua in Go): numbers are not comparable with a real redis-server's; give --redis for those.")
@@ -203,21 +276,8 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, stdout,
 			fmt.Fprintf(stdout, "Redis Cluster: %s.\n", f.redis.cluster)
 		}
 	}
-	if cfg.Target == "" && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, ledger.ModeLock)) {
-		waits := bench.NewLeaseWaits()
-		locker, closeLocker, err := f.lock.newLocker(cfg.Redis, log, lock.Hooks{Acquired: waits.Acquired}, f.lock.ttl)
-		if err != nil {
-			return err
-		}
-		defer closeLocker()
-		cfg.Locker, cfg.LeaseWaits = locker, waits
-		masters := splitList(f.lock.masters)
-		for _, a := range masters {
-			m := redis.NewClient(lock.MasterOptions(a))
-			defer m.Close()
-			cfg.LockMasters = append(cfg.LockMasters, m)
-		}
-		fmt.Fprintf(stdout, "Lock mode: %d master(s), quorum %d.\n", max(len(masters), 1), locker.Quorum())
+	if locker != nil {
+		fmt.Fprintf(stdout, "Lock mode: %d master(s), quorum %d.\n", max(len(cfg.LockMasters), 1), locker.Quorum())
 	}
 
 	rep, err := bench.Run(ctx, cfg)
@@ -243,6 +303,29 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, stdout,
 			}
 		}
 		return fmt.Errorf("bench: %d of %d runs failed their correctness check", failed, len(rep.Runs))
+	}
+	return nil
+}
+
+// lockMasterClients returns a client of each --lock-redis master, for bench to count the
+// commands they execute, and a function that closes them.
+func lockMasterClients(masters string) ([]*redis.Client, func()) {
+	var cs []*redis.Client
+	for _, a := range splitList(masters) {
+		cs = append(cs, redis.NewClient(lock.MasterOptions(a)))
+	}
+	return cs, func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+}
+
+// progressTo returns w when it is a terminal, where bench may draw its progress line, and
+// nil otherwise.
+func progressTo(w io.Writer) io.Writer {
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return w
 	}
 	return nil
 }
