@@ -87,7 +87,7 @@ func (r *runner) check(ctx context.Context, d driver, l *ledger.Ledger, st *stat
 		summary = fmt.Sprintf("Σ posted %d, expected %d (+%d/−%d lost answers, %d accounts bounded only)", total, want, out.unknownIn, out.unknownOut, uncertain)
 	}
 
-	if r.http != nil {
+	if r.http != nil && r.cfg.CheckSample > 0 {
 		sample := sampleIndexes(n, r.cfg.CheckSample)
 		var mu sync.Mutex
 		err := parallel(ctx, min(r.cfg.Workers, len(sample)), len(sample), func(k int) error {

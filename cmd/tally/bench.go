@@ -92,7 +92,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Int64Var(&f.seed, "seed-balance", bench.DefaultSeedBalance, "amount deposited into every account during setup, so that withdrawals do not run dry")
 	fs.StringVar(&f.prefix, "prefix", bench.DefaultPrefix, "key prefix and start of account IDs; each run appends a run ID and its number")
 	fs.BoolVar(&f.cleanup, "cleanup", true, "delete each run's keys when it is done")
-	fs.IntVar(&f.checkSample, "check-sample", 100, "with --target: accounts per run whose events are replayed over HTTP and compared with their snapshot")
+	fs.IntVar(&f.checkSample, "check-sample", 100, "with --target: accounts per run whose events are replayed over HTTP and compared with their snapshot (0: none)")
 	fs.DurationVar(&f.ceilingDuration, "ceiling-duration", 3*time.Second, "how long the raw commit ceiling of the data Redis is measured (0: skip)")
 	fs.IntVar(&f.ceilingConns, "ceiling-conns", 64, "connections the raw commit ceiling is measured from")
 	fs.StringVar(&f.jsonOut, "json", "", "also write the results as JSON to this file")

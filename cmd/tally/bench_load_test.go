@@ -149,6 +149,7 @@ func TestBenchTargetCatchesAWrongServer(t *testing.T) {
 
 // TestBenchTargetReplicas loads one hot account through two serve replicas of one
 // deployment (--target a,b): the operations go to both in turn, and the run is correct.
+// With --check-sample 0 no account is replayed over HTTP (ledger.Verify still runs).
 func TestBenchTargetReplicas(t *testing.T) {
 	data := redistest.MustStart(t)
 	var counts [2]atomic.Int64
@@ -170,7 +171,7 @@ func TestBenchTargetReplicas(t *testing.T) {
 	dir := t.TempDir()
 	var out, errOut bytes.Buffer
 	err := run(t.Context(), []string{"bench", "--target", strings.Join(urls, ","), "--redis", data.Addr(), "--duration", "500ms",
-		"--workers", "8", "--accounts", "1", "--mix", "deposit=100", "--ceiling-duration", "0",
+		"--workers", "8", "--accounts", "1", "--mix", "deposit=100", "--ceiling-duration", "0", "--check-sample", "0",
 		"--json", filepath.Join(dir, "out.json")}, &out, &errOut)
 	t.Log(errOut.String())
 	require.NoError(t, err, out.String())
@@ -178,6 +179,8 @@ func TestBenchTargetReplicas(t *testing.T) {
 	require.Len(t, doc.Runs, 1)
 	assert.True(t, doc.Runs[0].Correct, "%v", doc.Runs[0].Problems)
 	assert.Zero(t, doc.Runs[0].Errors)
+	assert.NotContains(t, doc.Runs[0].Check, "replay = snapshot", "--check-sample 0: no replay over HTTP")
+	assert.Contains(t, doc.Runs[0].Check, "verify: ")
 	a, b := counts[0].Load(), counts[1].Load()
 	require.Positive(t, a)
 	require.Positive(t, b)
