@@ -138,6 +138,9 @@ func (c HTTPConfig) Validate() error {
 			return invalid("Placements", "has %q, neither same nor cross", p)
 		}
 	}
+	if c.Scenario == ScenarioTransfers && slices.Min(c.Accounts) < 2 {
+		return invalid("Accounts", "must be at least 2: a transfer needs two accounts")
+	}
 	return nil
 }
 
@@ -190,7 +193,7 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	fmt.Fprint(stdout, "\nops counts operations the server applied (transfers answered 201 completed or 202 pending; "+
 		"batch: deposits answered 201 inside the batch), per second of the run; requests/s counts HTTP requests. "+
 		"Latencies are per HTTP request (a whole batch for the batch scenario), over every request that got an answer, "+
-		"from a log-linear histogram (≤ 1.6% above the true value). Redis cmds/op: commands the data Redis and the --lock-redis masters "+
+		"from HDR histograms (3 significant digits). Redis cmds/op: commands the data Redis and the --lock-redis masters "+
 		"executed during the load (INFO commandstats, including those scripts run, and the server's relay) per op; \"-\" without --redis or --lock-redis.\n")
 	if len(failed) > 0 {
 		fmt.Fprintf(stdout, "\nCheck failures:\n%s\n", strings.Join(failed, "\n"))
@@ -210,8 +213,6 @@ type httpBench struct {
 	rows    int
 }
 
-func (hb *httpBench) progress(format string, args ...any) { hb.prog.status(format, args...) }
-
 // rowResult is the outcome of one row.
 type rowResult struct {
 	name  string
@@ -223,7 +224,7 @@ type rowResult struct {
 type benchAccounts struct {
 	ids       []string
 	partition []int
-	groups    int // placement same: account i has tag i % groups
+	groups    int // grouped IDs (placement same, atomic batch): account i has tag i % groups
 	delta     []atomic.Int64
 	events    []atomic.Int64
 }
@@ -235,6 +236,12 @@ func newBenchAccounts(ids []string, partitions int) *benchAccounts {
 		a.partition[i] = placementPartition(id, partitions)
 	}
 	return a
+}
+
+// groupMember returns a random account of group g: g, g+groups, g+2·groups, ...
+func (a *benchAccounts) groupMember(g int, rng *mrand.Rand) int {
+	members := (len(a.ids) - g + a.groups - 1) / a.groups
+	return g + rng.IntN(members)*a.groups
 }
 
 // placementPartition is the partition of an account ID as docs/transfers.md specifies it:
@@ -254,34 +261,25 @@ func placementPartition(id string, partitions int) int {
 func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowResult, error) {
 	hb.rows++
 	tag := fmt.Sprintf("%s%d", hb.runID, hb.rows)
-	name := hb.cfg.Scenario
-	ids := make([]string, n)
-	var groups int
+	var name, kind string // kind starts IDs that are not grouped
 	switch {
 	case hb.cfg.Scenario == ScenarioBatch && hb.cfg.AtomicBatch:
 		name = fmt.Sprintf("atomic batch of %d deposits, one placement tag", hb.cfg.BatchSize)
-		groups = max(1, n/hb.cfg.GroupSize)
-		for i := range ids {
-			ids[i] = fmt.Sprintf("g%s.%d..a%d", tag, i%groups, i)
-		}
 	case hb.cfg.Scenario == ScenarioBatch:
-		name = fmt.Sprintf("batch of %d deposits", hb.cfg.BatchSize)
-		for i := range ids {
-			ids[i] = fmt.Sprintf("d%s.%d", tag, i)
-		}
+		name, kind = fmt.Sprintf("batch of %d deposits", hb.cfg.BatchSize), "d"
 	case placement == "same":
 		name = "transfers, same partition"
-		if n < 2 {
-			return rowResult{}, errors.New("--accounts: transfers need at least 2 accounts")
-		}
-		groups = max(1, n/hb.cfg.GroupSize)
-		for i := range ids {
-			ids[i] = fmt.Sprintf("g%s.%d..a%d", tag, i%groups, i)
-		}
 	default:
-		name = "transfers, cross partition"
-		for i := range ids {
-			ids[i] = fmt.Sprintf("x%s.%d", tag, i)
+		name, kind = "transfers, cross partition", "x"
+	}
+	// Grouped: GroupSize accounts per placement tag, account i in group i % groups.
+	ids := make([]string, n)
+	groups := max(1, n/hb.cfg.GroupSize)
+	for i := range ids {
+		if kind == "" {
+			ids[i] = fmt.Sprintf("g%s.%d..a%d", tag, i%groups, i)
+		} else {
+			ids[i] = fmt.Sprintf("%s%s.%d", kind, tag, i)
 		}
 	}
 	accts := newBenchAccounts(ids, hb.cfg.Partitions)
@@ -297,11 +295,11 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 		}
 	}
 
-	hb.progress("%s, %d accounts: opening and funding (IDs %s…)", name, n, ids[0])
+	hb.prog.status("%s, %d accounts: opening and funding (IDs %s…)", name, n, ids[0])
 	if err := hb.setup(ctx, accts); err != nil {
 		return rowResult{}, fmt.Errorf("%s, %d accounts: setup: %w", name, n, err)
 	}
-	hb.progress("%s, %d accounts: %d clients for %v", name, n, hb.cfg.Clients, hb.cfg.Duration)
+	hb.prog.status("%s, %d accounts: %d clients for %v", name, n, hb.cfg.Clients, hb.cfg.Duration)
 	dataBefore, lockBefore, err := hb.commands(ctx)
 	if err != nil {
 		return rowResult{}, err
@@ -326,14 +324,10 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 		return strconv.FormatFloat(float64(after-before)/float64(st.ops), 'f', 1, 64)
 	}
 	cmds := perOp(dataBefore, dataAfter, hb.counter != nil) + " / " + perOp(lockBefore, lockAfter, hb.counter != nil && len(hb.counter.masters) > 0)
-	hb.progress("%s, %d accounts: settling and checking", name, n)
+	hb.prog.status("%s, %d accounts: settling and checking", name, n)
 	check := hb.settle(ctx, accts, st)
 	if check == nil {
 		check = hb.check(ctx, accts, st)
-	}
-	label := hb.cfg.Label
-	if label == "" {
-		label = "-"
 	}
 	verdict := "ok: " + st.checked
 	if check != nil {
@@ -341,7 +335,7 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 	}
 	q := func(p float64) string { return fmtMs(st.lat.Quantile(p)) }
 	fmt.Fprintf(hb.cfg.Out, "| %s | %s | %d | %d | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-		label, name, n, st.ops, float64(st.ops)/st.elapsed.Seconds(), float64(st.requests)/st.elapsed.Seconds(),
+		hb.cfg.Label, name, n, st.ops, float64(st.ops)/st.elapsed.Seconds(), float64(st.requests)/st.elapsed.Seconds(),
 		q(0.50), q(0.90), q(0.99), q(0.999), fmtMs(st.lat.Max()), cmds,
 		countsSummary(st.httpStatus), countsSummary(st.opStatus), verdict)
 	return rowResult{name: name, check: check}, nil
@@ -430,7 +424,7 @@ func (hb *httpBench) runClients(ctx context.Context, one func(c *benchClient, w 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rng := mrand.New(mrand.NewPCG(uint64(start.UnixNano()), uint64(w)))
+			rng := rngFor(w)
 			for seq := int64(0); ctx.Err() == nil && time.Now().Before(deadline); seq++ {
 				one(&clients[w], w, rng, seq)
 			}
@@ -471,11 +465,8 @@ func (hb *httpBench) runTransfers(ctx context.Context, a *benchAccounts, same bo
 	pick := func(rng *mrand.Rand) (int, int) {
 		from := rng.IntN(n)
 		if same {
-			// Members of from's group: from%groups + k*groups.
-			g := from % a.groups
-			size := (n - g + a.groups - 1) / a.groups
 			for {
-				if to := g + rng.IntN(size)*a.groups; to != from {
+				if to := a.groupMember(from%a.groups, rng); to != from {
 					return from, to
 				}
 			}
@@ -559,10 +550,8 @@ func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats
 		ids := make([]string, size)
 		pick := func() int { return rng.IntN(len(a.ids)) }
 		if hb.cfg.AtomicBatch {
-			// Members of one group: g + k*groups.
-			n, g := len(a.ids), rng.IntN(a.groups)
-			members := (n - g + a.groups - 1) / a.groups
-			pick = func() int { return g + rng.IntN(members)*a.groups }
+			g := rng.IntN(a.groups)
+			pick = func() int { return a.groupMember(g, rng) }
 		}
 		for i := range idx {
 			idx[i], amounts[i] = pick(), 1+rng.Int64N(100)
