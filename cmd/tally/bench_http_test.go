@@ -3,11 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -68,24 +64,17 @@ func TestBenchHTTP(t *testing.T) {
 func TestBenchHTTPCatchesAWrongServer(t *testing.T) {
 	data := redistest.MustStart(t)
 	base, _ := startServe(t, "--redis", data.Addr(), "--log-level", "warn")
-	target, err := url.Parse(base)
-	require.NoError(t, err)
-	proxy := httputil.NewSingleHostReverseProxy(target)
 	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	lying := proxyServe(t, base, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPost && r.URL.Path == "/v1/transfers" && n.Add(1)%5 == 0 {
-			_, _ = io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusCreated)
-			_, _ = io.WriteString(w, `{"status":"completed"}`)
-			return
+			answerCreated(w, r, `{"status":"completed"}`)
+			return true
 		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
+		return false
+	})
 
 	var out, errOut bytes.Buffer
-	err = run(t.Context(), []string{"bench", "--target", srv.URL, "--scenario", "transfers", "--placement", "cross",
+	err := run(t.Context(), []string{"bench", "--target", lying, "--scenario", "transfers", "--placement", "cross",
 		"--accounts", "20", "--clients", "4", "--duration", "500ms", "--http-timeout", "10s"}, &out, &errOut)
 	t.Log(errOut.String())
 	require.Error(t, err, out.String())

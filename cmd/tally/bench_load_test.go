@@ -47,6 +47,31 @@ func readBenchJSON(t *testing.T, path string) benchJSON {
 	return doc
 }
 
+// proxyServe starts a reverse proxy in front of the serve at base until the test ends and
+// returns its URL. Every request goes to intercept first, which answers it itself (and
+// returns true) or lets it through.
+func proxyServe(t *testing.T, base string, intercept func(w http.ResponseWriter, r *http.Request) bool) string {
+	t.Helper()
+	target, err := url.Parse(base)
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !intercept(w, r) {
+			proxy.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// answerCreated answers r 201 with the JSON body without passing it on: fast and wrong.
+func answerCreated(w http.ResponseWriter, r *http.Request, body string) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	_, _ = io.WriteString(w, body)
+}
+
 // TestBenchEmbedded runs `tally bench` with no Redis at all: it uses the embedded one,
 // sweeps both modes, and writes the JSON, CSV and SVG files.
 func TestBenchEmbedded(t *testing.T) {
@@ -116,25 +141,18 @@ func TestBenchTarget(t *testing.T) {
 func TestBenchTargetCatchesAWrongServer(t *testing.T) {
 	data := redistest.MustStart(t)
 	base, _ := startServe(t, "--redis", data.Addr(), "--log-level", "warn")
-	target, err := url.Parse(base)
-	require.NoError(t, err)
-	proxy := httputil.NewSingleHostReverseProxy(target)
 	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	lying := proxyServe(t, base, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/deposits") && r.Header.Get("Idempotency-Key") == "" && n.Add(1)%5 == 0 {
-			_, _ = io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusCreated)
-			_, _ = io.WriteString(w, `{}`)
-			return
+			answerCreated(w, r, `{}`)
+			return true
 		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
+		return false
+	})
 
 	dir := t.TempDir()
 	var out, errOut bytes.Buffer
-	err = run(t.Context(), []string{"bench", "--target", srv.URL, "--duration", "300ms", "--workers", "4",
+	err := run(t.Context(), []string{"bench", "--target", lying, "--duration", "300ms", "--workers", "4",
 		"--accounts", "10", "--json", filepath.Join(dir, "out.json")}, &out, &errOut)
 	t.Log(errOut.String())
 	require.Error(t, err, out.String())
@@ -156,17 +174,12 @@ func TestBenchTargetReplicas(t *testing.T) {
 	var urls []string
 	for i, extra := range [][]string{nil, {"--relay=false"}} {
 		base, _ := startServe(t, append([]string{"--redis", data.Addr(), "--log-level", "warn"}, extra...)...)
-		target, err := url.Parse(base)
-		require.NoError(t, err)
-		proxy := httputil.NewSingleHostReverseProxy(target)
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		urls = append(urls, proxyServe(t, base, func(_ http.ResponseWriter, r *http.Request) bool {
 			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/deposits") {
 				counts[i].Add(1)
 			}
-			proxy.ServeHTTP(w, r)
+			return false
 		}))
-		t.Cleanup(srv.Close)
-		urls = append(urls, srv.URL)
 	}
 	dir := t.TempDir()
 	var out, errOut bytes.Buffer

@@ -49,7 +49,7 @@ func TestBenchModes(t *testing.T) {
 		"optimistic/on/50", "optimistic/off/50", "lock/on/50", "lock/off/50"} {
 		assert.True(t, seen[key], "row %s missing", key)
 	}
-	assert.NotContains(t, out.String(), "Errors by kind")
+	assert.NotContains(t, out.String(), "Errors by code:")
 
 	n, err := data.Client().DBSize(t.Context()).Result()
 	require.NoError(t, err)
