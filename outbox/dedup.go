@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -51,7 +52,7 @@ func (c DedupConfig) Validate() error {
 	switch {
 	case c.Name == "":
 		return fmt.Errorf("%w: dedup Name is required", ErrInvalidConfig)
-	case containsAny(c.Name, "{}") || containsAny(c.Prefix, "{}"):
+	case strings.ContainsAny(c.Name, "{}") || strings.ContainsAny(c.Prefix, "{}"):
 		return fmt.Errorf("%w: dedup Name and Prefix must not contain '{' or '}'", ErrInvalidConfig)
 	case c.Window < 1:
 		return fmt.Errorf("%w: dedup Window %d < 1", ErrInvalidConfig, c.Window)
@@ -59,17 +60,6 @@ func (c DedupConfig) Validate() error {
 		return fmt.Errorf("%w: dedup MaxGaps %d < 0", ErrInvalidConfig, c.MaxGaps)
 	}
 	return nil
-}
-
-func containsAny(s, chars string) bool {
-	for _, c := range chars {
-		for _, d := range s {
-			if c == d {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Outcome is what Dedup did with one message.
