@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -156,7 +155,8 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	client := newHTTPClient(cfg.Clients, cfg.HTTPTimeout)
 	defer client.CloseIdleConnections()
 	hb := &httpBench{cfg: cfg, runID: newRunID(), prog: newProgress(cfg.Progress, time.Now),
-		d: &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: client}}
+		counter: commandCounter{data: cfg.Redis, masters: cfg.LockMasters},
+		d:       &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: client}}
 	defer hb.prog.clear()
 	if cfg.Redis != nil {
 		// The prefix serve uses; Open fails on a partition count other than the server's.
@@ -164,7 +164,6 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 		if hb.ledger, err = ledger.Open(ctx, cfg.Redis, ledger.Config{Prefix: "tally", Partitions: cfg.Partitions}); err != nil {
 			return err
 		}
-		hb.counter = &commandCounter{data: cfg.Redis, masters: cfg.LockMasters}
 	}
 	counts := cfg.Accounts
 
@@ -205,9 +204,9 @@ type httpBench struct {
 	cfg     HTTPConfig
 	prog    *progress
 	runID   string
-	d       *httpDriver     // the requests; send, as every status counts
-	ledger  *ledger.Ledger  // nil without Redis
-	counter *commandCounter // counts Redis commands; nil without Redis
+	d       *httpDriver    // the requests; send, as every status counts
+	ledger  *ledger.Ledger // nil without Redis
+	counter commandCounter // counts Redis commands; nothing without Redis
 	rows    int
 }
 
@@ -298,11 +297,11 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 		return rowResult{}, fmt.Errorf("%s, %d accounts: setup: %w", name, n, err)
 	}
 	hb.prog.status("%s, %d accounts: %d clients for %v", name, n, hb.cfg.Clients, hb.cfg.Duration)
-	dataBefore, lockBefore, err := hb.commands(ctx)
-	if err != nil {
-		return rowResult{}, err
-	}
-	var st *loadStats
+	dataBefore, lockBefore, countedBefore := hb.counter.count(ctx)
+	var (
+		st  *loadStats
+		err error
+	)
 	if hb.cfg.Scenario == ScenarioBatch {
 		st, err = hb.runBatch(ctx, accts)
 	} else {
@@ -311,17 +310,15 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 	if err != nil {
 		return rowResult{}, err
 	}
-	dataAfter, lockAfter, err := hb.commands(ctx)
-	if err != nil {
-		return rowResult{}, err
-	}
+	dataAfter, lockAfter, countedAfter := hb.counter.count(ctx)
+	counted := countedBefore && countedAfter
 	perOp := func(before, after int64, ok bool) string {
 		if !ok || st.ops == 0 {
 			return "-"
 		}
 		return strconv.FormatFloat(float64(after-before)/float64(st.ops), 'f', 1, 64)
 	}
-	cmds := perOp(dataBefore, dataAfter, hb.counter != nil) + " / " + perOp(lockBefore, lockAfter, hb.counter != nil && len(hb.counter.masters) > 0)
+	cmds := perOp(dataBefore, dataAfter, counted) + " / " + perOp(lockBefore, lockAfter, counted && len(hb.counter.masters) > 0)
 	hb.prog.status("%s, %d accounts: settling and checking", name, n)
 	check := hb.settle(ctx, accts, st)
 	if check == nil {
@@ -337,19 +334,6 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 		q(0.50), q(0.90), q(0.99), q(0.999), fmtMs(st.lat.Max()), cmds,
 		countsSummary(st.httpStatus), countsSummary(st.opStatus), verdict)
 	return rowResult{name: name, check: check}, nil
-}
-
-// commands returns the commands the data Redis and the lock masters executed so far (0
-// without Redis).
-func (hb *httpBench) commands(ctx context.Context) (data, masters int64, err error) {
-	if hb.counter == nil {
-		return 0, 0, nil
-	}
-	data, masters, ok := hb.counter.count(ctx)
-	if !ok {
-		return 0, 0, errors.New("INFO commandstats: no command statistics")
-	}
-	return data, masters, nil
 }
 
 // setup opens every account and deposits --seed-balance into it, as the modes scenario
