@@ -31,13 +31,17 @@ type Report struct {
 }
 
 // OK reports whether every run passed its correctness check.
-func (r Report) OK() bool {
+func (r Report) OK() bool { return r.Failed() == 0 }
+
+// Failed returns the number of runs that failed their correctness check.
+func (r Report) Failed() int {
+	n := 0
 	for _, x := range r.Runs {
 		if !x.Correct {
-			return false
+			n++
 		}
 	}
-	return true
+	return n
 }
 
 // Result is one run: one account count, mode and group commit setting.

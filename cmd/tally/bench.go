@@ -295,14 +295,8 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *sl
 			return err
 		}
 	}
-	if !rep.OK() {
-		failed := 0
-		for _, r := range rep.Runs {
-			if !r.Correct {
-				failed++
-			}
-		}
-		return fmt.Errorf("bench: %d of %d runs failed their correctness check", failed, len(rep.Runs))
+	if n := rep.Failed(); n > 0 {
+		return fmt.Errorf("bench: %d of %d runs failed their correctness check", n, len(rep.Runs))
 	}
 	return nil
 }

@@ -34,9 +34,9 @@ func registerHTTPBenchFlags(fs *flag.FlagSet) *httpBenchFlags {
 	fs.IntVar(&h.groupSize, "group-size", 10, "transfers, placement same; batch with --batch-atomic: accounts per placement tag")
 	fs.BoolVar(&h.batchAtomic, "batch-atomic", false, "batch: each request is an atomic batch on the accounts of one placement tag (one script call), not a non-atomic batch on random accounts")
 	fs.IntVar(&h.batchSize, "batch-size", 100, "batch: deposits per request (1..1000)")
-	fs.StringVar(&h.apiKey, "api-key", "", "transfers, batch: API key sent as Authorization: Bearer")
+	fs.StringVar(&h.apiKey, "api-key", "", "with --target: API key sent as Authorization: Bearer")
 	fs.StringVar(&h.label, "label", "", "transfers, batch: text for the table's label column (e.g. the server's --concurrency)")
-	fs.DurationVar(&h.timeout, "http-timeout", bench.DefaultHTTPTimeout, "transfers, batch: deadline of one HTTP request")
+	fs.DurationVar(&h.timeout, "http-timeout", bench.DefaultHTTPTimeout, "with --target: deadline of one HTTP request")
 	fs.DurationVar(&h.settleTimeout, "settle-timeout", 30*time.Second, "transfers: longest wait for 202 (pending) transfers to finish before the check")
 	return h
 }
