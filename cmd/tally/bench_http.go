@@ -11,7 +11,8 @@ import (
 )
 
 // httpBenchFlags are the flags of the HTTP scenarios (the rest comes from benchFlags:
-// --accounts, --duration, --partitions, --seed-balance, --redis).
+// --accounts, --duration, --partitions, --seed-balance, --redis); --target, --api-key and
+// --http-timeout also serve the modes scenario over HTTP.
 type httpBenchFlags struct {
 	target        string
 	clients       int
