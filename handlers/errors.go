@@ -1,7 +1,5 @@
 package handlers
 
-import "errors"
-
 // ProblemCode returns the HTTP status and problem code the API answers err with, from its
 // one error→HTTP table (errorTable: the first row whose error err wraps). known is false
 // for an error the table does not map, which the API answers 500 "internal" (returned
@@ -10,10 +8,8 @@ import "errors"
 // It is for callers that name ledger errors the way the API does (package bench) without
 // copying the table.
 func ProblemCode(err error) (status int, code string, known bool) {
-	for _, row := range errorTable {
-		if errors.Is(err, row.err) {
-			return row.spec.status, row.spec.code, true
-		}
+	if spec, ok := lookup(err); ok {
+		return spec.status, spec.code, true
 	}
 	return specInternal.status, specInternal.code, false
 }

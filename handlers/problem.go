@@ -94,20 +94,28 @@ func (s *server) writeError(c *gin.Context, err error) {
 	writeProblem(c, spec, detail)
 }
 
+// lookup returns the problem of the first errorTable row whose error err wraps.
+func lookup(err error) (problemSpec, bool) {
+	for _, row := range errorTable {
+		if errors.Is(err, row.err) {
+			return row.spec, true
+		}
+	}
+	return problemSpec{}, false
+}
+
 // problemFor maps err through errorTable to the problem that answers it and its detail.
 // Errors it does not know are logged (once, here, at the edge) and answered with a 500 that
 // reveals nothing. ok is false when the request's client went away (context.Canceled):
 // nobody reads an answer.
 func (s *server) problemFor(c *gin.Context, err error) (spec problemSpec, detail string, ok bool) {
-	for _, row := range errorTable {
-		if errors.Is(err, row.err) {
-			detail := err.Error()
-			if row.spec.status >= 500 {
-				s.log.Warn("request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
-				detail = row.spec.title + "; retry later"
-			}
-			return row.spec, detail, true
+	if spec, ok := lookup(err); ok {
+		detail := err.Error()
+		if spec.status >= 500 {
+			s.log.Warn("request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
+			detail = spec.title + "; retry later"
 		}
+		return spec, detail, true
 	}
 	if errors.Is(err, context.Canceled) && !errors.Is(err, ledger.ErrInternal) {
 		return problemSpec{}, "", false
