@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
 )
 
 // ceilingScript is the raw commit ceiling's unit of work: one compare-and-append of five
@@ -25,7 +27,7 @@ return v + 1`)
 // keys of its own (one hash tag per connection, so it works on a Cluster), for d, and
 // returns the script calls per second. Its keys live under prefix and are deleted after.
 func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix string, conns int, d time.Duration, now func() time.Time) (float64, error) {
-	c, closeC := pooled(rdb, conns)
+	c, closeC := redisx.Pooled(rdb, conns)
 	defer closeC()
 	defer func() { _ = deletePrefix(context.WithoutCancel(ctx), rdb, prefix) }()
 	if err := ceilingScript.Load(ctx, c).Err(); err != nil {

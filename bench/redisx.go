@@ -8,42 +8,9 @@ import (
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
 )
-
-// pooled returns a client that connects like rdb (address or dialer, credentials, TLS)
-// with a pool of exactly size connections, and a function that closes it.
-func pooled(rdb redis.UniversalClient, size int) (redis.UniversalClient, func()) {
-	switch c := rdb.(type) {
-	case *redis.Client:
-		o := c.Options()
-		n := redis.NewClient(&redis.Options{
-			Network: o.Network, Addr: o.Addr, Dialer: o.Dialer, Username: o.Username, Password: o.Password,
-			CredentialsProvider: o.CredentialsProvider, DB: o.DB, TLSConfig: o.TLSConfig,
-			ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: size,
-		})
-		return n, func() { n.Close() }
-	case *redis.ClusterClient:
-		o := c.Options()
-		n := redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: o.Addrs, Username: o.Username, Password: o.Password, CredentialsProvider: o.CredentialsProvider,
-			TLSConfig: o.TLSConfig, ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: size,
-		})
-		return n, func() { n.Close() }
-	default:
-		return rdb, func() {}
-	}
-}
-
-// forEachMaster runs fn on the standalone client or on every master of a Cluster.
-func forEachMaster(ctx context.Context, rdb redis.UniversalClient, fn func(ctx context.Context, c *redis.Client) error) error {
-	switch c := rdb.(type) {
-	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, fn)
-	case *redis.Client:
-		return fn(ctx, c)
-	}
-	return nil
-}
 
 // commandCounter counts the commands Redis servers executed, from INFO commandstats
 // (commands scripts run included; INFO and PING left out).
@@ -74,7 +41,7 @@ func (c commandCounter) count(ctx context.Context) (data, masters int64, ok bool
 		mu.Unlock()
 		return nil
 	}
-	if err := forEachMaster(ctx, c.data, func(ctx context.Context, cl *redis.Client) error { return get(ctx, cl, &data) }); err != nil {
+	if err := redisx.ForEachMaster(ctx, c.data, func(ctx context.Context, cl *redis.Client) error { return get(ctx, cl, &data) }); err != nil {
 		return 0, 0, false
 	}
 	for _, m := range c.masters {
@@ -111,7 +78,7 @@ func commandCalls(info string) (n int64, found bool) {
 // deletePrefix deletes every key that starts with prefix+":" (on every master of a
 // Cluster).
 func deletePrefix(ctx context.Context, rdb redis.UniversalClient, prefix string) error {
-	return forEachMaster(ctx, rdb, func(ctx context.Context, c *redis.Client) error {
+	return redisx.ForEachMaster(ctx, rdb, func(ctx context.Context, c *redis.Client) error {
 		iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
 		var keys []string
 		flush := func() error {

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tally-ledger/tally/internal/backoff"
+	"github.com/tally-ledger/tally/internal/redisx"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/outbox"
 )
@@ -169,7 +170,7 @@ func RunRelay(ctx context.Context, cfg RelayConfig) error {
 	}
 	sink := newLagSink(dd)
 	// As in serve and relay: the relay's blocked reads get a pool of their own.
-	relayRDB, closeRelayRDB := pooled(cfg.Redis, cfg.Partitions+16)
+	relayRDB, closeRelayRDB := redisx.Pooled(cfg.Redis, cfg.Partitions+16)
 	defer closeRelayRDB()
 	relayConfig := func(owner string) outbox.Config {
 		return outbox.Config{Prefix: prefix, Partitions: cfg.Partitions, Group: "bench", Owner: owner,

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
 )
 
 // VerifyReport is the result of checking the ledger's invariants over every account.
@@ -66,16 +68,7 @@ func (l *Ledger) Verify(ctx context.Context) (VerifyReport, error) {
 		}
 		return iter.Err()
 	}
-	var err error
-	switch c := l.store.rdb.(type) {
-	case *redis.ClusterClient:
-		err = c.ForEachMaster(ctx, scan) // runs on the masters concurrently
-	case *redis.Client:
-		err = scan(ctx, c)
-	default:
-		return rep, fmt.Errorf("ledger: verify: unsupported client %T", c)
-	}
-	if err != nil {
+	if err := redisx.ForEachMaster(ctx, l.store.rdb, scan); err != nil { // masters concurrently
 		return rep, storeErr(ctx, err)
 	}
 	sort.Strings(ids)

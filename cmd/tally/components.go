@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tally-ledger/tally/handlers"
+	"github.com/tally-ledger/tally/internal/redisx"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/lock"
 	"github.com/tally-ledger/tally/outbox"
@@ -135,25 +136,7 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 // like rdb (address or dialer, credentials, TLS, context deadlines) with a pool of at least
 // partitions+16 connections (per node on a Cluster). The returned function closes it.
 func relayClient(rdb redis.UniversalClient, partitions int) (redis.UniversalClient, func()) {
-	switch c := rdb.(type) {
-	case *redis.Client:
-		o := c.Options()
-		n := redis.NewClient(&redis.Options{
-			Network: o.Network, Addr: o.Addr, Dialer: o.Dialer, Username: o.Username, Password: o.Password,
-			CredentialsProvider: o.CredentialsProvider, DB: o.DB, TLSConfig: o.TLSConfig,
-			ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: max(o.PoolSize, partitions+16),
-		})
-		return n, func() { n.Close() }
-	case *redis.ClusterClient:
-		o := c.Options()
-		n := redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: o.Addrs, Username: o.Username, Password: o.Password, CredentialsProvider: o.CredentialsProvider,
-			TLSConfig: o.TLSConfig, ContextTimeoutEnabled: o.ContextTimeoutEnabled, PoolSize: max(o.PoolSize, partitions+16),
-		})
-		return n, func() { n.Close() }
-	default:
-		return rdb, func() {}
-	}
+	return redisx.Pooled(rdb, max(redisx.PoolSize(rdb), partitions+16))
 }
 
 // relayAdmin adapts the outbox Admin to the handlers' Relay interface.
