@@ -2,13 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -115,7 +113,8 @@ func TestBenchHTTPFlags(t *testing.T) {
 //	go test ./cmd/tally -run '^$' -bench 'HTTP/optimistic/transfers-cross' -cpuprofile /tmp/cpu.out
 //	go tool pprof -top /tmp/cpu.out
 //
-// It reports operations/s and p99; the targets live in docs/benchmarks-transfers.md.
+// It reports operations/s and p99; the targets and results are in docs/benchmarks.md
+// (section 3).
 func BenchmarkHTTP(b *testing.B) {
 	for _, mode := range []string{"optimistic", "lock"} {
 		b.Run(mode, func(b *testing.B) {
@@ -124,7 +123,7 @@ func BenchmarkHTTP(b *testing.B) {
 			if mode == "lock" {
 				args = append(args, "--lock-redis", strings.Join(redistest.Addrs(redistest.MustStartN(b, 3)), ","))
 			}
-			base := startServeTB(b, args...)
+			base, _ := startServe(b, args...)
 			for _, sc := range []struct{ name, args string }{
 				{"transfers-cross", "--scenario transfers --placement cross --accounts 10000"},
 				{"transfers-same", "--scenario transfers --placement same --accounts 10000"},
@@ -148,28 +147,6 @@ func BenchmarkHTTP(b *testing.B) {
 			}
 		})
 	}
-}
-
-// startServeTB runs `serve` in-process until the test ends and returns its base URL.
-func startServeTB(tb testing.TB, args ...string) string {
-	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), &stdout, &stderr)
-	}()
-	tb.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	for start := time.Now(); time.Since(start) < 15*time.Second; time.Sleep(10 * time.Millisecond) {
-		if m := listenLine.FindStringSubmatch(stdout.String()); m != nil {
-			return m[1]
-		}
-	}
-	tb.Fatalf("serve did not start: %s", stderr.String())
-	return ""
 }
 
 // lastRow returns the cells of the last table row in out.
