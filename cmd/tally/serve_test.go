@@ -332,3 +332,90 @@ func TestServePprof(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, resp.StatusCode, "the API must not expose the profiler")
 	require.NoError(t, stop())
 }
+
+// TestDuplicateTransferIDsFromTwoServeProcesses: the same transfer IDs are sent at the same
+// time through two `tally serve` processes (each copy with the same body, some across
+// partitions, some within one). Every ID makes exactly one transfer: every answer for an ID
+// names the same transfer, each source is debited once per ID, and the ledger verifies.
+func TestDuplicateTransferIDsFromTwoServeProcesses(t *testing.T) {
+	bin := buildTally(t)
+	data := redistest.MustStart(t)
+	args := []string{"--redis", data.Addr(), "--sweep-stuck-after", "2s"}
+	procs := []*proc{startProc(t, bin, args...), startProc(t, bin, append(args, "--relay=false")...)}
+	accounts := []string{"src", "dst", "g..src", "g..dst"} // the last two share a partition
+	for _, a := range accounts {
+		code, body := post(t, procs[0].base+"/v1/accounts", fmt.Sprintf(`{"id":%q}`, a))
+		require.Equal(t, 201, code, body)
+	}
+	for _, a := range []string{"src", "g..src"} {
+		code, body := post(t, procs[1].base+"/v1/accounts/"+a+"/deposits", `{"currency":"USD","amount":100000}`)
+		require.Equal(t, 201, code, body)
+	}
+	const ids, copies = 20, 8
+	type answer struct {
+		code int
+		id   string
+	}
+	answers := make([][]answer, ids)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	httpc := &http.Client{Timeout: 30 * time.Second}
+	for i := range ids {
+		from, to := "src", "dst"
+		if i%2 == 1 {
+			from, to = "g..src", "g..dst"
+		}
+		body := fmt.Sprintf(`{"id":"t%d","from":%q,"to":%q,"currency":"USD","amount":%d}`, i, from, to, 10+i)
+		for c := range copies {
+			wg.Go(func() {
+				resp, err := httpc.Post(procs[c%2].base+"/v1/transfers", "application/json", strings.NewReader(body))
+				if !assert.NoError(t, err) {
+					return
+				}
+				defer resp.Body.Close()
+				var tr ledger.Transfer
+				assert.NoError(t, json.NewDecoder(resp.Body).Decode(&tr))
+				mu.Lock()
+				answers[i] = append(answers[i], answer{resp.StatusCode, tr.ID})
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	for i, as := range answers {
+		require.Len(t, as, copies)
+		for _, a := range as {
+			assert.Contains(t, []int{201, 202}, a.code, "t%d", i)
+			assert.Equal(t, fmt.Sprintf("t%d", i), a.id)
+		}
+	}
+
+	rdb := redis.NewClient(&redis.Options{Addr: data.Addr()})
+	defer rdb.Close()
+	l, err := ledger.Open(context.Background(), rdb, ledger.Config{})
+	require.NoError(t, err)
+	var rep ledger.VerifyReport
+	require.Eventually(t, func() bool { // cross-partition ones may still be on their way
+		rep, err = l.Verify(context.Background())
+		require.NoError(t, err)
+		return rep.Pending == 0
+	}, 20*time.Second, 50*time.Millisecond)
+	require.True(t, rep.OK(), "%v", rep.Problems)
+	assert.Equal(t, ids, rep.Transfers, "one transfer per ID")
+	var wantSrc, wantG int64 = 100000, 100000
+	for i := range ids {
+		if i%2 == 1 {
+			wantG -= int64(10 + i)
+		} else {
+			wantSrc -= int64(10 + i)
+		}
+	}
+	for a, want := range map[string]int64{"src": wantSrc, "g..src": wantG, "dst": 100000 - wantSrc, "g..dst": 100000 - wantG} {
+		acc, err := l.Account(context.Background(), a)
+		require.NoError(t, err)
+		assert.Equal(t, want, acc.Balances["USD"].Posted, "%s: each ID moved its amount once", a)
+	}
+	for _, p := range procs {
+		p.stop(t)
+	}
+}
