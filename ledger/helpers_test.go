@@ -49,3 +49,18 @@ func requireConsistent(tb testing.TB, l *ledger.Ledger, id string) *ledger.Accou
 	require.Equal(tb, snap, replayed, "replaying the event stream must yield the snapshot")
 	return snap
 }
+
+// runSweeper runs a sweeper with cfg over l until the returned stop is called (stop also
+// checks that Run ended without error).
+func runSweeper(t *testing.T, l *ledger.Ledger, cfg ledger.SweeperConfig) (stop func()) {
+	t.Helper()
+	s, err := l.NewSweeper(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	return func() {
+		cancel()
+		require.NoError(t, <-done)
+	}
+}

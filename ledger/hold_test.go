@@ -300,12 +300,7 @@ func TestHoldExpirySweeper(t *testing.T) {
 			rc, err := l.PlaceHold(ctx, ledger.PlaceHold{Account: "acct", ID: "h", Currency: "USD", Amount: 60, Timeout: time.Second})
 			require.NoError(t, err)
 			expires := decodeHold(t, rc).ExpiresAt
-			s, err := l.NewSweeper(ledger.SweeperConfig{})
-			require.NoError(t, err)
-			sctx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- s.Run(sctx) }()
-			defer func() { cancel(); require.NoError(t, <-done) }()
+			defer runSweeper(t, l, ledger.SweeperConfig{})()
 
 			// No request touches the account: the sweeper alone records the expiry.
 			var expired ledger.Event
@@ -353,12 +348,7 @@ func TestManyHoldsExpireWhileClientsResolveThem(t *testing.T) {
 					holds = append(holds, ref{acct, id})
 				}
 			}
-			s, err := l.NewSweeper(ledger.SweeperConfig{HoldInterval: 50 * time.Millisecond})
-			require.NoError(t, err)
-			sctx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- s.Run(sctx) }()
-			defer func() { cancel(); require.NoError(t, <-done) }()
+			defer runSweeper(t, l, ledger.SweeperConfig{HoldInterval: 50 * time.Millisecond})()
 
 			// A third of the holds: a client captures or voids it in the 30ms after its
 			// expiry; either the client wins (201) or the sweeper did (409 hold_not_pending).
