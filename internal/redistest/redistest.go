@@ -38,9 +38,16 @@ type Server struct {
 // Option changes how a Server is started.
 type Option func(*[]string)
 
-// WithArgs adds raw redis-server arguments (for example "--cluster-enabled", "yes").
+// WithArgs adds raw redis-server arguments (for example "--cluster-enabled", "yes"). They
+// come after the defaults, so they override them (redis-server keeps the last value).
 func WithArgs(args ...string) Option {
 	return func(a *[]string) { *a = append(*a, args...) }
+}
+
+// WithAOF turns on the append-only file with the given appendfsync policy ("always",
+// "everysec" or "no"). Restart then reloads the data from the AOF in the server's directory.
+func WithAOF(fsync string) Option {
+	return WithArgs("--appendonly", "yes", "--appendfsync", fsync)
 }
 
 // binary returns the path of redis-server, failing the test with install advice when absent.
@@ -207,8 +214,10 @@ func (s *Server) Pause() { s.signal(syscall.SIGSTOP) }
 // Resume continues a paused server with SIGCONT.
 func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
 
-// Restart kills the server and starts a fresh one on the same port with no data (no
-// persistence), as a node that lost its memory would come back.
+// Restart kills the server with SIGKILL (a no-op when Kill already did) and starts it again
+// on the same port, in the same directory, with the same arguments. Without persistence (the
+// default) it comes back empty, as a node that lost its memory would; started WithAOF it
+// reloads what its append-only file holds, as a crashed process recovers.
 func (s *Server) Restart() {
 	s.tb.Helper()
 	s.Kill()

@@ -45,3 +45,24 @@ func TestCommandsProcessed(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, s.CommandsProcessed()-before, int64(10))
 }
+
+// TestRestartWithAOF: a server started WithAOF keeps what it acknowledged across a SIGKILL
+// and Restart (same port, same directory), and a restart after Kill works too.
+func TestRestartWithAOF(t *testing.T) {
+	ctx := context.Background()
+	s := MustStart(t, WithAOF("always"))
+	c := s.Client()
+	require.NoError(t, c.Set(ctx, "k", "v", 0).Err())
+	addr := s.Addr()
+
+	s.Kill()
+	require.Error(t, c.Ping(ctx).Err())
+	s.Restart()
+	require.Equal(t, addr, s.Addr(), "same port")
+	v, err := c.Get(ctx, "k").Result()
+	require.NoError(t, err, "the AOF was reloaded")
+	require.Equal(t, "v", v)
+	fsync, err := c.ConfigGet(ctx, "appendfsync").Result()
+	require.NoError(t, err)
+	require.Equal(t, "always", fsync["appendfsync"], "the restart keeps the arguments")
+}
