@@ -111,6 +111,9 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
+	// An API answers a path it does not serve with a 404 problem, not an HTML redirect to
+	// another path (gin's default for a trailing slash or a path that needs cleaning).
+	r.RedirectTrailingSlash, r.RedirectFixedPath = false, false
 	if cfg.Registerer != nil {
 		m, err := newHTTPMetrics(cfg.Registerer)
 		if err != nil {
