@@ -1,16 +1,28 @@
 # Tally — the two commands a fresh machine needs:
 #   make run    start Tally on an embedded in-memory Redis (nothing durable)
-#   make test   install redis-server if missing, then vet, format-check and race-test everything
+#   make test   install redis-server if missing, then vet, format-check, race-test everything
+#               and fuzz each fuzz target briefly
 
 GO ?= go
 
-.PHONY: run test bench deps lint
+.PHONY: run test bench deps lint fuzz
 
 run:
 	$(GO) run ./cmd/tally serve
 
 test: deps lint
 	$(GO) test -race -count=1 -timeout 12m ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Each fuzz target for FUZZTIME (the seed corpora in testdata/fuzz also run in every go test).
+# A failure writes the input to testdata/fuzz/<target>/: commit it as a regression seed.
+FUZZTIME ?= 15s
+FUZZ_TARGETS = ./ledger:FuzzDecide ./handlers:FuzzRequests ./handlers:FuzzAmount
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 # Benchmarks start their own redis-server processes; results and the tally bench commands
 # are in docs/benchmarks.md.
