@@ -126,7 +126,7 @@ func (hb *httpBench) check(ctx context.Context, a *benchAccounts, st *loadStats)
 			return fmt.Errorf("verify: %w", err)
 		}
 		for _, p := range rep.Problems {
-			problems = append(problems, "verify: "+p)
+			problems = append(problems, "verify: "+p.String())
 		}
 		st.checked += fmt.Sprintf("; verify: %d accounts, %d events, %d transfers", rep.Accounts, rep.Events, rep.Transfers)
 	}

@@ -223,17 +223,28 @@ func runContract(t *testing.T, rdb redis.UniversalClient, cfg ledger.Config) {
 		rep, err = l.Verify(ctx)
 		require.NoError(t, err)
 		require.Len(t, rep.Problems, 2, "the snapshot differs from its replay, and the totals no longer add up")
-		assert.Contains(t, rep.Problems[0], "zoe")
-		assert.Contains(t, rep.Problems[1], "not conserved")
+		assert.Equal(t, ledger.ProblemReplayMismatch, rep.Problems[0].Kind)
+		assert.Equal(t, "zoe", rep.Problems[0].Account)
+		assert.Equal(t, ledger.ProblemNotConserved, rep.Problems[1].Kind)
+		assert.Equal(t, "USD", rep.Problems[1].Currency)
 		require.NoError(t, rdb.HDel(ctx, key, "b:USD").Err())
 
-		// An event that does not apply is reported, not a failure of Verify.
+		// An event that does not apply is reported, not a failure of Verify; so is a stream
+		// that runs past its snapshot.
 		bad := `{"id":"zoe:2","type":"Withdrawn","account":"zoe","version":2,"time":"2026-01-01T00:00:00Z","data":"not an object"}`
 		require.NoError(t, rdb.XAdd(ctx, &redis.XAddArgs{Stream: key + ":events", ID: "2-0", Values: []any{"type", "Withdrawn", "event", bad}}).Err())
+		require.NoError(t, rdb.HSet(ctx, key, "v", 2).Err())
 		rep, err = l.Verify(ctx)
 		require.NoError(t, err)
 		require.NotEmpty(t, rep.Problems)
-		assert.Contains(t, rep.Problems[0], "zoe: replay: ")
+		assert.Equal(t, ledger.ProblemBadEvent, rep.Problems[0].Kind, "%v", rep.Problems)
+		assert.Equal(t, "zoe", rep.Problems[0].Account)
+		assert.Contains(t, rep.Problems[0].Detail, "replay: ")
+		require.NoError(t, rdb.HSet(ctx, key, "v", 1).Err())
+		rep, err = l.Verify(ctx)
+		require.NoError(t, err)
+		require.Len(t, rep.Problems, 1, "%v", rep.Problems)
+		assert.Equal(t, ledger.ProblemStreamMismatch, rep.Problems[0].Kind)
 		require.NoError(t, rdb.XDel(ctx, key+":events", "2-0").Err())
 		rep, err = l.Verify(ctx)
 		require.NoError(t, err)

@@ -271,3 +271,51 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.consumed, prometheus.GaugeValue, b2f(st.Consumed), l)
 	}
 }
+
+// IdlePending returns how many entries of partition p the group holds pending (read, not
+// acknowledged) without a delivery attempt for at least minIdle, counting up to 100,000,
+// and the stream ID of the oldest of them ("" when none). The owner of a partition retries
+// its pending entries within the backoff's 10 s cap and a new owner claims a dead one's, so
+// an entry idle far longer than that is stuck. It returns ErrUnknownPartition and wrapped
+// Redis errors; a stream or group that does not exist has nothing pending.
+func (a *Admin) IdlePending(ctx context.Context, p int, minIdle time.Duration) (int64, string, error) {
+	if err := a.checkPartition(p); err != nil {
+		return 0, "", err
+	}
+	xs, err := a.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: StreamKey(a.cfg.Prefix, p), Group: a.cfg.Group,
+		Idle: minIdle, Start: "-", End: "+", Count: maxLagCount}).Result()
+	switch {
+	case err != nil && (isNoSuchKey(err) || redis.HasErrorPrefix(err, "NOGROUP")):
+		return 0, "", nil
+	case err != nil:
+		return 0, "", fmt.Errorf("outbox: idle pending of partition %d: %w", p, err)
+	case len(xs) == 0:
+		return 0, "", nil
+	}
+	return int64(len(xs)), xs[0].ID, nil
+}
+
+// Watermarks returns the consumer's sequence watermark of every key it has applied in
+// partition p (see Dedup): the highest Seq per key. A producer that numbers its messages
+// (the ledger's account versions) can check them against its own state: a watermark above
+// the producer's current sequence means the producer lost messages the consumer had
+// already applied. It reads the hash in pages (HSCAN) and returns wrapped Redis errors.
+func (d *Dedup) Watermarks(ctx context.Context, p int) (map[string]int64, error) {
+	out := map[string]int64{}
+	iter := d.rdb.HScan(ctx, d.watermarkKey(p), 0, "", 1000).Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		if !iter.Next(ctx) {
+			break
+		}
+		n, err := strconv.ParseInt(iter.Val(), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: dedup watermark of %q in partition %d: %w", key, p, err)
+		}
+		out[key] = n
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: dedup watermarks of partition %d: %w", p, err)
+	}
+	return out, nil
+}
