@@ -39,8 +39,8 @@ commands:
   relay    run a standalone outbox relay (requires --redis or --redis-cluster)
   bench    load test: the ledger library on a Redis (embedded without --redis or
            --redis-cluster) or a running serve (--target); checks every run's correctness
-  verify   check ledger invariants (replay = snapshot, conservation)
-           (requires --redis or --redis-cluster)
+  verify   audit a (live) ledger: replay = snapshot, conservation, holds, transfers,
+           outbox progress; exit 1 on violations (requires --redis or --redis-cluster)
   version  print the version and VCS revision of this binary
 
 Run 'tally <command> -h' for its flags. Every flag can also be set as TALLY_<FLAG>
@@ -64,7 +64,8 @@ func commandUsage(name string) string {
 			"Load test of the ledger library (an embedded Redis without --redis) or of a running serve.\n"
 	case "verify":
 		return "usage: tally verify " + required + " [flags]\n\n" +
-			"Checks the ledger invariants on a Redis and prints a JSON report.\n" +
+			"Audits the ledger on a Redis, also while it takes traffic, and prints a summary\n" +
+			"(--json: the JSON report). Exit status 1 when an invariant is violated.\n" +
 			"--redis or --redis-cluster is required.\n"
 	}
 	return "usage: tally " + name + " [flags]\n"
