@@ -119,7 +119,7 @@ const (
 	ProblemReplayMismatch  = "replay_mismatch"  // replaying the stream does not give the snapshot
 	ProblemStreamMismatch  = "stream_mismatch"  // the stream's last version is not the snapshot's
 	ProblemBadEvent        = "bad_event"        // an event does not apply (gap, bad data, unknown type)
-	ProblemCorruptRecord   = "corrupt_record"   // a snapshot, hold or transfer record cannot be read
+	ProblemCorruptRecord   = "corrupt_record"   // a snapshot or hold record cannot be read, or is misplaced
 	ProblemNegativeBalance = "negative_balance" // available < 0 without allow_negative
 	ProblemNotConserved    = "not_conserved"    // posted + in flight != deposits − withdrawals − captured out
 	ProblemTransferFlow    = "transfer_flow"    // a transfer's steps do not add up (twice, missing, other amount)
@@ -298,21 +298,28 @@ func (v *verifier) warning(p Problem) { v.rep.Warnings = append(v.rep.Warnings, 
 // scan lists every account ID, sorted.
 func (v *verifier) scan(ctx context.Context) ([]string, error) {
 	var (
-		mu  sync.Mutex
-		ids []string
+		mu    sync.Mutex
+		ids   = map[string]bool{} // SCAN may return a key more than once
+		stray []string
 	)
-	pattern := v.l.cfg.Prefix + ":{*}:acct:*"
+	prefix := v.l.cfg.Prefix + ":{"
+	pattern := prefix + "*}:acct:*"
 	scan := func(ctx context.Context, c *redis.Client) error {
 		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
 		for iter.Next(ctx) {
 			k := iter.Val()
 			// After the partition tag: an account may be called "acct" too.
-			id := k[strings.Index(k, "}:acct:")+len("}:acct:"):]
+			i := strings.Index(k, "}:acct:")
+			id := k[i+len("}:acct:"):]
 			if strings.Contains(id, ":") { // an account's other keys (its event stream)
 				continue
 			}
 			mu.Lock()
-			ids = append(ids, id)
+			if k != v.l.store.keys.snapshot(v.l.store.keys.partition(id), id) {
+				stray = append(stray, k) // a key the ledger would never write
+			} else {
+				ids[id] = true
+			}
 			mu.Unlock()
 		}
 		return iter.Err()
@@ -320,8 +327,11 @@ func (v *verifier) scan(ctx context.Context) ([]string, error) {
 	if err := redisx.ForEachMaster(ctx, v.l.store.rdb, scan); err != nil { // masters concurrently
 		return nil, storeErr(ctx, err)
 	}
-	sort.Strings(ids)
-	return ids, nil
+	sort.Strings(stray)
+	for _, k := range stray {
+		v.problem(Problem{Kind: ProblemCorruptRecord, Detail: fmt.Sprintf("key %s is not where the ledger keeps any account (wrong partition tag)", k)})
+	}
+	return sortedKeys(ids), nil
 }
 
 // busyRetry spaces the reads of an account that keeps changing.

@@ -136,6 +136,18 @@ func TestVerifyFindsEachViolation(t *testing.T) {
 		assert.Equal(t, "USD", rep.Problems[1].Currency)
 	})
 
+	t.Run("a snapshot key in the wrong partition", func(t *testing.T) {
+		l := fresh(t)
+		fund(t, l, "alice", 100)
+		wrong := (l.Partition("alice") + 1) % l.Partitions()
+		stray := l.Prefix() + ":{" + strconv.Itoa(wrong) + "}:acct:alice"
+		require.NoError(t, rdb.HSet(ctx, stray, "b:USD", 900).Err())
+		rep := mustVerify(t, l, noOutbox)
+		require.Equal(t, []string{ledger.ProblemCorruptRecord}, kinds(rep.Problems), "%v", rep.Problems)
+		assert.Contains(t, rep.Problems[0].Detail, stray)
+		assert.Equal(t, 1, rep.Accounts, "alice is verified once")
+	})
+
 	t.Run("altered event", func(t *testing.T) {
 		l := fresh(t)
 		fund(t, l, "alice", 100)
