@@ -119,12 +119,12 @@ func newClient(t *testing.T, url string, opts ...Option) (*Client, *waits) {
 type fault int
 
 const (
-	pass        fault = iota
-	refuse503         // answer 503 store_unavailable (Retry-After: 1) without forwarding
-	refuse429         // answer 429 rate_limited (Retry-After: 1) without forwarding
-	dropBefore        // close the connection without forwarding
-	dropAfter         // forward (the server applies it), then close the connection unanswered
-	fail503After      // forward, then answer 503 instead of the server's answer
+	pass         fault = iota
+	refuse503          // answer 503 store_unavailable (Retry-After: 1) without forwarding
+	refuse429          // answer 429 rate_limited (Retry-After: 1) without forwarding
+	dropBefore         // close the connection without forwarding
+	dropAfter          // forward (the server applies it), then close the connection unanswered
+	fail503After       // forward, then answer 503 instead of the server's answer
 	numFaults
 )
 
@@ -147,6 +147,8 @@ type proxy struct {
 	tr     *http.Transport
 	decide func(r *http.Request, n int) fault
 	onHit  func(hit) // optional: called for every request before it is handled
+	// retryAfter is the Retry-After of injected 503 and 429 answers; "1" unless set.
+	retryAfter string
 
 	mu   sync.Mutex
 	hits []hit
@@ -197,10 +199,10 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch f {
 	case refuse503:
-		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable")
+		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", p.retryAfter)
 		return
 	case refuse429:
-		writeProblem(w, http.StatusTooManyRequests, "rate_limited")
+		writeProblem(w, http.StatusTooManyRequests, "rate_limited", p.retryAfter)
 		return
 	case dropBefore:
 		drop(w)
@@ -228,7 +230,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		drop(w)
 		return
 	case fail503After:
-		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable")
+		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", p.retryAfter)
 		return
 	}
 	for k, v := range resp.Header {
@@ -238,10 +240,14 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(answer)
 }
 
-// writeProblem writes a problem+json answer with Retry-After: 1, as the API does for 503s.
-func writeProblem(w http.ResponseWriter, status int, code string) {
+// writeProblem writes a problem+json answer with Retry-After (default "1", as the API
+// sends with its 503s).
+func writeProblem(w http.ResponseWriter, status int, code, retryAfter string) {
+	if retryAfter == "" {
+		retryAfter = "1"
+	}
 	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Retry-After", "1")
+	w.Header().Set("Retry-After", retryAfter)
 	w.Header().Set("X-Request-ID", "proxy-req")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `{"type":"https://tally.dev/problems/%s","title":"injected","status":%d,"detail":"injected by the test proxy","code":%q}`, code, status, code)
