@@ -63,8 +63,9 @@ type RetryPolicy struct {
 	MaxRetryAfter time.Duration
 }
 
-// DefaultRetryPolicy is the policy of a client created without WithRetry.
-var DefaultRetryPolicy = RetryPolicy{MaxAttempts: 4, BaseDelay: 100 * time.Millisecond, MaxDelay: 2 * time.Second, MaxRetryAfter: 30 * time.Second}
+// defaultRetry is the policy of a client created without WithRetry (a value, never
+// changed).
+var defaultRetry = RetryPolicy{MaxAttempts: 4, BaseDelay: 100 * time.Millisecond, MaxDelay: 2 * time.Second, MaxRetryAfter: 30 * time.Second}
 
 // validate returns an error for a policy New refuses.
 func (p RetryPolicy) validate() error {
@@ -102,10 +103,11 @@ func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = 
 // WithAPIKey sends key as "Authorization: Bearer <key>" on every request.
 func WithAPIKey(key string) Option { return func(c *Client) { c.apiKey = key } }
 
-// WithRetry sets the retry policy; zero fields take DefaultRetryPolicy's values.
+// WithRetry sets the retry policy; zero fields take the defaults (4 attempts, delays from
+// 100ms up to 2s, Retry-After up to 30s).
 func WithRetry(p RetryPolicy) Option {
 	return func(c *Client) {
-		d := DefaultRetryPolicy
+		d := defaultRetry
 		if p.MaxAttempts == 0 {
 			p.MaxAttempts = d.MaxAttempts
 		}
@@ -139,7 +141,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		base:      strings.TrimRight(u.String(), "/"),
 		http:      &http.Client{Timeout: 30 * time.Second},
 		userAgent: DefaultUserAgent,
-		retry:     DefaultRetryPolicy,
+		retry:     defaultRetry,
 		wait:      backoff.Wait,
 	}
 	for _, o := range opts {
