@@ -5,7 +5,7 @@
 
 GO ?= go
 
-.PHONY: run test bench deps lint fuzz
+.PHONY: run test bench deps lint fuzz chaos
 
 run:
 	$(GO) run ./cmd/tally serve
@@ -23,6 +23,12 @@ fuzz:
 		pkg=$${t%%:*}; name=$${t#*:}; echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
+
+# The long form of the chaos bank test (docs/chaos.md): CHAOS_DURATION of faults and traffic
+# (default 10m); CHAOS_SEED=<n> replays a run's nemesis and client choices.
+CHAOS_DURATION ?= 10m
+chaos: deps
+	CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaosBank$$' -v ./cmd/tally
 
 # Benchmarks start their own redis-server processes; results and the tally bench commands
 # are in docs/benchmarks.md.
