@@ -1,0 +1,50 @@
+package faultproxy_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/faultproxy"
+	"github.com/tally-ledger/tally/internal/redistest"
+)
+
+// TestProxyForwardsCutsSlowsAndHeals drives a real redis-server through the proxy: commands
+// pass; Cut breaks the open connection and refuses new ones (errors, not hangs); Heal
+// restores service; Slow adds at least its delay to a round trip.
+func TestProxyForwardsCutsSlowsAndHeals(t *testing.T) {
+	srv := redistest.MustStart(t)
+	p, err := faultproxy.New(srv.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, p.Close()) })
+	c := redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+
+	require.NoError(t, c.Set(ctx, "k", "v", 0).Err())
+	require.Equal(t, "v", c.Get(ctx, "k").Val())
+
+	p.Cut()
+	start := time.Now()
+	require.Error(t, c.Get(ctx, "k").Err(), "the pooled connection was closed")
+	require.Error(t, c.Get(ctx, "k").Err(), "a new connection is refused")
+	require.Less(t, time.Since(start), time.Second, "a cut fails fast, it does not hang")
+	require.Positive(t, p.Refused())
+	require.Equal(t, int64(1), p.Cuts())
+	require.Equal(t, "v", srv.Client().Get(ctx, "k").Val(), "the server itself is untouched")
+
+	p.Heal()
+	require.Eventually(t, func() bool { return c.Get(ctx, "k").Val() == "v" }, 5*time.Second, 10*time.Millisecond)
+
+	p.Slow(150 * time.Millisecond)
+	start = time.Now()
+	require.Equal(t, "v", c.Get(ctx, "k").Val())
+	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "request and reply each wait the delay")
+	p.Heal()
+	start = time.Now()
+	require.Equal(t, "v", c.Get(ctx, "k").Val())
+	require.Less(t, time.Since(start), 150*time.Millisecond)
+}
