@@ -5,6 +5,7 @@ package redistest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -29,19 +30,57 @@ type Server struct {
 	tb   testing.TB
 	port int
 	dir  string
-	args []string
+	cfg  config
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
 }
 
+// config is what the Options set: redis-server arguments, and how the helper's own
+// connections (the start-up PING, Client) reach a server that requires them.
+type config struct {
+	args           []string
+	user, password string
+	tls            *tls.Config
+}
+
 // Option changes how a Server is started.
-type Option func(*[]string)
+type Option func(*config)
 
 // WithArgs adds raw redis-server arguments (for example "--cluster-enabled", "yes"). They
 // come after the defaults, so they override them (redis-server keeps the last value).
 func WithArgs(args ...string) Option {
-	return func(a *[]string) { *a = append(*a, args...) }
+	return func(c *config) { c.args = append(c.args, args...) }
+}
+
+// WithUser makes the server require authentication: an ACL user with every permission and
+// password, the default user disabled (user "default" instead sets requirepass). The
+// helper's start-up PING and Client authenticate as that user; other clients get NOAUTH.
+func WithUser(user, password string) Option {
+	return func(c *config) {
+		c.user, c.password = user, password
+		if user == "default" {
+			c.args = append(c.args, "--requirepass", password)
+			return
+		}
+		c.args = append(c.args, "--user", user, "on", ">"+password, "~*", "&*", "+@all", "--user", "default", "off")
+	}
+}
+
+// WithTLS makes the server accept TLS connections only, on its port: certFile and keyFile
+// are its certificate and key, caFile the CA it verifies client certificates with
+// (requireClientCert: clients without one are refused). client is the TLS configuration of
+// the helper's own connections and Client.
+func WithTLS(certFile, keyFile, caFile string, requireClientCert bool, client *tls.Config) Option {
+	return func(c *config) {
+		c.tls = client
+		auth := "optional"
+		if requireClientCert {
+			auth = "yes"
+		}
+		c.args = append(c.args, "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+			"--tls-ca-cert-file", caFile, "--tls-auth-clients", auth)
+	}
 }
 
 // WithAOF turns on the append-only file with the given appendfsync policy ("always",
@@ -64,13 +103,13 @@ func binary(tb testing.TB, name string) string {
 // registers its shutdown with tb.Cleanup. It fails the test if the server does not come up.
 func MustStart(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	var extra []string
+	var cfg config
 	for _, o := range opts {
-		o(&extra)
+		o(&cfg)
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		s := &Server{tb: tb, port: freePort(tb), dir: tb.TempDir(), args: extra}
+		s := &Server{tb: tb, port: freePort(tb), dir: tb.TempDir(), cfg: cfg}
 		if lastErr = s.start(); lastErr == nil {
 			tb.Cleanup(s.Stop)
 			return s
@@ -91,16 +130,19 @@ func MustStartN(tb testing.TB, n int, opts ...Option) []*Server {
 }
 
 func (s *Server) start() error {
-	args := []string{
-		"--port", strconv.Itoa(s.port),
+	port := []string{"--port", strconv.Itoa(s.port)}
+	if s.cfg.tls != nil {
+		port = []string{"--port", "0", "--tls-port", strconv.Itoa(s.port)}
+	}
+	args := append(port,
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", s.dir,
 		"--loglevel", "warning",
 		"--protected-mode", "no",
-	}
-	args = append(args, s.args...)
+	)
+	args = append(args, s.cfg.args...)
 	cmd := exec.Command(binary(s.tb, "redis-server"), args...)
 	logFile, err := os.Create(filepath.Join(s.dir, "redis.log"))
 	if err != nil {
@@ -120,7 +162,7 @@ func (s *Server) start() error {
 	s.cmd = cmd
 	s.mu.Unlock()
 
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	c := redis.NewClient(s.options(&redis.Options{MaxRetries: -1, DialTimeout: time.Second}))
 	defer c.Close()
 	deadline := time.Now().Add(startTimeout)
 	for {
@@ -157,9 +199,16 @@ func (s *Server) PID() int {
 	return s.cmd.Process.Pid
 }
 
-// Client returns a new go-redis client for the server, closed when the test ends.
+// options sets o's address, and the credentials and TLS configuration the server requires.
+func (s *Server) options(o *redis.Options) *redis.Options {
+	o.Addr, o.Username, o.Password, o.TLSConfig = s.Addr(), s.cfg.user, s.cfg.password, s.cfg.tls
+	return o
+}
+
+// Client returns a new go-redis client for the server (with the credentials and TLS
+// configuration it was started with), closed when the test ends.
 func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	c := redis.NewClient(s.options(&redis.Options{}))
 	s.tb.Cleanup(func() { c.Close() })
 	return c
 }

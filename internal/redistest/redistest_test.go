@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
 
@@ -65,4 +66,36 @@ func TestRestartWithAOF(t *testing.T) {
 	fsync, err := c.ConfigGet(ctx, "appendfsync").Result()
 	require.NoError(t, err)
 	require.Equal(t, "always", fsync["appendfsync"], "the restart keeps the arguments")
+}
+
+// TestWithUser: a server started WithUser refuses connections without the user's password;
+// the helper's Client authenticates.
+func TestWithUser(t *testing.T) {
+	ctx := context.Background()
+	for _, user := range []string{"tally", "default"} {
+		t.Run(user, func(t *testing.T) {
+			s := MustStart(t, WithUser(user, "s3cret-pass"))
+			require.NoError(t, s.Client().Set(ctx, "k", "v", 0).Err())
+			anon := redis.NewClient(&redis.Options{Addr: s.Addr()})
+			defer anon.Close()
+			require.True(t, redis.IsAuthError(anon.Get(ctx, "k").Err()), "no credentials: NOAUTH")
+			wrong := redis.NewClient(&redis.Options{Addr: s.Addr(), Username: user, Password: "wrong"})
+			defer wrong.Close()
+			require.True(t, redis.IsAuthError(wrong.Ping(ctx).Err()), "wrong password: WRONGPASS")
+			require.Greater(t, s.CommandsProcessed(), int64(0))
+		})
+	}
+}
+
+// TestWithTLS: a server started WithTLS speaks TLS only, with client certificates required.
+func TestWithTLS(t *testing.T) {
+	ctx := context.Background()
+	f := MustTLSFiles(t)
+	s := MustStart(t, WithTLS(f.ServerCert, f.ServerKey, f.CA, true, f.Client))
+	require.NoError(t, s.Client().Set(ctx, "k", "v", 0).Err())
+	plain := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+	defer plain.Close()
+	require.Error(t, plain.Ping(ctx).Err(), "no plain-text port")
+	s.Restart()
+	require.NoError(t, s.Client().Ping(ctx).Err(), "a restart keeps TLS")
 }

@@ -13,7 +13,7 @@ import (
 // the INFO command it sends itself. It fails the test when the server cannot be read.
 func (s *Server) CommandsProcessed() int64 {
 	s.tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	c := redis.NewClient(s.options(&redis.Options{}))
 	defer c.Close()
 	info, err := c.Info(context.Background(), "stats").Result()
 	if err != nil {
