@@ -111,20 +111,27 @@ func runBank(t *testing.T, bin string, redisArgs []string, rdb redis.UniversalCl
 				dead = procs.serves[victim]
 			}
 			procs.mu.Unlock()
-			_ = dead.cmd.Process.Kill()
-			_ = dead.cmd.Wait()
+			dead.kill()
 			procs.kills.Add(1)
+			// Not startProc: a goroutine must not end the test with FailNow.
+			var p *proc
+			var err error
 			if victim < 2 {
-				p := startProc(t, bin, serveArgs...)
-				procs.mu.Lock()
-				procs.serves[victim] = p
-				procs.mu.Unlock()
+				p, err = startServeProc(t, bin, serveArgs...)
 			} else {
-				p, _ := startRelayProc(t, bin, relayArgs...)
-				procs.mu.Lock()
-				procs.relay = p
-				procs.mu.Unlock()
+				p, _, err = startRelayProcErr(t, bin, relayArgs...)
 			}
+			if err != nil {
+				t.Errorf("nemesis: restart: %v", err)
+				return
+			}
+			procs.mu.Lock()
+			if victim < 2 {
+				procs.serves[victim] = p
+			} else {
+				procs.relay = p
+			}
+			procs.mu.Unlock()
 		}
 	}()
 

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -155,29 +153,19 @@ func getJSON(t *testing.T, url string, v any) {
 // it prints.
 func startRelayProc(t *testing.T, bin string, args ...string) (*proc, string) {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"relay", "--log-level", "warn"}, args...)...)
-	stdout, err := cmd.StdoutPipe()
+	p, owner, err := startRelayProcErr(t, bin, args...)
 	require.NoError(t, err)
-	p := &proc{cmd: cmd, logs: &syncBuffer{}}
-	cmd.Stderr = p.logs
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	owners := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if owner, ok := strings.CutPrefix(sc.Text(), "relay "); ok {
-				owners <- strings.TrimSuffix(owner, " running")
-			}
+	return p, owner
+}
+
+// startRelayProcErr is startRelayProc returning an error instead of failing the test.
+func startRelayProcErr(tb testing.TB, bin string, args ...string) (*proc, string, error) {
+	return launch(tb, bin, append([]string{"relay", "--log-level", "warn"}, args...), func(line string) (string, bool) {
+		if owner, ok := strings.CutPrefix(line, "relay "); ok {
+			return strings.TrimSuffix(owner, " running"), true
 		}
-	}()
-	select {
-	case owner := <-owners:
-		return p, owner
-	case <-time.After(30 * time.Second):
-		t.Fatalf("tally relay did not start: %s", p.logs.String())
-		return nil, ""
-	}
+		return "", false
+	})
 }
 
 // TestRelaysQuietAndFailover runs one `tally serve` and two `tally relay` processes on one

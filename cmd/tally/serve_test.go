@@ -136,55 +136,113 @@ func TestServeRefusals(t *testing.T) {
 // buildTally compiles the tally binary once per test run.
 func buildTally(t *testing.T) string {
 	t.Helper()
+	return buildTallyTags(t)
+}
+
+// buildTallyTags compiles the tally binary with build tags (a deliberately broken build).
+func buildTallyTags(t *testing.T, tags ...string) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "tally")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	return bin
 }
 
 // proc is a tally child process.
 type proc struct {
-	cmd  *exec.Cmd
-	base string
-	logs *syncBuffer
+	cmd    *exec.Cmd
+	base   string
+	logs   *syncBuffer
+	exited chan struct{} // closed once the process was reaped
 }
 
 // startProc starts `tally serve` as a child process and waits until it listens.
 func startProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
-	stdout, err := cmd.StdoutPipe()
+	p, err := startServeProc(t, bin, args...)
 	require.NoError(t, err)
+	return p
+}
+
+// startServeProc is startProc for callers that must not fail the test from their own
+// goroutine (a nemesis restarting a process): it returns an error instead.
+func startServeProc(tb testing.TB, bin string, args ...string) (*proc, error) {
+	args = append([]string{"serve", "--addr", "127.0.0.1:0", "--log-level", "warn"}, args...)
+	p, base, err := launch(tb, bin, args, func(line string) (string, bool) {
+		if m := listenLine.FindStringSubmatch(line); m != nil {
+			return m[1], true
+		}
+		return "", false
+	})
+	if p != nil {
+		p.base = base
+	}
+	return p, err
+}
+
+// launch starts bin with args as a child process and waits (30s at most) until ready
+// accepts a line of its stdout, returning what ready extracted from it. The process is
+// killed when the test ends, and with the test binary should that die first. On error the
+// process is killed and its logs are in the error.
+func launch(tb testing.TB, bin string, args []string, ready func(line string) (string, bool)) (*proc, string, error) {
+	cmd := exec.Command(bin, args...)
+	// A test binary that dies (timeout, panic) takes its children with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
 	p := &proc{cmd: cmd, logs: &syncBuffer{}}
 	cmd.Stderr = p.logs
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := make(chan string, 1)
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	p.exited = exited
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
-				lines <- m[1]
+			if v, ok := ready(sc.Text()); ok {
+				select {
+				case found <- v:
+				default:
+				}
 			}
 		}
 	}()
 	select {
-	case p.base = <-lines:
+	case v := <-found:
+		return p, v, nil
+	case <-exited:
+		return nil, "", fmt.Errorf("tally %s exited (%v): %s", args[0], waitErr, p.logs.String())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("tally serve did not start: %s", p.logs.String())
+		_ = cmd.Process.Kill()
+		<-exited
+		return nil, "", fmt.Errorf("tally %s did not start within 30s: %s", args[0], p.logs.String())
 	}
-	return p
+}
+
+// kill SIGKILLs the process (also a stopped one) and waits until it is gone.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.exited
 }
 
 // stop sends SIGTERM and requires a clean exit.
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
-	errc := make(chan error, 1)
-	go func() { errc <- p.cmd.Wait() }()
 	select {
-	case err := <-errc:
-		require.NoError(t, err, "graceful exit; logs:\n%s", p.logs.String())
+	case <-p.exited:
+		require.True(t, p.cmd.ProcessState.Success(), "graceful exit (%v); logs:\n%s", p.cmd.ProcessState, p.logs.String())
 	case <-time.After(20 * time.Second):
 		t.Fatalf("tally did not stop on SIGTERM")
 	}
