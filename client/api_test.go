@@ -57,7 +57,8 @@ func TestAccounts(t *testing.T) {
 	_, err = c.Withdraw(ctx, "alice", "USD", 5000)
 	e = requireAPIError(t, err, http.StatusUnprocessableEntity, ErrInsufficientFunds)
 	assert.Equal(t, "insufficient funds: 1500 USD available, 5000 requested", e.Detail)
-	assert.Equal(t, "tally: 422 insufficient_funds: insufficient funds: 1500 USD available, 5000 requested", e.Error())
+	require.NotEmpty(t, e.RequestID, "the server's X-Request-ID")
+	assert.Equal(t, "tally: 422 insufficient_funds: insufficient funds: 1500 USD available, 5000 requested (request "+e.RequestID+")", e.Error())
 	op, err = c.Withdraw(ctx, "alice", "USD", 500)
 	require.NoError(t, err)
 	assert.Equal(t, int64(1000), op.Account.Balances["USD"].Posted)
@@ -388,10 +389,15 @@ func TestBatch(t *testing.T) {
 func TestAuthRelayAndProbes(t *testing.T) {
 	ctx := context.Background()
 	user, admin := "user-key-0123456789", "admin-key-0123456789"
-	s := startServer(t, handlers.Config{APIKeys: []string{user}, AdminKeys: []string{admin}}, nil)
+	keys, err := handlers.NewKeys([]handlers.Key{
+		{Name: "user", SHA256: handlers.HashToken(user), Scopes: []handlers.Scope{handlers.ScopeRead, handlers.ScopeWrite}},
+		{Name: "admin", SHA256: handlers.HashToken(admin), Scopes: []handlers.Scope{handlers.ScopeAdmin}},
+	})
+	require.NoError(t, err)
+	s := startServer(t, handlers.Config{Keys: keys}, nil)
 
 	anon, _ := newClient(t, s.URL)
-	_, err := anon.Account(ctx, "alice")
+	_, err = anon.Account(ctx, "alice")
 	requireAPIError(t, err, http.StatusUnauthorized, ErrUnauthorized)
 	_, err = anon.Deposit(ctx, "alice", "USD", 1)
 	requireAPIError(t, err, http.StatusUnauthorized, ErrUnauthorized)

@@ -89,7 +89,8 @@ func TestRetrySameKey(t *testing.T) {
 // retries replay rather than apply again.
 func TestRetryEveryMethod(t *testing.T) {
 	ctx := context.Background()
-	s := startServer(t, handlers.Config{}, nil)
+	// InsecureAdmin: the dead-letter replay is an admin operation, refused without keys.
+	s := startServer(t, handlers.Config{InsecureAdmin: true}, nil)
 	p := startProxy(t, s.URL, func(r *http.Request, n int) fault {
 		switch {
 		case n < 2:

@@ -80,6 +80,12 @@ func (s *server) batch(c *gin.Context) {
 			writeProblem(c, specInvalid, fmt.Sprintf("operations[%d]: %s", i, bad))
 			return
 		}
+		if id, bad := foreign(c, op.Account, op.From, op.To); bad {
+			// The whole batch is refused before anything applies; the answer depends on the
+			// IDs only, so it says nothing about another tenant's accounts.
+			s.writeError(c, fmt.Errorf("operations[%d]: %w", i, errAccountNotFound(id)))
+			return
+		}
 		if op.ID == "" && key != "" {
 			// A retry with the same Idempotency-Key names the same operations, so each
 			// replays instead of applying twice.

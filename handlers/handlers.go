@@ -4,7 +4,7 @@ package handlers
 
 import (
 	"context"
-	"crypto/subtle"
+	"crypto/rand"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -45,14 +45,22 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies; larger ones get 413 payload_too_large.
 	// Default 1 MiB.
 	MaxBodyBytes int64
-	// APIKeys, when non-empty, are the bearer tokens accepted on /v1 routes
-	// (Authorization: Bearer KEY). Empty means no authentication.
-	APIKeys []string
-	// Logger receives errors the API could not map to a client error. Default: discard.
+	// Keys, when set, are the API keys accepted on /v1 routes (Authorization: Bearer
+	// <token>), each with its scopes and tenant prefix (docs/security.md). Nil means no
+	// authentication, for a loopback server: every /v1 request may read and write, and admin
+	// operations are refused unless InsecureAdmin.
+	Keys *Keys
+	// InsecureAdmin allows admin operations (dead-letter replay) without keys. It cannot be
+	// combined with Keys.
+	InsecureAdmin bool
+	// RateLimit limits the requests of each key (all requests share one bucket without
+	// keys). Default off.
+	RateLimit RateLimit
+	// Logger receives one line per request (info) and errors the API could not map to a
+	// client error. Default: discard.
 	Logger *slog.Logger
-	// AdminKeys are the bearer tokens allowed to call admin operations (dead-letter
-	// replay). They are also accepted wherever APIKeys are.
-	AdminKeys []string
+	// Clock is the rate limiter's clock. Default time.Now.
+	Clock func() time.Time
 	// Relay, when set, serves GET /v1/relay and POST /v1/relay/dead-letters/replay.
 	Relay Relay
 	// Metrics, when set, is served at GET /metrics (no authentication).
@@ -73,12 +81,13 @@ func (c Config) Validate() error {
 	if c.RequestTimeout < 0 {
 		return errors.New("handlers: request timeout must not be negative")
 	}
-	for _, k := range append(c.APIKeys, c.AdminKeys...) {
-		if len(k) < 16 {
-			return errors.New("handlers: API keys must be at least 16 characters")
-		}
+	if c.Keys != nil && c.Keys.Len() == 0 {
+		return errors.New("handlers: Keys holds no key")
 	}
-	return nil
+	if c.Keys != nil && c.InsecureAdmin {
+		return errors.New("handlers: InsecureAdmin is for a server without keys; give a key the admin scope instead")
+	}
+	return c.RateLimit.validate()
 }
 
 // openAPI is the OpenAPI 3.1 description of the API, served at /openapi.json.
@@ -90,9 +99,11 @@ var openAPI []byte
 const DefaultEventsLimit = 100
 
 type server struct {
-	ledger Ledger
-	cfg    Config
-	log    *slog.Logger
+	ledger    Ledger
+	cfg       Config
+	log       *slog.Logger
+	anonymous *principal // every request's principal without keys
+	limiter   *limiter   // nil without a rate limit
 }
 
 // New returns the HTTP handler of the API, or an error for an invalid cfg.
@@ -106,7 +117,17 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &server{ledger: l, cfg: cfg, log: cfg.Logger}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	s := &server{ledger: l, cfg: cfg, log: cfg.Logger,
+		anonymous: &principal{name: anonymousName, scopes: scopeBit[ScopeRead] | scopeBit[ScopeWrite]}}
+	if cfg.InsecureAdmin {
+		s.anonymous.scopes |= scopeBit[ScopeAdmin]
+	}
+	if cfg.RateLimit.PerSecond > 0 {
+		s.limiter = newLimiter(cfg.RateLimit, cfg.Clock)
+	}
 
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
@@ -114,6 +135,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	// An API answers a path it does not serve with a 404 problem, not an HTML redirect to
 	// another path (gin's default for a trailing slash or a path that needs cleaning).
 	r.RedirectTrailingSlash, r.RedirectFixedPath = false, false
+	r.Use(s.logRequest)
 	if cfg.Registerer != nil {
 		m, err := newHTTPMetrics(cfg.Registerer)
 		if err != nil {
@@ -130,23 +152,27 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	r.GET("/openapi.json", func(c *gin.Context) { c.Data(http.StatusOK, "application/json", openAPI) })
 	r.GET("/readyz", s.ready)
 
-	v1 := r.Group("/v1", s.auth)
-	v1.POST("/accounts", s.openAccount)
-	v1.GET("/accounts/:id", s.getAccount)
-	v1.GET("/accounts/:id/events", s.listEvents)
-	v1.POST("/accounts/:id/deposits", s.deposit)
-	v1.POST("/accounts/:id/withdrawals", s.withdraw)
-	v1.POST("/accounts/:id/close", s.closeAccount)
-	v1.POST("/accounts/:id/holds", s.placeHold)
-	v1.GET("/accounts/:id/holds/:hold", s.getHold)
-	v1.POST("/accounts/:id/holds/:hold/capture", s.captureHold)
-	v1.POST("/accounts/:id/holds/:hold/void", s.voidHold)
-	v1.POST("/transfers", s.createTransfer)
-	v1.GET("/transfers/:id", s.getTransfer)
-	v1.POST("/batch", s.batch)
+	// Every /v1 route names the scope it needs and, for a tenant key, the accounts it
+	// touches: in the path here (own), in the body in its handler (foreign). docs/security.md
+	// has the table; TestAuthTable holds every route to it.
+	read, write, admin := s.need(ScopeRead), s.need(ScopeWrite), s.need(ScopeAdmin)
+	v1 := r.Group("/v1", s.authenticate)
+	v1.POST("/accounts", write, s.openAccount)
+	v1.GET("/accounts/:id", read, s.own(hideBare), s.getAccount)
+	v1.GET("/accounts/:id/events", read, s.own(hideBare), s.listEvents)
+	v1.POST("/accounts/:id/deposits", write, s.own(hideNamed), s.deposit)
+	v1.POST("/accounts/:id/withdrawals", write, s.own(hideNamed), s.withdraw)
+	v1.POST("/accounts/:id/close", write, s.own(hideNamed), s.closeAccount)
+	v1.POST("/accounts/:id/holds", write, s.own(hideNamed), s.placeHold)
+	v1.GET("/accounts/:id/holds/:hold", read, s.own(hideHold), s.getHold)
+	v1.POST("/accounts/:id/holds/:hold/capture", write, s.own(hideHold), s.captureHold)
+	v1.POST("/accounts/:id/holds/:hold/void", write, s.own(hideHold), s.voidHold)
+	v1.POST("/transfers", write, s.createTransfer)
+	v1.GET("/transfers/:id", read, s.getTransfer)
+	v1.POST("/batch", write, s.batch)
 	if cfg.Relay != nil {
-		v1.GET("/relay", s.relayStatus)
-		v1.POST("/relay/dead-letters/replay", s.admin, s.replayDeadLetters)
+		v1.GET("/relay", read, s.global, s.relayStatus)
+		v1.POST("/relay/dead-letters/replay", admin, s.global, s.replayDeadLetters)
 	}
 	if cfg.Metrics != nil {
 		r.GET("/metrics", gin.WrapH(cfg.Metrics))
@@ -161,7 +187,7 @@ func (s *server) recover(c *gin.Context) {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			s.log.Error("panic in handler", "method", c.Request.Method, "path", c.Request.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			s.log.Error("panic in handler", "request_id", requestIDOf(c), "method", c.Request.Method, "path", c.Request.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			writeProblem(c, specInternal, "an internal error occurred; it has been logged")
 		}
 	}()
@@ -177,30 +203,48 @@ func (s *server) limitBody(c *gin.Context) {
 	c.Next()
 }
 
-func (s *server) auth(c *gin.Context) {
-	if len(s.cfg.APIKeys) == 0 && len(s.cfg.AdminKeys) == 0 {
-		c.Next()
-		return
+// requestIDHeader carries a request's ID: the client's when it is sane, else one made
+// here; it is echoed in the response and logged.
+const requestIDHeader = "X-Request-ID"
+
+// maxRequestID bounds a client's request ID.
+const maxRequestID = 128
+
+// requestID returns the request's X-Request-ID when it is 1..128 of [A-Za-z0-9._:-],
+// else a new random one: a client's ID must not be able to forge or break log lines.
+func requestID(c *gin.Context) string {
+	id := c.GetHeader(requestIDHeader)
+	ok := id != "" && len(id) <= maxRequestID
+	for i := 0; ok && i < len(id); i++ {
+		b := id[i]
+		ok = b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || strings.IndexByte("._:-", b) >= 0
 	}
-	token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
-	if ok && (matchKey(token, s.cfg.APIKeys) || matchKey(token, s.cfg.AdminKeys)) {
-		c.Next()
-		return
+	if !ok {
+		id = rand.Text()
 	}
-	c.Header("WWW-Authenticate", `Bearer realm="tally"`)
-	writeProblem(c, specUnauthed, "send Authorization: Bearer <API key>")
+	return id
 }
 
-// matchKey reports whether token equals one of keys, in constant time per key.
-func matchKey(token string, keys []string) bool {
-	found := false
-	for _, k := range keys {
-		if subtle.ConstantTimeCompare([]byte(token), []byte(k)) == 1 {
-			found = true
-		}
+// logRequest gives the request its ID (echoed in X-Request-ID) and logs one line when it
+// is answered: route, status, duration, ID and the key's name (never its token).
+func (s *server) logRequest(c *gin.Context) {
+	start := time.Now()
+	id := requestID(c)
+	c.Set(requestIDHeader, id)
+	c.Header(requestIDHeader, id)
+	c.Next()
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched"
 	}
-	return found && token != ""
+	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request",
+		slog.String("request_id", id), slog.String("method", c.Request.Method), slog.String("path", c.Request.URL.Path),
+		slog.String("route", route), slog.Int("status", c.Writer.Status()),
+		slog.Duration("duration", time.Since(start)), slog.String("key", keyName(c)), slog.String("remote", c.RemoteIP()))
 }
+
+// requestIDOf returns the ID logRequest gave the request.
+func requestIDOf(c *gin.Context) string { return c.GetString(requestIDHeader) }
 
 func (s *server) ready(c *gin.Context) {
 	if err := s.ledger.Ping(c.Request.Context()); err != nil {
@@ -223,6 +267,9 @@ func (s *server) openAccount(c *gin.Context) {
 	}
 	if body.ID == "" {
 		writeProblem(c, specInvalid, "id is required")
+		return
+	}
+	if !mayOpen(c, body.ID) {
 		return
 	}
 	s.write(c, http.StatusCreated, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {

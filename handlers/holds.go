@@ -89,6 +89,10 @@ func (s *server) captureHold(c *gin.Context) {
 		writeProblem(c, specInvalid, "amount must be a positive integer in minor units; leave it out to capture the whole hold")
 		return
 	}
+	if to, bad := foreign(c, body.To); bad {
+		s.writeError(c, errAccountNotFound(to)) // as for a missing account: nothing revealed
+		return
+	}
 	account, hold := c.Param("id"), c.Param("hold")
 	s.write(c, http.StatusOK, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
 		return s.ledger.CaptureHold(ctx, account, hold, body.Amount.Value, body.To, opts)

@@ -112,7 +112,7 @@ func (s *server) problemFor(c *gin.Context, err error) (spec problemSpec, detail
 	if spec, ok := lookup(err); ok {
 		detail := err.Error()
 		if spec.status >= 500 {
-			s.log.Warn("request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
+			s.log.Warn("request failed", "request_id", requestIDOf(c), "method", c.Request.Method, "path", c.FullPath(), "err", err)
 			detail = spec.title + "; retry later"
 		}
 		return spec, detail, true
@@ -122,7 +122,7 @@ func (s *server) problemFor(c *gin.Context, err error) (spec problemSpec, detail
 	}
 	// A bug (ledger.ErrInternal, a panic, anything unmapped): logged here with what it
 	// carries, answered without internals.
-	attrs := []any{"method", c.Request.Method, "path", c.FullPath(), "err", err}
+	attrs := []any{"request_id", requestIDOf(c), "method", c.Request.Method, "path", c.FullPath(), "err", err}
 	var pe *ledger.PanicError
 	if errors.As(err, &pe) {
 		attrs = append(attrs, "stack", string(pe.Stack))

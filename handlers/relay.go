@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"net/http"
-	"strings"
 
 	"github.com/gin-gonic/gin"
 )
@@ -46,8 +45,6 @@ type Relay interface {
 	ReplayDeadLetters(ctx context.Context) (int, error)
 }
 
-var specForbidden = problemSpec{http.StatusForbidden, "forbidden", "Forbidden"}
-
 func (s *server) relayStatus(c *gin.Context) {
 	st, err := s.cfg.Relay.Status(c.Request.Context())
 	if err != nil {
@@ -68,19 +65,4 @@ func (s *server) replayDeadLetters(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"replayed": n})
-}
-
-// admin lets a request through when no API keys are configured (loopback development) or
-// when its bearer token is one of the admin keys; a valid non-admin key gets 403.
-func (s *server) admin(c *gin.Context) {
-	if len(s.cfg.APIKeys) == 0 && len(s.cfg.AdminKeys) == 0 {
-		c.Next()
-		return
-	}
-	token, _ := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
-	if matchKey(token, s.cfg.AdminKeys) {
-		c.Next()
-		return
-	}
-	writeProblem(c, specForbidden, "this operation needs an admin key")
 }

@@ -20,7 +20,7 @@ import (
 
 // TestRelayEndpoints: GET /v1/relay reports the partitions from Redis (before any relay ran:
 // not consumed, everything backlog; afterwards the dead-lettered event), with the v1 field
-// names lag and lag_seconds still present; the replay needs an admin key.
+// names lag and lag_seconds still present; the replay needs a key with the admin scope.
 func TestRelayEndpoints(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.MustStart(t).Client()
@@ -29,7 +29,8 @@ func TestRelayEndpoints(t *testing.T) {
 	admin, err := outbox.NewAdmin(rdb, outbox.AdminConfig{Partitions: 4})
 	require.NoError(t, err)
 	adminKey, user := "admin-key-0123456789", "user-key-0123456789"
-	h, err := handlers.New(l, handlers.Config{APIKeys: []string{user}, AdminKeys: []string{adminKey}, Relay: relayStatus{admin}})
+	keys := mustKeys(t, key("user", user, "", handlers.ScopeRead, handlers.ScopeWrite), key("admin", adminKey, "", handlers.ScopeAdmin))
+	h, err := handlers.New(l, handlers.Config{Keys: keys, Relay: relayStatus{admin}})
 	require.NoError(t, err)
 	a := &api{t: t, h: h, rdb: rdb}
 	auth := []string{"Authorization", "Bearer " + user}

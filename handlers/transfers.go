@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
@@ -71,6 +72,10 @@ func (s *server) createTransfer(c *gin.Context) {
 		writeProblem(c, specInvalid, "from and to are required")
 		return
 	}
+	if id, bad := foreign(c, body.From, body.To); bad {
+		s.writeError(c, errAccountNotFound(id)) // as for a missing account: nothing revealed
+		return
+	}
 	// The ledger refuses from == to, malformed IDs, currencies and metadata (400).
 	id, ok := resourceID(c, body.ID, "t-")
 	if !ok {
@@ -92,6 +97,12 @@ func (s *server) createTransfer(c *gin.Context) {
 
 func (s *server) getTransfer(c *gin.Context) {
 	t, err := s.ledger.GetTransfer(c.Request.Context(), c.Param("id"))
+	if err == nil {
+		if _, bad := foreign(c, t.From, t.To); bad {
+			// Another tenant's transfer is answered as a missing one.
+			err = fmt.Errorf("%w: transfer %s", ledger.ErrNotFound, c.Param("id"))
+		}
+	}
 	if err != nil {
 		s.writeError(c, err)
 		return

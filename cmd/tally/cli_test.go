@@ -6,6 +6,8 @@ import (
 	"errors"
 	"flag"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -14,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/handlers"
 )
 
 // TestHelpSaysWhatIsRequired checks that the top-level usage and 'tally <command> -h' say
@@ -143,6 +147,11 @@ func TestServeConfigErrorsBeforeAnything(t *testing.T) {
 		return false
 	}
 
+	dir := t.TempDir()
+	goodKeysFile, badKeysFile := filepath.Join(dir, "good.json"), filepath.Join(dir, "bad.json")
+	writeKeys(t, goodKeysFile, []handlers.Key{{Name: "app", SHA256: handlers.HashToken("token"), Scopes: []handlers.Scope{"read"}}})
+	require.NoError(t, os.WriteFile(badKeysFile, []byte(`[{"name":"app","sha256":"`+handlers.HashToken("t")+`","scopes":["delete"]}]`), 0o600))
+
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -155,10 +164,14 @@ func TestServeConfigErrorsBeforeAnything(t *testing.T) {
 		{"zero max batch", []string{"--max-batch", "0"}, "--max-batch must be positive"},
 		{"huge max batch", []string{"--max-batch", "5000"}, "ledger: max batch must be 1..1024"},
 		{"short idempotency TTL", []string{"--idempotency-ttl", "100ms"}, "TTLs at least 1s"},
-		{"non-loopback without keys", []string{"--addr", "0.0.0.0:0"}, "non-loopback"},
+		{"non-loopback without keys", []string{"--addr", "0.0.0.0:0"}, "non-loopback address 0.0.0.0:0 without API keys: give --api-keys-file"},
+		{"non-loopback with --insecure-admin", []string{"--addr", "0.0.0.0:0", "--insecure-admin"}, "without API keys"},
 		{"profiler off loopback", []string{"--pprof", "0.0.0.0:6060"}, "--pprof must be a loopback address"},
-		{"short API key", []string{"--api-keys", "short"}, "at least 16 characters"},
-		{"short admin key", []string{"--admin-keys", "0123456789abcdef,short"}, "at least 16 characters"},
+		{"missing keys file", []string{"--api-keys-file", "/nonexistent/keys.json"}, "--api-keys-file: stat /nonexistent/keys.json: no such file"},
+		{"invalid keys file", []string{"--api-keys-file", badKeysFile}, `unknown scope "delete"`},
+		{"insecure admin with keys", []string{"--api-keys-file", goodKeysFile, "--insecure-admin"}, "--insecure-admin is for a loopback server without keys"},
+		{"negative rate limit", []string{"--rate-limit", "-1"}, "--rate-limit and --rate-burst must not be negative"},
+		{"burst without rate", []string{"--rate-burst", "5"}, "--rate-burst needs --rate-limit"},
 		{"zero max body", []string{"--max-body", "0"}, "--max-body must be positive"},
 		{"negative max body", []string{"--max-body", "-1"}, "--max-body must be positive"},
 		{"zero request timeout", []string{"--request-timeout", "0s"}, "--request-timeout must be positive"},

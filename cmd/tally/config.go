@@ -244,8 +244,17 @@ func (f *serveFlags) validate() error {
 			return fmt.Errorf("%s must be positive", p.flag)
 		}
 	}
-	if !isLoopback(f.addr) && len(splitList(f.apiKeys))+len(splitList(f.adminKeys)) == 0 {
-		return fmt.Errorf("refusing to listen on non-loopback address %s without --api-keys", f.addr)
+	if !isLoopback(f.addr) && f.keysFile == "" {
+		return fmt.Errorf("refusing to listen on non-loopback address %s without API keys: give --api-keys-file (docs/security.md)", f.addr)
+	}
+	if f.insecureAdm && f.keysFile != "" {
+		return errors.New("--insecure-admin is for a loopback server without keys; with --api-keys-file give a key the admin scope")
+	}
+	if f.rateLimit < 0 || f.rateBurst < 0 {
+		return errors.New("--rate-limit and --rate-burst must not be negative")
+	}
+	if f.rateBurst > 0 && f.rateLimit == 0 {
+		return errors.New("--rate-burst needs --rate-limit")
 	}
 	if f.pprof != "" && !isLoopback(f.pprof) {
 		return fmt.Errorf("--pprof must be a loopback address (the profiler has no authentication), got %q", f.pprof)

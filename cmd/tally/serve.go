@@ -21,12 +21,14 @@ type serveFlags struct {
 	lock        lockFlags
 	relay       relayFlags
 	runRelay    bool
-	adminKeys   string
 	partitions  int
 	concurrency string
 	groupCommit bool
 	maxBatch    int
-	apiKeys     string
+	keysFile    string
+	insecureAdm bool
+	rateLimit   int
+	rateBurst   int
 	maxBody     int64
 	logLevel    string
 	shutdown    time.Duration
@@ -45,12 +47,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	f.lock.register(fs)
 	f.relay.register(fs)
 	fs.BoolVar(&f.runRelay, "relay", true, "run the outbox relay in this process")
-	fs.StringVar(&f.adminKeys, "admin-keys", "", "comma-separated admin API keys (dead-letter replay); admin keys also work as API keys")
 	fs.IntVar(&f.partitions, "partitions", 16, "number of partitions (recorded in Redis on first start; must match later)")
 	fs.StringVar(&f.concurrency, "concurrency", "optimistic", "concurrency mode: optimistic | lock")
 	fs.BoolVar(&f.groupCommit, "group-commit", true, "commit requests that wait together in one partition (any accounts) in one read and one script call")
 	fs.IntVar(&f.maxBatch, "max-batch", 64, "largest group commit (requests per partition per script call)")
-	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys (Authorization: Bearer KEY); required on non-loopback --addr")
+	fs.StringVar(&f.keysFile, "api-keys-file", "", "JSON file of API keys (name, sha256 of the token, scopes, optional tenant prefix; docs/security.md), reloaded on SIGHUP; required on a non-loopback --addr")
+	fs.BoolVar(&f.insecureAdm, "insecure-admin", false, "without --api-keys-file, allow admin operations (dead-letter replay) to every local client")
+	fs.IntVar(&f.rateLimit, "rate-limit", 0, "requests per second each API key may sustain on /v1 (without --api-keys-file: all clients together); beyond: 429 with Retry-After (0: off)")
+	fs.IntVar(&f.rateBurst, "rate-burst", 0, "requests a key may send at once after being idle (default: --rate-limit, one second's worth)")
 	fs.Int64Var(&f.maxBody, "max-body", 1<<20, "request body limit in bytes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
@@ -71,9 +75,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.validate(); err != nil {
 		return err
 	}
-	keys, adminKeys := splitList(f.apiKeys), splitList(f.adminKeys)
-	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, APIKeys: keys, AdminKeys: adminKeys, RequestTimeout: f.reqTimeout,
-		Logger: log}
+	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, RequestTimeout: f.reqTimeout, Logger: log,
+		InsecureAdmin: f.insecureAdm, RateLimit: handlers.RateLimit{PerSecond: f.rateLimit, Burst: f.rateBurst}}
+	var g group
+	if f.keysFile != "" {
+		keys, err := loadKeys(f.keysFile)
+		if err != nil {
+			return err
+		}
+		hcfg.Keys = keys
+		hup, stopHUP := notifyHUP()
+		defer stopHUP()
+		g.add(func(ctx context.Context) error { return reloadKeys(ctx, log, hup, f.keysFile, keys) })
+	}
 	if err := hcfg.Validate(); err != nil {
 		return err
 	}
@@ -115,7 +129,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	var g group
 	g.add(sweeper.Run)
 	// The relay status and dead-letter replay live in Redis: every serve answers them.
 	admin, err := f.relay.newAdmin(rdb, l.Prefix(), l.Partitions(), reg)
@@ -156,7 +169,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log.Info("tally serving", "addr", ln.Addr().String(), "concurrency", l.Mode(), "partitions", l.Partitions(),
-		"group_commit", f.groupCommit, "relay", f.runRelay)
+		"group_commit", f.groupCommit, "relay", f.runRelay, "api_keys", hcfg.Keys.Len(), "rate_limit", f.rateLimit)
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 
 	g.add(func(ctx context.Context) error {
