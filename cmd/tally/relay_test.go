@@ -100,7 +100,8 @@ func TestRelayCommandWebhook(t *testing.T) {
 func TestServeWithoutRelayAnswersRelayStatus(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.MustStart(t)
-	base, stop := startServe(t, "--redis", srv.Addr(), "--partitions", "4", "--relay=false")
+	// --insecure-admin: the replay is an admin operation, refused without keys otherwise.
+	base, stop := startServe(t, "--redis", srv.Addr(), "--partitions", "4", "--relay=false", "--insecure-admin")
 	code, body := post(t, base+"/v1/accounts", `{"id":"alice"}`)
 	require.Equal(t, 201, code, body)
 	code, body = post(t, base+"/v1/accounts/alice/deposits", `{"currency":"USD","amount":10}`)
