@@ -251,7 +251,7 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *sl
 		defer closeLocker()
 		cfg.Locker, cfg.LeaseWaits = locker, waits
 		var closeMasters func()
-		cfg.LockMasters, closeMasters = lockMasterClients(f.lock.masters)
+		cfg.LockMasters, closeMasters = lockMasterClients(f.lock)
 		defer closeMasters()
 	}
 	if err := cfg.Validate(); err != nil {
@@ -302,11 +302,13 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *sl
 }
 
 // lockMasterClients returns a client of each --lock-redis master, for bench to count the
-// commands they execute, and a function that closes them.
-func lockMasterClients(masters string) ([]*redis.Client, func()) {
+// commands they execute, and a function that closes them. Unusable connection settings
+// were refused by newLocker before; here they yield no clients.
+func lockMasterClients(f lockFlags) ([]*redis.Client, func()) {
 	var cs []*redis.Client
-	for _, a := range splitList(masters) {
-		cs = append(cs, redis.NewClient(lock.MasterOptions(a)))
+	opts, _ := f.masterOptions()
+	for _, o := range opts {
+		cs = append(cs, redis.NewClient(o))
 	}
 	return cs, func() {
 		for _, c := range cs {

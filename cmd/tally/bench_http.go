@@ -67,7 +67,7 @@ func runHTTPBench(ctx context.Context, f benchFlags, h *httpBenchFlags, log *slo
 		defer closeRedis()
 		cfg.Redis = rdb
 		var closeMasters func()
-		cfg.LockMasters, closeMasters = lockMasterClients(f.lock.masters)
+		cfg.LockMasters, closeMasters = lockMasterClients(f.lock)
 		defer closeMasters()
 	}
 	return bench.RunHTTP(ctx, cfg)

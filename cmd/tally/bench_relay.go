@@ -39,7 +39,7 @@ func runRelayBench(ctx context.Context, f benchFlags, log *slog.Logger, stdout, 
 		cfg.Backlog = -1
 	}
 	var closeMasters func()
-	cfg.LockMasters, closeMasters = lockMasterClients(f.lock.masters)
+	cfg.LockMasters, closeMasters = lockMasterClients(f.lock)
 	defer closeMasters()
 	if err := cfg.Validate(); err != nil {
 		return benchFlagError(err)

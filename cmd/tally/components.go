@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -20,17 +21,68 @@ import (
 	"github.com/tally-ledger/tally/outbox"
 )
 
-// lockFlags choose the Redlock masters and lease timing.
+// lockFlags choose the Redlock masters, how to connect to them, and lease timing.
 type lockFlags struct {
 	masters string
+	conn    connFlags
 	ttl     time.Duration
 	wait    time.Duration
 }
 
 func (f *lockFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.masters, "lock-redis", "", "comma-separated independent Redis masters for Redlock leases (default: the data Redis as the single master)")
+	f.conn.register(fs, "lock-redis", "the --lock-redis masters")
 	fs.DurationVar(&f.ttl, "lock-ttl", lock.DefaultTTL, "lease validity; renewed while work runs")
 	fs.DurationVar(&f.wait, "lock-wait", lock.DefaultWaitTimeout, "longest wait for a lease before 503 lock_unavailable")
+}
+
+// masterOptions returns the go-redis options of each --lock-redis master (none without
+// the flag), with the --lock-redis-* credentials and TLS settings. It returns an error for
+// those settings without --lock-redis, and for unusable TLS settings.
+func (f *lockFlags) masterOptions() ([]*redis.Options, error) {
+	addrs := splitList(f.masters)
+	if len(addrs) == 0 && f.conn.o.Set() {
+		return nil, errors.New("--lock-redis-user, --lock-redis-password and --lock-redis-tls* need --lock-redis (without it the leases live on the data Redis, reached with the --redis-* settings)")
+	}
+	tlsCfg, err := f.conn.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*redis.Options, len(addrs))
+	for i, a := range addrs {
+		out[i] = lock.MasterOptions(a)
+		f.conn.o.Apply(out[i], tlsCfg)
+	}
+	return out, nil
+}
+
+// checkMasters pings every --lock-redis master once at start. Refused credentials or a
+// failed TLS handshake are errors (the configuration is wrong: no lease would ever be
+// granted); a master that does not answer is only logged, since Redlock works with a
+// majority and the master may come back.
+func (f *lockFlags) checkMasters(ctx context.Context, log *slog.Logger) error {
+	opts, err := f.masterOptions()
+	if err != nil {
+		return err
+	}
+	if len(opts) > 0 {
+		f.conn.warnArgv(log)
+	}
+	for _, o := range opts {
+		c := redis.NewClient(o)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.Ping(pctx).Err()
+		cancel()
+		c.Close()
+		switch {
+		case err == nil:
+		case redisx.ConfigError(err):
+			return f.conn.connectError("lock master "+o.Addr, err)
+		default:
+			log.Warn("lock master does not answer; leases need a majority of the masters", "master", o.Addr, "err", err)
+		}
+	}
+	return nil
 }
 
 // newLocker returns a Locker over the --lock-redis masters, or over data when none are
@@ -44,9 +96,13 @@ func (f *lockFlags) newLocker(data redis.UniversalClient, log *slog.Logger, hook
 			}
 		}
 	}
-	if addrs := splitList(f.masters); len(addrs) > 0 {
-		for _, a := range addrs {
-			clients = append(clients, redis.NewClient(lock.MasterOptions(a)))
+	opts, err := f.masterOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(opts) > 0 {
+		for _, o := range opts {
+			clients = append(clients, redis.NewClient(o))
 		}
 	} else {
 		clients = []redis.UniversalClient{data}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
 )
 
 // newFlagSet returns a flag set whose unset flags are read from TALLY_* environment
@@ -39,7 +42,12 @@ func parse(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	fs.Visit(func(f *flag.Flag) {
+		set[f.Name] = true
+		if s, ok := f.Value.(*secretValue); ok {
+			s.inArgv = true
+		}
+	})
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || err != nil {
@@ -55,10 +63,83 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return err
 }
 
-// redisFlags are the flags that choose the data Redis.
+// redisFlags are the flags that choose the data Redis and how to connect to it.
 type redisFlags struct {
 	addr    string
 	cluster string
+	conn    connFlags
+}
+
+// connFlags are the credentials and TLS flags of one kind of Redis connection: --redis-*
+// for the data Redis, --lock-redis-* for the lock masters. They are independent: the lock
+// masters inherit nothing from the data Redis's.
+type connFlags struct {
+	name string // "redis" or "lock-redis"
+	o    redisx.ConnOptions
+	pw   secretValue
+}
+
+// secretValue is a flag holding a secret. parse marks it when it was given on the command
+// line, where every local user can read it (ps, /proc), rather than in the environment.
+type secretValue struct {
+	s      *string
+	inArgv bool
+}
+
+func (v *secretValue) String() string {
+	if v.s == nil || *v.s == "" {
+		return ""
+	}
+	return "(hidden)"
+}
+
+func (v *secretValue) Set(s string) error { *v.s = s; return nil }
+
+// register adds --<name>-user, --<name>-password (also TALLY_<NAME>_PASSWORD),
+// --<name>-tls, --<name>-tls-ca, --<name>-tls-cert, --<name>-tls-key and
+// --<name>-tls-server-name; what names the servers in their help.
+func (c *connFlags) register(fs *flag.FlagSet, name, what string) {
+	c.name = name
+	env := "TALLY_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_PASSWORD"
+	fs.StringVar(&c.o.Username, name+"-user", "", "ACL user of "+what+" (default: the default user)")
+	c.pw.s = &c.o.Password
+	fs.Var(&c.pw, name+"-password", "`password` of "+what+"; give it as "+env+" instead: a command line is visible to every local user")
+	fs.BoolVar(&c.o.TLS, name+"-tls", false, "connect to "+what+" over TLS")
+	fs.StringVar(&c.o.CAFile, name+"-tls-ca", "", "with --"+name+"-tls: PEM file of the CAs that sign the server certificates of "+what+" (default: the system's)")
+	fs.StringVar(&c.o.CertFile, name+"-tls-cert", "", "with --"+name+"-tls: PEM client certificate for "+what+" (with --"+name+"-tls-key)")
+	fs.StringVar(&c.o.KeyFile, name+"-tls-key", "", "with --"+name+"-tls: PEM key of --"+name+"-tls-cert")
+	fs.StringVar(&c.o.ServerName, name+"-tls-server-name", "", "with --"+name+"-tls: name the server certificates of "+what+" must carry (default: the host dialled)")
+}
+
+// tlsConfig returns the TLS configuration of the flags (nil without --<name>-tls), or an
+// error naming the flags.
+func (c *connFlags) tlsConfig() (*tls.Config, error) {
+	cfg, err := c.o.TLSConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--%s-tls*: %w", c.name, err)
+	}
+	return cfg, nil
+}
+
+// warnArgv logs that a password on the command line can be read by every local user.
+func (c *connFlags) warnArgv(log *slog.Logger) {
+	if c.pw.inArgv {
+		log.Warn("--" + c.name + "-password on the command line is visible to every local user (ps); set TALLY_" +
+			strings.ToUpper(strings.ReplaceAll(c.name, "-", "_")) + "_PASSWORD instead")
+	}
+}
+
+// connectError explains a failed first connection whose cause is the configuration.
+func (c *connFlags) connectError(what string, err error) error {
+	switch {
+	case redis.IsAuthError(err) || redis.IsPermissionError(err):
+		return fmt.Errorf("connect to %s: authentication refused (check --%s-user and TALLY_%s_PASSWORD): %w",
+			what, c.name, strings.ToUpper(strings.ReplaceAll(c.name, "-", "_")), err)
+	case redisx.ConfigError(err):
+		return fmt.Errorf("connect to %s: TLS handshake failed (check --%s-tls, --%s-tls-ca, --%s-tls-server-name and the client certificate): %w",
+			what, c.name, c.name, c.name, err)
+	}
+	return fmt.Errorf("connect to %s: %w", what, err)
 }
 
 // errRedisRequired is returned by commands that need a real Redis when neither --redis nor
@@ -70,6 +151,7 @@ var errRedisRequired = errors.New("--redis or --redis-cluster is required")
 func (r *redisFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.addr, "redis", "", "standalone Redis address host:port (this or --redis-cluster is required)")
 	fs.StringVar(&r.cluster, "redis-cluster", "", "comma-separated Redis Cluster seed nodes host:port,... (this or --redis is required)")
+	r.conn.register(fs, "redis", "the data Redis")
 }
 
 // registerEmbedded adds --redis and --redis-cluster for serve, which without either runs
@@ -77,6 +159,7 @@ func (r *redisFlags) register(fs *flag.FlagSet) {
 func (r *redisFlags) registerEmbedded(fs *flag.FlagSet) {
 	fs.StringVar(&r.addr, "redis", "", "standalone Redis address host:port (default: embedded in-memory Redis, NOT durable)")
 	fs.StringVar(&r.cluster, "redis-cluster", "", "comma-separated Redis Cluster seed nodes host:port,... (default: embedded in-memory Redis, NOT durable)")
+	r.conn.register(fs, "redis", "the data Redis")
 }
 
 // check returns an error when both flags are given, or neither and embedded is not allowed.
@@ -86,6 +169,8 @@ func (r *redisFlags) check(allowEmbedded bool) error {
 		return errors.New("give either --redis or --redis-cluster, not both")
 	case r.addr == "" && r.cluster == "" && !allowEmbedded:
 		return errRedisRequired
+	case r.addr == "" && r.cluster == "" && r.conn.o.Set():
+		return errors.New("--redis-user, --redis-password and --redis-tls* need --redis or --redis-cluster (the embedded Redis takes neither)")
 	}
 	return nil
 }
@@ -95,6 +180,7 @@ func (r *redisFlags) check(allowEmbedded bool) error {
 // configuration is checked before anything starts.
 type dataRedis struct {
 	client redis.UniversalClient
+	conn   *connFlags
 
 	embedded *miniredis.Miniredis // nil unless neither --redis nor --redis-cluster was given
 	mu       sync.Mutex
@@ -108,12 +194,20 @@ func (r *redisFlags) open(allowEmbedded bool) (*dataRedis, error) {
 	if err := r.check(allowEmbedded); err != nil {
 		return nil, err
 	}
-	d := &dataRedis{}
+	tlsCfg, err := r.conn.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	d := &dataRedis{conn: &r.conn}
 	switch {
 	case r.cluster != "":
-		d.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: splitList(r.cluster), ContextTimeoutEnabled: true})
+		o := &redis.ClusterOptions{Addrs: splitList(r.cluster), ContextTimeoutEnabled: true}
+		r.conn.o.ApplyCluster(o, tlsCfg)
+		d.client = redis.NewClusterClient(o)
 	case r.addr != "":
-		d.client = redis.NewClient(&redis.Options{Addr: r.addr, ContextTimeoutEnabled: true})
+		o := &redis.Options{Addr: r.addr, ContextTimeoutEnabled: true}
+		r.conn.o.Apply(o, tlsCfg)
+		d.client = redis.NewClient(o)
 	default:
 		d.embedded = miniredis.NewMiniRedis()
 		d.client = redis.NewClient(&redis.Options{Addr: "embedded", ContextTimeoutEnabled: true, Dialer: d.dialEmbedded})
@@ -137,7 +231,8 @@ func (d *dataRedis) dialEmbedded(ctx context.Context, _, _ string) (net.Conn, er
 // nothing is durable.
 func (d *dataRedis) start(ctx context.Context, log *slog.Logger) error {
 	if d.embedded == nil {
-		return ping(ctx, d.client)
+		d.conn.warnArgv(log)
+		return ping(ctx, d.client, d.conn)
 	}
 	if err := d.embedded.StartAddr("127.0.0.1:0"); err != nil {
 		return fmt.Errorf("start embedded redis: %w", err)
@@ -174,11 +269,12 @@ func (r *redisFlags) connect(ctx context.Context, log *slog.Logger, allowEmbedde
 	return d.client, d.close, nil
 }
 
-func ping(ctx context.Context, c redis.UniversalClient) error {
+// ping checks that the Redis of c answers, explaining a refusal by its configuration.
+func ping(ctx context.Context, c redis.UniversalClient, conn *connFlags) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("connect to redis: %w", err)
+		return conn.connectError("redis", err)
 	}
 	return nil
 }
@@ -220,6 +316,9 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // mistake, not a request for the default). serve calls it before it starts anything.
 func (f *serveFlags) validate() error {
 	if err := f.redis.check(true); err != nil {
+		return err
+	}
+	if _, err := f.lock.masterOptions(); err != nil {
 		return err
 	}
 	for _, p := range []struct {

@@ -58,6 +58,10 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if err := lf.checkMasters(ctx, log); err != nil {
+		closeLeaser()
+		return err
+	}
 	defer closeLeaser()
 	// The partitions' backlog, read from Redis when /metrics is scraped.
 	if _, err := relayF.newAdmin(rdb, prefix, partitions, reg); err != nil {

@@ -154,6 +154,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := data.start(ctx, log); err != nil {
 		return err
 	}
+	if lcfg.Locker != nil || f.runRelay {
+		if err := f.lock.checkMasters(ctx, log); err != nil {
+			return err
+		}
+	}
 	if err := l.CheckPartitions(ctx); err != nil {
 		return err
 	}
