@@ -252,3 +252,31 @@ func TestRedisConnFlagErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestServeRateLimitAndKeysFlags: serve's --rate-limit and --rate-burst reach the API
+// (the burst, then 429 with Retry-After), and --api-keys-file lifts the refusal of a
+// non-loopback address.
+func TestServeRateLimitAndKeysFlags(t *testing.T) {
+	base, _ := startServe(t, "--rate-limit", "1", "--rate-burst", "2", "--log-level", "warn")
+	for range 2 {
+		code, body := httpDo(t, "GET", base+"/v1/accounts/nobody", "", "")
+		require.Equal(t, 404, code, body)
+	}
+	req, err := http.NewRequest("GET", base+"/v1/accounts/nobody", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 429, resp.StatusCode)
+	assert.Equal(t, "1", resp.Header.Get("Retry-After"))
+	code, _ := httpDo(t, "GET", base+"/healthz", "", "")
+	assert.Equal(t, 200, code, "probes are not limited")
+
+	path := filepath.Join(t.TempDir(), "keys.json")
+	writeKeys(t, path, []handlers.Key{{Name: "app", SHA256: handlers.HashToken("token"), Scopes: []handlers.Scope{handlers.ScopeRead}}})
+	f := serveFlags{addr: "0.0.0.0:8080", keysFile: path, partitions: 1, maxBatch: 1, maxQueue: 1, stuckAfter: 1, maxBody: 1,
+		idemTTL: 1, reqTimeout: 1, shutdown: 1, lock: lockFlags{ttl: 1, wait: 1}, relay: relayFlags{leaseTTL: 1, maxAttempts: 1, retention: 1}}
+	require.NoError(t, f.validate(), "a non-loopback address with keys")
+	f.keysFile = ""
+	require.ErrorContains(t, f.validate(), "without API keys")
+}
