@@ -437,7 +437,8 @@ type chaosConsumer struct {
 	applied    map[string]ledger.Event
 	last       map[string]int64 // account → highest version applied
 	reordered  []string
-	rejected   int // bad signature or body
+	rejected   int       // bad signature or body
+	start      time.Time // when the traffic started (for the reorders' times)
 }
 
 func newChaosConsumer(t *testing.T) *chaosConsumer {
@@ -474,7 +475,7 @@ func (c *chaosConsumer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		c.applied[e.ID] = e
 		if e.Version != c.last[e.Account]+1 && len(c.reordered) < 1000 {
-			c.reordered = append(c.reordered, fmt.Sprintf("%s after version %d", e.ID, c.last[e.Account]))
+			c.reordered = append(c.reordered, fmt.Sprintf("%s after version %d at %.1fs", e.ID, c.last[e.Account], time.Since(c.start).Seconds()))
 		}
 		c.last[e.Account] = max(c.last[e.Account], e.Version)
 	}
@@ -923,6 +924,9 @@ func runChaos(t *testing.T, bin string, cfg chaosConfig) *chaosResult {
 	}
 	nemesisDone := make(chan struct{})
 	start := time.Now()
+	env.consumer.mu.Lock()
+	env.consumer.start = start
+	env.consumer.mu.Unlock()
 	go func() {
 		defer close(nemesisDone)
 		if cfg.nemesis {
@@ -967,11 +971,13 @@ func waitQuiescence(t *testing.T, env *chaosEnv, l *ledger.Ledger, res *chaosRes
 	start := time.Now()
 	deadline := start.Add(cfg.quiesce)
 	for {
-		// StuckAfter 1ms: any expired hold not swept yet shows as a warning.
+		// StuckAfter 1ms: any expired hold not swept yet shows as a warning — provided the
+		// audit began after the last hold had expired.
+		began := time.Now()
 		rep, err = l.VerifyWith(ctx, ledger.VerifyOptions{StuckAfter: time.Millisecond})
 		require.NoError(t, err)
 		why = quiescent(rep, env)
-		if why == "" && time.Now().Before(lastExpiry) {
+		if why == "" && !began.After(lastExpiry) {
 			why = "holds still to expire"
 		}
 		if why == "" {
@@ -1046,8 +1052,13 @@ func checkChaos(t *testing.T, env *chaosEnv, l *ledger.Ledger, res *chaosResult,
 		accounts = append(accounts, g...)
 	}
 	events := map[string][]ledger.Event{}
+	var nEvents int64
 	for _, a := range accounts {
 		events[a] = readEvents(t, l, a)
+		nEvents += int64(len(events[a]))
+	}
+	if nEvents != rep.Events {
+		res.violate("quiescence", "%d events in the streams, %d when the ledger was found quiet: something wrote afterwards", nEvents, rep.Events)
 	}
 
 	// §10.1 client side: the posted total is the funding plus what clients were told was
@@ -1329,7 +1340,7 @@ func checkDelivery(t *testing.T, env *chaosEnv, res *chaosResult, events map[str
 		res.violate("delivery", "webhook consumer rejected %d requests (signature or body)", c.rejected)
 	}
 	if len(c.reordered) > 0 {
-		res.violate("order", "webhook consumer applied %d events out of per-account version order, e.g. %s", len(c.reordered), c.reordered[0])
+		res.violate("order", "webhook consumer applied %d events out of per-account version order: %s", len(c.reordered), strings.Join(c.reordered[:min(3, len(c.reordered))], "; "))
 	}
 	res.note("delivery: %d events; webhook %d deliveries (%d redeliveries deduplicated), applied %d; outbox %d entries; sink stream checked",
 		len(want), deliveries, deliveries-len(c.applied), len(c.applied), len(outboxIDs))
