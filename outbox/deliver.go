@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -235,10 +237,55 @@ func (o *partition) readNew(ctx context.Context, block time.Duration) (int, erro
 	if err != nil {
 		return 0, fmt.Errorf("outbox: read %s: %w", o.stream, err)
 	}
-	if len(res) == 0 || ctx.Err() != nil {
+	if len(res) == 0 || len(res[0].Messages) == 0 || ctx.Err() != nil {
 		return 0, nil
 	}
-	return len(res[0].Messages), o.process(ctx, res[0].Messages)
+	msgs := res[0].Messages
+	// Entries older than this batch may be pending without having been delivered: the reply
+	// of an earlier read of ours lost on a broken connection (go-redis retried the read, and
+	// the retry returned the next entries), or a read an earlier owner left blocked in Redis,
+	// served after we took over. Delivering this batch first would put later versions of a
+	// key before earlier ones, so deliver everything pending in stream order instead (this
+	// batch is pending too).
+	sum, err := o.r.rdb.XPending(ctx, o.stream, o.r.cfg.Group).Result()
+	if err != nil {
+		return 0, fmt.Errorf("outbox: pending summary of %s: %w", o.stream, err)
+	}
+	if !streamIDLess(sum.Lower, msgs[0].ID) {
+		return len(msgs), o.process(ctx, msgs)
+	}
+	o.r.log.Info("outbox relay: older entries pending, delivering them first", "partition", o.p, "oldest", sum.Lower, "read", msgs[0].ID)
+	var others int64
+	for c, n := range sum.Consumers {
+		if c != o.r.cfg.Owner {
+			others += n
+		}
+	}
+	if err := o.claim(ctx, others); err != nil {
+		return 0, err
+	}
+	return len(msgs), o.drainPending(ctx)
+}
+
+// streamIDLess reports whether stream entry ID a ("ms-seq") comes before b. An ID that does
+// not parse (empty: nothing pending) comes before none.
+func streamIDLess(a, b string) bool {
+	ams, aseq, aok := parseStreamID(a)
+	bms, bseq, bok := parseStreamID(b)
+	if !aok || !bok {
+		return false
+	}
+	return ams < bms || (ams == bms && aseq < bseq)
+}
+
+func parseStreamID(id string) (ms, seq uint64, ok bool) {
+	m, s, found := strings.Cut(id, "-")
+	if !found {
+		return 0, 0, false
+	}
+	ms, err1 := strconv.ParseUint(m, 10, 64)
+	seq, err2 := strconv.ParseUint(s, 10, 64)
+	return ms, seq, err1 == nil && err2 == nil
 }
 
 // process decodes a batch and delivers it. Entries that are gone from the stream are

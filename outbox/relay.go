@@ -234,9 +234,13 @@ func defaultOwner() string {
 //     under the lease, so a slow retry can never run concurrently with a claim.
 //   - At-least-once, in stream order: an entry is acknowledged (XACK) only after every sink
 //     accepted it; a new owner first redelivers what earlier owners left pending. Sinks see
-//     each key's messages in sequence order, except that a redelivery may repeat a batch,
-//     a replayed dead letter arrives after the later messages of its key, and entries
-//     an earlier owner read after it lost its lease arrive when the new owner adopts them.
+//     each key's messages in sequence order, except that a redelivery may repeat a batch
+//     and a replayed dead letter arrives after the later messages of its key. Entries that
+//     reached a pending list without being delivered (a read whose reply a broken
+//     connection lost, a read an earlier owner left blocked in Redis) are delivered before
+//     anything newer: after every read the owner checks that nothing older is pending.
+//     One window remains: an earlier owner that was paused past its lease and resumes may
+//     call its sinks before it notices the loss (see docs/chaos.md).
 //   - Poison isolation: when a batch fails, its messages are retried one by one; a message
 //     that fails MaxAttempts times (or with a Permanent error) goes to the dead-letter
 //     stream with the reason, and delivery continues with the next one, including later

@@ -39,26 +39,6 @@ func requireUnackedPresent(t *testing.T, rdb redis.UniversalClient, stream strin
 	}
 }
 
-func streamIDLess(a, b string) bool {
-	am, as := splitID(a)
-	bm, bs := splitID(b)
-	return am < bm || (am == bm && as < bs)
-}
-
-func splitID(id string) (int64, int64) {
-	var ms, seq int64
-	for i := 0; i < len(id); i++ {
-		if id[i] == '-' {
-			for _, c := range id[i+1:] {
-				seq = seq*10 + int64(c-'0')
-			}
-			break
-		}
-		ms = ms*10 + int64(id[i]-'0')
-	}
-	return ms, seq
-}
-
 // TestTrimUnderSlowConsumer: while a slow relay consumer and a second, slower consumer group
 // (some entries read but unacknowledged) work through the stream, trimming with zero
 // retention (by the owner every loop and explicitly after each step) never removes an entry
