@@ -373,7 +373,7 @@ func (v *verifier) account(ctx context.Context, id string) error {
 		if same {
 			break
 		}
-		if err := sleepCtx(ctx, busyRetry.Delay(attempt)); err != nil {
+		if err := backoff.Wait(ctx, busyRetry.Delay(attempt)); err != nil {
 			return err
 		}
 	}
@@ -417,18 +417,6 @@ func (v *verifier) account(ctx context.Context, id string) error {
 			Detail: fmt.Sprintf("snapshot (version %d) differs from its replay (version %d): %s", snap.Version, replayed.Version, diffAccounts(snap, replayed))})
 	}
 	return v.resolvedHolds(ctx, id, holds)
-}
-
-// sleepCtx waits d or until ctx ends (and then returns its error).
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // diffAccounts names what differs between a snapshot and its replay.
