@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -11,34 +12,55 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
+// relayCmdFlags are the flags of the relay command.
+type relayCmdFlags struct {
+	redis       redisFlags
+	lock        lockFlags
+	relay       relayFlags
+	partitions  int
+	prefix      string
+	metricsAddr string
+	logLevel    string
+}
+
+// parseRelay parses and checks relay's command line (and TALLY_* environment) before
+// anything connects. The compose test parses docker-compose.yml's relay commands with it too.
+func parseRelay(args []string, stderr io.Writer) (*relayCmdFlags, *slog.Logger, error) {
+	f := &relayCmdFlags{}
+	fs := newFlagSet("relay", stderr)
+	f.redis.register(fs)
+	f.lock.register(fs)
+	f.relay.register(fs)
+	fs.IntVar(&f.partitions, "partitions", 16, "partition count (must match the ledger's)")
+	fs.StringVar(&f.prefix, "prefix", "tally", "key prefix")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9090)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	if err := parse(fs, args); err != nil {
+		return nil, nil, err
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := f.redis.check(false); err != nil {
+		return nil, nil, err
+	}
+	if _, err := f.lock.masterOptions(); err != nil {
+		return nil, nil, err
+	}
+	return f, log, nil
+}
+
 // runRelay runs a standalone outbox relay. Relays (standalone or inside serve) with the
 // same --relay-group share the partitions: one owner each, taken over through leases when
 // an owner dies.
 func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var (
-		rf          redisFlags
-		lf          lockFlags
-		relayF      relayFlags
-		partitions  int
-		prefix      string
-		metricsAddr string
-		logLevel    string
-	)
-	fs := newFlagSet("relay", stderr)
-	rf.register(fs)
-	lf.register(fs)
-	relayF.register(fs)
-	fs.IntVar(&partitions, "partitions", 16, "partition count (must match the ledger's)")
-	fs.StringVar(&prefix, "prefix", "tally", "key prefix")
-	fs.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9090)")
-	fs.StringVar(&logLevel, "log-level", "info", "debug | info | warn | error")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := newLogger(stderr, logLevel)
+	f, log, err := parseRelay(args, stderr)
 	if err != nil {
 		return err
 	}
+	rf, lf, relayF := &f.redis, &f.lock, &f.relay
+	partitions, prefix, metricsAddr := f.partitions, f.prefix, f.metricsAddr
 	rdb, closeRedis, err := rf.connect(ctx, log, false)
 	if err != nil {
 		return err

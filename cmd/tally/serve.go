@@ -39,8 +39,10 @@ type serveFlags struct {
 	pprof       string
 }
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var f serveFlags
+// parseServe parses and checks serve's command line (and TALLY_* environment). The compose
+// test parses docker-compose.yml's serve commands with it too.
+func parseServe(args []string, stderr io.Writer) (*serveFlags, *slog.Logger, error) {
+	f := &serveFlags{}
 	fs := newFlagSet("serve", stderr)
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:8080", "HTTP listen address")
 	f.redis.registerEmbedded(fs)
@@ -64,15 +66,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&f.reqTimeout, "request-timeout", handlers.DefaultRequestTimeout, "deadline of one API request; a request that outlives it is answered 503 with Retry-After")
 	fs.StringVar(&f.pprof, "pprof", "", "serve Go's profiler (/debug/pprof/) on this separate loopback address, e.g. 127.0.0.1:6060 (default: off)")
 	if err := parse(fs, args); err != nil {
-		return err
+		return nil, nil, err
 	}
 	// Every configuration is checked before anything starts: an invalid one fails here,
 	// before the NOT DURABLE banner, the embedded Redis, a connection or a listener.
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := f.validate(); err != nil {
+		return nil, nil, err
+	}
+	return f, log, nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, log, err := parseServe(args, stderr)
+	if err != nil {
 		return err
 	}
 	hcfg := handlers.Config{MaxBodyBytes: f.maxBody, RequestTimeout: f.reqTimeout, Logger: log,
