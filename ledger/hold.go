@@ -362,6 +362,56 @@ func (l *Ledger) Hold(ctx context.Context, account, hold string) (Hold, error) {
 	return h, nil
 }
 
+// MaxHoldsPage bounds the holds one PendingHolds call returns.
+const MaxHoldsPage = 1000
+
+// PendingHolds returns up to limit (1..MaxHoldsPage) pending holds of an account with IDs
+// above after ("" for the first page), in ID order, and the ID to pass as after for the
+// next page ("" when there is none). A hold whose expiry has passed is left out even before
+// the sweeper records it expired: it no longer counts as held. The holds come from the
+// account's snapshot, one read, so a page agrees with the balances' held amounts of the
+// same moment. It returns ErrAccountNotFound or an error wrapping ErrInvalid.
+func (l *Ledger) PendingHolds(ctx context.Context, account, after string, limit int) ([]Hold, string, error) {
+	if limit < 1 || limit > MaxHoldsPage {
+		return nil, "", invalidf("limit must be 1..%d", MaxHoldsPage)
+	}
+	if err := ValidateID("account", account); err != nil {
+		return nil, "", err
+	}
+	if after != "" {
+		if err := ValidateID("after", after); err != nil {
+			return nil, "", err
+		}
+	}
+	now := l.cfg.Clock()
+	acc, err := l.store.account(ctx, account, now)
+	if err != nil {
+		return nil, "", err
+	}
+	if !acc.exists() {
+		return nil, "", ErrAccountNotFound
+	}
+	ids := sortedHolds(acc)
+	ids = ids[sort.SearchStrings(ids, after):]
+	if len(ids) > 0 && ids[0] == after {
+		ids = ids[1:]
+	}
+	holds := make([]Hold, 0, min(limit, len(ids)))
+	for _, id := range ids {
+		ph, live := acc.liveHold(id, now)
+		if !live {
+			continue
+		}
+		if len(holds) == limit {
+			// One more live hold exists: the page is full and another follows.
+			return holds, holds[len(holds)-1].ID, nil
+		}
+		holds = append(holds, Hold{ID: id, Account: account, Currency: ph.Currency, Amount: ph.Amount,
+			Status: HoldPending, CreatedAt: ph.CreatedAt, ExpiresAt: ph.ExpiresAt})
+	}
+	return holds, "", nil
+}
+
 func parseHold(v map[string]string) (Hold, error) {
 	h := Hold{ID: v["id"], Account: v["account"], Currency: v["currency"], Status: v["status"], To: v["to"], TransferID: v["transfer_id"]}
 	var err error
