@@ -27,6 +27,7 @@ type decision struct {
 	events  map[string][]Event // per account, in version order
 	writes  []write
 	guards  []string
+	tr      transitions // counted in the metrics once the commit succeeded
 }
 
 func newDecision(keys keyspace, now time.Time, idemTTL time.Duration, accs map[string]*Account) *decision {
@@ -55,6 +56,9 @@ func (d *decision) merge(f *decision) {
 	}
 	d.writes = append(d.writes, f.writes...)
 	d.guards = append(d.guards, f.guards...)
+	d.tr.transfersCreated += f.tr.transfersCreated
+	d.tr.transfersCompleted += f.tr.transfersCompleted
+	d.tr.transfersRefunded += f.tr.transfersRefunded
 }
 
 // acc returns the working copy of account id (version 0 when it does not exist).

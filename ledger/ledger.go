@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -81,6 +82,10 @@ type Config struct {
 	OperationTokenTTL time.Duration
 	// Clock returns the current time. Default time.Now.
 	Clock func() time.Time
+	// Registerer, when set, receives the ledger's metrics (see docs/observability.md): commit
+	// sizes, committed events and transfer and hold transitions, and the pending transfers
+	// and holds per partition read from Redis at scrape time. Nil means no metrics.
+	Registerer prometheus.Registerer
 }
 
 func (c Config) withDefaults() Config {
@@ -155,6 +160,7 @@ type Ledger struct {
 	queue     groupQueue
 	admission admission
 	stats     counters
+	metrics   *metrics // nil without Config.Registerer
 
 	beforeCommit func() // test hook: runs between read and commit
 }
@@ -174,19 +180,26 @@ func Open(ctx context.Context, rdb redis.UniversalClient, cfg Config) (*Ledger, 
 }
 
 // New checks cfg and returns a Ledger over rdb without talking to Redis; call
-// CheckPartitions before the first write (Open does both).
+// CheckPartitions before the first write (Open does both). It returns an error for an
+// invalid cfg, and the error of registering the metrics with cfg.Registerer.
 func New(rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	ks := keyspace{prefix: cfg.Prefix, partitions: cfg.Partitions}
-	return &Ledger{
+	l := &Ledger{
 		cfg:       cfg,
 		store:     &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
 		queue:     groupQueue{partitions: map[int]*partitionQueue{}},
 		admission: admission{inflight: map[string]int{}},
-	}, nil
+	}
+	m, err := newMetrics(cfg.Registerer, l)
+	if err != nil {
+		return nil, err
+	}
+	l.metrics = m
+	return l, nil
 }
 
 // CheckPartitions records the partition count in Redis on first start and otherwise

@@ -110,12 +110,14 @@ func transferData(t Transfer, reason string) TransferData {
 // it credits the destination at once; otherwise the transfer waits, pending, for the saga.
 func (d *decision) startTransfer(t *Transfer, to *Account) error {
 	p := d.keys.partition(t.From)
+	d.tr.transfersCreated++
 	if to != nil {
 		if _, err := d.emit(to, EventTransferCredited, transferData(*t, "")); err != nil {
 			return err
 		}
 		now := d.now.UTC()
 		t.Status, t.CompletedAt = TransferCompleted, &now
+		d.tr.transfersCompleted++
 	} else {
 		t.Status = TransferPending
 		d.write("ZADD", d.keys.transfersPending(p), t.CreatedAt.UnixMilli(), t.ID)
@@ -196,6 +198,7 @@ func (c transferRefund) decide(d *decision) (any, error) {
 	p := d.keys.partition(t.From)
 	d.write("HSET", d.keys.transfer(p, t.ID), "status", t.Status, "reason", t.Reason, "completed_at", now.Format(time.RFC3339Nano))
 	d.write("ZREM", d.keys.transfersPending(p), t.ID)
+	d.tr.transfersRefunded++
 	return t, nil
 }
 
@@ -400,6 +403,7 @@ func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
 			return l.GetTransfer(ctx, t.ID)
 		}
 		t.Status, t.CompletedAt = TransferCompleted, &now
+		l.metrics.transferCompleted()
 		return t, nil
 	}
 	refund := recordRef{key: l.store.keys.transferStep(p, t.ID, "refund"), kind: "mark"}

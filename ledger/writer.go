@@ -341,9 +341,10 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		bodies     [][]byte
 		rejected   []*request
 		rejections []error
-		collided   []int // per rejected request: the accepted one whose record it reused, or -1
-		guardOwner []int // per guard of d: index into accepted
-		writeOwner []int // per write of d: index into accepted
+		collided   []int         // per rejected request: the accepted one whose record it reused, or -1
+		guardOwner []int         // per guard of d: index into accepted
+		writeOwner []int         // per write of d: index into accepted
+		tr         []transitions // accepted[i]'s transitions, for the metrics
 	)
 	// Requests that share a record collapse: the first accepted one claims the record; a
 	// later one with the same fingerprint follows it (same response, replayed, applied
@@ -390,6 +391,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
 		claimed[r.ref.key] = len(accepted)
 		accepted, bodies = append(accepted, r), append(bodies, raw)
+		tr = append(tr, f.tr)
 	}
 	if len(accepted) == 0 {
 		for i, r := range rejected {
@@ -454,12 +456,14 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	var retry []*request
 	skipped := func(i int) bool { return out.skipped[sliceOf(i)] }
 	committed := 0
+	var committedTr []transitions
 	for i, r := range accepted {
 		if skipped(i) {
 			retry = append(retry, r)
 			continue
 		}
 		committed++
+		committedTr = append(committedTr, tr[i])
 		r.finish(Receipt{Body: bodies[i]}, nil)
 	}
 	for _, f := range followers {
@@ -484,6 +488,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	if committed > 0 {
 		l.stats.commits.Add(1)
 		l.stats.operations.Add(int64(committed))
+		l.metrics.committed(pl, out.skipped, committed, committedTr)
 	}
 	if len(retry) > 0 {
 		l.stats.conflicts.Add(1)
