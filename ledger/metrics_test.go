@@ -96,8 +96,8 @@ func TestMetrics(t *testing.T) {
 	l := MustOpen(t, rdb, ledger.Config{Partitions: 4, Clock: clock.Now, Registerer: reg})
 	pa := l.Partition("a")
 	a, a2 := "a", accountIn(l, "a-", pa) // one partition
-	b := accountIn(l, "b-", (pa+1)%4)   // another
-	d := accountIn(l, "d-", (pa+2)%4)   // another, closed before a transfer reaches it
+	b := accountIn(l, "b-", (pa+1)%4)    // another
+	d := accountIn(l, "d-", (pa+2)%4)    // another, closed before a transfer reaches it
 	for _, id := range []string{a, a2, b, d} {
 		MustOpenAccount(t, l, id, false)
 	}
