@@ -110,7 +110,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.validate(hf); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := newLogger(stderr, f.logLevel, "text")
 	if err != nil {
 		return err
 	}

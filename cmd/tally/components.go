@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -235,26 +236,56 @@ func storeError(ctx context.Context, err error) error {
 
 // newMetrics returns a registry with Go and process collectors and the lock's metrics, and
 // the lock hooks that feed them.
+//
+// The lock metrics carry a lease label: "account" for the ledger's account leases (lock
+// mode), "partition" for the relays' partition leases. The two mean different things: a
+// relay that tries a partition another relay owns fails to acquire it every time it looks,
+// which is normal, while a failed account lease is a request answered 503.
 func newMetrics() (*prometheus.Registry, lock.Hooks, error) {
 	reg := prometheus.NewRegistry()
-	wait := prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "tally_lock_wait_seconds", Help: "Time spent waiting for leases.",
+	lease := []string{"lease"}
+	wait := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "tally_lock_wait_seconds", Help: "Time spent waiting for leases that were acquired (local queue plus Redis attempts).",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
-	})
-	acquireFailed := prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_lock_acquire_failures_total", Help: "Lease acquisitions that gave up."})
-	renewed := prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_lock_renewals_total", Help: "Lease renewals."})
-	lost := prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_lock_lost_total", Help: "Leases lost while work ran."})
+	}, lease)
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, lease)
+	}
+	acquireFailed := counter("tally_lock_acquire_failures_total", "Lease acquisitions that gave up (for partition leases: tries while another relay owns the partition).")
+	renewed := counter("tally_lock_renewals_total", "Lease renewals.")
+	lost := counter("tally_lock_lost_total", "Leases lost while work ran.")
+	for _, l := range []string{leaseAccount, leasePartition} {
+		wait.WithLabelValues(l)
+		acquireFailed.WithLabelValues(l)
+		renewed.WithLabelValues(l)
+		lost.WithLabelValues(l)
+	}
 	if err := register(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		wait, acquireFailed, renewed, lost); err != nil {
 		return nil, lock.Hooks{}, err
 	}
 	hooks := lock.Hooks{
-		Acquired:      func(_ string, d time.Duration) { wait.Observe(d.Seconds()) },
-		AcquireFailed: func(string, error) { acquireFailed.Inc() },
-		Renewed:       func(string) { renewed.Inc() },
-		Lost:          func(string) { lost.Inc() },
+		Acquired:      func(key string, d time.Duration) { wait.WithLabelValues(leaseKind(key)).Observe(d.Seconds()) },
+		AcquireFailed: func(key string, _ error) { acquireFailed.WithLabelValues(leaseKind(key)).Inc() },
+		Renewed:       func(key string) { renewed.WithLabelValues(leaseKind(key)).Inc() },
+		Lost:          func(key string) { lost.WithLabelValues(leaseKind(key)).Inc() },
 	}
 	return reg, hooks, nil
+}
+
+// Values of the lock metrics' lease label.
+const (
+	leaseAccount   = "account"
+	leasePartition = "partition"
+)
+
+// leaseKind returns the lease label of a lock key: the ledger's account leases are
+// "acct:<id>", every other lease is a relay's partition lease.
+func leaseKind(key string) string {
+	if strings.HasPrefix(key, "acct:") {
+		return leaseAccount
+	}
+	return leasePartition
 }
 
 // registerLedgerMetrics exports the ledger's write-path counters.

@@ -302,12 +302,41 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+// logFormatUsage is the usage of serve's and relay's --log-format.
+const logFormatUsage = "log format on stderr: json (one JSON object per line), text (key=value), or auto: text when stderr is a terminal, else json"
+
+// newLogger returns a logger writing to w at level in format: "text", "json", or "auto"
+// (text when w is a terminal, for a person running the command; json otherwise, for a
+// log collector).
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "auto" {
+		format = "json"
+		if isTerminal(w) {
+			format = "text"
+		}
+	}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text, json or auto, got %q", format)
+}
+
+// isTerminal reports whether w is a character device (a terminal), not a pipe or a file.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // validate checks serve's flags that no component's Config checks: the choice of Redis, a

@@ -21,6 +21,7 @@ type relayCmdFlags struct {
 	prefix      string
 	metricsAddr string
 	logLevel    string
+	logFormat   string
 }
 
 // parseRelay parses and checks relay's command line (and TALLY_* environment) before
@@ -35,10 +36,11 @@ func parseRelay(args []string, stderr io.Writer) (*relayCmdFlags, *slog.Logger, 
 	fs.StringVar(&f.prefix, "prefix", "tally", "key prefix")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9090)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.StringVar(&f.logFormat, "log-format", "auto", logFormatUsage)
 	if err := parse(fs, args); err != nil {
 		return nil, nil, err
 	}
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -66,14 +68,17 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeRedis()
-	// Opening the ledger checks the partition count recorded in Redis; the relay's transfer
-	// process manager writes through it.
-	l, err := ledger.Open(ctx, rdb, ledger.Config{Prefix: prefix, Partitions: partitions})
+	reg, hooks, err := newMetrics()
 	if err != nil {
 		return err
 	}
-	reg, hooks, err := newMetrics()
+	// Opening the ledger checks the partition count recorded in Redis; the relay's transfer
+	// process manager writes through it (its commits are in the ledger's metrics).
+	l, err := ledger.Open(ctx, rdb, ledger.Config{Prefix: prefix, Partitions: partitions, Registerer: reg})
 	if err != nil {
+		return err
+	}
+	if err := registerLedgerMetrics(reg, l); err != nil {
 		return err
 	}
 	leaser, closeLeaser, err := lf.newLocker(rdb, log, hooks, relayF.leaseTTL)

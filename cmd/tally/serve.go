@@ -31,6 +31,7 @@ type serveFlags struct {
 	rateBurst   int
 	maxBody     int64
 	logLevel    string
+	logFormat   string
 	shutdown    time.Duration
 	idemTTL     time.Duration
 	reqTimeout  time.Duration
@@ -59,6 +60,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *slog.Logger, err
 	fs.IntVar(&f.rateBurst, "rate-burst", 0, "requests a key may send at once after being idle (default: --rate-limit, one second's worth)")
 	fs.Int64Var(&f.maxBody, "max-body", 1<<20, "request body limit in bytes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.StringVar(&f.logFormat, "log-format", "auto", logFormatUsage)
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
 	fs.DurationVar(&f.idemTTL, "idempotency-ttl", 24*time.Hour, "how long Idempotency-Keys are remembered")
 	fs.IntVar(&f.maxQueue, "max-queue", 10_000, "requests of one account this process holds at once; beyond it: 503 overloaded")
@@ -70,7 +72,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *slog.Logger, err
 	}
 	// Every configuration is checked before anything starts: an invalid one fails here,
 	// before the NOT DURABLE banner, the embedded Redis, a connection or a listener.
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -122,6 +124,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxQueue:           f.maxQueue,
 		IdempotencyTTL:     f.idemTTL,
 		BatchTimeout:       groupCommitTimeout,
+		Registerer:         reg,
 	}
 	if lcfg.Mode == ledger.ModeLock {
 		locker, closeLocker, err := f.lock.newLocker(rdb, log, hooks, f.lock.ttl)
