@@ -234,7 +234,7 @@ func (c *Client) ReplayDeadLetters(ctx context.Context) (int, error) {
 	var out struct {
 		Replayed int `json:"replayed"`
 	}
-	if err := c.do(ctx, request{method: http.MethodPost, path: "/v1/relay/dead-letters/replay"}, &out); err != nil {
+	if err := c.do(ctx, request{method: http.MethodPost, path: "/v1/relay/dead-letters/replay", repeatable: true}, &out); err != nil {
 		return 0, err
 	}
 	return out.Replayed, nil

@@ -162,7 +162,8 @@ type CallOption func(*call)
 
 // call is one API call as its options shape it.
 type call struct {
-	key string // Idempotency-Key
+	key   string // Idempotency-Key
+	noKey bool   // send none (WithoutIdempotencyKey)
 }
 
 // WithIdempotencyKey sends key as the call's Idempotency-Key instead of a generated one
@@ -170,8 +171,14 @@ type call struct {
 // across processes or restarts — without applying it twice. Read-only calls ignore it.
 func WithIdempotencyKey(key string) CallOption { return func(c *call) { c.key = key } }
 
+// WithoutIdempotencyKey sends a write without an Idempotency-Key, and the client then never
+// retries it: a second attempt could apply it twice. It is for load tests that compare with
+// generators sending none (tally bench); keep the default elsewhere. A transfer's or hold's
+// ID still names it (and is its key on the server), and WithIdempotencyKey wins over it.
+func WithoutIdempotencyKey() CallOption { return func(c *call) { c.noKey = true } }
+
 // writeKey returns the Idempotency-Key of a write: the caller's, else fallback (a
-// transfer's or hold's own ID), else a new random key.
+// transfer's or hold's own ID), else none with WithoutIdempotencyKey, else a new random key.
 func writeKey(opts []CallOption, fallback string) string {
 	var cl call
 	for _, o := range opts {
@@ -182,6 +189,8 @@ func writeKey(opts []CallOption, fallback string) string {
 		return cl.key
 	case fallback != "":
 		return fallback
+	case cl.noKey:
+		return ""
 	default:
 		return NewIdempotencyKey()
 	}
@@ -201,8 +210,11 @@ type request struct {
 	path   string     // starts with "/"; its segments already escaped
 	query  url.Values // nil: none
 	body   any        // marshalled once; nil: no body
-	key    string     // Idempotency-Key; "" for reads
+	key    string     // Idempotency-Key; "" for reads and writes sent without one
 	once   bool       // no retries (readiness probe)
+	// repeatable: a write the server makes harmless to repeat without a key (dead-letter
+	// replay); other writes without a key are never retried.
+	repeatable bool
 }
 
 // response is a successful (2xx) answer.
@@ -240,7 +252,9 @@ func (c *Client) do(ctx context.Context, r request, out any) error {
 			return ctxError(ctx, err)
 		}
 		delay, retry := c.retryDelay(err, attempt)
-		if !retry || r.once || attempt >= c.retry.MaxAttempts {
+		// A write without a key is never sent twice: the first may have been applied.
+		unkeyedWrite := r.key == "" && r.method != http.MethodGet && !r.repeatable
+		if !retry || r.once || unkeyedWrite || attempt >= c.retry.MaxAttempts {
 			return err
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < delay {

@@ -195,6 +195,39 @@ func TestNoRetry(t *testing.T) {
 	assert.Len(t, down.Hits(), 1)
 }
 
+// TestWithoutIdempotencyKey: a write sent without a key carries no Idempotency-Key header
+// and is never retried, even on a retryable answer or a cut connection (the first attempt
+// may have been applied); a transfer's ID still names it.
+func TestWithoutIdempotencyKey(t *testing.T) {
+	ctx := context.Background()
+	s := startServer(t, handlers.Config{}, nil)
+	direct, _ := newClient(t, s.URL)
+	mustOpen(t, direct, 100, "alice", "bob")
+
+	for _, f := range []fault{refuse503, dropAfter} {
+		t.Run(f.String(), func(t *testing.T) {
+			p := startProxy(t, s.URL, firstN(1, f, posts))
+			c, w := newClient(t, p.URL)
+			_, err := c.Deposit(ctx, "alice", "USD", 7, WithoutIdempotencyKey())
+			require.Error(t, err)
+			require.Len(t, p.Hits(), 1, "one attempt")
+			assert.Empty(t, p.Hits()[0].key)
+			assert.Empty(t, w.all(), "no wait for a retry")
+		})
+	}
+
+	p := startProxy(t, s.URL, func(*http.Request, int) fault { return pass })
+	c, _ := newClient(t, p.URL)
+	_, err := c.Deposit(ctx, "bob", "USD", 3, WithoutIdempotencyKey())
+	require.NoError(t, err)
+	_, err = c.CreateTransfer(ctx, TransferRequest{ID: "t-unkeyed", From: "bob", To: "alice", Currency: "USD", Amount: 1}, WithoutIdempotencyKey())
+	require.NoError(t, err)
+	hits := p.Hits()
+	require.Len(t, hits, 2)
+	assert.Empty(t, hits[0].key, "deposit without a key")
+	assert.Equal(t, "t-unkeyed", hits[1].key, "the transfer's ID is its key")
+}
+
 // TestRetriesExhausted: after MaxAttempts the last answer is returned (an *Error), having
 // used the same key every time; for transport errors, the transport error.
 func TestRetriesExhausted(t *testing.T) {
