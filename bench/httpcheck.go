@@ -1,12 +1,9 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -32,22 +29,25 @@ func (hb *httpBench) settle(ctx context.Context, a *benchAccounts, st *loadStats
 	firstUnknown := len(st.pending)
 	err := parallel(ctx, min(hb.cfg.Clients, len(work)), len(work), func(i int) error {
 		t := work[i]
-		method, path, body := http.MethodGet, "/v1/transfers/"+t.id, []byte(nil)
-		if i >= firstUnknown {
-			method, path, body = http.MethodPost, "/v1/transfers", t.body
-		}
 		for attempt := 1; ; attempt++ {
-			status, resp, err := hb.d.send(ctx, method, path, "", body)
-			if err == nil {
-				switch outcome := hb.transferOutcome(a, t, status, resp); {
-				case outcome == ledger.TransferCompleted || outcome == ledger.TransferRefunded:
-					return nil
-				case strings.HasPrefix(outcome, "rejected"):
-					if i < firstUnknown {
-						return fmt.Errorf("GET /v1/transfers/%s of a pending transfer: %d %s", t.id, status, bytes.TrimSpace(resp))
-					}
-					return nil // asked again, refused: the first attempt wrote nothing either
+			var status string
+			var err error
+			if i < firstUnknown {
+				status, err = hb.d.getTransfer(ctx, t.id)
+			} else {
+				status, err = hb.d.transfer(ctx, t.id, a.ids[t.from], a.ids[t.to], t.amount)
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			switch outcome := hb.transferOutcome(a, t, status, err); {
+			case outcome == ledger.TransferCompleted || outcome == ledger.TransferRefunded:
+				return nil
+			case strings.HasPrefix(outcome, "rejected"):
+				if i < firstUnknown {
+					return fmt.Errorf("GET /v1/transfers/%s of a pending transfer: %w", t.id, err)
 				}
+				return nil // asked again, refused: the first attempt wrote nothing either
 			}
 			if time.Now().After(deadline) {
 				mu.Lock()
@@ -79,15 +79,8 @@ func (hb *httpBench) check(ctx context.Context, a *benchAccounts, st *loadStats)
 	type got struct{ posted, version int64 }
 	res := make([]got, len(a.ids))
 	err := parallel(ctx, min(hb.cfg.Clients, len(a.ids)), len(a.ids), func(i int) error {
-		status, resp, err := hb.d.send(ctx, http.MethodGet, "/v1/accounts/"+a.ids[i], "", nil)
+		acc, err := hb.d.account(ctx, a.ids[i])
 		if err != nil {
-			return err
-		}
-		if status != http.StatusOK {
-			return fmt.Errorf("GET /v1/accounts/%s: %d %s", a.ids[i], status, bytes.TrimSpace(resp))
-		}
-		var acc ledger.Account
-		if err := json.Unmarshal(resp, &acc); err != nil {
 			return fmt.Errorf("GET /v1/accounts/%s: %w", a.ids[i], err)
 		}
 		res[i] = got{posted: acc.Balances["USD"].Posted, version: acc.Version}

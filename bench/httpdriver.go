@@ -1,202 +1,194 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// httpDriver runs the operations against a running `tally serve`, as its clients would.
+// httpDriver runs the operations against a running `tally serve`, as its clients would:
+// through the typed Go client (package client), one per replica, with retries off (the
+// bench counts every answer) and, for deposits and withdrawals, no Idempotency-Key (as the
+// independent load generators of docs/benchmarks.md send none).
 type httpDriver struct {
-	bases  []string // one per replica, without a trailing slash
-	next   atomic.Uint64
-	apiKey string
-	client *http.Client
+	bases   []string         // one per replica, without a trailing slash
+	clients []*client.Client // one per base
+	next    atomic.Uint64
+	apiKey  string
+	http    *http.Client // shared by the clients, and for /metrics
 }
 
-// base returns the replica the next request goes to (in turn).
-func (d *httpDriver) base() string {
-	if len(d.bases) == 1 {
-		return d.bases[0]
-	}
-	return d.bases[(d.next.Add(1)-1)%uint64(len(d.bases))]
-}
-
-// send sends one request and returns the answer's status and body, whatever the status;
-// err is a *TransportError (or ctx's error) when no answer came.
-func (d *httpDriver) send(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, d.base()+path, rd)
-	if err != nil {
-		return 0, nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if idemKey != "" {
-		req.Header.Set("Idempotency-Key", idemKey)
-	}
-	if d.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+d.apiKey)
-	}
-	resp, err := d.client.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return 0, nil, ctx.Err()
+// newHTTPDriver returns a driver of the comma-separated targets with room for conns
+// keep-alive connections, or an error for a target that is not an http(s) URL.
+func newHTTPDriver(target, apiKey string, conns int, timeout time.Duration) (*httpDriver, error) {
+	d := &httpDriver{bases: targets(target), apiKey: apiKey, http: newHTTPClient(conns, timeout)}
+	for _, b := range d.bases {
+		c, err := client.New(b, client.WithHTTPClient(d.http), client.WithAPIKey(apiKey),
+			client.WithRetry(client.RetryPolicy{MaxAttempts: 1}), client.WithUserAgent("tally-bench"))
+		if err != nil {
+			return nil, fmt.Errorf("bench: --target: %w", err)
 		}
-		return 0, nil, &TransportError{Err: err}
+		d.clients = append(d.clients, c)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body) // read to the end, so that the connection is reused
-	if err != nil {
-		return 0, nil, &TransportError{Err: err}
-	}
-	return resp.StatusCode, b, nil
+	return d, nil
 }
 
-// do is send with a problem+json answer (status >= 400) returned as a *ProblemError.
-func (d *httpDriver) do(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
-	status, b, err := d.send(ctx, method, path, idemKey, body)
-	if err != nil || status < 400 {
-		return status, b, err
+// close releases the driver's idle connections.
+func (d *httpDriver) close() { d.http.CloseIdleConnections() }
+
+// api returns the client of the replica the next request goes to (in turn).
+func (d *httpDriver) api() *client.Client {
+	if len(d.clients) == 1 {
+		return d.clients[0]
 	}
-	var p struct {
-		Code   string `json:"code"`
-		Detail string `json:"detail"`
-	}
-	if json.Unmarshal(b, &p) != nil || p.Code == "" {
-		p.Code = "http_" + strconv.Itoa(status)
-		p.Detail = string(bytes.TrimSpace(b))
-	}
-	return status, b, &ProblemError{Status: status, Code: p.Code, Detail: p.Detail}
+	return d.clients[(d.next.Add(1)-1)%uint64(len(d.clients))]
 }
 
-func (d *httpDriver) post(ctx context.Context, path, idemKey string, body []byte) ([]byte, error) {
-	if body == nil {
-		body = []byte("{}")
+// answerErr turns a client error into what Classify reads: a *ProblemError for an answer
+// (status >= 400), ctx's error when ctx ended, and a *TransportError otherwise (no answer,
+// or one the client could not read: the outcome is unknown).
+func answerErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
 	}
-	_, b, err := d.do(ctx, http.MethodPost, path, idemKey, body)
-	return b, err
+	var e *client.Error
+	switch {
+	case errors.As(err, &e):
+		code := e.Code
+		if code == "" {
+			code = "http_" + strconv.Itoa(e.Status)
+		}
+		return &ProblemError{Status: e.Status, Code: code, Detail: e.Detail}
+	case ctx.Err() != nil:
+		return ctx.Err()
+	default:
+		return &TransportError{Err: err}
+	}
 }
 
-func (d *httpDriver) get(ctx context.Context, path string, into any) error {
-	_, b, err := d.do(ctx, http.MethodGet, path, "", nil)
-	if err != nil {
-		return err
+// status is the HTTP status of a call's outcome for the bench's tables: 0 without an answer.
+func status(err error, ok int) int {
+	var pe *ProblemError
+	switch {
+	case err == nil:
+		return ok
+	case errors.As(err, &pe):
+		return pe.Status
+	default:
+		return 0
 	}
-	if err := json.Unmarshal(b, into); err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
-	}
-	return nil
 }
 
 func (d *httpDriver) open(ctx context.Context, id string, seed int64) error {
-	if _, err := d.post(ctx, "/v1/accounts", "open", fmt.Appendf(nil, `{"id":%q}`, id)); err != nil {
-		return err
+	c := d.api()
+	if _, err := c.OpenAccount(ctx, client.OpenAccountRequest{ID: id}, client.WithIdempotencyKey("open")); err != nil {
+		return answerErr(ctx, err)
 	}
 	if seed <= 0 {
 		return nil
 	}
-	_, err := d.post(ctx, "/v1/accounts/"+url.PathEscape(id)+"/deposits", "seed", money(seed))
-	return err
-}
-
-func money(amount int64) []byte {
-	return fmt.Appendf(nil, `{"currency":%q,"amount":%d}`, currency, amount)
+	_, err := c.Deposit(ctx, id, currency, seed, client.WithIdempotencyKey("seed"))
+	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) deposit(ctx context.Context, account string, amount int64) error {
-	_, err := d.post(ctx, "/v1/accounts/"+url.PathEscape(account)+"/deposits", "", money(amount))
-	return err
+	_, err := d.api().Deposit(ctx, account, currency, amount, client.WithoutIdempotencyKey())
+	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) withdraw(ctx context.Context, account string, amount int64) error {
-	_, err := d.post(ctx, "/v1/accounts/"+url.PathEscape(account)+"/withdrawals", "", money(amount))
-	return err
+	_, err := d.api().Withdraw(ctx, account, currency, amount, client.WithoutIdempotencyKey())
+	return answerErr(ctx, err)
 }
 
+// transfer creates a transfer and returns its status: completed, refunded or pending.
 func (d *httpDriver) transfer(ctx context.Context, id, from, to string, amount int64) (string, error) {
-	b, err := d.post(ctx, "/v1/transfers", "", fmt.Appendf(nil, `{"id":%q,"from":%q,"to":%q,"currency":%q,"amount":%d}`, id, from, to, currency, amount))
+	t, err := d.api().CreateTransfer(ctx, client.TransferRequest{ID: id, From: from, To: to, Currency: currency, Amount: amount})
 	if err != nil {
-		return "", err
+		return "", answerErr(ctx, err)
 	}
-	var t struct {
-		Status string `json:"status"`
-	}
-	if err := json.Unmarshal(b, &t); err != nil || t.Status == "" {
-		return "", &TransportError{Err: fmt.Errorf("transfer %s: unreadable answer %q", id, b)}
+	if t.Status == "" {
+		return "", &TransportError{Err: fmt.Errorf("transfer %s: answer without a status", id)}
 	}
 	return t.Status, nil
 }
 
-func (d *httpDriver) placeHold(ctx context.Context, account, id string, amount int64) error {
-	_, err := d.post(ctx, "/v1/accounts/"+url.PathEscape(account)+"/holds", "",
-		fmt.Appendf(nil, `{"id":%q,"currency":%q,"amount":%d,"timeout_seconds":%d}`, id, currency, amount, int(holdTimeout/time.Second)))
-	return err
+// getTransfer returns a transfer's status.
+func (d *httpDriver) getTransfer(ctx context.Context, id string) (string, error) {
+	t, err := d.api().Transfer(ctx, id)
+	if err != nil {
+		return "", answerErr(ctx, err)
+	}
+	return t.Status, nil
 }
 
-func (d *httpDriver) holdPath(account, id string) string {
-	return "/v1/accounts/" + url.PathEscape(account) + "/holds/" + url.PathEscape(id)
+// batch sends a batch and returns its per-operation statuses.
+func (d *httpDriver) batch(ctx context.Context, req client.BatchRequest) ([]int, error) {
+	b, err := d.api().Batch(ctx, req, client.WithoutIdempotencyKey())
+	if err != nil {
+		return nil, answerErr(ctx, err)
+	}
+	out := make([]int, len(b.Results))
+	for i, r := range b.Results {
+		out[i] = r.Status
+	}
+	return out, nil
+}
+
+func (d *httpDriver) placeHold(ctx context.Context, account, id string, amount int64) error {
+	_, err := d.api().PlaceHold(ctx, account, client.HoldRequest{ID: id, Currency: currency, Amount: amount, TimeoutSeconds: int64(holdTimeout / time.Second)})
+	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) captureHold(ctx context.Context, account, id string) error {
-	_, err := d.post(ctx, d.holdPath(account, id)+"/capture", "", nil)
-	return err
+	_, err := d.api().CaptureHold(ctx, account, id, client.CaptureRequest{}, client.WithoutIdempotencyKey())
+	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) voidHold(ctx context.Context, account, id string) error {
-	_, err := d.post(ctx, d.holdPath(account, id)+"/void", "", nil)
-	return err
+	_, err := d.api().VoidHold(ctx, account, id, client.WithoutIdempotencyKey())
+	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) hold(ctx context.Context, account, id string) (string, error) {
-	var h struct {
-		Status string `json:"status"`
-	}
-	if err := d.get(ctx, d.holdPath(account, id), &h); err != nil {
-		return "", err
+	h, err := d.api().Hold(ctx, account, id)
+	if err != nil {
+		return "", answerErr(ctx, err)
 	}
 	return h.Status, nil
 }
 
 func (d *httpDriver) account(ctx context.Context, id string) (*ledger.Account, error) {
-	var a ledger.Account
-	if err := d.get(ctx, "/v1/accounts/"+url.PathEscape(id), &a); err != nil {
-		return nil, err
+	a, err := d.api().Account(ctx, id)
+	if err != nil {
+		return nil, answerErr(ctx, err)
 	}
-	return &a, nil
+	out := &ledger.Account{ID: a.ID, Version: a.Version, Status: a.Status, AllowNegative: a.AllowNegative,
+		Balances: make(map[string]ledger.Balance, len(a.Balances))}
+	for cur, b := range a.Balances {
+		out.Balances[cur] = ledger.Balance{Posted: b.Posted, Held: b.Held, Available: b.Available}
+	}
+	return out, nil
 }
 
 // replay reads the account's whole event stream over HTTP and adds up its money events.
 func (d *httpDriver) replay(ctx context.Context, id string) (*ledger.Account, error) {
 	var all []ledger.Event
-	after := int64(0)
-	for {
-		var page struct {
-			Events []ledger.Event `json:"events"`
-			Next   *int64         `json:"next"`
+	for e, err := range d.api().AllEvents(ctx, id, 0, ledger.MaxEventsPage) {
+		if err != nil {
+			return nil, answerErr(ctx, err)
 		}
-		if err := d.get(ctx, fmt.Sprintf("/v1/accounts/%s/events?after=%d&limit=%d", url.PathEscape(id), after, ledger.MaxEventsPage), &page); err != nil {
-			return nil, err
-		}
-		all = append(all, page.Events...)
-		if page.Next == nil || len(page.Events) == 0 {
-			break
-		}
-		after = *page.Next
+		all = append(all, ledger.Event{ID: e.ID, Type: e.Type, Account: e.Account, Version: e.Version, Time: e.Time, Data: e.Data})
 	}
 	return replayMoney(id, all)
 }
@@ -267,7 +259,7 @@ func replayMoney(id string, events []ledger.Event) (*ledger.Account, error) {
 // stats reads the server's ledger counters from its /metrics (Prometheus text format, no
 // authentication). ok is false when they cannot be read.
 func (d *httpDriver) stats(ctx context.Context) (ledger.Stats, bool) {
-	_, b, err := d.do(ctx, http.MethodGet, "/metrics", "", nil)
+	b, err := d.metrics(ctx)
 	if err != nil {
 		return ledger.Stats{}, false
 	}
@@ -292,4 +284,23 @@ func (d *httpDriver) stats(ctx context.Context) (ledger.Stats, bool) {
 		}
 	}
 	return s, found == len(fields)
+}
+
+// metrics reads the first replica's /metrics page (not part of the API, so not in the
+// client).
+func (d *httpDriver) metrics(ctx context.Context) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.bases[0]+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	return b, err
 }

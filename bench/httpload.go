@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -11,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -58,7 +58,6 @@ type benchTransfer struct {
 	id       string
 	from, to int
 	amount   int64
-	body     []byte
 }
 
 // runClients runs hb.cfg.Clients goroutines that call one until Duration has passed (a
@@ -103,11 +102,6 @@ func (hb *httpBench) runClients(ctx context.Context, one func(c *benchClient, w 
 	return st
 }
 
-// transferAnswer is the part of a transfer's answer the bench reads.
-type transferAnswer struct {
-	Status string `json:"status"`
-}
-
 // runTransfers moves 1..100 USD between random pairs of accounts: of one placement tag
 // (same) or of different partitions (cross). Every transfer carries its own ID, so one
 // whose answer was lost can be asked again afterwards.
@@ -131,20 +125,17 @@ func (hb *httpBench) runTransfers(ctx context.Context, a *benchAccounts, same bo
 	st := hb.runClients(ctx, func(c *benchClient, w int, rng *mrand.Rand, seq int64) {
 		from, to := pick(rng)
 		t := benchTransfer{id: fmt.Sprintf("t%s.%d.%d", tag, w, seq), from: from, to: to, amount: 1 + rng.Int64N(100)}
-		t.body = fmt.Appendf(nil, `{"id":%q,"from":%q,"to":%q,"currency":"USD","amount":%d}`, t.id, a.ids[from], a.ids[to], t.amount)
 		start := time.Now()
-		status, resp, err := hb.d.send(ctx, http.MethodPost, "/v1/transfers", "", t.body)
+		status, err := hb.d.transfer(ctx, t.id, a.ids[from], a.ids[to], t.amount)
 		d := time.Since(start)
 		c.requests++
-		if err != nil {
+		if code := answerStatus(err, status); code == 0 {
 			c.count(&c.httpStatus, "error")
-			c.count(&c.opStatus, "unknown")
-			c.unknown = append(c.unknown, t)
-			return
+		} else {
+			c.lat.Record(d)
+			c.count(&c.httpStatus, strconv.Itoa(code))
 		}
-		c.lat.Record(d)
-		c.count(&c.httpStatus, strconv.Itoa(status))
-		outcome := hb.transferOutcome(a, t, status, resp)
+		outcome := hb.transferOutcome(a, t, status, err)
 		c.count(&c.opStatus, outcome)
 		switch outcome {
 		case ledger.TransferCompleted, ledger.TransferPending:
@@ -160,33 +151,47 @@ func (hb *httpBench) runTransfers(ctx context.Context, a *benchAccounts, same bo
 	return st, ctx.Err()
 }
 
-// transferOutcome applies what an answer to transfer t says to a, and names it: completed
-// or refunded (applied), pending (the saga finishes it), unknown (5xx or an unreadable
-// answer: ask again), or "rejected <status>" (nothing was written).
-func (hb *httpBench) transferOutcome(a *benchAccounts, t benchTransfer, status int, resp []byte) string {
+// transferOutcome applies what the answer to transfer t says to a, and names it: completed
+// or refunded (applied), pending (the saga finishes it), unknown (no answer, a 5xx or an
+// unreadable answer: ask again), or "rejected <status>" (nothing was written). status is
+// the transfer's status when err is nil.
+func (hb *httpBench) transferOutcome(a *benchAccounts, t benchTransfer, status string, err error) string {
+	var pe *ProblemError
 	switch {
-	case status == http.StatusCreated || status == http.StatusAccepted || status == http.StatusOK:
-		var ans transferAnswer
-		if err := json.Unmarshal(resp, &ans); err != nil {
-			return "unknown"
-		}
-		switch ans.Status {
-		case ledger.TransferCompleted:
-			a.delta[t.from].Add(-t.amount)
-			a.delta[t.to].Add(t.amount)
-			a.events[t.from].Add(1)
-			a.events[t.to].Add(1)
-		case ledger.TransferRefunded:
-			a.events[t.from].Add(2) // TransferDebited, TransferRefunded
-		case ledger.TransferPending:
-		default:
-			return "unknown"
-		}
-		return ans.Status
-	case status >= 500:
+	case errors.As(err, &pe) && pe.Status < 500:
+		return "rejected " + strconv.Itoa(pe.Status)
+	case err != nil:
 		return "unknown"
+	}
+	switch status {
+	case ledger.TransferCompleted:
+		a.delta[t.from].Add(-t.amount)
+		a.delta[t.to].Add(t.amount)
+		a.events[t.from].Add(1)
+		a.events[t.to].Add(1)
+	case ledger.TransferRefunded:
+		a.events[t.from].Add(2) // TransferDebited, TransferRefunded
+	case ledger.TransferPending:
 	default:
-		return "rejected " + strconv.Itoa(status)
+		return "unknown"
+	}
+	return status
+}
+
+// answerStatus is the HTTP status of a transfer's answer for the table: the problem's
+// status, 202 for a pending transfer, 201 for an ended one (the client reports the
+// transfer, not the status line), 0 when no answer came.
+func answerStatus(err error, transferStatus string) int {
+	var pe *ProblemError
+	switch {
+	case errors.As(err, &pe):
+		return pe.Status
+	case err != nil:
+		return 0
+	case transferStatus == ledger.TransferPending:
+		return http.StatusAccepted
+	default:
+		return http.StatusCreated
 	}
 }
 
@@ -209,31 +214,31 @@ func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats
 			ids[i] = a.ids[idx[i]]
 			total += amounts[i]
 		}
-		body := depositBatch(ids, hb.cfg.AtomicBatch, func(i int) int64 { return amounts[i] })
+		req := depositBatch(ids, hb.cfg.AtomicBatch, func(i int) int64 { return amounts[i] })
 		start := time.Now()
-		status, resp, err := hb.d.send(ctx, http.MethodPost, "/v1/batch", "", body)
+		statuses, err := hb.d.batch(ctx, req)
 		d := time.Since(start)
 		c.requests++
-		if err != nil {
-			c.count(&c.httpStatus, "error")
-		} else {
+		var pe *ProblemError
+		answered := err == nil || errors.As(err, &pe)
+		if answered {
 			c.lat.Record(d)
-			c.count(&c.httpStatus, strconv.Itoa(status))
+			c.count(&c.httpStatus, strconv.Itoa(status(err, http.StatusOK)))
+		} else {
+			c.count(&c.httpStatus, "error")
 		}
-		var statuses []int
-		if err == nil && status == http.StatusOK {
-			if statuses, err = batchStatuses(resp); err == nil && len(statuses) != size {
-				err = errors.New("result count")
-			}
+		if err == nil && len(statuses) != size {
+			err = &TransportError{Err: errors.New("batch answer: result count")}
+			pe = nil
 		}
-		if err != nil || status >= 500 {
+		if err != nil && (pe == nil || pe.Status >= 500) {
 			c.add(&c.opStatus, "unknown", int64(size))
 			c.unknownOps += int64(size)
 			c.unknownAmount += total
 			return
 		}
-		if status != http.StatusOK { // refused as a whole: nothing written
-			c.add(&c.opStatus, "rejected "+strconv.Itoa(status), int64(size))
+		if err != nil { // refused as a whole: nothing written
+			c.add(&c.opStatus, "rejected "+strconv.Itoa(pe.Status), int64(size))
 			return
 		}
 		for i, s := range statuses {
@@ -252,33 +257,11 @@ func (hb *httpBench) runBatch(ctx context.Context, a *benchAccounts) (*loadStats
 	return st, ctx.Err()
 }
 
-// depositBatch returns the body of a POST /v1/batch that deposits amount(i) USD into
-// ids[i].
-func depositBatch(ids []string, atomic bool, amount func(i int) int64) []byte {
-	b := make([]byte, 0, 32+80*len(ids))
-	b = fmt.Appendf(b, `{"atomic":%t,"operations":[`, atomic)
+// depositBatch returns a batch that deposits amount(i) USD into ids[i].
+func depositBatch(ids []string, atomic bool, amount func(i int) int64) client.BatchRequest {
+	ops := make([]client.BatchOp, len(ids))
 	for i, id := range ids {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = fmt.Appendf(b, `{"type":"deposit","account":%q,"currency":"USD","amount":%d}`, id, amount(i))
+		ops[i] = client.BatchOp{Type: client.OpDeposit, Account: id, Currency: currency, Amount: amount(i)}
 	}
-	return append(b, "]}"...)
-}
-
-// batchStatuses returns the per-operation statuses of a POST /v1/batch answer.
-func batchStatuses(resp []byte) ([]int, error) {
-	var ans struct {
-		Results []struct {
-			Status int `json:"status"`
-		} `json:"results"`
-	}
-	if err := json.Unmarshal(resp, &ans); err != nil {
-		return nil, fmt.Errorf("batch answer: %w", err)
-	}
-	out := make([]int, len(ans.Results))
-	for i, r := range ans.Results {
-		out[i] = r.Status
-	}
-	return out, nil
+	return client.BatchRequest{Atomic: atomic, Operations: ops}
 }

@@ -152,15 +152,16 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	}
 	cfg = cfg.withDefaults()
 	stdout := cfg.Out
-	client := newHTTPClient(cfg.Clients, cfg.HTTPTimeout)
-	defer client.CloseIdleConnections()
+	d, err := newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Clients, cfg.HTTPTimeout)
+	if err != nil {
+		return err
+	}
+	defer d.close()
 	hb := &httpBench{cfg: cfg, runID: newRunID(), prog: newProgress(cfg.Progress, time.Now),
-		counter: commandCounter{data: cfg.Redis, masters: cfg.LockMasters},
-		d:       &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: client}}
+		counter: commandCounter{data: cfg.Redis, masters: cfg.LockMasters}, d: d}
 	defer hb.prog.clear()
 	if cfg.Redis != nil {
 		// The prefix serve uses; Open fails on a partition count other than the server's.
-		var err error
 		if hb.ledger, err = ledger.Open(ctx, cfg.Redis, ledger.Config{Prefix: "tally", Partitions: cfg.Partitions}); err != nil {
 			return err
 		}

@@ -94,12 +94,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	cfg = cfg.withDefaults()
 	r := &runner{cfg: cfg, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
-		r.http = &httpDriver{bases: targets(cfg.Target), apiKey: cfg.APIKey, client: newHTTPClient(cfg.Workers, cfg.HTTPTimeout)}
-		defer r.http.client.CloseIdleConnections()
+		var err error
+		if r.http, err = newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Workers, cfg.HTTPTimeout); err != nil {
+			return Report{}, err
+		}
+		defer r.http.close()
 		if cfg.Redis != nil {
 			// The server's ledger, to verify it: the prefix serve uses; Open fails on a
 			// partition count other than the server's.
-			var err error
 			if r.verifier, err = ledger.Open(ctx, cfg.Redis, ledger.Config{Prefix: "tally", Partitions: cfg.Partitions}); err != nil {
 				return Report{}, fmt.Errorf("bench: the server's ledger: %w", err)
 			}
