@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/internal/faultproxy"
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
@@ -558,32 +559,46 @@ type chaosClient struct {
 	n    int
 }
 
-// do runs one operation and records it. giveUp abandons it after one failed attempt.
-func (c *chaosClient) do(op *chaosOp, method, path, key string, body any, giveUp bool) *chaosOp {
+// apiCall is one attempt of an operation through the typed client of one serve; it returns
+// the answer's value (recorded as JSON) or the client's error.
+type apiCall func(ctx context.Context, api *client.Client) (any, error)
+
+// do runs one operation and records it: each attempt goes to another serve through a client
+// of its own with retries off, so that this loop sees (and counts) every failed attempt.
+// giveUp abandons the operation after one failed attempt.
+func (c *chaosClient) do(op *chaosOp, giveUp bool, call apiCall) *chaosOp {
 	op.client = c.id
-	var raw []byte
-	if body != nil {
-		raw, _ = json.Marshal(body)
-	}
 	op.call = time.Now()
 	deadline := op.call.Add(chaosOpDeadline)
 	op.outcome = outUnknown
 	for attempt := 0; time.Now().Before(deadline); attempt++ {
 		op.attempts++
-		status, resp, err := c.send(c.env.base(c.id+attempt), method, path, key, raw)
-		if err == nil && definite(status, resp) {
-			op.status, op.body = status, resp
-			op.code = problemCode(resp)
-			op.outcome = classify(status, op.code)
+		api, err := client.New(c.env.base(c.id+attempt), client.WithHTTPClient(c.http),
+			client.WithRetry(client.RetryPolicy{MaxAttempts: 1}))
+		if err != nil {
+			panic(err) // a serve's base URL is always valid
+		}
+		v, err := call(context.Background(), api)
+		var apiErr *client.Error
+		var netErr net.Error
+		switch {
+		case err == nil:
+			op.status, op.code = http.StatusOK, ""
+			op.body, _ = json.Marshal(v)
+		case errors.As(err, &apiErr):
+			op.status, op.code, op.body = apiErr.Status, apiErr.Code, []byte(apiErr.Error())
+		case errors.As(err, &netErr) && netErr.Timeout():
+			c.hist.fail("timeout")
+		default:
+			c.hist.fail("transport error")
+		}
+		if op.status != 0 && definite(op.status, op.code) {
+			op.outcome = classify(op.status, op.code)
 			break
 		}
-		switch {
-		case errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err):
-			c.hist.fail("timeout")
-		case err != nil:
-			c.hist.fail("transport error")
-		default:
-			c.hist.fail(fmt.Sprintf("%d %s", status, problemCode(resp)))
+		if op.status != 0 {
+			c.hist.fail(fmt.Sprintf("%d %s", op.status, op.code))
+			op.status, op.code, op.body = 0, "", nil
 		}
 		if giveUp {
 			break
@@ -596,32 +611,14 @@ func (c *chaosClient) do(op *chaosOp, method, path, key string, body any, giveUp
 	return op
 }
 
-func (c *chaosClient) send(base, method, path, key string, raw []byte) (int, []byte, error) {
-	req, err := http.NewRequest(method, base+path, bytes.NewReader(raw))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, out, err
-}
-
 // definite reports whether an answer settles the operation. 5xx, 429 and 409
 // version_conflict (optimistic retries exhausted) do not: the same request is sent again.
-func definite(status int, body []byte) bool {
+func definite(status int, code string) bool {
 	switch {
 	case status == http.StatusTooManyRequests, status >= 502:
 		return false
 	case status == http.StatusConflict:
-		return problemCode(body) != "version_conflict"
+		return code != "version_conflict"
 	}
 	return true
 }
@@ -638,12 +635,45 @@ func classify(status int, code string) string {
 	return outOther
 }
 
-func problemCode(body []byte) string {
-	var p struct {
-		Code string `json:"code"`
+// The operations of the workloads, each an apiCall. Writes carry the operation's key on
+// every attempt (a transfer's or hold's ID is its key), so an attempt whose answer was lost
+// is replayed, never applied again.
+
+func moneyCall(account string, amount int64, key string) apiCall {
+	return func(ctx context.Context, api *client.Client) (any, error) {
+		if amount < 0 {
+			return api.Withdraw(ctx, account, "USD", -amount, client.WithIdempotencyKey(key))
+		}
+		return api.Deposit(ctx, account, "USD", amount, client.WithIdempotencyKey(key))
 	}
-	_ = json.Unmarshal(body, &p)
-	return p.Code
+}
+
+func transferCall(op *chaosOp) apiCall {
+	req := client.TransferRequest{ID: op.id, From: op.account, To: op.to, Currency: "USD", Amount: op.amount}
+	return func(ctx context.Context, api *client.Client) (any, error) { return api.CreateTransfer(ctx, req) }
+}
+
+func holdCall(op *chaosOp, timeoutSeconds int64) apiCall {
+	req := client.HoldRequest{ID: op.id, Currency: "USD", Amount: op.amount, TimeoutSeconds: timeoutSeconds}
+	return func(ctx context.Context, api *client.Client) (any, error) { return api.PlaceHold(ctx, op.account, req) }
+}
+
+func voidCall(account, hold, key string) apiCall {
+	return func(ctx context.Context, api *client.Client) (any, error) {
+		return api.VoidHold(ctx, account, hold, client.WithIdempotencyKey(key))
+	}
+}
+
+// captureCall captures amount of op's hold (0: all of it), to op.to when set.
+func captureCall(op *chaosOp, amount int64) apiCall {
+	req := client.CaptureRequest{Amount: amount, To: op.to}
+	return func(ctx context.Context, api *client.Client) (any, error) {
+		return api.CaptureHold(ctx, op.account, op.hold, req, client.WithIdempotencyKey(op.id))
+	}
+}
+
+func readCall(account string) apiCall {
+	return func(ctx context.Context, api *client.Client) (any, error) { return api.Account(ctx, account) }
 }
 
 // bankWorkload is one bank client's loop.
@@ -678,18 +708,15 @@ func (c *chaosClient) bankWorkload(accts [][]string, stop <-chan struct{}) {
 				continue
 			}
 			op := &chaosOp{kind: kind, account: a, to: b, amount: amount, id: "t-" + key}
-			c.do(op, "POST", "/v1/transfers", "", map[string]any{"id": op.id, "from": a, "to": b, "currency": "USD", "amount": amount},
-				c.rng.IntN(5) == 0)
+			c.do(op, c.rng.IntN(5) == 0, transferCall(op))
 		case r < 50:
-			c.do(&chaosOp{kind: "deposit", account: a, amount: amount, id: key}, "POST", "/v1/accounts/"+a+"/deposits", key,
-				map[string]any{"currency": "USD", "amount": amount}, false)
+			c.do(&chaosOp{kind: "deposit", account: a, amount: amount, id: key}, false, moneyCall(a, amount, key))
 		case r < 65:
-			c.do(&chaosOp{kind: "withdrawal", account: a, amount: amount, id: key}, "POST", "/v1/accounts/"+a+"/withdrawals", key,
-				map[string]any{"currency": "USD", "amount": amount}, false)
+			c.do(&chaosOp{kind: "withdrawal", account: a, amount: amount, id: key}, false, moneyCall(a, -amount, key))
 		case r < 78:
 			// Holds that expire in 1–3 s: many are captured or voided first, the rest expire.
-			op := c.do(&chaosOp{kind: "hold", account: a, amount: amount, id: "h-" + key}, "POST", "/v1/accounts/"+a+"/holds", "",
-				map[string]any{"id": "h-" + key, "currency": "USD", "amount": amount, "timeout_seconds": 1 + c.rng.IntN(3)}, false)
+			op := &chaosOp{kind: "hold", account: a, amount: amount, id: "h-" + key}
+			c.do(op, false, holdCall(op, int64(1+c.rng.IntN(3))))
 			if op.outcome == outOK {
 				holds = append(holds, heldHold{a, op.id, amount})
 			}
@@ -697,24 +724,19 @@ func (c *chaosClient) bankWorkload(accts [][]string, stop <-chan struct{}) {
 			i := c.rng.IntN(len(holds))
 			h := holds[i]
 			holds = append(holds[:i], holds[i+1:]...)
-			path := "/v1/accounts/" + h.account + "/holds/" + h.id
 			if c.rng.IntN(3) == 0 {
-				c.do(&chaosOp{kind: "void", account: h.account, hold: h.id, id: key}, "POST", path+"/void", key, nil, false)
+				c.do(&chaosOp{kind: "void", account: h.account, hold: h.id, id: key}, false, voidCall(h.account, h.id, key))
 				continue
 			}
 			op := &chaosOp{kind: "capture", account: h.account, hold: h.id, id: key, amount: 1 + c.rng.Int64N(h.amount)}
-			body := map[string]any{"amount": op.amount}
 			if c.rng.IntN(2) == 0 {
-				_, op.to = pick()
-				if op.to == h.account {
+				if _, op.to = pick(); op.to == h.account {
 					op.to = ""
-				} else {
-					body["to"] = op.to
 				}
 			}
-			c.do(op, "POST", path+"/capture", key, body, false)
+			c.do(op, false, captureCall(op, op.amount))
 		default:
-			c.do(&chaosOp{kind: "read", account: a}, "GET", "/v1/accounts/"+a, "", nil, false)
+			c.do(&chaosOp{kind: "read", account: a}, false, readCall(a))
 		}
 	}
 }
@@ -734,23 +756,21 @@ func (c *chaosClient) linWorkload(accts []string, pool *holdPool, stop <-chan st
 		amount := int64(1 + c.rng.IntN(100))
 		switch r := c.rng.IntN(100); {
 		case r < 20:
-			c.do(&chaosOp{kind: "deposit", lin: true, account: a, amount: amount, id: key}, "POST", "/v1/accounts/"+a+"/deposits", key,
-				map[string]any{"currency": "USD", "amount": amount}, false)
+			c.do(&chaosOp{kind: "deposit", lin: true, account: a, amount: amount, id: key}, false, moneyCall(a, amount, key))
 		case r < 35:
 			amount += int64(c.rng.IntN(100))
-			c.do(&chaosOp{kind: "withdrawal", lin: true, account: a, amount: amount, id: key}, "POST", "/v1/accounts/"+a+"/withdrawals", key,
-				map[string]any{"currency": "USD", "amount": amount}, false)
+			c.do(&chaosOp{kind: "withdrawal", lin: true, account: a, amount: amount, id: key}, false, moneyCall(a, -amount, key))
 		case r < 55:
 			b := accts[c.rng.IntN(len(accts))]
 			if a == b {
 				continue
 			}
 			op := &chaosOp{kind: "transfer", lin: true, account: a, to: b, amount: amount, id: "t-" + key}
-			c.do(op, "POST", "/v1/transfers", "", map[string]any{"id": op.id, "from": a, "to": b, "currency": "USD", "amount": amount}, false)
+			c.do(op, false, transferCall(op))
 		case r < 65:
 			// timeout_seconds far beyond the run: these holds never expire in it.
-			op := c.do(&chaosOp{kind: "hold", lin: true, account: a, amount: amount, id: "h-" + key}, "POST", "/v1/accounts/"+a+"/holds", "",
-				map[string]any{"id": "h-" + key, "currency": "USD", "amount": amount, "timeout_seconds": 3600}, false)
+			op := &chaosOp{kind: "hold", lin: true, account: a, amount: amount, id: "h-" + key}
+			c.do(op, false, holdCall(op, 3600))
 			if op.outcome == outOK {
 				pool.put(linHold{a, op.id, amount})
 			}
@@ -759,27 +779,26 @@ func (c *chaosClient) linWorkload(accts []string, pool *holdPool, stop <-chan st
 			if !ok {
 				continue
 			}
-			path := "/v1/accounts/" + h.account + "/holds/" + h.id
 			var op *chaosOp
 			if c.rng.IntN(3) == 0 {
-				op = c.do(&chaosOp{kind: "void", lin: true, account: h.account, hold: h.id, id: key}, "POST", path+"/void", key, nil, false)
+				op = c.do(&chaosOp{kind: "void", lin: true, account: h.account, hold: h.id, id: key}, false, voidCall(h.account, h.id, key))
 			} else {
 				op = &chaosOp{kind: "capture", lin: true, account: h.account, hold: h.id, id: key, amount: h.amount}
-				body := map[string]any{}
+				var partial int64 // 0: the whole hold
 				if c.rng.IntN(2) == 0 {
 					op.amount = 1 + c.rng.Int64N(h.amount)
-					body["amount"] = op.amount
+					partial = op.amount
 				}
 				if b := accts[c.rng.IntN(len(accts))]; b != h.account && c.rng.IntN(2) == 0 {
-					op.to, body["to"] = b, b
+					op.to = b
 				}
-				c.do(op, "POST", path+"/capture", key, body, false)
+				c.do(op, false, captureCall(op, partial))
 			}
 			if op.outcome == outOK || op.outcome == outNotPending {
 				pool.drop(h.id)
 			}
 		default:
-			c.do(&chaosOp{kind: "read", lin: true, account: a}, "GET", "/v1/accounts/"+a, "", nil, false)
+			c.do(&chaosOp{kind: "read", lin: true, account: a}, false, readCall(a))
 		}
 	}
 }
