@@ -130,10 +130,12 @@ type authRoute struct {
 func authRoutes() map[string]authRoute {
 	money := `{"currency":"USD","amount":1}`
 	return map[string]authRoute{
-		"GET /healthz":      {call: func(ids) call { return call{"GET", "/healthz", ""} }},
-		"GET /readyz":       {call: func(ids) call { return call{"GET", "/readyz", ""} }},
-		"GET /openapi.json": {call: func(ids) call { return call{"GET", "/openapi.json", ""} }},
-		"GET /metrics":      {call: func(ids) call { return call{"GET", "/metrics", ""} }},
+		"GET /healthz":        {call: func(ids) call { return call{"GET", "/healthz", ""} }},
+		"GET /readyz":         {call: func(ids) call { return call{"GET", "/readyz", ""} }},
+		"GET /openapi.json":   {call: func(ids) call { return call{"GET", "/openapi.json", ""} }},
+		"GET /metrics":        {call: func(ids) call { return call{"GET", "/metrics", ""} }},
+		"GET /console":        {call: func(ids) call { return call{"GET", "/console", ""} }},
+		"GET /console/:asset": {call: func(ids) call { return call{"GET", "/console/console.js", ""} }},
 		"POST /v1/accounts": {scope: wr, tenant: tenantOpen, call: func(v ids) call {
 			return call{"POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, v.A)}
 		}},
@@ -154,6 +156,9 @@ func authRoutes() map[string]authRoute {
 		}},
 		"POST /v1/accounts/:id/holds": {scope: wr, tenant: tenantPath, create: true, call: func(v ids) call {
 			return call{"POST", "/v1/accounts/" + v.A + "/holds", `{"currency":"USD","amount":1,"timeout_seconds":60}`}
+		}},
+		"GET /v1/accounts/:id/holds": {scope: rd, tenant: tenantPath, create: true, call: func(v ids) call {
+			return call{"GET", "/v1/accounts/" + v.A + "/holds", ""}
 		}},
 		"GET /v1/accounts/:id/holds/:hold": {scope: rd, tenant: tenantPath, create: true, call: func(v ids) call {
 			return call{"GET", "/v1/accounts/" + v.A + "/holds/" + v.Hold, ""}

@@ -36,6 +36,7 @@ type Ledger interface {
 	CaptureHold(ctx context.Context, account, hold string, amount int64, to string, opts ledger.WriteOptions) (ledger.Receipt, error)
 	VoidHold(ctx context.Context, account, hold string, opts ledger.WriteOptions) (ledger.Receipt, error)
 	Hold(ctx context.Context, account, hold string) (ledger.Hold, error)
+	PendingHolds(ctx context.Context, account, after string, limit int) ([]ledger.Hold, string, error)
 	Batch(ctx context.Context, atomic bool, ops []ledger.BatchOp, opts ledger.WriteOptions) ([]ledger.BatchResult, bool, error)
 	Ping(ctx context.Context) error
 }
@@ -151,6 +152,8 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
 	r.GET("/openapi.json", func(c *gin.Context) { c.Data(http.StatusOK, "application/json", openAPI) })
 	r.GET("/readyz", s.ready)
+	r.GET("/console", s.consolePage) // public page; its API calls carry the operator's key
+	r.GET("/console/:asset", s.consoleAsset)
 
 	// Every /v1 route names the scope it needs and, for a tenant key, the accounts it
 	// touches: in the path here (own), in the body in its handler (foreign). docs/security.md
@@ -164,6 +167,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	v1.POST("/accounts/:id/withdrawals", write, s.own(hideNamed), s.withdraw)
 	v1.POST("/accounts/:id/close", write, s.own(hideNamed), s.closeAccount)
 	v1.POST("/accounts/:id/holds", write, s.own(hideNamed), s.placeHold)
+	v1.GET("/accounts/:id/holds", read, s.own(hideBare), s.listHolds)
 	v1.GET("/accounts/:id/holds/:hold", read, s.own(hideHold), s.getHold)
 	v1.POST("/accounts/:id/holds/:hold/capture", write, s.own(hideHold), s.captureHold)
 	v1.POST("/accounts/:id/holds/:hold/void", write, s.own(hideHold), s.voidHold)

@@ -17,6 +17,9 @@ import (
 // maxTimeoutSeconds bounds timeout_seconds of a hold (ledger.MaxHoldTimeout).
 const maxTimeoutSeconds = int64(ledger.MaxHoldTimeout / time.Second)
 
+// DefaultHoldsLimit is the page size of GET /v1/accounts/{id}/holds without ?limit.
+const DefaultHoldsLimit = 100
+
 type placeHoldBody struct {
 	ID             string `json:"id"`
 	Currency       string `json:"currency"`
@@ -73,6 +76,30 @@ func (s *server) getHold(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, h)
+}
+
+// holdsPage is the answer of GET /v1/accounts/{id}/holds.
+type holdsPage struct {
+	Holds []ledger.Hold `json:"holds"`
+	Next  string        `json:"next,omitempty"`
+}
+
+// listHolds pages through an account's pending holds (?after=<hold id>&limit=).
+func (s *server) listHolds(c *gin.Context) {
+	limit, err := queryInt(c, "limit", DefaultHoldsLimit)
+	if err == nil && (limit < 1 || limit > ledger.MaxHoldsPage) {
+		err = fmt.Errorf("limit must be 1..%d", ledger.MaxHoldsPage)
+	}
+	if err != nil {
+		writeProblem(c, specInvalid, err.Error())
+		return
+	}
+	holds, next, err := s.ledger.PendingHolds(c.Request.Context(), c.Param("id"), c.Query("after"), int(limit))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, holdsPage{Holds: holds, Next: next})
 }
 
 type captureBody struct {
