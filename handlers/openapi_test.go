@@ -14,16 +14,23 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/handlers"
+	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/outbox"
 )
 
 // spec is /openapi.json as the API serves it, loaded and validated by kin-openapi, with a
@@ -274,4 +281,248 @@ func documentedStatuses(s *spec) map[string][]int {
 		}
 	}
 	return out
+}
+
+// walkCall is one request of TestOpenAPIWalk.
+type walkCall struct {
+	method, path, body string
+	headers            []string
+}
+
+// TestOpenAPIWalk walks every operation of openapi.json on real Redis: its success and
+// every error status it documents, each response validated against the document. 401,
+// 403, 413, 429, 500 and 503 come from sending the operation's successful request
+// without a key, with a key lacking its scope, with a body over the limit, to a
+// rate-limited server, to a server whose ledger and relay panic, and to one whose Redis is
+// down. A status documented without a request here fails the test, so coverage does not
+// depend on the other tests.
+func TestOpenAPIWalk(t *testing.T) {
+	s := mustSpec(t)
+	const maxBody = 512
+	tokens := map[string]string{"root": "root-token-0123456789", "reader": "reader-token-0123456789",
+		"writer": "writer-token-0123456789", "tenant": "tenant-token-0123456789"}
+	keys := mustKeys(t,
+		key("root", tokens["root"], "", handlers.ScopeRead, handlers.ScopeWrite, handlers.ScopeAdmin),
+		key("reader", tokens["reader"], "", handlers.ScopeRead),
+		key("writer", tokens["writer"], "", handlers.ScopeWrite),
+		key("tenant", tokens["tenant"], "ten-", handlers.ScopeRead, handlers.ScopeWrite))
+	metrics := promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{})
+
+	rdb := redistest.MustStart(t).Client()
+	admin, err := outbox.NewAdmin(rdb, outbox.AdminConfig{})
+	require.NoError(t, err)
+	primary := newAPI(t, rdb, ledger.Config{}, handlers.Config{Keys: keys, Relay: relayStatus{admin}, Metrics: metrics, MaxBodyBytes: maxBody})
+	frozen := time.Unix(1_700_000_000, 0)
+	limited := newAPI(t, rdb, ledger.Config{}, handlers.Config{Keys: keys, Relay: relayStatus{admin}, Metrics: metrics,
+		RateLimit: handlers.RateLimit{PerSecond: 1, Burst: 1}, Clock: func() time.Time { return frozen }})
+	broken, err := handlers.New(panicking{}, handlers.Config{InsecureAdmin: true, Relay: panicking{}, Metrics: metrics})
+	require.NoError(t, err)
+	downSrv := redistest.MustStart(t)
+	// A client that gives up at once: the answer is the same 503, sooner.
+	downRDB := redis.NewClient(&redis.Options{Addr: downSrv.Addr(), MaxRetries: -1, DialerRetries: 1, DialerRetryTimeout: time.Millisecond})
+	t.Cleanup(func() { downRDB.Close() })
+	downAdmin, err := outbox.NewAdmin(downRDB, outbox.AdminConfig{})
+	require.NoError(t, err)
+	down := newAPI(t, downRDB, ledger.Config{MaxRetries: 1}, handlers.Config{InsecureAdmin: true, Relay: storeRelay{relayStatus{downAdmin}}, Metrics: metrics})
+	downSrv.Kill()
+
+	send := func(t *testing.T, h http.Handler, token string, c walkCall) *httptest.ResponseRecorder {
+		t.Helper()
+		req := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		for i := 0; i+1 < len(c.headers); i += 2 {
+			req.Header.Set(c.headers[i], c.headers[i+1])
+		}
+		rec := httptest.NewRecorder()
+		validating(t, h).ServeHTTP(rec, req)
+		return rec
+	}
+	setup := func(c walkCall) {
+		t.Helper()
+		rec := send(t, primary.h, tokens["root"], c)
+		require.Less(t, rec.Code, 300, "setup %s %s: %s", c.method, c.path, rec.Body.String())
+	}
+	other := primary.otherPartition("alice", "far")
+	for _, id := range []string{"alice", "bob", "shut", "empty", "full", other} {
+		setup(walkCall{"POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, id), nil})
+	}
+	setup(walkCall{"POST", "/v1/accounts/alice/deposits", `{"currency":"USD","amount":1000}`, nil})
+	setup(walkCall{"POST", "/v1/accounts/full/deposits", `{"currency":"USD","amount":9223372036854775000}`, nil})
+	setup(walkCall{"POST", "/v1/accounts/shut/close", ``, nil})
+	for _, h := range []string{"h-pend", "h-void", "h-done"} {
+		setup(walkCall{"POST", "/v1/accounts/alice/holds", fmt.Sprintf(`{"id":%q,"currency":"USD","amount":10,"timeout_seconds":3600}`, h), nil})
+	}
+	setup(walkCall{"POST", "/v1/accounts/alice/holds/h-done/void", ``, nil})
+	setup(walkCall{"POST", "/v1/transfers", `{"id":"t1","from":"alice","to":"bob","currency":"USD","amount":1}`, nil})
+	batch := func(atomic bool, ops ...string) string {
+		return fmt.Sprintf(`{"atomic":%v,"operations":[%s]}`, atomic, strings.Join(ops, ","))
+	}
+	dep := func(account string) string {
+		return fmt.Sprintf(`{"type":"deposit","account":%q,"currency":"USD","amount":1}`, account)
+	}
+	setup(walkCall{"POST", "/v1/batch", batch(true, dep("alice")), []string{"Idempotency-Key", "batch-1"}})
+
+	get := func(path string) walkCall { return walkCall{"GET", path, "", nil} }
+	post := func(path, body string, headers ...string) walkCall { return walkCall{"POST", path, body, headers} }
+	// ok is each operation's successful request; its status is the one 2xx it documents.
+	ok := map[string]walkCall{
+		"openAccount":       post("/v1/accounts", `{"id":"carol"}`),
+		"getAccount":        get("/v1/accounts/alice"),
+		"listAccountEvents": get("/v1/accounts/alice/events?limit=2"),
+		"deposit":           post("/v1/accounts/alice/deposits", `{"currency":"USD","amount":5}`),
+		"withdraw":          post("/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":5}`),
+		"closeAccount":      post("/v1/accounts/empty/close", `{}`),
+		"placeHold":         post("/v1/accounts/alice/holds", `{"currency":"USD","amount":1,"timeout_seconds":60}`),
+		"listHolds":         get("/v1/accounts/alice/holds"),
+		"getHold":           get("/v1/accounts/alice/holds/h-pend"),
+		"captureHold":       post("/v1/accounts/alice/holds/h-pend/capture", `{"amount":4,"to":"bob"}`),
+		"voidHold":          post("/v1/accounts/alice/holds/h-void/void", ``),
+		"createTransfer":    post("/v1/transfers", `{"from":"alice","to":"bob","currency":"USD","amount":2}`),
+		"getTransfer":       get("/v1/transfers/t1"),
+		"runBatch":          post("/v1/batch", batch(true, dep("alice"), `{"type":"withdrawal","account":"alice","currency":"USD","amount":100000}`)),
+		"getRelayStatus":    get("/v1/relay"),
+		"replayDeadLetters": post("/v1/relay/dead-letters/replay", ``),
+		"checkLiveness":     get("/healthz"),
+		"checkReadiness":    get("/readyz"),
+		"getMetrics":        get("/metrics"),
+		"getOpenAPI":        get("/openapi.json"),
+		"getConsole":        get("/console"),
+		"getConsoleAsset":   get("/console/console.js"),
+	}
+	// errs are the operation-specific errors, sent with the root key to main.
+	errs := map[string]map[int]walkCall{
+		"openAccount":       {400: post("/v1/accounts", `{}`), 409: post("/v1/accounts", `{"id":"alice"}`)},
+		"getAccount":        {400: get("/v1/accounts/a:b"), 404: get("/v1/accounts/nobody")},
+		"listAccountEvents": {400: get("/v1/accounts/alice/events?limit=0"), 404: get("/v1/accounts/nobody/events")},
+		"deposit": {400: post("/v1/accounts/alice/deposits", `{"currency":"USD"}`), 404: post("/v1/accounts/nobody/deposits", `{"currency":"USD","amount":1}`),
+			409: post("/v1/accounts/shut/deposits", `{"currency":"USD","amount":1}`), 422: post("/v1/accounts/full/deposits", `{"currency":"USD","amount":9999}`)},
+		"withdraw": {400: post("/v1/accounts/alice/withdrawals", `{"amount":1}`), 404: post("/v1/accounts/nobody/withdrawals", `{"currency":"USD","amount":1}`),
+			409: post("/v1/accounts/shut/withdrawals", `{"currency":"USD","amount":1}`), 422: post("/v1/accounts/bob/withdrawals", `{"currency":"USD","amount":1000}`)},
+		"closeAccount": {400: post("/v1/accounts/bob/close", `[`), 404: post("/v1/accounts/nobody/close", ``), 409: post("/v1/accounts/alice/close", ``)},
+		"placeHold": {400: post("/v1/accounts/alice/holds", `{"currency":"USD","amount":1}`),
+			404: post("/v1/accounts/nobody/holds", `{"currency":"USD","amount":1,"timeout_seconds":60}`),
+			409: post("/v1/accounts/shut/holds", `{"currency":"USD","amount":1,"timeout_seconds":60}`),
+			422: post("/v1/accounts/bob/holds", `{"currency":"USD","amount":1000,"timeout_seconds":60}`)},
+		"listHolds":   {400: get("/v1/accounts/alice/holds?limit=0"), 404: get("/v1/accounts/nobody/holds")},
+		"getHold":     {400: get("/v1/accounts/alice/holds/a:b"), 404: get("/v1/accounts/alice/holds/nohold")},
+		"captureHold": {400: post("/v1/accounts/alice/holds/h-void/capture", `{"amount":0}`), 404: post("/v1/accounts/alice/holds/nohold/capture", ``), 409: post("/v1/accounts/alice/holds/h-done/capture", ``), 422: post("/v1/accounts/alice/holds/h-void/capture", `{"amount":11}`)},
+		"voidHold":    {400: post("/v1/accounts/alice/holds/h-void/void", `x`), 404: post("/v1/accounts/alice/holds/nohold/void", ``), 409: post("/v1/accounts/alice/holds/h-done/void", ``)},
+		"createTransfer": {400: post("/v1/transfers", `{"from":"alice","to":"alice","currency":"USD","amount":1}`),
+			404: post("/v1/transfers", `{"from":"nobody","to":"bob","currency":"USD","amount":1}`),
+			409: post("/v1/transfers", `{"from":"alice","to":"shut","currency":"USD","amount":1}`),
+			422: post("/v1/transfers", `{"from":"bob","to":"alice","currency":"USD","amount":100000}`)},
+		"getTransfer": {400: get("/v1/transfers/a:b"), 404: get("/v1/transfers/t-none")},
+		"runBatch": {400: post("/v1/batch", batch(true)), 409: post("/v1/batch", batch(true, dep("alice"), dep("alice")), "Idempotency-Key", "batch-1"),
+			422: post("/v1/batch", batch(true, dep("alice"), dep(other)))},
+		"getConsoleAsset": {404: get("/console/nothing.txt")},
+	}
+	// tenantErrs are sent with the tenant key.
+	tenantErrs := map[string]map[int]walkCall{"runBatch": {404: post("/v1/batch", batch(false, dep("alice")))}}
+	// A transfer still pending after the inline saga cannot be made on demand over HTTP (the
+	// ledger's tests make them on Redis): a stub ledger answers one.
+	pending, err := handlers.New(transferStub{res: ledger.TransferResult{Transfer: ledger.Transfer{ID: "t9", From: "alice", To: "bob",
+		Currency: "USD", Amount: 5, Status: ledger.TransferPending, CreatedAt: frozen}}}, handlers.Config{})
+	require.NoError(t, err)
+	stubbed := map[string]map[int]http.Handler{"createTransfer": {http.StatusAccepted: pending}}
+
+	locate := func(op string) (path string, method string) {
+		for p, item := range s.doc.Paths.Map() {
+			for m, o := range item.Operations() {
+				if o.OperationID == op {
+					return p, m
+				}
+			}
+		}
+		return "", ""
+	}
+	burn := send(t, limited.h, tokens["root"], get("/v1/accounts/alice")) // the rate limit's one request
+	require.Equal(t, http.StatusOK, burn.Code)
+
+	ops := documentedStatuses(s)
+	names := make([]string, 0, len(ops))
+	for op := range ops {
+		names = append(names, op)
+	}
+	sort.Strings(names)
+	for _, op := range names {
+		path, method := locate(op)
+		call, found := ok[op]
+		if !assert.True(t, found, "operation %s has no successful request in TestOpenAPIWalk", op) {
+			continue
+		}
+		v1 := strings.HasPrefix(path, "/v1/")
+		lacking := "reader" // lacks write and admin
+		if method == http.MethodGet {
+			lacking = "writer"
+		}
+		big := call
+		big.body = strings.Repeat(" ", maxBody+1)
+		for _, status := range ops[op] {
+			t.Run(fmt.Sprintf("%s/%d", op, status), func(t *testing.T) {
+				var rec *httptest.ResponseRecorder
+				switch c, specific := errs[op][status]; {
+				case stubbed[op][status] != nil:
+					rec = send(t, stubbed[op][status], "", call)
+				case specific:
+					rec = send(t, primary.h, tokens["root"], c)
+				case tenantErrs[op][status].method != "":
+					rec = send(t, primary.h, tokens["tenant"], tenantErrs[op][status])
+				case status < 300:
+					rec = send(t, primary.h, tokens["root"], call)
+				case status == 401 && v1:
+					rec = send(t, primary.h, "", call)
+				case status == 403 && v1:
+					rec = send(t, primary.h, tokens[lacking], call)
+				case status == 413:
+					rec = send(t, primary.h, tokens["root"], big)
+				case status == 429 && v1:
+					rec = send(t, limited.h, tokens["root"], call)
+				case status == 500:
+					rec = send(t, broken, "", call)
+				case status == 503:
+					rec = send(t, down.h, "", call)
+				default:
+					t.Fatalf("%s %s documents %d but TestOpenAPIWalk sends nothing that answers it", method, path, status)
+				}
+				require.Equal(t, status, rec.Code, "%s %s: %s", method, path, rec.Body.String())
+			})
+		}
+	}
+}
+
+// panicking is a Ledger and a Relay whose every method panics (a nil interface), for the
+// API's 500 answer.
+type panicking struct {
+	handlers.Ledger
+	handlers.Relay
+}
+
+func (panicking) Status(ctx context.Context) ([]handlers.PartitionStatus, error) {
+	panic("relay status exploded")
+}
+
+func (panicking) ReplayDeadLetters(ctx context.Context) (int, error) {
+	panic("replay exploded")
+}
+
+// storeRelay is relayStatus whose Redis errors are store_unavailable, as cmd/tally's
+// relayAdmin makes them.
+type storeRelay struct{ relayStatus }
+
+func (r storeRelay) Status(ctx context.Context) ([]handlers.PartitionStatus, error) {
+	st, err := r.relayStatus.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ledger.ErrStoreUnavailable, err)
+	}
+	return st, nil
+}
+
+func (r storeRelay) ReplayDeadLetters(ctx context.Context) (int, error) {
+	n, err := r.relayStatus.ReplayDeadLetters(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ledger.ErrStoreUnavailable, err)
+	}
+	return n, nil
 }
