@@ -219,7 +219,7 @@ func composeProblems(dir string) []string {
 		c, err := tallyCommand(svc)
 		if err != nil {
 			bad("service %s: %v", name, err)
-			continue
+			c.name = "" // a tally service, but nothing more is known
 		}
 		cmds[name] = c
 	}
@@ -231,6 +231,9 @@ func composeProblems(dir string) []string {
 		}
 	}) {
 		c, svc := cmds[name], p.Services[name]
+		if c.serve == nil && c.relay == nil {
+			continue
+		}
 		// Every Redis named in a flag is a redis-server service on that port, enabled in
 		// every profile the tally service is, and started before it.
 		for flag, addrs := range c.redisAddrs() {
@@ -374,6 +377,10 @@ func prometheusProblems(p *types.Project, cmds map[string]composeCommand) []stri
 				c, ok := cmds[host]
 				if !ok {
 					out = append(out, fmt.Sprintf("prometheus job %s: target %s: no tally service %q", sc.JobName, target, host))
+					continue
+				}
+				if c.serve == nil && c.relay == nil {
+					scraped[host] = true // its command is wrong, reported already
 					continue
 				}
 				if _, mp, err := splitHostPort(c.metricsAddr()); err != nil || mp != port {

@@ -284,7 +284,7 @@ func smokeInvariants(t *testing.T, rdb redis.UniversalClient, group string, res 
 	want := big.NewInt(res.deposited)
 	require.Zero(t, want.Cmp(rep.Deposits["USD"]), "deposits %v, want %v", rep.Deposits["USD"], want)
 	require.Zero(t, want.Cmp(rep.Totals["USD"]), "posted balances %v, want every deposit %v", rep.Totals["USD"], want)
-	require.GreaterOrEqual(t, rep.Transfers, len(res.transfers))
+	require.Equal(t, len(res.transfers), rep.Transfers, "the ledger holds every transfer the clients made, and no other")
 	return rep
 }
 
