@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -298,6 +299,14 @@ func composeProblems(dir string) []string {
 			}
 			if _, err := os.Stat(v.Source); err != nil {
 				bad("service %s: bind mount source %s: %v", name, v.Source, err)
+			}
+		}
+		// Shell scripts (the cluster's creation job) at least parse, after interpolation.
+		if len(svc.Entrypoint) == 2 && svc.Entrypoint[0] == "sh" && strings.HasPrefix(svc.Entrypoint[1], "-") && strings.Contains(svc.Entrypoint[1], "c") {
+			for _, script := range svc.Command {
+				if out, err := exec.Command("sh", "-n", "-c", script).CombinedOutput(); err != nil {
+					bad("service %s: sh -n: %v: %s", name, err, out)
+				}
 			}
 		}
 		if svc.Build != nil {
@@ -618,6 +627,7 @@ func TestComposeChecksCatchMistakes(t *testing.T) {
 		{"keys file invalid", write("deploy/api-keys.demo.json", "[]"), "--api-keys-file"},
 		{"keys file not mounted", editAll("docker-compose.yml", ":/etc/tally/api-keys.json:ro", ":/etc/tally/keys.json:ro"), "is not mounted"},
 		{"no Dockerfile", remove("Dockerfile"), "build: "},
+		{"cluster job script", edit("docker-compose.yml", "          sleep 1\n        done", "          sleep 1\n        dne"), "service redis-cluster-init: sh -n"},
 		{"prometheus target port", edit("deploy/prometheus.yml", "relay:9100", "relay:9101"), `target relay:9101: service relay serves /metrics on "0.0.0.0:9100"`},
 		{"prometheus target host", edit("deploy/prometheus.yml", "serve-2:8080", "serve-3:8080"), `no tally service "serve-3"`},
 		{"prometheus misses a service", edit("deploy/prometheus.yml", `, "serve-2:8080"`, ""), "tally service serve-2 is not scraped"},
