@@ -145,7 +145,7 @@ func TestExactlyOnceOverHTTP(t *testing.T) {
 						logs := &syncWriter{w: &bytes.Buffer{}}
 						h, err := handlers.New(l, handlers.Config{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 						require.NoError(t, err)
-						srv := httptest.NewServer(h)
+						srv := httptest.NewServer(validating(t, h))
 						t.Cleanup(srv.Close)
 						target := httpTarget{base: srv.URL, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 
@@ -186,7 +186,7 @@ func TestInternalAndOverloadedOverHTTP(t *testing.T) {
 			handlers.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		require.NoError(t, err)
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/accounts/a/deposits", strings.NewReader(`{"currency":"USD","amount":1}`)))
+		validating(t, h).ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/accounts/a/deposits", strings.NewReader(`{"currency":"USD","amount":1}`)))
 		require.Equal(t, http.StatusInternalServerError, rec.Code)
 		assert.Equal(t, "application/problem+json", rec.Header().Get("Content-Type"))
 		var p handlers.Problem
@@ -201,7 +201,7 @@ func TestInternalAndOverloadedOverHTTP(t *testing.T) {
 		h, err := handlers.New(stubLedger{err: fmt.Errorf("%w: redis: %w", ledger.ErrInternal, errors.New("ERR Error running script"))}, handlers.Config{})
 		require.NoError(t, err)
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/accounts/a/deposits", strings.NewReader(`{"currency":"USD","amount":1}`)))
+		validating(t, h).ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/accounts/a/deposits", strings.NewReader(`{"currency":"USD","amount":1}`)))
 		require.Equal(t, http.StatusInternalServerError, rec.Code)
 		assert.NotContains(t, rec.Body.String(), "script")
 	})
@@ -209,7 +209,7 @@ func TestInternalAndOverloadedOverHTTP(t *testing.T) {
 		h, err := handlers.New(stubLedger{err: ledger.ErrOverloaded}, handlers.Config{})
 		require.NoError(t, err)
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/accounts/a/deposits", strings.NewReader(`{"currency":"USD","amount":1}`)))
+		validating(t, h).ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/accounts/a/deposits", strings.NewReader(`{"currency":"USD","amount":1}`)))
 		require.Equal(t, http.StatusServiceUnavailable, rec.Code)
 		assert.NotEmpty(t, rec.Header().Get("Retry-After"))
 		var p handlers.Problem

@@ -41,7 +41,7 @@ func TestRequestTimeoutAnswers503(t *testing.T) {
 			start := time.Now()
 			go func() {
 				rec := httptest.NewRecorder()
-				a.h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
+				validating(t, a.h).ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
 				done <- rec
 			}()
 			select {

@@ -196,7 +196,7 @@ func TestTransferStatusCodes(t *testing.T) {
 			h, err := handlers.New(transferStub{res: ledger.TransferResult{Transfer: tr, Replayed: tc.replayed}}, handlers.Config{})
 			require.NoError(t, err)
 			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/transfers",
+			validating(t, h).ServeHTTP(rec, httptest.NewRequest("POST", "/v1/transfers",
 				strings.NewReader(`{"id":"t9","from":"a","to":"b","currency":"USD","amount":5}`)))
 			require.Equal(t, tc.code, rec.Code, rec.Body.String())
 			assert.Equal(t, "/v1/transfers/t9", rec.Header().Get("Location"))
