@@ -103,6 +103,10 @@ func TestOpenAPIValid(t *testing.T) {
 	_, err := s.doc.Servers[0].BasePath()
 	require.NoError(t, err)
 
+	tags := map[string]bool{}
+	for _, tag := range s.doc.Tags {
+		tags[tag.Name] = true
+	}
 	ids := map[string]string{}
 	for path, item := range s.doc.Paths.Map() {
 		for method, op := range item.Operations() {
@@ -114,6 +118,10 @@ func TestOpenAPIValid(t *testing.T) {
 				ids[op.OperationID] = where
 			}
 			assert.NotEmpty(t, op.Summary, "%s: summary", where)
+			// docs/api.md groups operations by their one tag, in the document's tag order.
+			if assert.Len(t, op.Tags, 1, "%s: tags", where) {
+				assert.True(t, tags[op.Tags[0]], "%s: tag %q is not in the document's tags", where, op.Tags[0])
+			}
 			want := []int{413}
 			if strings.HasPrefix(path, "/v1/") {
 				want = append(want, 401, 403, 429, 500, 503)
