@@ -523,9 +523,25 @@ func TestOpenAPIWalk(t *testing.T) {
 					t.Fatalf("%s %s documents %d but TestOpenAPIWalk sends nothing that answers it", method, path, status)
 				}
 				require.Equal(t, status, rec.Code, "%s %s: %s", method, path, rec.Body.String())
+				if status >= 400 {
+					// The response's description names the problem codes it stands for.
+					var p handlers.Problem
+					require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &p))
+					r := responseAt(s, path, method, status)
+					desc := *r.Value.Description
+					if r.Description != nil {
+						desc = *r.Description
+					}
+					assert.Contains(t, desc, p.Code, "%s %s %d: the description names the codes", method, path, status)
+				}
 			})
 		}
 	}
+}
+
+// responseAt returns the response the document gives for status of an operation.
+func responseAt(s *spec, path, method string, status int) *openapi3.ResponseRef {
+	return s.doc.Paths.Value(path).GetOperation(method).Responses.Status(status)
 }
 
 // panicking is a Ledger and a Relay whose every method panics (a nil interface), for the
