@@ -1,11 +1,11 @@
 # Tally — the two commands a fresh machine needs:
 #   make run    start Tally on an embedded in-memory Redis (nothing durable)
-#   make test   install redis-server if missing, then vet, format-check, race-test everything
+#   make test   install redis-server and chromium if missing, then vet, format-check, race-test everything
 #               and fuzz each fuzz target briefly
 
 GO ?= go
 
-.PHONY: run test bench deps lint fuzz chaos
+.PHONY: run test bench deps lint fuzz chaos smoke
 
 run:
 	$(GO) run ./cmd/tally serve
@@ -30,6 +30,13 @@ CHAOS_DURATION ?= 10m
 chaos: deps
 	CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaosBank$$' -v ./cmd/tally
 
+# The docker-compose.yml topology as local processes (docs/deploy.md): data Redis with AOF,
+# three lock masters, two serves, a relay, and the cluster profile's serve on a 3-master Redis
+# Cluster; a transfer workload through every replica, then the invariants. It also runs in
+# make test.
+smoke: deps
+	$(GO) test -race -count=1 -run '^TestSmoke$$' -v ./cmd/tally
+
 # Benchmarks start their own redis-server processes; results and the tally bench commands
 # are in docs/benchmarks.md.
 bench: deps
@@ -41,11 +48,18 @@ lint:
 	$(GO) vet ./...
 
 # The tests start real redis-server processes (standalone, Redlock masters, a 3-master
-# Cluster); install Debian's package when they are missing.
+# Cluster) and drive the operator console in headless Chromium; install Debian's packages
+# when they are missing.
 deps:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
 		echo "installing redis-server and redis-tools from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	fi
+	@if ! command -v chromium >/dev/null; then \
+		echo "installing chromium from Debian's packages (for the console test)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
+	fi
 	@redis-server --version
+	@chromium --version 2>/dev/null
