@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -48,13 +49,13 @@ func renderAPIDoc(doc *openapi3.T) string {
 	p("The machine-readable document is served at `GET /openapi.json` (OpenAPI %s).\n", doc.OpenAPI)
 	for _, srv := range doc.Servers {
 		p("**Server:** `%s`", srv.URL)
-		for _, name := range sortedKeys(srv.Variables) {
+		for _, name := range slices.Sorted(maps.Keys(srv.Variables)) {
 			v := srv.Variables[name]
 			p("- `%s`: %s (default `%s`)", name, v.Description, v.Default)
 		}
 		p("")
 	}
-	for _, name := range sortedKeys(doc.Components.SecuritySchemes) {
+	for _, name := range slices.Sorted(maps.Keys(doc.Components.SecuritySchemes)) {
 		p("**Authentication (`%s`):** %s\n", name, text(doc.Components.SecuritySchemes[name].Value.Description))
 	}
 
@@ -105,24 +106,24 @@ func renderAPIDoc(doc *openapi3.T) string {
 				p("")
 			}
 			if rb := o.RequestBody; rb != nil {
-				for _, ct := range sortedKeys(rb.Value.Content) {
+				for _, ct := range slices.Sorted(maps.Keys(rb.Value.Content)) {
 					p("Request body (`%s`, %s): %s\n", ct, map[bool]string{true: "required", false: "optional"}[rb.Value.Required], typeOf(rb.Value.Content[ct].Schema))
 				}
 			}
 			p("| status | description | body |")
 			p("|---|---|---|")
 			responses := o.Responses.Map()
-			for _, code := range sortedKeys(responses) {
+			for _, code := range slices.Sorted(maps.Keys(responses)) {
 				r := responses[code]
 				desc := *r.Value.Description
 				if r.Description != nil {
 					desc = *r.Description
 				}
-				for _, h := range sortedKeys(r.Value.Headers) {
+				for _, h := range slices.Sorted(maps.Keys(r.Value.Headers)) {
 					desc += fmt.Sprintf("; header `%s`%s: %s", h, map[bool]string{true: " (always)"}[r.Value.Headers[h].Value.Required], r.Value.Headers[h].Value.Description)
 				}
 				var body []string
-				for _, ct := range sortedKeys(r.Value.Content) {
+				for _, ct := range slices.Sorted(maps.Keys(r.Value.Content)) {
 					body = append(body, fmt.Sprintf("%s `%s`", typeOf(r.Value.Content[ct].Schema), ct))
 				}
 				p("| %s | %s | %s |", code, cell(desc), strings.Join(body, ", "))
@@ -131,7 +132,7 @@ func renderAPIDoc(doc *openapi3.T) string {
 	}
 
 	p("\n## Schemas")
-	for _, name := range sortedKeys(doc.Components.Schemas) {
+	for _, name := range slices.Sorted(maps.Keys(doc.Components.Schemas)) {
 		v := doc.Components.Schemas[name].Value
 		p("\n### Schema: %s\n", name)
 		if v.Description != "" {
@@ -143,7 +144,7 @@ func renderAPIDoc(doc *openapi3.T) string {
 		}
 		p("| field | type | required | description |")
 		p("|---|---|---|---|")
-		for _, f := range sortedKeys(v.Properties) {
+		for _, f := range slices.Sorted(maps.Keys(v.Properties)) {
 			fv := v.Properties[f]
 			desc := fv.Value.Description
 			if fv.Ref == "" {
@@ -247,13 +248,4 @@ func yes(b bool) string {
 		return "yes"
 	}
 	return "no"
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

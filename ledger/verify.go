@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -331,7 +333,7 @@ func (v *verifier) scan(ctx context.Context) ([]string, error) {
 	for _, k := range stray {
 		v.problem(Problem{Kind: ProblemCorruptRecord, Detail: fmt.Sprintf("key %s is not where the ledger keeps any account (wrong partition tag)", k)})
 	}
-	return sortedKeys(ids), nil
+	return slices.Sorted(maps.Keys(ids)), nil
 }
 
 // busyRetry spaces the reads of an account that keeps changing.
@@ -435,7 +437,7 @@ func diffAccounts(snap, replayed *Account) string {
 	for c := range replayed.Balances {
 		curs[c] = true
 	}
-	for _, c := range sortedKeys(curs) {
+	for _, c := range slices.Sorted(maps.Keys(curs)) {
 		if a, b := snap.Balances[c], replayed.Balances[c]; a != b {
 			out = append(out, fmt.Sprintf("%s posted %d held %d vs %d held %d", c, a.Posted, a.Held, b.Posted, b.Held))
 		}
@@ -447,15 +449,6 @@ func diffAccounts(snap, replayed *Account) string {
 		out = append(out, "metadata")
 	}
 	return strings.Join(out, "; ")
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // events hands the events of account id with versions in (after, until] to visit, in
@@ -643,7 +636,7 @@ func (v *verifier) resolvedHolds(ctx context.Context, account string, holds map[
 	ks := v.l.store.keys
 	p := ks.partition(account)
 	var ids []string
-	for _, id := range sortedKeys(holds) {
+	for _, id := range slices.Sorted(maps.Keys(holds)) {
 		if holds[id].Status != HoldPending {
 			ids = append(ids, id)
 		}
@@ -689,7 +682,7 @@ func (v *verifier) resolvedHolds(ctx context.Context, account string, holds map[
 func (v *verifier) closeCut(ctx context.Context) error {
 	for changed := true; changed; {
 		changed = false
-		for _, id := range sortedKeys(v.flows) {
+		for _, id := range slices.Sorted(maps.Keys(v.flows)) {
 			f := v.flows[id]
 			if f.debits > 0 || f.searched {
 				continue
@@ -736,7 +729,7 @@ func (v *verifier) closeCut(ctx context.Context) error {
 func (v *verifier) transfers(ctx context.Context) error {
 	ks := v.l.store.keys
 	var inflight []*flow
-	for _, id := range sortedKeys(v.flows) {
+	for _, id := range slices.Sorted(maps.Keys(v.flows)) {
 		f := v.flows[id]
 		v.rep.Transfers++
 		bad := func(format string, args ...any) {
@@ -842,7 +835,7 @@ func (v *verifier) conservation() {
 			currencies[c] = true
 		}
 	}
-	for _, c := range sortedKeys(currencies) {
+	for _, c := range slices.Sorted(maps.Keys(currencies)) {
 		held := new(big.Int).Add(v.rep.Totals.Get(c), v.rep.InFlight.Get(c))
 		flowed := new(big.Int).Sub(v.rep.Deposits.Get(c), v.rep.Withdrawals.Get(c))
 		flowed.Sub(flowed, v.rep.CapturedOut.Get(c))
@@ -942,7 +935,7 @@ func (v *verifier) outbox(ctx context.Context) error {
 	}
 	// The accounts' versions now, read after what saw them: a version only grows, so one
 	// below what was seen means events were lost.
-	accounts := sortedKeys(highest)
+	accounts := slices.Sorted(maps.Keys(highest))
 	ks := v.l.store.keys
 	pipe := rdb.Pipeline()
 	versions := make([]*redis.StringCmd, len(accounts))

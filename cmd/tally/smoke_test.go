@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -376,7 +378,7 @@ func TestSmoke(t *testing.T) {
 			require.Contains(t, string(body), "\ntally_", "target %s exports tally_* metrics", target)
 		}
 	})
-	for _, name := range sortedKeys(s.procs) {
+	for _, name := range slices.Sorted(maps.Keys(s.procs)) {
 		s.procs[name].stop(t)
 	}
 	t.Logf("smoke test took %v", time.Since(start).Round(time.Millisecond))
@@ -399,13 +401,4 @@ func scrapeSum(t *testing.T, base, name string) float64 {
 		sum += v
 	}
 	return sum
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
