@@ -514,4 +514,12 @@ func TestConsoleInChromium(t *testing.T) {
 	p.until(`document.querySelectorAll('#balances tbody tr').length === 1 && document.getElementById('relay-totals').textContent !== ''`)
 	assert.Equal(t, [][]string{{"USD", "250", "0", "250"}}, p.rows("balances"))
 	assert.True(t, eval[bool](p, `document.getElementById('token-prompt').hidden`))
+	assert.Equal(t, "#account=bob", eval[string](p, `location.hash`), "a lookup is a shareable link")
+
+	// A deep link opens the page on its account.
+	// (A query makes it a new document: the page is already at /console#account=bob.)
+	p.do(chromedp.Navigate(srvOpen.URL + "/console?from=alert#account=bob"))
+	p.until(`document.querySelectorAll('#balances tbody tr').length === 1`)
+	assert.Equal(t, [][]string{{"USD", "250", "0", "250"}}, p.rows("balances"))
+	assert.Equal(t, "bob", eval[string](p, `document.getElementById('account-id').value`))
 }

@@ -227,7 +227,9 @@
   $('account-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const id = $('account-id').value.trim();
-    if (id) lookUp(id);
+    if (!id) return;
+    setLink('account', id);
+    lookUp(id);
   });
   $('holds-more').addEventListener('click', () => loadHolds());
   $('events-older').addEventListener('click', () => {
@@ -278,6 +280,7 @@
     ev.preventDefault();
     const id = $('transfer-id').value.trim();
     if (!id) return;
+    setLink('transfer', id);
     clearTimeout(followTimer);
     following++;
     follow(id, following);
@@ -344,6 +347,26 @@
     if (account) lookUp(account.id);
   }
 
+  // Deep links: /console#account=<id>&transfer=<id> opens the page on them (for links from
+  // alerts and runbooks); a lookup updates the fragment, so the address can be shared.
+  function setLink(name, id) {
+    const params = new URLSearchParams(location.hash.slice(1));
+    params.set(name, id);
+    history.replaceState(null, '', '#' + params.toString());
+  }
+
+  function openLinks() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    for (const name of ['account', 'transfer']) {
+      const id = (params.get(name) || '').trim();
+      if (id) {
+        $(name + '-id').value = id;
+        $(name + '-form').requestSubmit();
+      }
+    }
+  }
+
   renderTokenState();
   loadRelay();
+  openLinks();
 })();
