@@ -5,7 +5,7 @@
 
 GO ?= go
 
-.PHONY: run test bench deps lint fuzz chaos smoke
+.PHONY: run test bench bench-reference deps lint fuzz chaos smoke
 
 run:
 	$(GO) run ./cmd/tally serve
@@ -41,6 +41,12 @@ smoke: deps
 # are in docs/benchmarks.md.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ledger ./outbox
+
+# The reference numbers of docs/benchmarks.md: tally serve under wrk (an independent HTTP load
+# generator) and PostgreSQL's row-locked ledger under pgbench, with the raw commit ceiling of
+# the same redis-server (bench/reference/run.sh; needs Debian's wrk and postgresql).
+bench-reference:
+	bench/reference/run.sh
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
