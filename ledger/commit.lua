@@ -6,7 +6,8 @@
 -- slices (numbered from 1): requests that share an account, directly or through others,
 -- are in one slice. A slice is all or nothing; a slice whose account's version moved is
 -- skipped whole, and the other slices commit. Every key carries the partition's hash tag,
--- so this runs on one Cluster node.
+-- so this runs on one Cluster node. (On a single Redis, and only there, a transfer's credit
+-- also completes the transfer record and pending index of the source's partition.)
 --
 -- KEYS[1] partition outbox stream; KEYS[2..] every other key, named by index in ARGV.
 -- ARGV[1] accounts A   ARGV[2] records R   ARGV[3] guards G   ARGV[4] extra writes X

@@ -79,3 +79,17 @@ func (l *Ledger) StartTransfer(ctx context.Context, req TransferRequest) error {
 	_, err := l.submitRef(ctx, transferCmd{T: t, SameTo: false}, ref, fingerprint(t))
 	return err
 }
+
+// DrivingWaiters returns how many transfer process manager deliveries wait for a request of
+// this Ledger that drives the same transfer.
+func (l *Ledger) DrivingWaiters() int {
+	l.driving.mu.Lock()
+	defer l.driving.mu.Unlock()
+	return l.driving.waiters
+}
+
+// TransfersPendingKey returns the key of the pending-transfers index of an account's
+// partition.
+func (l *Ledger) TransfersPendingKey(account string) string {
+	return l.store.keys.transfersPending(l.store.keys.partition(account))
+}

@@ -159,6 +159,7 @@ type Ledger struct {
 	store     *store
 	queue     groupQueue
 	admission admission
+	driving   driving
 	stats     counters
 	metrics   *metrics // nil without Config.Registerer
 
@@ -190,9 +191,10 @@ func New(rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
 	ks := keyspace{prefix: cfg.Prefix, partitions: cfg.Partitions}
 	l := &Ledger{
 		cfg:       cfg,
-		store:     &store{rdb: rdb, keys: ks, commit: redis.NewScript(commitLua)},
+		store:     newStore(rdb, ks),
 		queue:     groupQueue{partitions: map[int]*partitionQueue{}},
 		admission: admission{inflight: map[string]int{}},
+		driving:   driving{ids: map[string]chan struct{}{}},
 	}
 	m, err := newMetrics(cfg.Registerer, l)
 	if err != nil {

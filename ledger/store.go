@@ -35,6 +35,12 @@ type store struct {
 	rdb    redis.UniversalClient
 	keys   keyspace
 	commit *redis.Script
+	single bool // a single Redis, not Cluster: one script may touch keys of several partitions
+}
+
+func newStore(rdb redis.UniversalClient, keys keyspace) *store {
+	_, single := rdb.(*redis.Client) // a Cluster client, or any other, is not assumed single
+	return &store{rdb: rdb, keys: keys, commit: redis.NewScript(commitLua), single: single}
 }
 
 // record is a stored response of an earlier request (client key, internal token or
@@ -194,7 +200,9 @@ type recordWrite struct {
 }
 
 // write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
-// partition): hold and transfer records, the hold expiry and pending transfer indexes.
+// partition): hold and transfer records, the hold expiry and pending transfer indexes. On a
+// single Redis (store.single) a transfer's credit also marks the transfer record in the
+// source's partition completed (transferCredit.Complete); on Cluster never.
 type write struct {
 	slice int
 	cmd   string
@@ -217,7 +225,8 @@ type accountWrite struct {
 	events []Event
 }
 
-// plan is everything one commit script call writes, all in one partition. Its parts are
+// plan is everything one commit script call writes, all in one partition (but for the
+// extra writes of a credit that completes its transfer on a single Redis). Its parts are
 // grouped in slices numbered from 0: the parts of requests that share accounts. The script
 // commits each slice whole or skips it when one of its accounts' versions moved.
 type plan struct {

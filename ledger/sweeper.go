@@ -126,7 +126,14 @@ func (l *Ledger) TransferManager() *TransferManager { return &TransferManager{l:
 // message that does not carry an event (ErrMalformedEvent) or whose data does not decode,
 // and otherwise the first error that left a transfer unfinished (the relay then delivers
 // again).
+//
+// The request that started a transfer usually finishes it: a request of this process still
+// driving one is waited for (see driving), then the records of all the batch's transfers
+// are read in one round trip (the event names the source account, whose partition holds
+// the record) and only those still pending are driven.
 func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) error {
+	type ref struct{ id, from string }
+	var refs []ref
 	for _, msg := range msgs {
 		switch msg.Type {
 		case EventTransferDebited, EventTransferCredited, EventHoldCaptured: // see transferOf
@@ -137,39 +144,67 @@ func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) er
 		if err != nil {
 			return outbox.Permanent(err)
 		}
-		id, err := m.transferOf(e)
+		id, from, err := m.transferOf(e)
 		if err != nil {
 			return outbox.Permanent(err)
 		}
-		if id == "" {
-			continue
+		if id != "" {
+			refs = append(refs, ref{id, from})
 		}
-		if _, err := m.l.driveTransfer(ctx, id); err != nil {
-			return fmt.Errorf("ledger: transfer manager: %s: %w", id, err)
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	for _, r := range refs {
+		if err := m.l.driving.wait(ctx, r.id); err != nil {
+			return err
+		}
+	}
+	ks := m.l.store.keys
+	pipe := m.l.store.rdb.Pipeline()
+	recs := make([]*redis.MapStringStringCmd, len(refs))
+	for i, r := range refs {
+		recs[i] = pipe.HGetAll(ctx, ks.transfer(ks.partition(r.from), r.id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("ledger: transfer manager: %w", storeErr(ctx, err))
+	}
+	for i, r := range refs {
+		v := recs[i].Val()
+		if v["id"] == "" { // the event commits with its record: this cannot be
+			return fmt.Errorf("ledger: transfer manager: %s: %w: no record in the partition of %s", r.id, ErrNotFound, r.from)
+		}
+		t, err := parseTransfer(v)
+		if err == nil && t.Status == TransferPending {
+			_, err = m.l.drive(ctx, t)
+		}
+		if err != nil {
+			return fmt.Errorf("ledger: transfer manager: %s: %w", r.id, err)
 		}
 	}
 	return nil
 }
 
-// transferOf returns the ID of the cross-partition transfer an event belongs to, or "".
-func (m *TransferManager) transferOf(e Event) (string, error) {
+// transferOf returns the ID of the cross-partition transfer an event belongs to and its
+// source account, or "".
+func (m *TransferManager) transferOf(e Event) (id, from string, err error) {
 	switch e.Type {
 	case EventTransferDebited, EventTransferCredited:
 		var d TransferData
 		if err := decodeData(e, &d); err != nil {
-			return "", err
+			return "", "", err
 		}
 		if m.l.store.keys.partition(d.From) != m.l.store.keys.partition(d.To) {
-			return d.TransferID, nil
+			return d.TransferID, d.From, nil
 		}
 	case EventHoldCaptured:
 		var d HoldData
 		if err := decodeData(e, &d); err != nil {
-			return "", err
+			return "", "", err
 		}
 		if d.To != "" && m.l.store.keys.partition(e.Account) != m.l.store.keys.partition(d.To) {
-			return d.TransferID, nil
+			return d.TransferID, e.Account, nil // a capture's transfer leaves the hold's account
 		}
 	}
-	return "", nil
+	return "", "", nil
 }

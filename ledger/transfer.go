@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -153,12 +154,24 @@ func transferFields(t Transfer) ([]any, error) {
 type creditOutcome struct {
 	Credited bool   `json:"credited"`
 	Reason   string `json:"reason,omitempty"` // why the destination refused the credit
+	// CompletedAt is set when the same commit marked the transfer completed (see
+	// transferCredit.Complete).
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
 }
 
 // transferCredit credits the destination of a cross-partition transfer, or records why it
 // refuses (closed meanwhile, or the balance would overflow). Its record makes the outcome
 // final: a later attempt replays it instead of deciding again.
-type transferCredit struct{ T Transfer }
+//
+// With Complete (a single Redis, not Cluster: the transfer record lives in the source's
+// partition, another slot) the commit that credits also marks the transfer completed and
+// takes it out of the pending index, saving the saga's last round trip. A credit is
+// recorded once, so nothing can refund a transfer whose credit committed: completing it in
+// the same commit is what the separate step (completeScript) would do next.
+type transferCredit struct {
+	T        Transfer
+	Complete bool
+}
 
 func (c transferCredit) accounts() []string { return []string{c.T.To} }
 
@@ -176,7 +189,15 @@ func (c transferCredit) decide(d *decision) (any, error) {
 	if _, err := d.emit(to, EventTransferCredited, transferData(c.T, "")); err != nil {
 		return nil, err
 	}
-	return creditOutcome{Credited: true}, nil
+	if !c.Complete {
+		return creditOutcome{Credited: true}, nil
+	}
+	p := d.keys.partition(c.T.From)
+	now := d.now.UTC()
+	d.write("HSET", d.keys.transfer(p, c.T.ID), "status", TransferCompleted, "completed_at", now.Format(time.RFC3339Nano))
+	d.write("ZREM", d.keys.transfersPending(p), c.T.ID)
+	d.tr.transfersCompleted++
+	return creditOutcome{Credited: true, CompletedAt: &now}, nil
 }
 
 // transferRefund returns the money of a transfer whose credit was refused to its source.
@@ -234,6 +255,7 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	if err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
 		return TransferResult{}, err
 	}
+	defer l.driving.start(req.ID)()
 	cmd := transferCmd{
 		T:      Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount, Metadata: req.Metadata},
 		SameTo: l.store.keys.partition(req.From) == l.store.keys.partition(req.To),
@@ -383,7 +405,7 @@ func (l *Ledger) driveTransfer(ctx context.Context, id string) (Transfer, error)
 // all drive one transfer at once.
 func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
 	credit := recordRef{key: l.store.keys.transferStep(l.store.keys.partition(t.To), t.ID, "credit"), kind: "mark"}
-	rc, err := l.submitRef(ctx, transferCredit{T: t}, credit, "credit")
+	rc, err := l.submitRef(ctx, transferCredit{T: t, Complete: l.store.single}, credit, "credit")
 	if err != nil {
 		return t, err
 	}
@@ -392,6 +414,10 @@ func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
 		return t, fmt.Errorf("%w: decode credit outcome of %s: %w", ErrInternal, t.ID, err)
 	}
 	p := l.store.keys.partition(t.From)
+	if out.CompletedAt != nil { // completed by the credit's commit (this driver's or another's)
+		t.Status, t.CompletedAt = TransferCompleted, out.CompletedAt
+		return t, nil
+	}
 	if out.Credited {
 		now := l.cfg.Clock().UTC()
 		n, err := completeScript.Run(ctx, l.store.rdb, []string{l.store.keys.transfer(p, t.ID), l.store.keys.transfersPending(p)},
@@ -425,4 +451,57 @@ func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
 func captureTransferID(account, hold string) string {
 	sum := sha256.Sum256([]byte(account + "\x00" + hold))
 	return "hold-" + hex.EncodeToString(sum[:16])
+}
+
+// driving names the transfers this process's requests are driving inline (CreateTransfer),
+// so that the transfer process manager of the same process, which sees their events while
+// the request still runs, waits for the request instead of running the same steps beside it
+// (every step is idempotent, so that would only cost round trips). Process managers of
+// other processes do not see it; they race harmlessly, as before.
+type driving struct {
+	mu      sync.Mutex
+	ids     map[string]chan struct{}
+	waiters int // process managers waiting in wait (tests read it)
+}
+
+// start registers a transfer ID being driven and returns the function that ends it. A
+// second request with the same ID while the first runs is not registered again.
+func (d *driving) start(id string) (end func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.ids[id]; ok {
+		return func() {}
+	}
+	done := make(chan struct{})
+	d.ids[id] = done
+	return func() {
+		d.mu.Lock()
+		delete(d.ids, id)
+		d.mu.Unlock()
+		close(done)
+	}
+}
+
+// wait returns once no request of this process drives transfer id, or when ctx ends.
+func (d *driving) wait(ctx context.Context, id string) error {
+	d.mu.Lock()
+	done, ok := d.ids[id]
+	if ok {
+		d.waiters++
+	}
+	d.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	defer func() {
+		d.mu.Lock()
+		d.waiters--
+		d.mu.Unlock()
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -1,0 +1,168 @@
+package ledger_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/outbox"
+)
+
+// scriptCalls returns how many EVAL and EVALSHA calls the server has run.
+func scriptCalls(t *testing.T, rdb redis.UniversalClient) int64 {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	require.NoError(t, err)
+	var n int64
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		for _, cmd := range []string{"cmdstat_eval:", "cmdstat_evalsha:"} {
+			if rest, ok := strings.CutPrefix(line, cmd+"calls="); ok {
+				v, err := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
+				require.NoError(t, err)
+				n += v
+			}
+		}
+	}
+	return n
+}
+
+// On a single Redis the credit's commit also completes the transfer (one script call fewer
+// per cross-partition transfer); on Cluster, where the transfer record lives in another
+// slot, the separate step does it. Either way the transfer ends completed, out of the
+// pending index, with the completion time the request answered.
+func TestCreditCompletesTransfer(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "cc"})
+			from, to := apart(l, "cc-")
+			fund(t, l, from, 1000)
+			fund(t, l, to, 0)
+
+			scripts := int64(-1)
+			if b.Name == "standalone" {
+				scripts = scriptCalls(t, rdb)
+			}
+			res, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-cc", From: from, To: to, Currency: "USD", Amount: 250})
+			require.NoError(t, err)
+			require.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
+			require.NotNil(t, res.Transfer.CompletedAt)
+			if scripts >= 0 {
+				// debit, credit-and-complete; no third call (the commit script is cached:
+				// EVALSHA only).
+				assert.Equal(t, int64(2), scriptCalls(t, rdb)-scripts, "script calls for one cross-partition transfer")
+			}
+
+			got, err := l.GetTransfer(ctx, "t-cc")
+			require.NoError(t, err)
+			assert.Equal(t, ledger.TransferCompleted, got.Status, "the record says completed")
+			require.NotNil(t, got.CompletedAt)
+			assert.True(t, got.CompletedAt.Equal(*res.Transfer.CompletedAt), "answered %v, recorded %v", res.Transfer.CompletedAt, got.CompletedAt)
+			n, err := rdb.ZCard(ctx, l.TransfersPendingKey(from)).Result()
+			require.NoError(t, err)
+			assert.Zero(t, n, "out of the pending index")
+			assert.Equal(t, int64(750), posted(t, l, from))
+			assert.Equal(t, int64(250), posted(t, l, to))
+
+			// Another driver afterwards (the process manager seeing the debit and the credit)
+			// changes nothing and sees the same completion.
+			pm := l.TransferManager()
+			msg := debitedMessage(t, l, from, "t-cc")
+			require.NoError(t, pm.Deliver(ctx, []outbox.Message{msg, msg}))
+			again, err := l.GetTransfer(ctx, "t-cc")
+			require.NoError(t, err)
+			assert.Equal(t, got, again)
+			assert.Equal(t, int64(250), posted(t, l, to), "credited once")
+			requireVerified(t, l)
+		})
+	}
+}
+
+// A credit driven by several drivers at once (the process manager, the sweep) commits once
+// and completes the transfer once; each driver sees it completed with the same time.
+func TestCreditCompletesOnceUnderConcurrentDrivers(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.MustStart(t).Client()
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "cc2"})
+	for i := range 20 {
+		from, to := apart(l, "cc2-"+strconv.Itoa(i)+"-")
+		fund(t, l, from, 100)
+		fund(t, l, to, 0)
+		id := "t-cc2-" + strconv.Itoa(i)
+		require.NoError(t, l.StartTransfer(ctx, ledger.TransferRequest{ID: id, From: from, To: to, Currency: "USD", Amount: 60}))
+		msg := debitedMessage(t, l, from, id)
+		pm := l.TransferManager()
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() { defer wg.Done(); assert.NoError(t, pm.Deliver(ctx, []outbox.Message{msg})) }()
+		}
+		wg.Wait()
+		got, err := l.GetTransfer(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, ledger.TransferCompleted, got.Status)
+		assert.Equal(t, int64(40), posted(t, l, from))
+		assert.Equal(t, int64(60), posted(t, l, to), "credited once")
+	}
+	requireVerified(t, l)
+}
+
+// The process manager of the process whose request is still driving a transfer waits for
+// that request instead of running the same steps beside it: no step is replayed.
+func TestTransferManagerWaitsForTheRequest(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.MustStart(t).Client()
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "tmw"})
+	from, to := apart(l, "tmw-")
+	fund(t, l, from, 100)
+	fund(t, l, to, 0)
+
+	// Hold the request in its second commit (the credit; the first is the debit).
+	var calls atomic.Int64
+	entered, release := make(chan struct{}), make(chan struct{})
+	l.SetBeforeCommit(func() {
+		if calls.Add(1) == 2 {
+			close(entered)
+			<-release
+		}
+	})
+	defer l.SetBeforeCommit(nil)
+	before := l.Stats()
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-tmw", From: from, To: to, Currency: "USD", Amount: 30})
+		done <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached its credit")
+	}
+	msg := debitedMessage(t, l, from, "t-tmw")
+	delivered := make(chan error, 1)
+	go func() { delivered <- l.TransferManager().Deliver(ctx, []outbox.Message{msg}) }()
+	// The manager is either waiting for the request (right) or queued behind its credit to
+	// run the credit again (wrong; it would replay it once released).
+	require.Eventually(t, func() bool { return l.DrivingWaiters() == 1 || l.Waiting(to) == 1 }, 10*time.Second, time.Millisecond)
+	close(release)
+	require.NoError(t, <-done)
+	require.NoError(t, <-delivered)
+	assert.Zero(t, l.Stats().Replays-before.Replays, "the manager ran a step the request was running")
+	got, err := l.GetTransfer(ctx, "t-tmw")
+	require.NoError(t, err)
+	assert.Equal(t, ledger.TransferCompleted, got.Status)
+	assert.Equal(t, int64(30), posted(t, l, to))
+	requireVerified(t, l)
+}
