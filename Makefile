@@ -57,15 +57,13 @@ lint:
 # Cluster) and drive the operator console in headless Chromium; install Debian's packages
 # when they are missing.
 deps:
-	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
-		echo "installing redis-server and redis-tools from Debian's packages"; \
+	@pkgs=""; \
+	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs=" redis-server redis-tools"; \
+	command -v chromium >/dev/null || pkgs="$$pkgs chromium fonts-liberation"; \
+	if [ -n "$$pkgs" ]; then \
+		echo "installing$$pkgs from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; \
-	fi
-	@if ! command -v chromium >/dev/null; then \
-		echo "installing chromium from Debian's packages (for the console test)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
 	fi
 	@redis-server --version
 	@chromium --version 2>/dev/null
