@@ -128,6 +128,11 @@ func TestSentinelForEveryProblemCode(t *testing.T) {
 		}
 		assert.Equal(t, fmt.Sprintf("tally: 400 %s: Bad", code), (&Error{Status: 400, Code: code, Title: "Bad"}).Error())
 	}
+	// And no sentinel stands for a code the server no longer answers with.
+	for code := range have {
+		_, answered := codes[code]
+		assert.True(t, answered, "package client has a sentinel for %q, which the server never answers with", code)
+	}
 }
 
 // TestErrorWithoutProblemBody: an answer without problem+json (a proxy's page) still maps
