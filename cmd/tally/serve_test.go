@@ -133,22 +133,38 @@ func TestServeRefusals(t *testing.T) {
 	require.Error(t, err)
 }
 
-// buildTally compiles the tally binary once per test run.
+// buildTally returns the tally binary, compiled once per test binary.
 func buildTally(t *testing.T) string {
 	t.Helper()
 	return buildTallyTags(t)
 }
 
-// buildTallyTags compiles the tally binary with build tags (a deliberately broken build).
+// The binaries buildTallyTags compiled, by build tags, in binDir (TestMain removes it).
+var (
+	binDir   string
+	binMu    sync.Mutex
+	binBuilt = map[string]string{}
+)
+
+// buildTallyTags returns the tally binary built with tags (a deliberately broken build),
+// compiled on the first call for those tags: a link takes seconds on a busy machine, and
+// a dozen tests start the binary.
 func buildTallyTags(t *testing.T, tags ...string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "tally")
+	binMu.Lock()
+	defer binMu.Unlock()
+	key := strings.Join(tags, ",")
+	if bin, ok := binBuilt[key]; ok {
+		return bin
+	}
+	bin := filepath.Join(binDir, fmt.Sprintf("tally-%d", len(binBuilt)))
 	args := []string{"build", "-o", bin}
-	if len(tags) > 0 {
-		args = append(args, "-tags", strings.Join(tags, ","))
+	if key != "" {
+		args = append(args, "-tags", key)
 	}
 	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 	require.NoError(t, err, "%s", out)
+	binBuilt[key] = bin
 	return bin
 }
 
@@ -365,7 +381,14 @@ func TestMain(m *testing.M) {
 			os.Unsetenv(strings.SplitN(kv, "=", 2)[0])
 		}
 	}
-	os.Exit(m.Run())
+	var err error
+	if binDir, err = os.MkdirTemp("", "tally-test-bin-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(binDir)
+	os.Exit(code)
 }
 
 // TestServePprof: --pprof serves Go's profiler on its own loopback listener, and the API
