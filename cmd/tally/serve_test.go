@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -394,10 +393,7 @@ func TestMain(m *testing.M) {
 // TestServePprof: --pprof serves Go's profiler on its own loopback listener, and the API
 // listener does not serve it.
 func TestServePprof(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
+	addr := freeAddr(t)
 	base, stop := startServe(t, "--pprof", addr)
 
 	resp, err := http.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")

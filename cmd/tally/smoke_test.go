@@ -111,7 +111,7 @@ func (s *smokeStack) localArgs(t *testing.T, svc types.ServiceConfig, args []str
 			continue
 		}
 		if host, port, err := net.SplitHostPort(value); err == nil && (host == "0.0.0.0" || host == "" || host == "::") {
-			local := freeLoopbackAddr(t)
+			local := freeAddr(t)
 			s.addrs[net.JoinHostPort(svc.Name, port)] = local
 			value = local
 		} else if hp := hostPath(svc, value); strings.HasPrefix(value, "/") && hp != "" {
@@ -132,14 +132,6 @@ func (s *smokeStack) localArgs(t *testing.T, svc types.ServiceConfig, args []str
 		}
 	}
 	return out
-}
-
-// freeLoopbackAddr returns a loopback address whose port was free a moment ago.
-func freeLoopbackAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // apiClient returns a typed client of a serve service, with the demo key the compose file
