@@ -24,7 +24,7 @@ import (
 // Problem schema in handlers/openapi.json, and the code of every problemSpec literal in
 // handlers' Go sources (the error table and the specs outside it, in whatever file they
 // are added), so a code added to either place without a client sentinel fails
-// TestSentinelForEveryProblemCode.
+// TestSentinelForEveryProblemCode. A problemSpec's code missing from the enum fails t.
 func serverCodes(t *testing.T) map[string]string {
 	t.Helper()
 	codes := map[string]string{}
@@ -46,8 +46,10 @@ func serverCodes(t *testing.T) map[string]string {
 	require.NoError(t, json.Unmarshal(raw, &spec))
 	enum := spec.Components.Schemas.Problem.Properties.Code.Enum
 	require.NotEmpty(t, enum, "openapi.json: components.schemas.Problem.properties.code.enum moved; update serverCodes")
+	documented := map[string]bool{}
 	for _, c := range enum {
 		codes[c] = "openapi.json"
+		documented[c] = true
 	}
 
 	files, err := filepath.Glob("../handlers/*.go")
@@ -75,6 +77,9 @@ func serverCodes(t *testing.T) map[string]string {
 				return true
 			}
 			codes[code] = fset.Position(lit.Pos()).String()
+			if !documented[code] {
+				t.Errorf("%s: code %q is not in openapi.json's Problem.code enum", codes[code], code)
+			}
 			return true
 		})
 	}
