@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -224,13 +225,7 @@ func composeProblems(dir string) []string {
 		}
 		cmds[name] = c
 	}
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for n := range cmds {
-			if !yield(n) {
-				return
-			}
-		}
-	}) {
+	for _, name := range slices.Sorted(maps.Keys(cmds)) {
 		c, svc := cmds[name], p.Services[name]
 		if c.serve == nil && c.relay == nil {
 			continue
@@ -472,13 +467,7 @@ func grafanaProblems(p *types.Project) []string {
 		for _, f := range files {
 			for _, uid := range dashboardDatasources(f, &out) {
 				if !uids[uid] {
-					bad("grafana: %s uses data source uid %q; provisioned: %v", f, uid, slices.Sorted(func(yield func(string) bool) {
-						for u := range uids {
-							if !yield(u) {
-								return
-							}
-						}
-					}))
+					bad("grafana: %s uses data source uid %q; provisioned: %v", f, uid, slices.Sorted(maps.Keys(uids)))
 				}
 			}
 		}
@@ -579,24 +568,18 @@ func copyDeployFiles(t *testing.T) string {
 // TestComposeChecksCatchMistakes breaks a copy of the deployment files in one way each and
 // requires composeProblems to name the mistake: every check can fail.
 func TestComposeChecksCatchMistakes(t *testing.T) {
-	edit := func(file, old, new string) func(t *testing.T, dir string) {
+	// replace replaces the first n occurrences of old in file (n < 0: all of them).
+	replace := func(file, old, new string, n int) func(t *testing.T, dir string) {
 		return func(t *testing.T, dir string) {
 			path := filepath.Join(dir, file)
 			data, err := os.ReadFile(path)
 			require.NoError(t, err)
 			require.Contains(t, string(data), old, "the mutation must apply")
-			require.NoError(t, os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o644))
+			require.NoError(t, os.WriteFile(path, []byte(strings.Replace(string(data), old, new, n)), 0o644))
 		}
 	}
-	editAll := func(file, old, new string) func(t *testing.T, dir string) {
-		return func(t *testing.T, dir string) {
-			path := filepath.Join(dir, file)
-			data, err := os.ReadFile(path)
-			require.NoError(t, err)
-			require.Contains(t, string(data), old, "the mutation must apply")
-			require.NoError(t, os.WriteFile(path, []byte(strings.ReplaceAll(string(data), old, new)), 0o644))
-		}
-	}
+	edit := func(file, old, new string) func(t *testing.T, dir string) { return replace(file, old, new, 1) }
+	editAll := func(file, old, new string) func(t *testing.T, dir string) { return replace(file, old, new, -1) }
 	write := func(file, content string) func(t *testing.T, dir string) {
 		return func(t *testing.T, dir string) {
 			require.NoError(t, os.WriteFile(filepath.Join(dir, file), []byte(content), 0o644))
