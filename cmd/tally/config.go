@@ -32,8 +32,14 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// envVar is the environment variable of a flag: --lock-redis-password is
+// TALLY_LOCK_REDIS_PASSWORD.
+func envVar(flagName string) string {
+	return "TALLY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
 // parse parses args, then fills every flag not given on the command line from its
-// TALLY_<NAME> environment variable.
+// TALLY_<NAME> environment variable (envVar).
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -53,7 +59,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 		if set[f.Name] || err != nil {
 			return
 		}
-		env := "TALLY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		env := envVar(f.Name)
 		if v := os.Getenv(env); v != "" {
 			if serr := f.Value.Set(v); serr != nil {
 				err = fmt.Errorf("%s: %w", env, serr)
@@ -100,7 +106,7 @@ func (v *secretValue) Set(s string) error { *v.s = s; return nil }
 // --<name>-tls-server-name; what names the servers in their help.
 func (c *connFlags) register(fs *flag.FlagSet, name, what string) {
 	c.name = name
-	env := "TALLY_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_PASSWORD"
+	env := envVar(name + "-password")
 	fs.StringVar(&c.o.Username, name+"-user", "", "ACL user of "+what+" (default: the default user)")
 	c.pw.s = &c.o.Password
 	fs.Var(&c.pw, name+"-password", "`password` of "+what+"; give it as "+env+" instead: a command line is visible to every local user")
@@ -124,8 +130,8 @@ func (c *connFlags) tlsConfig() (*tls.Config, error) {
 // warnArgv logs that a password on the command line can be read by every local user.
 func (c *connFlags) warnArgv(log *slog.Logger) {
 	if c.pw.inArgv {
-		log.Warn("--" + c.name + "-password on the command line is visible to every local user (ps); set TALLY_" +
-			strings.ToUpper(strings.ReplaceAll(c.name, "-", "_")) + "_PASSWORD instead")
+		log.Warn("--" + c.name + "-password on the command line is visible to every local user (ps); set " +
+			envVar(c.name+"-password") + " instead")
 	}
 }
 
@@ -133,8 +139,8 @@ func (c *connFlags) warnArgv(log *slog.Logger) {
 func (c *connFlags) connectError(what string, err error) error {
 	switch {
 	case redis.IsAuthError(err) || redis.IsPermissionError(err):
-		return fmt.Errorf("connect to %s: authentication refused (check --%s-user and TALLY_%s_PASSWORD): %w",
-			what, c.name, strings.ToUpper(strings.ReplaceAll(c.name, "-", "_")), err)
+		return fmt.Errorf("connect to %s: authentication refused (check --%s-user and %s): %w",
+			what, c.name, envVar(c.name+"-password"), err)
 	case redisx.ConfigError(err):
 		return fmt.Errorf("connect to %s: TLS handshake failed (check --%s-tls, --%s-tls-ca, --%s-tls-server-name and the client certificate): %w",
 			what, c.name, c.name, c.name, err)

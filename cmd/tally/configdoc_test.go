@@ -39,7 +39,7 @@ func TestConfigurationDoc(t *testing.T) {
 		require.NotEmpty(t, flags, cmd)
 		fmt.Fprintf(&b, "\n### tally %s\n\n| flag | environment | default | meaning |\n|---|---|---|---|\n", cmd)
 		for _, f := range flags {
-			fmt.Fprintf(&b, "| `--%s`%s | `%s` | %s | %s |\n", f.name, typeSuffix(f.typ), envName(f.name), f.defaultCell(), mdEscape(f.usage))
+			fmt.Fprintf(&b, "| `--%s`%s | `%s` | %s | %s |\n", f.name, typeSuffix(f.typ), envVar(f.name), f.defaultCell(), mdEscape(f.usage))
 		}
 	}
 	want := head + b.String()
@@ -126,10 +126,6 @@ func typeSuffix(typ string) string {
 		return ""
 	}
 	return " " + typ
-}
-
-func envName(flagName string) string {
-	return "TALLY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 func mdEscape(s string) string {
