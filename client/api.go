@@ -170,6 +170,31 @@ func (c *Client) PlaceHold(ctx context.Context, account string, req HoldRequest,
 	return &h, nil
 }
 
+// HoldsOptions selects a page of pending holds.
+type HoldsOptions struct {
+	After string // holds with an ID above After; "" from the first
+	Limit int    // page size 1..1000; 0 for the server's default (100)
+}
+
+// Holds returns one page of an account's pending holds in ID order, after opt.After;
+// page.Next is the After of the next page ("" on the last). Holds past their expiry are
+// left out even before the server records them expired. It returns ErrAccountNotFound for
+// an unknown account.
+func (c *Client) Holds(ctx context.Context, account string, opt HoldsOptions) (*HoldsPage, error) {
+	q := url.Values{}
+	if opt.After != "" {
+		q.Set("after", opt.After)
+	}
+	if opt.Limit > 0 {
+		q.Set("limit", strconv.Itoa(opt.Limit))
+	}
+	var p HoldsPage
+	if err := c.do(ctx, request{method: http.MethodGet, path: escape("v1", "accounts", account, "holds"), query: q}, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
 // Hold returns a hold as it stands, or ErrNotFound.
 func (c *Client) Hold(ctx context.Context, account, id string) (*Hold, error) {
 	var h Hold

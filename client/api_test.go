@@ -317,6 +317,26 @@ func TestHolds(t *testing.T) {
 	_, err = c.VoidHold(ctx, "alice", h2.ID)
 	requireAPIError(t, err, http.StatusConflict, ErrHoldNotPending)
 
+	// The pending holds, page by page: hold-a and hold-b (hold-1 was captured, h2 voided).
+	for _, id := range []string{"hold-b", "hold-a"} {
+		_, err = c.PlaceHold(ctx, "alice", HoldRequest{ID: id, Currency: "USD", Amount: 10, TimeoutSeconds: 60})
+		require.NoError(t, err)
+	}
+	page, err := c.Holds(ctx, "alice", HoldsOptions{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, page.Holds, 1)
+	assert.Equal(t, "hold-a", page.Holds[0].ID)
+	assert.Equal(t, HoldPending, page.Holds[0].Status)
+	page, err = c.Holds(ctx, "alice", HoldsOptions{After: page.Next})
+	require.NoError(t, err)
+	require.Len(t, page.Holds, 1)
+	assert.Equal(t, "hold-b", page.Holds[0].ID)
+	assert.Empty(t, page.Next, "the last page")
+	_, err = c.Holds(ctx, "nobody", HoldsOptions{})
+	requireAPIError(t, err, http.StatusNotFound, ErrAccountNotFound)
+	_, err = c.Holds(ctx, "alice", HoldsOptions{Limit: 1001})
+	requireAPIError(t, err, http.StatusBadRequest, ErrInvalidRequest)
+
 	_, err = c.Hold(ctx, "alice", "nope")
 	requireAPIError(t, err, http.StatusNotFound, ErrNotFound)
 	_, err = c.PlaceHold(ctx, "alice", HoldRequest{Currency: "USD", Amount: 1e6, TimeoutSeconds: 60})

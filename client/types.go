@@ -157,6 +157,13 @@ type Hold struct {
 	ResolvedAt *time.Time `json:"resolved_at,omitempty"`
 }
 
+// HoldsPage is one page of an account's pending holds.
+type HoldsPage struct {
+	Holds []Hold `json:"holds"`
+	// Next is the After of the next page; "" on the last page.
+	Next string `json:"next,omitempty"`
+}
+
 // Batch operation types.
 const (
 	OpDeposit    = "deposit"

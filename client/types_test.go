@@ -173,6 +173,7 @@ func TestTypesMatchServer(t *testing.T) {
 		{"PlaceHold", []any{HoldRequest{}}},
 		{"CaptureHold", []any{CaptureRequest{}}},
 		{"Hold", []any{Hold{}, ledger.Hold{}}},
+		{"HoldsPage", []any{HoldsPage{}}},
 		{"BatchOperation", []any{BatchOp{}}},
 		{"Batch", []any{BatchRequest{}}},
 		{"BatchResponse", []any{BatchResponse{}}},
@@ -193,4 +194,44 @@ func TestTypesMatchServer(t *testing.T) {
 			assert.ElementsMatch(t, want, jsonFields(typ), "%s's JSON fields vs openapi.json's %s", typ, c.schema)
 		}
 	}
+}
+
+// TestClientCoversEveryOperation: every operation of openapi.json has its Client method,
+// so an operation added to the API without one fails here. The operations for browsers and
+// scrapers (the console, the metrics, the document itself) are not the client's.
+func TestClientCoversEveryOperation(t *testing.T) {
+	methods := map[string]string{
+		"openAccount": "OpenAccount", "getAccount": "Account", "listAccountEvents": "Events",
+		"deposit": "Deposit", "withdraw": "Withdraw", "closeAccount": "CloseAccount",
+		"placeHold": "PlaceHold", "listHolds": "Holds", "getHold": "Hold", "captureHold": "CaptureHold",
+		"voidHold": "VoidHold", "createTransfer": "CreateTransfer", "getTransfer": "Transfer",
+		"runBatch": "Batch", "getRelayStatus": "RelayStatus", "replayDeadLetters": "ReplayDeadLetters",
+		"checkLiveness": "Health", "checkReadiness": "Ready",
+		"getConsole": "", "getConsoleAsset": "", "getMetrics": "", "getOpenAPI": "",
+	}
+	raw, err := os.ReadFile("../handlers/openapi.json")
+	require.NoError(t, err)
+	var doc struct {
+		Paths map[string]map[string]struct {
+			OperationID string `json:"operationId"`
+		} `json:"paths"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	client := reflect.TypeOf(&Client{})
+	seen := 0
+	for path, item := range doc.Paths {
+		for method, op := range item {
+			if op.OperationID == "" {
+				continue // a path-level field, not an operation
+			}
+			seen++
+			name, ok := methods[op.OperationID]
+			if !assert.True(t, ok, "%s %s (%s) has no Client method: add one, and it to this table", method, path, op.OperationID) || name == "" {
+				continue
+			}
+			_, found := client.MethodByName(name)
+			assert.True(t, found, "%s: no method Client.%s", op.OperationID, name)
+		}
+	}
+	assert.Equal(t, len(methods), seen, "operations in the table vs in openapi.json")
 }
