@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
-	"strings"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/outbox"
 )
 
 // runVerify audits the ledger on a Redis and prints the report: a summary for people by
@@ -33,7 +34,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&prefix, "prefix", "tally", "key prefix")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON (amounts as decimal strings) instead of a summary")
 	fs.BoolVar(&strict, "strict", false, "exit with status 1 on warnings too (late work: stuck transfers, outbox lag, dead letters)")
-	fs.StringVar(&opts.Group, "group", "relay", "relay consumer group whose progress is checked")
+	fs.StringVar(&opts.Group, "group", outbox.DefaultGroup, "relay consumer group whose progress is checked")
 	fs.StringVar(&consumers, "consumers", ledger.DefaultProjectorName, "comma-separated dedup consumers whose watermarks are checked against account versions (empty: none)")
 	fs.DurationVar(&opts.MaxLag, "max-lag", 5*time.Minute, "warn when the oldest unacknowledged outbox entry is older, or a pending one was not retried for as long")
 	fs.DurationVar(&opts.StuckAfter, "stuck-after", 5*time.Minute, "warn when a transfer is in flight, or an expired hold unswept, for longer")
@@ -41,12 +42,8 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	opts.Consumers = []string{}
-	for _, c := range strings.Split(consumers, ",") {
-		if c = strings.TrimSpace(c); c != "" {
-			opts.Consumers = append(opts.Consumers, c)
-		}
-	}
+	// Non-nil, so that an empty --consumers checks none rather than the default.
+	opts.Consumers = append([]string{}, splitList(consumers)...)
 	rdb, closeRedis, err := rf.connect(ctx, slog.New(slog.NewTextHandler(stderr, nil)), false)
 	if err != nil {
 		return err
@@ -95,7 +92,7 @@ func writeVerifySummary(w io.Writer, rep ledger.VerifyReport, group string) erro
 			currencies[c] = true
 		}
 	}
-	for _, c := range sortedSet(currencies) {
+	for _, c := range slices.Sorted(maps.Keys(currencies)) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c, rep.Totals.Get(c), rep.Held.Get(c), rep.InFlight.Get(c),
 			rep.Deposits.Get(c), rep.Withdrawals.Get(c), rep.CapturedOut.Get(c))
 	}
@@ -138,14 +135,4 @@ func writeVerifySummary(w io.Writer, rep ledger.VerifyReport, group string) erro
 	}
 	_, err := fmt.Fprintln(w, verdict)
 	return err
-}
-
-// sortedSet returns the members of a set in order.
-func sortedSet(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

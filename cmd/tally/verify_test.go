@@ -13,6 +13,7 @@ import (
 
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/outbox"
 )
 
 // TestVerifyCommand: `tally verify` prints a summary by default and the JSON report with
@@ -58,4 +59,38 @@ func TestVerifyCommand(t *testing.T) {
 	assert.Contains(t, out.String(), fmt.Sprintf("replay_mismatch account rich1 (partition %d): snapshot (version 2) differs", l.Partition("rich1")))
 	assert.Contains(t, out.String(), "not_conserved currency USD")
 	assert.Contains(t, out.String(), "FAILED: 2 invariant violations")
+}
+
+// TestVerifyConsumersFlag: --consumers names the dedup consumers whose watermarks are
+// checked (the built-in projector by default); an empty --consumers checks none.
+func TestVerifyConsumersFlag(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.MustStart(t)
+	l, err := ledger.Open(ctx, srv.Client(), ledger.Config{})
+	require.NoError(t, err)
+	_, err = l.OpenAccount(ctx, ledger.OpenAccount{ID: "alice"}, ledger.WriteOptions{})
+	require.NoError(t, err)
+	// A projector that saw version 9 of an account at version 1: events were lost.
+	d, err := outbox.NewDedup(srv.Client(), outbox.DedupConfig{Prefix: "tally", Name: ledger.DefaultProjectorName})
+	require.NoError(t, err)
+	require.NoError(t, srv.Client().HSet(ctx, d.Key(l.Partition("alice"), "dedup:wm"), "alice", 9).Err())
+
+	for _, tc := range []struct {
+		args []string
+		lost bool
+	}{
+		{nil, true},
+		{[]string{"--consumers", ledger.DefaultProjectorName + ",other"}, true},
+		{[]string{"--consumers", "other"}, false},
+		{[]string{"--consumers", ""}, false},
+	} {
+		var out bytes.Buffer
+		err := run(ctx, append([]string{"verify", "--redis", srv.Addr()}, tc.args...), &out, &out)
+		if tc.lost {
+			require.Error(t, err, "%v", tc.args)
+			assert.Contains(t, out.String(), "lost_events account alice", "%v", tc.args)
+		} else {
+			require.NoError(t, err, "%v: %s", tc.args, out.String())
+		}
+	}
 }
