@@ -235,3 +235,27 @@ func TestClientCoversEveryOperation(t *testing.T) {
 	}
 	assert.Equal(t, len(methods), seen, "operations in the table vs in openapi.json")
 }
+
+// TestClientImportsNoServerCode: the reason the types above are copies. Package client
+// imports the standard library and internal/backoff only, so a program that uses it does
+// not link the ledger, go-redis or gin.
+func TestClientImportsNoServerCode(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	require.NoError(t, err)
+	fset := token.NewFileSet()
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
+		require.NoError(t, err)
+		for _, imp := range f.Imports {
+			path, err := strconv.Unquote(imp.Path.Value)
+			require.NoError(t, err)
+			first, _, _ := strings.Cut(path, "/")
+			if strings.Contains(first, ".") && path != "github.com/tally-ledger/tally/internal/backoff" {
+				t.Errorf("%s imports %s: package client imports the standard library and internal/backoff only", name, path)
+			}
+		}
+	}
+}
