@@ -24,14 +24,13 @@ type httpDriver struct {
 	bases   []string         // one per replica, without a trailing slash
 	clients []*client.Client // one per base
 	next    atomic.Uint64
-	apiKey  string
 	http    *http.Client // shared by the clients, and for /metrics
 }
 
 // newHTTPDriver returns a driver of the comma-separated targets with room for conns
 // keep-alive connections, or an error for a target that is not an http(s) URL.
 func newHTTPDriver(target, apiKey string, conns int, timeout time.Duration) (*httpDriver, error) {
-	d := &httpDriver{bases: targets(target), apiKey: apiKey, http: newHTTPClient(conns, timeout)}
+	d := &httpDriver{bases: targets(target), http: newHTTPClient(conns, timeout)}
 	for _, b := range d.bases {
 		c, err := client.New(b, client.WithHTTPClient(d.http), client.WithAPIKey(apiKey),
 			client.WithRetry(client.RetryPolicy{MaxAttempts: 1}), client.WithUserAgent("tally-bench"))

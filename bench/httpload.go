@@ -182,17 +182,10 @@ func (hb *httpBench) transferOutcome(a *benchAccounts, t benchTransfer, status s
 // status, 202 for a pending transfer, 201 for an ended one (the client reports the
 // transfer, not the status line), 0 when no answer came.
 func answerStatus(err error, transferStatus string) int {
-	var pe *ProblemError
-	switch {
-	case errors.As(err, &pe):
-		return pe.Status
-	case err != nil:
-		return 0
-	case transferStatus == ledger.TransferPending:
-		return http.StatusAccepted
-	default:
-		return http.StatusCreated
+	if transferStatus == ledger.TransferPending {
+		return status(err, http.StatusAccepted)
 	}
+	return status(err, http.StatusCreated)
 }
 
 // runBatch sends batches of --batch-size deposits of 1..100 USD into random accounts,

@@ -49,6 +49,16 @@ func TestBenchHTTP(t *testing.T) {
 						assert.NotEqual(t, "0.00", r["p99 ms"], "%s: latencies recorded", r["scenario"])
 						assert.NotContains(t, r["Redis cmds/op data / lock"], "- /", "%s: data Redis commands counted", r["scenario"])
 						assert.NotContains(t, r["operation statuses"], "rejected", "%s: no batch refused", r["scenario"])
+						// The status lines the server sent: a batch is 200; a transfer 201, or 202
+						// while pending (the bench infers them from the transfer's status).
+						codes := map[string]bool{"200": true}
+						if tc.name == "transfers" {
+							codes = map[string]bool{"201": true, "202": true}
+						}
+						for _, kv := range strings.Fields(r["HTTP statuses"]) {
+							code, _, _ := strings.Cut(kv, "=")
+							assert.True(t, codes[code], "%s: HTTP status %s", r["scenario"], kv)
+						}
 					}
 				})
 			}
