@@ -8,8 +8,8 @@
 # Everything runs on 127.0.0.1, for DURATION each, and is stopped by PID at the end.
 #   bench/reference/run.sh                      # DURATION=10s CONNS=64 ACCOUNTS=10000
 #   DURATION=30s SERVE_FLAGS="--projector=false" bench/reference/run.sh
-# Needs: go, redis-server, wrk, PostgreSQL's initdb/postgres/pgbench (Debian: redis-server,
-# wrk, postgresql). PostgreSQL runs with fsync=off and synchronous_commit=off, like the
+# Needs: go, redis-server, wrk, curl, python3 (free ports), PostgreSQL's
+# initdb/postgres/pgbench (Debian: redis-server, wrk, curl, python3, postgresql). PostgreSQL runs with fsync=off and synchronous_commit=off, like the
 # Redis without persistence it is compared with.
 set -euo pipefail
 
@@ -76,7 +76,8 @@ pids+=($setup)
 seeded() { curl -fsS "$url/v1/accounts/acct-$1" | grep -q '"version":2'; }
 setup_done() { seeded $((ACCOUNTS - 1)) && seeded $((ACCOUNTS > 1 ? ACCOUNTS - 2 : 0)); }
 wait_for "the setup" 600 setup_done
-kill "$setup"
+kill "$setup" # wrk runs out its -d even when every thread has stopped
+wait "$setup" 2>/dev/null || true
 
 rss() { echo "serve RSS: $(($(awk '/VmRSS/ {print $2}' "/proc/$serve/status") / 1024)) MB"; }
 echo "== wrk: deposits, $ACCOUNTS accounts, $CONNS connections, $DURATION"
