@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/backoff"
 	"github.com/tally-ledger/tally/internal/faultproxy"
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
@@ -603,8 +605,10 @@ func (c *chaosClient) do(op *chaosOp, giveUp bool, call apiCall) *chaosOp {
 		if giveUp {
 			break
 		}
-		// A client's backoff before it retries elsewhere (not a wait for a condition).
-		time.Sleep(time.Duration(10+c.rng.IntN(40)) * time.Millisecond)
+		// A client's pause before it retries elsewhere (pacing, not a wait for a condition).
+		// Not drawn from c.rng: how often an operation is retried depends on timing, and the
+		// seed's workload choices should not.
+		time.Sleep(backoff.Between(10*time.Millisecond, 50*time.Millisecond))
 	}
 	op.ret = time.Now()
 	c.hist.add(op)
@@ -676,6 +680,23 @@ func readCall(account string) apiCall {
 	return func(ctx context.Context, api *client.Client) (any, error) { return api.Account(ctx, account) }
 }
 
+// keys yields the idempotency key of each of the client's operations until stop closes.
+func (c *chaosClient) keys(stop <-chan struct{}) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.n++
+			if !yield(fmt.Sprintf("c%d-%d", c.id, c.n)) {
+				return
+			}
+		}
+	}
+}
+
 // bankWorkload is one bank client's loop.
 func (c *chaosClient) bankWorkload(accts [][]string, stop <-chan struct{}) {
 	type heldHold struct {
@@ -687,14 +708,7 @@ func (c *chaosClient) bankWorkload(accts [][]string, stop <-chan struct{}) {
 		g := c.rng.IntN(len(accts))
 		return g, accts[g][c.rng.IntN(len(accts[g]))]
 	}
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		c.n++
-		key := fmt.Sprintf("c%d-%d", c.id, c.n)
+	for key := range c.keys(stop) {
 		g, a := pick()
 		amount := int64(1 + c.rng.IntN(400))
 		switch r := c.rng.IntN(100); {
@@ -744,14 +758,7 @@ func (c *chaosClient) bankWorkload(accts [][]string, stop <-chan struct{}) {
 // linWorkload is one linearizable client's loop over the accounts of its group. Holds are
 // shared by the group's clients, so captures and voids of one hold race.
 func (c *chaosClient) linWorkload(accts []string, pool *holdPool, stop <-chan struct{}) {
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		c.n++
-		key := fmt.Sprintf("c%d-%d", c.id, c.n)
+	for key := range c.keys(stop) {
 		a := accts[c.rng.IntN(len(accts))]
 		amount := int64(1 + c.rng.IntN(100))
 		switch r := c.rng.IntN(100); {
