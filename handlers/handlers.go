@@ -8,7 +8,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -116,7 +115,8 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 		cfg.MaxBodyBytes = 1 << 20
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		// DiscardHandler is disabled at every level: the request log line is not even built.
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
