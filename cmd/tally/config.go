@@ -308,8 +308,18 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// logFormatUsage is the usage of serve's and relay's --log-format.
-const logFormatUsage = "log format on stderr: json (one JSON object per line), text (key=value), or auto: text when stderr is a terminal, else json"
+// logFlags are serve's and relay's --log-level and --log-format.
+type logFlags struct {
+	level, format string
+}
+
+func (f *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.level, "log-level", "info", "debug | info | warn | error")
+	fs.StringVar(&f.format, "log-format", "auto", "log format on stderr: json (one JSON object per line), text (key=value), or auto: text when stderr is a terminal, else json")
+}
+
+// logger returns the logger the flags ask for, writing to w.
+func (f *logFlags) logger(w io.Writer) (*slog.Logger, error) { return newLogger(w, f.level, f.format) }
 
 // newLogger returns a logger writing to w at level in format: "text", "json", or "auto"
 // (text when w is a terminal, for a person running the command; json otherwise, for a

@@ -20,8 +20,7 @@ type relayCmdFlags struct {
 	partitions  int
 	prefix      string
 	metricsAddr string
-	logLevel    string
-	logFormat   string
+	log         logFlags
 }
 
 // parseRelay parses and checks relay's command line (and TALLY_* environment) before
@@ -35,12 +34,11 @@ func parseRelay(args []string, stderr io.Writer) (*relayCmdFlags, *slog.Logger, 
 	fs.IntVar(&f.partitions, "partitions", 16, "partition count (must match the ledger's)")
 	fs.StringVar(&f.prefix, "prefix", "tally", "key prefix")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9090)")
-	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
-	fs.StringVar(&f.logFormat, "log-format", "auto", logFormatUsage)
+	f.log.register(fs)
 	if err := parse(fs, args); err != nil {
 		return nil, nil, err
 	}
-	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	log, err := f.log.logger(stderr)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -30,8 +30,7 @@ type serveFlags struct {
 	rateLimit   int
 	rateBurst   int
 	maxBody     int64
-	logLevel    string
-	logFormat   string
+	log         logFlags
 	shutdown    time.Duration
 	idemTTL     time.Duration
 	reqTimeout  time.Duration
@@ -59,8 +58,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *slog.Logger, err
 	fs.IntVar(&f.rateLimit, "rate-limit", 0, "requests per second each API key may sustain on /v1 (without --api-keys-file: all clients together); beyond: 429 with Retry-After (0: off)")
 	fs.IntVar(&f.rateBurst, "rate-burst", 0, "requests a key may send at once after being idle (default: --rate-limit, one second's worth)")
 	fs.Int64Var(&f.maxBody, "max-body", 1<<20, "request body limit in bytes")
-	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
-	fs.StringVar(&f.logFormat, "log-format", "auto", logFormatUsage)
+	f.log.register(fs)
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
 	fs.DurationVar(&f.idemTTL, "idempotency-ttl", 24*time.Hour, "how long Idempotency-Keys are remembered")
 	fs.IntVar(&f.maxQueue, "max-queue", 10_000, "requests of one account this process holds at once; beyond it: 503 overloaded")
@@ -72,7 +70,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *slog.Logger, err
 	}
 	// Every configuration is checked before anything starts: an invalid one fails here,
 	// before the NOT DURABLE banner, the embedded Redis, a connection or a listener.
-	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	log, err := f.log.logger(stderr)
 	if err != nil {
 		return nil, nil, err
 	}
