@@ -59,9 +59,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	rf, lf, relayF := &f.redis, &f.lock, &f.relay
-	partitions, prefix, metricsAddr := f.partitions, f.prefix, f.metricsAddr
-	rdb, closeRedis, err := rf.connect(ctx, log, false)
+	rdb, closeRedis, err := f.redis.connect(ctx, log, false)
 	if err != nil {
 		return err
 	}
@@ -72,39 +70,39 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// Opening the ledger checks the partition count recorded in Redis; the relay's transfer
 	// process manager writes through it (its commits are in the ledger's metrics).
-	l, err := ledger.Open(ctx, rdb, ledger.Config{Prefix: prefix, Partitions: partitions, Registerer: reg})
+	l, err := ledger.Open(ctx, rdb, ledger.Config{Prefix: f.prefix, Partitions: f.partitions, Registerer: reg})
 	if err != nil {
 		return err
 	}
 	if err := registerLedgerMetrics(reg, l); err != nil {
 		return err
 	}
-	leaser, closeLeaser, err := lf.newLocker(rdb, log, hooks, relayF.leaseTTL)
+	leaser, closeLeaser, err := f.lock.newLocker(rdb, log, hooks, f.relay.leaseTTL)
 	if err != nil {
 		return err
 	}
-	if err := lf.checkMasters(ctx, log); err != nil {
+	if err := f.lock.checkMasters(ctx, log); err != nil {
 		closeLeaser()
 		return err
 	}
 	defer closeLeaser()
 	// The partitions' backlog, read from Redis when /metrics is scraped.
-	if _, err := relayF.newAdmin(rdb, prefix, partitions, reg); err != nil {
+	if _, err := f.relay.newAdmin(rdb, f.prefix, f.partitions, reg); err != nil {
 		return err
 	}
-	relayRDB, closeRelayRDB := relayClient(rdb, partitions)
+	relayRDB, closeRelayRDB := relayClient(rdb, f.partitions)
 	defer closeRelayRDB()
-	relay, err := relayF.newRelay(relayRDB, leaser, prefix, partitions, log, reg, l.TransferManager())
+	relay, err := f.relay.newRelay(relayRDB, leaser, f.prefix, f.partitions, log, reg, l.TransferManager())
 	if err != nil {
 		return err
 	}
 	var g group
 	g.add(relay.Run)
-	if metricsAddr != "" {
-		if !isLoopback(metricsAddr) {
-			log.Warn("metrics are served without authentication", "addr", metricsAddr)
+	if f.metricsAddr != "" {
+		if !isLoopback(f.metricsAddr) {
+			log.Warn("metrics are served without authentication", "addr", f.metricsAddr)
 		}
-		ln, err := net.Listen("tcp", metricsAddr)
+		ln, err := net.Listen("tcp", f.metricsAddr)
 		if err != nil {
 			return err
 		}
@@ -112,7 +110,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		mux.Handle("/metrics", metricsHandler(reg))
 		g.add(func(ctx context.Context) error { return serveHTTP(ctx, log, ln, mux, 5*time.Second) })
 	}
-	log.Info("tally relay running", "owner", relay.Owner(), "partitions", partitions, "group", relayF.group)
+	log.Info("tally relay running", "owner", relay.Owner(), "partitions", f.partitions, "group", f.relay.group)
 	fmt.Fprintf(stdout, "relay %s running\n", relay.Owner())
 	return g.run(ctx)
 }
