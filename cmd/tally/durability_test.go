@@ -146,11 +146,7 @@ func runDurability(t *testing.T, p *proc, data *redistest.Server) {
 	// Every acknowledged operation is in the streams exactly once.
 	seen := map[string]int{} // operation_id or transfer ID → events that carry it
 	for _, a := range accounts {
-		xs, err := rdb.XRange(ctx, fmt.Sprintf("tally:{%d}:acct:%s:events", l.Partition(a), a), "-", "+").Result()
-		require.NoError(t, err)
-		for _, x := range xs {
-			var e ledger.Event
-			require.NoError(t, json.Unmarshal([]byte(x.Values["event"].(string)), &e))
+		for _, e := range readEvents(t, l, a) {
 			var d struct {
 				OperationID string `json:"operation_id"`
 				TransferID  string `json:"transfer_id"`
