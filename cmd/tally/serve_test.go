@@ -263,20 +263,11 @@ func (p *proc) stop(t *testing.T) {
 	}
 }
 
-// metric scrapes one counter from /metrics.
+// metric scrapes the process's /metrics and returns the sum of the samples of name (of
+// every label set).
 func (p *proc) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(p.base + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		var v float64
-		if _, err := fmt.Sscanf(sc.Text(), name+" %g", &v); err == nil {
-			return v
-		}
-	}
-	return 0
+	return scrapeAll(t, p.base+"/metrics").sum(name)
 }
 
 // TestTwoServeProcesses: two `tally serve` processes on different ports share one Redis and

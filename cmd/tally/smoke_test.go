@@ -349,9 +349,9 @@ func TestSmoke(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, rep.Events, n, "the relay's sink stream has every event")
 		// And the relay process delivered them all; the serves (--relay=false) none.
-		require.Equal(t, float64(rep.Events), scrapeSum(t, s.procs["relay"].base, "tally_outbox_delivered_total"))
+		require.Equal(t, float64(rep.Events), s.procs["relay"].metric(t, "tally_outbox_delivered_total"))
 		for _, name := range []string{"serve-1", "serve-2"} {
-			require.Zero(t, scrapeSum(t, s.procs[name].base, "tally_outbox_delivered_total"), name)
+			require.Zero(t, s.procs[name].metric(t, "tally_outbox_delivered_total"), name)
 		}
 	})
 	t.Run("cluster", func(t *testing.T) {
@@ -374,23 +374,4 @@ func TestSmoke(t *testing.T) {
 		s.procs[name].stop(t)
 	}
 	t.Logf("smoke test took %v", time.Since(start).Round(time.Millisecond))
-}
-
-// scrapeSum returns the sum of every sample of the metric name on base's /metrics.
-func scrapeSum(t *testing.T, base, name string) float64 {
-	resp, err := http.Get(base + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		require.NoError(t, err, line)
-		sum += v
-	}
-	return sum
 }
