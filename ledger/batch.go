@@ -268,8 +268,9 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 			return nil, false, fmt.Errorf("%w: accounts %s and %s are in different partitions (co-locate them with a placement tag)", ErrBatchNotAtomic, accs[0], a)
 		}
 	}
-	// Claim the transfer IDs first; a batch that fails gives them back.
-	var claimed []BatchOp
+	// Claim the transfer IDs first; a batch that fails gives back the claims it made, and
+	// one that commits keeps the IDs it did not claim (see prepareTransfer).
+	var claimed, unclaimed []BatchOp
 	release := func() {
 		for _, op := range claimed {
 			l.releaseTransferID(ctx, op.ID, op.From)
@@ -277,11 +278,16 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	}
 	for i, op := range ops {
 		if op.Type == OpTransfer {
-			if err := l.prepareTransfer(ctx, op.ID, op.From, op.To); err != nil {
+			mine, err := l.prepareTransfer(ctx, op.ID, op.From, op.To)
+			if err != nil {
 				release()
 				return l.failBatch(ops, i, err), false, nil
 			}
-			claimed = append(claimed, op)
+			if mine {
+				claimed = append(claimed, op)
+			} else {
+				unclaimed = append(unclaimed, op)
+			}
 		}
 	}
 	rc, err := l.submit(ctx, batchCmd{Ops: ops, accs: accs}, opts)
@@ -292,6 +298,11 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	}
 	if err != nil {
 		return nil, false, err
+	}
+	if !rc.Replayed {
+		for _, op := range unclaimed {
+			l.keepTransferID(ctx, op.ID, op.From)
+		}
 	}
 	var bodies []json.RawMessage
 	if err := json.Unmarshal(rc.Body, &bodies); err != nil || len(bodies) != len(ops) {

@@ -71,7 +71,7 @@ func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, key str
 // StartTransfer runs only the first step of a transfer — the debit and the durable record —
 // as a request that crashed right after it would leave it.
 func (l *Ledger) StartTransfer(ctx context.Context, req TransferRequest) error {
-	if err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
+	if _, err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
 		return err
 	}
 	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount}

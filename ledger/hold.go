@@ -280,6 +280,7 @@ func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount i
 		return Receipt{}, invalidf("amount must be a positive integer in minor units")
 	}
 	cmd := CaptureHold{Account: account, HoldID: hold, Amount: amount}
+	claimed := false // this call claimed the transfer ID (see prepareTransfer)
 	if to != "" {
 		if err := ValidateID("to", to); err != nil {
 			return Receipt{}, err
@@ -289,20 +290,24 @@ func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount i
 		}
 		cmd.To, cmd.TransferID = to, captureTransferID(account, hold)
 		cmd.sameTo = l.store.keys.partition(to) == l.store.keys.partition(account)
-		if err := l.prepareTransfer(ctx, cmd.TransferID, account, to); err != nil {
+		var err error
+		if claimed, err = l.prepareTransfer(ctx, cmd.TransferID, account, to); err != nil {
 			return Receipt{}, err
 		}
 	}
 	rc, err := l.submit(ctx, cmd, opts)
-	if err != nil && to != "" && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
+	if err != nil && claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
 		l.releaseTransferID(ctx, cmd.TransferID, account) // refused: leave nothing behind
+	}
+	if err == nil && to != "" && !claimed && !rc.Replayed {
+		l.keepTransferID(ctx, cmd.TransferID, account)
 	}
 	if err != nil || to == "" || cmd.sameTo {
 		return rc, err
 	}
 	// The captured money is on its way: finish the transfer inline when possible (the
 	// process manager and the sweep finish it otherwise).
-	_, _ = l.driveTransfer(ctx, cmd.TransferID)
+	_, _ = l.driveTransfer(ctx, l.store.keys.partition(account), cmd.TransferID)
 	return rc, nil
 }
 

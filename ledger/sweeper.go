@@ -107,7 +107,7 @@ func (s *Sweeper) sweepTransfers(ctx context.Context, p int) error {
 	}
 	for _, id := range ids {
 		s.l.stats.transfersStuck.Add(1)
-		t, err := s.l.driveTransfer(ctx, id)
+		t, err := s.l.driveTransfer(ctx, p, id)
 		s.cfg.Logger.Warn("ledger sweeper: transfer was stuck pending", "transfer", id, "partition", p,
 			"created_at", t.CreatedAt, "status_now", t.Status, "err", err)
 	}

@@ -252,7 +252,8 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	if err := req.Validate(); err != nil {
 		return TransferResult{}, err
 	}
-	if err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
+	claimed, err := l.prepareTransfer(ctx, req.ID, req.From, req.To)
+	if err != nil {
 		return TransferResult{}, err
 	}
 	defer l.driving.start(req.ID)()
@@ -263,14 +264,17 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark"}
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
-		if !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
+		if claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
 			l.releaseTransferID(ctx, req.ID, req.From) // refused: leave nothing behind
 		}
 		return TransferResult{}, err
 	}
+	if !claimed && !rc.Replayed {
+		l.keepTransferID(ctx, req.ID, req.From)
+	}
 	var t Transfer
 	if rc.Replayed {
-		if t, err = l.GetTransfer(ctx, req.ID); err != nil {
+		if t, err = l.transferIn(ctx, l.store.keys.partition(req.From), req.ID); err != nil {
 			return TransferResult{}, err
 		}
 	} else if err := json.Unmarshal(rc.Body, &t); err != nil {
@@ -290,7 +294,14 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 // claimed by another source is ErrIdempotencyKeyReused; one claimed by this source is a
 // retry and goes on to replay. When an account is missing or closed, a claim this call made
 // is given back, so a refused transfer leaves nothing behind.
-func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error {
+//
+// claimed reports whether this call made the claim: only then may the caller give it back
+// (releaseTransferID). A request that found the ID claimed by its source (a retry, or a
+// duplicate sent while the first is in flight) and then makes the transfer must keep the
+// index (keepTransferID): the first request, refused meanwhile (insufficient funds, or a
+// destination it read closed), may have given it back, and the transfer would be neither
+// found by GetTransfer nor kept from being made again by another source.
+func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (claimed bool, err error) {
 	idx := l.store.keys.transferIndex(id)
 	pipe := l.store.rdb.Pipeline()
 	claimCmd := pipe.SetNX(ctx, idx, from, 0)
@@ -300,14 +311,14 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error
 		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(to), to)),
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return storeErr(ctx, err)
+		return false, storeErr(ctx, err)
 	}
-	claimed := claimCmd.Val()
+	claimed = claimCmd.Val()
 	switch owner := ownerCmd.Val(); {
 	case !claimed && owner == from:
-		return nil // a retry: it goes on to replay
+		return false, nil // a retry: it goes on to replay
 	case !claimed:
-		return fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
+		return false, fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
 	}
 	for i, acct := range []string{from, to} {
 		a, err := parseSnapshot(acct, snapCmds[i].Val(), l.cfg.Clock())
@@ -318,10 +329,10 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) error
 		}
 		if err != nil {
 			l.releaseTransferID(ctx, id, from)
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // releaseIndexScript deletes a transfer ID's index entry if it still names the source.
@@ -330,13 +341,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0`)
 
 // releaseTransferID gives up the claim prepareTransfer made for a transfer that was refused,
-// unless a transfer with that ID exists after all (a concurrent request made it).
+// unless a transfer with that ID exists after all (a duplicate request made it). The index
+// and the record are in different slots, so the check and the delete cannot be one script:
+// when the duplicate's transfer appears in between, the index is put back (the duplicate
+// does the same after its commit, keepTransferID, for a transfer that appears later).
 func (l *Ledger) releaseTransferID(ctx context.Context, id, from string) {
-	n, err := l.store.rdb.Exists(ctx, l.store.keys.transfer(l.store.keys.partition(from), id)).Result()
+	rec := l.store.keys.transfer(l.store.keys.partition(from), id)
+	n, err := l.store.rdb.Exists(ctx, rec).Result()
 	if err != nil || n > 0 {
 		return
 	}
-	_ = releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from).Err()
+	if err := releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from).Err(); err != nil {
+		return
+	}
+	if n, err := l.store.rdb.Exists(ctx, rec).Result(); err == nil && n > 0 {
+		l.keepTransferID(ctx, id, from)
+	}
+}
+
+// keepTransferID puts back the index of a transfer made by a request that did not claim its
+// ID (see prepareTransfer), in case the request that claimed it was refused and gave it up.
+// Like the release, it is best effort: a Redis error leaves the index as it is.
+func (l *Ledger) keepTransferID(ctx context.Context, id, from string) {
+	_ = l.store.rdb.SetNX(ctx, l.store.keys.transferIndex(id), from, 0).Err()
 }
 
 // GetTransfer returns a transfer, or ErrNotFound.
@@ -351,7 +378,13 @@ func (l *Ledger) GetTransfer(ctx context.Context, id string) (Transfer, error) {
 	if err != nil {
 		return Transfer{}, storeErr(ctx, err)
 	}
-	v, err := l.store.rdb.HGetAll(ctx, l.store.keys.transfer(l.store.keys.partition(from), id)).Result()
+	return l.transferIn(ctx, l.store.keys.partition(from), id)
+}
+
+// transferIn reads the record of transfer id from partition p (its source's), or
+// ErrNotFound. Who knows the source reads it here directly, without the index.
+func (l *Ledger) transferIn(ctx context.Context, p int, id string) (Transfer, error) {
+	v, err := l.store.rdb.HGetAll(ctx, l.store.keys.transfer(p, id)).Result()
 	if err != nil {
 		return Transfer{}, storeErr(ctx, err)
 	}
@@ -389,10 +422,10 @@ func parseTransfer(v map[string]string) (Transfer, error) {
 	return t, nil
 }
 
-// driveTransfer runs the remaining steps of a pending cross-partition transfer (see drive)
-// and returns the transfer as it stands afterwards.
-func (l *Ledger) driveTransfer(ctx context.Context, id string) (Transfer, error) {
-	t, err := l.GetTransfer(ctx, id)
+// driveTransfer runs the remaining steps of pending cross-partition transfer id, whose
+// record is in partition p (see drive), and returns the transfer as it stands afterwards.
+func (l *Ledger) driveTransfer(ctx context.Context, p int, id string) (Transfer, error) {
+	t, err := l.transferIn(ctx, p, id)
 	if err != nil || t.Status != TransferPending {
 		return t, err
 	}
@@ -426,7 +459,7 @@ func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
 			return t, storeErr(ctx, err)
 		}
 		if n == 0 { // another driver finished it first
-			return l.GetTransfer(ctx, t.ID)
+			return l.transferIn(ctx, p, t.ID)
 		}
 		t.Status, t.CompletedAt = TransferCompleted, &now
 		l.metrics.transferCompleted()
@@ -438,7 +471,7 @@ func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
 		return t, err
 	}
 	if rc.Replayed {
-		return l.GetTransfer(ctx, t.ID)
+		return l.transferIn(ctx, p, t.ID)
 	}
 	var done Transfer
 	if err := json.Unmarshal(rc.Body, &done); err != nil {
