@@ -53,6 +53,14 @@ type transitions struct {
 type metrics struct {
 	commitRequests, commitAccounts prometheus.Histogram
 	events, transfers, holds       *prometheus.CounterVec
+	// The children, resolved once: the commit path counts without label look-ups.
+	byEvent                                                 map[string]eventCounters
+	transfersCreated, transfersCompleted, transfersRefunded prometheus.Counter
+}
+
+// eventCounters are the counters one committed event of a type increments.
+type eventCounters struct {
+	event, hold prometheus.Counter // hold: nil unless a hold event
 }
 
 // newMetrics registers the ledger's collectors with reg (nil: no metrics): the commit
@@ -86,15 +94,17 @@ func newMetrics(reg prometheus.Registerer, l *Ledger) (*metrics, error) {
 		}, []string{"state"}),
 	}
 	// Every label value exists from the start, so that rate() sees the first increment.
+	m.byEvent = map[string]eventCounters{}
 	for _, typ := range eventTypes() {
-		m.events.WithLabelValues(typ)
+		c := eventCounters{event: m.events.WithLabelValues(typ)}
 		if s, ok := holdState(typ); ok {
-			m.holds.WithLabelValues(s)
+			c.hold = m.holds.WithLabelValues(s)
 		}
+		m.byEvent[typ] = c
 	}
-	for _, s := range []string{transitionCreated, transitionCompleted, transitionRefunded} {
-		m.transfers.WithLabelValues(s)
-	}
+	m.transfersCreated = m.transfers.WithLabelValues(transitionCreated)
+	m.transfersCompleted = m.transfers.WithLabelValues(transitionCompleted)
+	m.transfersRefunded = m.transfers.WithLabelValues(transitionRefunded)
 	for _, c := range []prometheus.Collector{m.commitRequests, m.commitAccounts, m.events, m.transfers, m.holds, newPendingCollector(l)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ledger: register metrics: %w", err)
@@ -117,28 +127,29 @@ func (m *metrics) committed(pl plan, skipped map[int]bool, requests int, ts []tr
 		}
 		accounts++
 		for _, e := range aw.events {
-			m.events.WithLabelValues(e.Type).Inc()
-			if s, ok := holdState(e.Type); ok {
-				m.holds.WithLabelValues(s).Inc()
+			c := m.byEvent[e.Type]
+			if c.event == nil { // a type eventTypes does not list: count it all the same
+				m.events.WithLabelValues(e.Type).Inc()
+				continue
+			}
+			c.event.Inc()
+			if c.hold != nil {
+				c.hold.Inc()
 			}
 		}
 	}
 	m.commitAccounts.Observe(float64(accounts))
-	var sum transitions
 	for _, t := range ts {
-		sum.transfersCreated += t.transfersCreated
-		sum.transfersCompleted += t.transfersCompleted
-		sum.transfersRefunded += t.transfersRefunded
+		m.transfersCreated.Add(float64(t.transfersCreated))
+		m.transfersCompleted.Add(float64(t.transfersCompleted))
+		m.transfersRefunded.Add(float64(t.transfersRefunded))
 	}
-	m.transfers.WithLabelValues(transitionCreated).Add(float64(sum.transfersCreated))
-	m.transfers.WithLabelValues(transitionCompleted).Add(float64(sum.transfersCompleted))
-	m.transfers.WithLabelValues(transitionRefunded).Add(float64(sum.transfersRefunded))
 }
 
 // transferCompleted records a cross-partition transfer marked completed after its credit.
 func (m *metrics) transferCompleted() {
 	if m != nil {
-		m.transfers.WithLabelValues(transitionCompleted).Inc()
+		m.transfersCompleted.Inc()
 	}
 }
 
