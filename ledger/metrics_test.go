@@ -106,29 +106,50 @@ func TestMetrics(t *testing.T) {
 	assert.Equal(t, 0.0, g.value(t, "tally_ledger_transfers_total", "state", "created"), "every label exists from the start")
 
 	t.Run("group commit", func(t *testing.T) {
-		// The first commit waits until 20 deposits queue behind it; they then commit
-		// together, two accounts in one script call.
+		// The first deposit's commit is held until 20 more deposits wait behind it; the next
+		// leader then commits those 20 together, two accounts in one script call. Holding
+		// the first commit (rather than waiting in it for 20 to queue) keeps the batch size
+		// independent of how fast the goroutines start.
+		held, release := make(chan struct{}), make(chan struct{})
 		var once sync.Once
 		l.SetBeforeCommit(func() {
 			once.Do(func() {
-				deadline := time.Now().Add(10 * time.Second)
-				for l.Waiting(a) < 20 && time.Now().Before(deadline) {
-					time.Sleep(time.Millisecond)
-				}
+				close(held)
+				<-release
 			})
 		})
-		defer l.SetBeforeCommit(nil)
+		before := l.Stats()
 		var wg sync.WaitGroup
-		for i := range 21 {
+		deposit := func(id string) {
 			wg.Go(func() {
-				id := a
-				if i%2 == 1 {
-					id = a2
-				}
 				_, err := l.Deposit(ctx, ledger.Deposit{Account: id, Currency: "USD", Amount: 100}, ledger.WriteOptions{})
 				assert.NoError(t, err)
 			})
 		}
+		unblock := sync.OnceFunc(func() { close(release) })
+		defer func() {
+			unblock() // also when a require below failed: no deposit is left blocked
+			wg.Wait()
+			l.SetBeforeCommit(nil)
+		}()
+		deposit(a)
+		select {
+		case <-held:
+		case <-time.After(10 * time.Second):
+			require.FailNow(t, "the first deposit never reached its commit")
+		}
+		for i := 1; i <= 20; i++ {
+			id := a
+			if i%2 == 1 {
+				id = a2
+			}
+			deposit(id)
+		}
+		// Waiting counts the requests queued behind the partition's leader (the held
+		// deposit); a and a2 share the partition.
+		require.Eventually(t, func() bool { return l.Waiting(a) == 20 }, 10*time.Second, time.Millisecond,
+			"20 deposits wait behind the held commit")
+		unblock()
 		wg.Wait()
 		g := gather(t, reg)
 		st := l.Stats()
@@ -138,6 +159,7 @@ func TestMetrics(t *testing.T) {
 		assert.GreaterOrEqual(t, g.above(t, "tally_ledger_commit_requests", 16), uint64(1), "20 waiting deposits committed together")
 		assert.GreaterOrEqual(t, g.above(t, "tally_ledger_commit_accounts", 1), uint64(1), "two accounts in one commit")
 		assert.Equal(t, 21.0, g.value(t, "tally_ledger_events_total", "type", ledger.EventDeposited))
+		assert.Equal(t, int64(2), st.Commits-before.Commits, "the held deposit alone, then the 20 behind it in one call")
 	})
 
 	t.Run("transfers", func(t *testing.T) {
