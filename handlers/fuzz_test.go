@@ -107,7 +107,7 @@ func FuzzRequests(f *testing.F) {
 		if idemKey != "" && !strings.ContainsAny(idemKey, "\r\n\x00") {
 			headers = []string{"Idempotency-Key", idemKey}
 		}
-		before := a.digest()
+		before, lasting := a.digest(), a.lastingDigest()
 		rec := a.do(r.method, path, payload, headers...)
 		require.Less(t, rec.Code, 500, "%s %s %q: %s", r.method, path, payload, rec.Body.String())
 		if rec.Code >= 400 {
@@ -117,7 +117,17 @@ func FuzzRequests(f *testing.F) {
 			require.Equal(t, rec.Code, p.Status)
 			require.NotEmpty(t, p.Code)
 			require.NotRegexp(t, goInternals, p.Detail)
-			require.Equal(t, before, a.digest(), "%s %s %q answered %d and changed Redis", r.method, path, payload, rec.Code)
+			if a.digest() == before {
+				return
+			}
+			// A refusal decided on what the ledger holds is kept under the client's key or
+			// id, and only that: the same request again gets the same answer, replayed.
+			require.Equal(t, lasting, a.lastingDigest(), "%s %s %q answered %d and changed Redis for good", r.method, path, payload, rec.Code)
+			require.NotEqual(t, 400, rec.Code, "%s %s %q: a malformed request changed Redis", r.method, path, payload)
+			again := a.do(r.method, path, payload, headers...)
+			require.Equal(t, rec.Code, again.Code, "%s %s %q again", r.method, path, payload)
+			require.Equal(t, rec.Body.String(), again.Body.String(), "%s %s %q again", r.method, path, payload)
+			require.Equal(t, "true", again.Header().Get("Idempotent-Replayed"), "%s %s %q again", r.method, path, payload)
 			return
 		}
 		var v map[string]any

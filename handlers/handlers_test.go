@@ -132,7 +132,13 @@ func (a *api) mustDo(status int, method, path, body string, headers ...string) *
 
 // digest returns every key of the Redis with its full content, so tests can assert that a
 // rejected request changed nothing at all.
-func (a *api) digest() string {
+func (a *api) digest() string { return a.digestOf(false) }
+
+// lastingDigest is digest without the keys that expire: what a refusal recorded under a
+// client's key (an idempotency record, a refused transfer ID's index) must leave alone.
+func (a *api) lastingDigest() string { return a.digestOf(true) }
+
+func (a *api) digestOf(lastingOnly bool) string {
 	a.t.Helper()
 	ctx := context.Background()
 	keys, err := a.rdb.Keys(ctx, "*").Result()
@@ -140,6 +146,9 @@ func (a *api) digest() string {
 	sort.Strings(keys)
 	var b strings.Builder
 	for _, k := range keys {
+		if lastingOnly && a.rdb.PTTL(ctx, k).Val() != -1 {
+			continue
+		}
 		typ := a.rdb.Type(ctx, k).Val()
 		var v any
 		switch typ {

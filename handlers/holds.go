@@ -3,6 +3,7 @@ package handlers
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -50,7 +51,7 @@ func (s *server) placeHold(c *gin.Context) {
 		writeProblem(c, specInvalid, bad)
 		return
 	}
-	id, ok := resourceID(c, body.ID, "h-")
+	id, ok := resourceID(c, body.ID)
 	if !ok {
 		return
 	}
@@ -64,6 +65,13 @@ func (s *server) placeHold(c *gin.Context) {
 	}
 	if rc.Replayed {
 		c.Header("Idempotent-Replayed", "true")
+	}
+	if id == "" { // the ledger picked it
+		var h struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(rc.Body, &h)
+		id = h.ID
 	}
 	c.Header("Location", "/v1/accounts/"+account+"/holds/"+id)
 	c.Data(http.StatusCreated, "application/json", rc.Body)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,7 +152,7 @@ func TestHolds(t *testing.T) {
 		assert.Equal(t, ledger.Balance{Posted: 680, Available: 680}, a.balance("alice"))
 	})
 
-	t.Run("refused placements write nothing", func(t *testing.T) {
+	t.Run("refused placements hold nothing; a refused id keeps its refusal", func(t *testing.T) {
 		for _, tc := range []struct {
 			name, path, body string
 			status           int
@@ -173,11 +174,25 @@ func TestHolds(t *testing.T) {
 			{"unknown field", "/v1/accounts/alice/holds", `{"currency":"USD","amount":1,"timeout_seconds":60,"to":"bob"}`, 400, "invalid_request"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				before := a.digest()
-				requireProblem(t, a.do("POST", tc.path, tc.body), tc.status, tc.code)
-				require.Equal(t, before, a.digest())
+				before, lasting := a.digest(), a.lastingDigest()
+				first := a.do("POST", tc.path, tc.body)
+				requireProblem(t, first, tc.status, tc.code)
+				if tc.status == http.StatusBadRequest {
+					require.Equal(t, before, a.digest())
+					return
+				}
+				require.Equal(t, lasting, a.lastingDigest(), "only the refusal, kept under the hold id until the idempotency TTL")
+				again := a.do("POST", tc.path, tc.body)
+				require.Equal(t, first.Body.String(), again.Body.String(), "the same request gets the same refusal")
+				require.Equal(t, "true", again.Header().Get("Idempotent-Replayed"))
+				requireProblem(t, a.do("GET", strings.TrimSuffix(tc.path, "/holds")+"/holds/x", ``), 404, "not_found")
 			})
 		}
+		t.Run("without an id nothing is kept", func(t *testing.T) {
+			before := a.digest()
+			requireProblem(t, a.do("POST", "/v1/accounts/alice/holds", `{"currency":"USD","amount":681,"timeout_seconds":60}`), 422, "insufficient_funds")
+			require.Equal(t, before, a.digest(), "nobody can send a random id again")
+		})
 	})
 
 	t.Run("an expired hold returns its amount and cannot be captured", func(t *testing.T) {

@@ -91,6 +91,9 @@ func (s *server) writeError(c *gin.Context, err error) {
 		c.Abort() // the client went away; nobody reads a response
 		return
 	}
+	if ledger.IsReplayed(err) { // the refusal recorded under the request's key, again
+		c.Header("Idempotent-Replayed", "true")
+	}
 	writeProblem(c, spec, detail)
 }
 

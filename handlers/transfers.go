@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -15,10 +14,10 @@ import (
 // resourceID returns the ID of the transfer or hold a POST creates, which is also its
 // idempotency key: the body's id; else the Idempotency-Key header when it is a valid ID;
 // else "k-" and 32 hex digits of the header's SHA-256 (a retry with the same header names
-// the same resource); else prefix and a random text. The header is checked like on every
-// POST even when the body's id wins. It writes a 400 problem and returns false for a
-// malformed header.
-func resourceID(c *gin.Context, bodyID, prefix string) (string, bool) {
+// the same resource); else "", for the ledger to pick a random one. The header is checked
+// like on every POST even when the body's id wins. It writes a 400 problem and returns
+// false for a malformed header.
+func resourceID(c *gin.Context, bodyID string) (string, bool) {
 	key := c.GetHeader("Idempotency-Key")
 	if key != "" {
 		if err := ledger.ValidateIdempotencyKey(key); err != nil {
@@ -32,7 +31,7 @@ func resourceID(c *gin.Context, bodyID, prefix string) (string, bool) {
 	case key != "":
 		return derivedID(key), true
 	default:
-		return prefix + rand.Text(), true
+		return "", true
 	}
 }
 
@@ -77,7 +76,7 @@ func (s *server) createTransfer(c *gin.Context) {
 		return
 	}
 	// The ledger refuses from == to, malformed IDs, currencies and metadata (400).
-	id, ok := resourceID(c, body.ID, "t-")
+	id, ok := resourceID(c, body.ID)
 	if !ok {
 		return
 	}

@@ -117,14 +117,16 @@ func TestTransfers(t *testing.T) {
 		a.mustDo(http.StatusOK, "GET", "/v1/transfers/"+one.ID, ``)
 	})
 
-	t.Run("refused transfers write nothing", func(t *testing.T) {
+	t.Run("refused transfers move nothing; a refused id keeps its refusal", func(t *testing.T) {
 		a.mustOpen(0, "shop1..closed")
 		a.mustDo(http.StatusOK, "POST", "/v1/accounts/shop1..closed/close", ``)
 		farClosed := a.otherPartition(alice, "farclosed")
 		a.mustOpen(0, farClosed)
 		a.mustDo(http.StatusOK, "POST", "/v1/accounts/"+farClosed+"/close", ``)
+		n := 0
 		tr := func(from, to string, amount int) string {
-			return fmt.Sprintf(`{"id":"refused","from":%q,"to":%q,"currency":"USD","amount":%d}`, from, to, amount)
+			n++
+			return fmt.Sprintf(`{"id":"refused-%d","from":%q,"to":%q,"currency":"USD","amount":%d}`, n, from, to, amount)
 		}
 		for _, tc := range []struct {
 			name, body string
@@ -154,12 +156,26 @@ func TestTransfers(t *testing.T) {
 			{"empty body", ``, 400, "invalid_request"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				before := a.digest()
-				requireProblem(t, a.do("POST", "/v1/transfers", tc.body), tc.status, tc.code)
-				require.Equal(t, before, a.digest(), "a refused transfer writes nothing")
+				before, lasting := a.digest(), a.lastingDigest()
+				first := a.do("POST", "/v1/transfers", tc.body)
+				requireProblem(t, first, tc.status, tc.code)
+				if tc.status == http.StatusBadRequest {
+					require.Equal(t, before, a.digest(), "a malformed transfer writes nothing")
+					return
+				}
+				// Refused on what the ledger holds: the refusal is kept under the id (until
+				// the idempotency TTL), nothing else changes, and the same request again
+				// gets the same answer.
+				require.Equal(t, lasting, a.lastingDigest(), "a refused transfer writes nothing lasting")
+				again := a.do("POST", "/v1/transfers", tc.body)
+				require.Equal(t, first.Code, again.Code)
+				require.Equal(t, first.Body.String(), again.Body.String())
+				require.Equal(t, "true", again.Header().Get("Idempotent-Replayed"))
+				var body struct{ ID string }
+				require.NoError(t, json.Unmarshal([]byte(tc.body), &body))
+				requireProblem(t, a.do("GET", "/v1/transfers/"+body.ID, ``), 404, "not_found")
 			})
 		}
-		requireProblem(t, a.do("GET", "/v1/transfers/refused", ``), 404, "not_found")
 	})
 
 	t.Run("reading", func(t *testing.T) {

@@ -62,7 +62,7 @@ func (op BatchOp) validate() error {
 }
 
 // Batch runs up to MaxBatchOps operations. Operations without an ID of type transfer or
-// hold get a random one.
+// hold get a random one (as they would alone).
 //
 // Not atomic: every operation runs as if sent alone and has its own result; operations that
 // touch a common account run in the given order, unrelated ones concurrently.
@@ -80,8 +80,8 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 	}
 	ids := map[string]int{} // an operation's record, by kind and scope
 	for i := range ops {
-		if (ops[i].Type == OpTransfer || ops[i].Type == OpHold) && ops[i].ID == "" {
-			ops[i].ID = newToken()
+		if atomic && (ops[i].Type == OpTransfer || ops[i].Type == OpHold) && ops[i].ID == "" {
+			ops[i].ID = newToken() // its records are written by the batch's script
 		}
 		if err := ops[i].validate(); err != nil {
 			return nil, false, fmt.Errorf("operations[%d]: %w", i, err)
@@ -278,7 +278,9 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	}
 	for i, op := range ops {
 		if op.Type == OpTransfer {
-			mine, err := l.prepareTransfer(ctx, op.ID, op.From, op.To)
+			// Both accounts are in the batch's partition: the batch decides on the
+			// destination itself, so prepareTransfer's verdict on it is not needed.
+			mine, _, err := l.prepareTransfer(ctx, op.ID, op.From, op.To)
 			if err != nil {
 				release()
 				return l.failBatch(ops, i, err), false, nil
@@ -294,7 +296,7 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	var bf *batchFailure
 	if errors.As(err, &bf) {
 		release()
-		return l.failBatch(ops, bf.index, bf.err), false, nil
+		return l.failBatch(ops, bf.index, bf.err), IsReplayed(err), nil
 	}
 	if err != nil {
 		return nil, false, err

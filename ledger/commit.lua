@@ -16,7 +16,8 @@
 -- then per account: slice, snapshot key index, events key index, expected version, account ID,
 --   events n, snapshot fields m, deleted fields k, then n x (version, type, event JSON),
 --   m x (field, value), k x field
--- then per record: slice, key index, kind ("idem" | "op" | "mark"), fingerprint, response body
+-- then per record: slice, key index, kind ("idem" | "op" | "mark" | "refusal"), fingerprint,
+--   response body (of a refusal: the encoded refusal)
 -- then per guard: slice, key index (a key that must not exist: a resource ID already taken)
 -- then per write: slice, command (HSET | HDEL | ZADD | ZREM | PEXPIRE), key index,
 --   argument count c, c x argument
@@ -121,7 +122,13 @@ a = records
 for _ = 1, R do
   if not skip[ARGV[a]] then
     local key, kind = KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2]
-    redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4])
+    if kind == 'refusal' then
+      -- A refused request with a client's key or resource ID: kept as long as a client key.
+      redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4], 'refused', '1')
+      redis.call('PEXPIRE', key, ARGV[5])
+    else
+      redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4])
+    end
     if kind == 'idem' then
       redis.call('PEXPIRE', key, ARGV[5])
     elseif kind == 'op' then

@@ -71,12 +71,13 @@ func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, key str
 // StartTransfer runs only the first step of a transfer — the debit and the durable record —
 // as a request that crashed right after it would leave it.
 func (l *Ledger) StartTransfer(ctx context.Context, req TransferRequest) error {
-	if _, err := l.prepareTransfer(ctx, req.ID, req.From, req.To); err != nil {
+	_, toErr, err := l.prepareTransfer(ctx, req.ID, req.From, req.To)
+	if err != nil {
 		return err
 	}
 	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount}
-	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark"}
-	_, err := l.submitRef(ctx, transferCmd{T: t, SameTo: false}, ref, fingerprint(t))
+	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark", keepsRefusals: true}
+	_, err = l.submitRef(ctx, transferCmd{T: t, SameTo: false, toErr: toErr}, ref, fingerprint(t))
 	return err
 }
 
@@ -87,6 +88,9 @@ func (l *Ledger) DrivingWaiters() int {
 	defer l.driving.mu.Unlock()
 	return l.driving.waiters
 }
+
+// TransferIndexKey returns the key naming the source account of a transfer ID.
+func (l *Ledger) TransferIndexKey(id string) string { return l.store.keys.transferIndex(id) }
 
 // TransfersPendingKey returns the key of the pending-transfers index of an account's
 // partition.

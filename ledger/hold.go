@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sort"
@@ -43,7 +44,7 @@ type Hold struct {
 // voided or expires.
 type PlaceHold struct {
 	Account  string
-	ID       string // the hold's ID, unique per account; it is the request's idempotency key
+	ID       string // the hold's ID, unique per account; it is the request's idempotency key ("": a random one)
 	Currency string
 	Amount   int64
 	Timeout  time.Duration
@@ -56,8 +57,10 @@ func (c PlaceHold) Validate() error {
 	if err := validateMoney(c.Account, c.Currency, c.Amount); err != nil {
 		return err
 	}
-	if err := ValidateID("hold id", c.ID); err != nil {
-		return err
+	if c.ID != "" {
+		if err := ValidateID("hold id", c.ID); err != nil {
+			return err
+		}
 	}
 	if c.Timeout < time.Second || c.Timeout > MaxHoldTimeout {
 		return invalidf("timeout_seconds must be 1..%d", int64(MaxHoldTimeout/time.Second))
@@ -154,6 +157,7 @@ type CaptureHold struct {
 	To         string
 	TransferID string // set by Ledger.CaptureHold when To is given
 	sameTo     bool   // To is in Account's partition
+	toErr      error  // why To (in another partition) refuses, as prepareTransfer read it
 }
 
 func (c CaptureHold) accounts() []string {
@@ -185,6 +189,8 @@ func (c CaptureHold) decide(d *decision) (any, error) {
 		if to, err = d.open(c.To); err != nil {
 			return nil, err
 		}
+	} else if c.toErr != nil {
+		return nil, c.toErr
 	}
 	h, err := d.resolveHold(a, c.HoldID, EventHoldCaptured, HoldCaptured, amount, c.To, c.TransferID)
 	if err != nil {
@@ -258,8 +264,12 @@ func (l *Ledger) PlaceHold(ctx context.Context, cmd PlaceHold) (Receipt, error) 
 	if err := cmd.Validate(); err != nil {
 		return Receipt{}, err
 	}
+	named := cmd.ID != ""
+	if !named {
+		cmd.ID = "h-" + rand.Text() // nobody can send it again: no refusal is kept under it
+	}
 	// The fingerprint leaves out the timeout's effect (expires_at): a retry is the same hold.
-	ref := recordRef{key: l.store.keys.hold(l.store.keys.partition(cmd.Account), cmd.Account, cmd.ID), kind: "mark"}
+	ref := recordRef{key: l.store.keys.hold(l.store.keys.partition(cmd.Account), cmd.Account, cmd.ID), kind: "mark", keepsRefusals: named}
 	return l.submitRef(ctx, cmd, ref, fingerprint(cmd))
 }
 
@@ -291,7 +301,7 @@ func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount i
 		cmd.To, cmd.TransferID = to, captureTransferID(account, hold)
 		cmd.sameTo = l.store.keys.partition(to) == l.store.keys.partition(account)
 		var err error
-		if claimed, err = l.prepareTransfer(ctx, cmd.TransferID, account, to); err != nil {
+		if claimed, cmd.toErr, err = l.prepareTransfer(ctx, cmd.TransferID, account, to); err != nil {
 			return Receipt{}, err
 		}
 	}
@@ -334,11 +344,12 @@ func (l *Ledger) holdErr(ctx context.Context, account, hold string, err error) e
 	if !errors.Is(err, ErrHoldNotPending) && !errors.Is(err, ErrAccountNotFound) {
 		return err
 	}
-	n, xerr := l.store.rdb.Exists(ctx, l.store.keys.hold(l.store.keys.partition(account), account, hold)).Result()
+	// A hold record without "id" is a refused placement's (see rejection.go): no hold.
+	placed, xerr := l.store.rdb.HExists(ctx, l.store.keys.hold(l.store.keys.partition(account), account, hold), "id").Result()
 	switch {
 	case xerr != nil:
 		return storeErr(ctx, xerr)
-	case n == 0:
+	case !placed:
 		return fmt.Errorf("%w: hold %s of %s", ErrNotFound, hold, account)
 	}
 	return err

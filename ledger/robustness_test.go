@@ -36,7 +36,8 @@ func TestDuplicateKeysInOneBatch(t *testing.T) {
 		}
 	}
 	// One batch: k1 five times, k1 with another body, a keyless deposit, k2 rejected for
-	// insufficient funds and then k2 again after the deposit made it possible.
+	// insufficient funds and then k2 again after the deposit would have made it possible:
+	// the second copy replays the refusal (its client may have been told already).
 	out := queueBehindBlockedCommit(t, l, "acct", func() error { _, err := dep(1, "")(); return err },
 		[]func() (ledger.Receipt, error){
 			dep(1000, "k1"), dep(1000, "k1"), wd(5000, "k2"), dep(1000, "k1"), dep(7, "k1"),
@@ -52,16 +53,23 @@ func TestDuplicateKeysInOneBatch(t *testing.T) {
 	}
 	require.ErrorIs(t, out[4].err, ledger.ErrIdempotencyKeyReused, "k1 with another body")
 	require.ErrorIs(t, out[2].err, ledger.ErrInsufficientFunds, "k2 before the deposit")
-	require.NoError(t, out[7].err, "k2 after the deposit: the rejected first try recorded nothing")
+	assert.False(t, ledger.IsReplayed(out[2].err))
+	require.ErrorIs(t, out[7].err, ledger.ErrInsufficientFunds, "k2 after the deposit: the refusal of its first copy stands")
+	assert.True(t, ledger.IsReplayed(out[7].err))
+	assert.Equal(t, out[2].err.Error(), out[7].err.Error(), "the same refusal")
 	require.NoError(t, out[6].err)
 
 	acc := requireConsistent(t, l, "acct")
-	assert.Equal(t, int64(1+1000+9000-5000), acc.Balances["USD"].Posted, "k1 once, k2 once")
-	assert.Equal(t, int64(5), acc.Version, "open, the blocked deposit, k1, the keyless deposit, k2")
+	assert.Equal(t, int64(1+1000+9000), acc.Balances["USD"].Posted, "k1 once, k2 never")
+	assert.Equal(t, int64(4), acc.Version, "open, the blocked deposit, k1, the keyless deposit")
 
 	again, err := dep(1000, "k1")()
 	require.NoError(t, err)
 	assert.Equal(t, first.rc.Body, again.Body)
+	_, err = wd(5000, "k2")()
+	require.ErrorIs(t, err, ledger.ErrInsufficientFunds, "a later retry of k2, with the money there, replays the refusal")
+	assert.True(t, ledger.IsReplayed(err))
+	assert.Equal(t, int64(1+1000+9000), requireConsistent(t, l, "acct").Balances["USD"].Posted)
 }
 
 func TestCommitScriptRefusesRecordNamedTwice(t *testing.T) {

@@ -49,13 +49,17 @@ type record struct {
 	found       bool
 	fingerprint string
 	body        []byte
+	refused     bool // body is a recorded refusal (see rejection.go)
 }
 
 // recordRef names the record a request writes: its key and kind ("idem" for a client's
 // Idempotency-Key, "op" for an internal token, "mark" for a resource record kept for good).
+// keepsRefusals is set for records named by a client (its Idempotency-Key, a hold's or
+// transfer's ID): a refusal is recorded under them too, kept as long as a client key.
 type recordRef struct {
-	key  string
-	kind string
+	key           string
+	kind          string
+	keepsRefusals bool
 }
 
 // snapshot is an account as read, with the hash fields it was read from (to know which
@@ -97,7 +101,7 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 	for i, c := range recs {
 		v := c.Val()
 		if fp, ok := v["fp"]; ok {
-			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"])}
+			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"]), refused: v["refused"] == "1"}
 		}
 	}
 	return out, found, nil
@@ -191,12 +195,14 @@ func boolString(b bool) string {
 	return "0"
 }
 
-// recordWrite is a response to remember under a record key.
+// recordWrite is a response to remember under a record key: a success's body, or (refused)
+// an encoded refusal.
 type recordWrite struct {
 	slice       int
 	ref         recordRef
 	fingerprint string
 	body        []byte
+	refused     bool
 }
 
 // write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
@@ -295,7 +301,11 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		args = append(args, deleted...)
 	}
 	for _, r := range pl.records {
-		args = append(args, r.slice+1, key(r.ref.key), r.ref.kind, r.fingerprint, string(r.body))
+		kind := r.ref.kind
+		if r.refused {
+			kind = "refusal"
+		}
+		args = append(args, r.slice+1, key(r.ref.key), kind, r.fingerprint, string(r.body))
 	}
 	for _, g := range pl.guards {
 		args = append(args, g.slice+1, key(g.key))

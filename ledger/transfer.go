@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -38,7 +39,8 @@ type Transfer struct {
 }
 
 // TransferRequest asks for a transfer. ID is the caller's transfer ID and its idempotency
-// key: requests with one ID make one transfer.
+// key: requests with one ID make one transfer. Without one the ledger picks a random ID
+// (and, since nobody can send that ID again, keeps no refusal under it).
 type TransferRequest struct {
 	ID       string
 	From, To string
@@ -49,8 +51,10 @@ type TransferRequest struct {
 
 // Validate returns an error wrapping ErrInvalid when the request is malformed.
 func (r TransferRequest) Validate() error {
-	if err := ValidateID("id", r.ID); err != nil {
-		return err
+	if r.ID != "" {
+		if err := ValidateID("id", r.ID); err != nil {
+			return err
+		}
 	}
 	if err := ValidateID("to", r.To); err != nil {
 		return err
@@ -69,6 +73,9 @@ func (r TransferRequest) Validate() error {
 type transferCmd struct {
 	T      Transfer
 	SameTo bool
+	// toErr is why the destination refuses, as prepareTransfer read it (another partition:
+	// not read by this command), so that the refusal is recorded like any other.
+	toErr error
 }
 
 func (c transferCmd) accounts() []string {
@@ -82,6 +89,9 @@ func (c transferCmd) decide(d *decision) (any, error) {
 	from, err := d.open(c.T.From)
 	if err != nil {
 		return nil, err
+	}
+	if c.toErr != nil && !c.SameTo {
+		return nil, c.toErr
 	}
 	var to *Account
 	if c.SameTo {
@@ -247,12 +257,18 @@ type TransferResult struct {
 // A known ID returns that transfer as it stands (Replayed), driving it on if it is pending;
 // the same ID with another request is ErrIdempotencyKeyReused. It returns
 // ErrAccountNotFound, ErrAccountClosed, ErrInsufficientFunds or an error wrapping
-// ErrInvalid, and in each case nothing is written.
+// ErrInvalid, and in each case no money moves. A refusal is recorded under the ID (see
+// rejection.go): the same request again replays it (a *ReplayedError), for as long as an
+// idempotency key is kept, and GetTransfer does not find the ID.
 func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (TransferResult, error) {
 	if err := req.Validate(); err != nil {
 		return TransferResult{}, err
 	}
-	claimed, err := l.prepareTransfer(ctx, req.ID, req.From, req.To)
+	named := req.ID != ""
+	if !named {
+		req.ID = "t-" + rand.Text()
+	}
+	claimed, toErr, err := l.prepareTransfer(ctx, req.ID, req.From, req.To)
 	if err != nil {
 		return TransferResult{}, err
 	}
@@ -260,8 +276,9 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	cmd := transferCmd{
 		T:      Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount, Metadata: req.Metadata},
 		SameTo: l.store.keys.partition(req.From) == l.store.keys.partition(req.To),
+		toErr:  toErr,
 	}
-	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark"}
+	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark", keepsRefusals: named}
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
 		if claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
@@ -290,80 +307,93 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 }
 
 // prepareTransfer claims the transfer ID for its source (the index GetTransfer reads) and
-// checks that both accounts exist and are open — one round trip. A transfer ID already
+// reads whether the destination exists and is open — one round trip. A transfer ID already
 // claimed by another source is ErrIdempotencyKeyReused; one claimed by this source is a
-// retry and goes on to replay. When an account is missing or closed, a claim this call made
-// is given back, so a refused transfer leaves nothing behind.
+// retry and goes on to replay. toErr is why the destination refuses (ErrAccountNotFound,
+// ErrAccountClosed), for the command to decide with: the refusal is then recorded under
+// the transfer ID like any other, so a retry cannot turn it into a transfer.
 //
 // claimed reports whether this call made the claim: only then may the caller give it back
 // (releaseTransferID). A request that found the ID claimed by its source (a retry, or a
 // duplicate sent while the first is in flight) and then makes the transfer must keep the
-// index (keepTransferID): the first request, refused meanwhile (insufficient funds, or a
-// destination it read closed), may have given it back, and the transfer would be neither
-// found by GetTransfer nor kept from being made again by another source.
-func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (claimed bool, err error) {
+// index (keepTransferID): the first request, refused meanwhile, may have given it back,
+// and the transfer would be neither found by GetTransfer nor kept from being made again
+// by another source.
+func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (claimed bool, toErr, err error) {
 	idx := l.store.keys.transferIndex(id)
 	pipe := l.store.rdb.Pipeline()
 	claimCmd := pipe.SetNX(ctx, idx, from, 0)
 	ownerCmd := pipe.Get(ctx, idx)
-	snapCmds := []*redis.MapStringStringCmd{
-		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(from), from)),
-		pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(to), to)),
-	}
+	toCmd := pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(to), to))
 	if _, err := pipe.Exec(ctx); err != nil {
-		return false, storeErr(ctx, err)
+		return false, nil, storeErr(ctx, err)
 	}
 	claimed = claimCmd.Val()
-	switch owner := ownerCmd.Val(); {
-	case !claimed && owner == from:
-		return false, nil // a retry: it goes on to replay
-	case !claimed:
-		return false, fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
+	if owner := ownerCmd.Val(); !claimed && owner != from {
+		return false, nil, fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
 	}
-	for i, acct := range []string{from, to} {
-		a, err := parseSnapshot(acct, snapCmds[i].Val(), l.cfg.Clock())
-		if err == nil && !a.exists() {
-			err = fmt.Errorf("%w: %s", ErrAccountNotFound, acct)
-		} else if err == nil && a.closed() {
-			err = fmt.Errorf("%w: %s", ErrAccountClosed, acct)
-		}
-		if err != nil {
+	a, err := parseSnapshot(to, toCmd.Val(), l.cfg.Clock())
+	switch {
+	case err != nil:
+		if claimed {
 			l.releaseTransferID(ctx, id, from)
-			return false, err
 		}
+		return false, nil, err
+	case !a.exists():
+		toErr = fmt.Errorf("%w: %s", ErrAccountNotFound, to)
+	case a.closed():
+		toErr = fmt.Errorf("%w: %s", ErrAccountClosed, to)
 	}
-	return true, nil
+	return claimed, toErr, nil
 }
 
-// releaseIndexScript deletes a transfer ID's index entry if it still names the source.
+// releaseIndexScript deletes a transfer ID's index entry if it still names the source
+// (ARGV[2] empty), or gives it the lifetime ARGV[2] (ms) of the refusal recorded under the ID.
 var releaseIndexScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`)
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 
-// releaseTransferID gives up the claim prepareTransfer made for a transfer that was refused,
-// unless a transfer with that ID exists after all (a duplicate request made it). The index
-// and the record are in different slots, so the check and the delete cannot be one script:
-// when the duplicate's transfer appears in between, the index is put back (the duplicate
-// does the same after its commit, keepTransferID, for a transfer that appears later).
+// releaseTransferID gives up the claim prepareTransfer made for a transfer that was refused:
+// with the refusal recorded under the ID, the index lives as long as that record (GetTransfer
+// answers ErrNotFound meanwhile, and another source cannot take the ID); with nothing
+// recorded (the request failed before its commit) it is deleted. A transfer with the ID
+// (a duplicate request made it) keeps it. The index and the record are in different slots,
+// so the check and the change cannot be one script: when the duplicate's transfer appears
+// in between, the index is put back (the duplicate does the same after its commit,
+// keepTransferID, for a transfer that appears later).
 func (l *Ledger) releaseTransferID(ctx context.Context, id, from string) {
 	rec := l.store.keys.transfer(l.store.keys.partition(from), id)
-	n, err := l.store.rdb.Exists(ctx, rec).Result()
-	if err != nil || n > 0 {
+	v, err := l.store.rdb.HMGet(ctx, rec, "fp", "refused").Result()
+	if err != nil || (v[0] != nil && v[1] == nil) {
+		return // unknown, or a transfer
+	}
+	ttl := ""
+	if v[0] != nil {
+		ttl = strconv.FormatInt(l.cfg.IdempotencyTTL.Milliseconds(), 10)
+	}
+	if err := releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from, ttl).Err(); err != nil {
 		return
 	}
-	if err := releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from).Err(); err != nil {
-		return
-	}
-	if n, err := l.store.rdb.Exists(ctx, rec).Result(); err == nil && n > 0 {
+	if n, err := l.store.rdb.HExists(ctx, rec, "id").Result(); err == nil && n {
 		l.keepTransferID(ctx, id, from)
 	}
 }
+
+// keepIndexScript makes a transfer ID's index name the source for good: it sets a missing
+// index, and takes the lifetime off one a refusal of the same source left (that refusal
+// expired, and the ID was used again).
+var keepIndexScript = redis.NewScript(`
+local owner = redis.call('GET', KEYS[1])
+if owner == false then return redis.call('SET', KEYS[1], ARGV[1]) end
+if owner == ARGV[1] then return redis.call('PERSIST', KEYS[1]) end
+return 0`)
 
 // keepTransferID puts back the index of a transfer made by a request that did not claim its
 // ID (see prepareTransfer), in case the request that claimed it was refused and gave it up.
 // Like the release, it is best effort: a Redis error leaves the index as it is.
 func (l *Ledger) keepTransferID(ctx context.Context, id, from string) {
-	_ = l.store.rdb.SetNX(ctx, l.store.keys.transferIndex(id), from, 0).Err()
+	_ = keepIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from).Err()
 }
 
 // GetTransfer returns a transfer, or ErrNotFound.

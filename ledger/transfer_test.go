@@ -103,28 +103,54 @@ func TestTransfers(t *testing.T) {
 				require.ErrorIs(t, err, ledger.ErrIdempotencyKeyReused, "one ID, another source")
 			})
 
-			t.Run("refused up front: nothing written", func(t *testing.T) {
+			t.Run("refused up front: nothing lasting written, the refusal stands", func(t *testing.T) {
 				from, to := apart(l, "r-")
 				fund(t, l, from, 100)
 				fund(t, l, to, 0)
 				before := keyCount(t, rdb)
-				for _, c := range []struct {
-					req  ledger.TransferRequest
-					want error
+				lasting := lastingKeys(t, rdb)
+				cases := []struct {
+					req      ledger.TransferRequest
+					want     error
+					recorded bool // refused on what the ledger holds: the refusal is kept under the ID
 				}{
-					{ledger.TransferRequest{ID: "t-r1", From: from, To: "nobody", Currency: "USD", Amount: 1}, ledger.ErrAccountNotFound},
-					{ledger.TransferRequest{ID: "t-r2", From: "nobody", To: to, Currency: "USD", Amount: 1}, ledger.ErrAccountNotFound},
-					{ledger.TransferRequest{ID: "t-r3", From: from, To: to, Currency: "USD", Amount: 101}, ledger.ErrInsufficientFunds},
-					{ledger.TransferRequest{ID: "t-r4", From: from, To: from, Currency: "USD", Amount: 1}, ledger.ErrInvalid},
-					{ledger.TransferRequest{ID: "t r5", From: from, To: to, Currency: "USD", Amount: 1}, ledger.ErrInvalid},
-				} {
+					{ledger.TransferRequest{ID: "t-r1", From: from, To: "nobody", Currency: "USD", Amount: 1}, ledger.ErrAccountNotFound, true},
+					{ledger.TransferRequest{ID: "t-r2", From: "nobody", To: to, Currency: "USD", Amount: 1}, ledger.ErrAccountNotFound, true},
+					{ledger.TransferRequest{ID: "t-r3", From: from, To: to, Currency: "USD", Amount: 101}, ledger.ErrInsufficientFunds, true},
+					{ledger.TransferRequest{ID: "t-r4", From: from, To: from, Currency: "USD", Amount: 1}, ledger.ErrInvalid, false},
+					{ledger.TransferRequest{ID: "t r5", From: from, To: to, Currency: "USD", Amount: 1}, ledger.ErrInvalid, false},
+				}
+				for _, c := range cases {
 					_, err := l.CreateTransfer(ctx, c.req)
 					require.ErrorIs(t, err, c.want, "%+v", c.req)
+					assert.False(t, ledger.IsReplayed(err))
 					_, err = l.GetTransfer(ctx, "t-r3")
 					require.ErrorIs(t, err, ledger.ErrNotFound)
 				}
-				assert.Equal(t, before, keyCount(t, rdb), "no key written")
+				// Each recorded refusal is its record and the ID's index, both expiring with
+				// the idempotency TTL; no money moved and no transfer exists.
+				assert.Equal(t, before+2*3, keyCount(t, rdb), "a refusal record and an index per recorded refusal")
+				assert.Equal(t, lasting, lastingKeys(t, rdb), "nothing written for good")
 				assert.Equal(t, int64(100), posted(t, l, from))
+
+				// Once the causes are gone, the same requests still get their refusals: a
+				// first attempt still in flight must not turn into a transfer either.
+				fund(t, l, "nobody", 1000)
+				_, err := l.Deposit(ctx, ledger.Deposit{Account: from, Currency: "USD", Amount: 1000}, ledger.WriteOptions{})
+				require.NoError(t, err)
+				for _, c := range cases[:3] {
+					_, err := l.CreateTransfer(ctx, c.req)
+					require.ErrorIs(t, err, c.want, "%+v again", c.req)
+					assert.True(t, ledger.IsReplayed(err), "%s replays its refusal", c.req.ID)
+					_, err = l.GetTransfer(ctx, c.req.ID)
+					require.ErrorIs(t, err, ledger.ErrNotFound)
+				}
+				other := cases[2].req
+				other.Amount = 100
+				_, err = l.CreateTransfer(ctx, other)
+				require.ErrorIs(t, err, ledger.ErrIdempotencyKeyReused, "the refused ID with another request")
+				assert.Equal(t, int64(1100), posted(t, l, from))
+				assert.Equal(t, int64(1000), posted(t, l, "nobody"))
 			})
 
 			t.Run("to a closed account: 409 up front", func(t *testing.T) {
@@ -161,6 +187,46 @@ func keyCount(t *testing.T, rdb redis.UniversalClient) int64 {
 		n, err := rdb.DBSize(ctx).Result()
 		require.NoError(t, err)
 		return n
+	}
+}
+
+// lastingKeys returns how many keys have no expiry.
+func lastingKeys(t *testing.T, rdb redis.UniversalClient) int {
+	t.Helper()
+	ctx := context.Background()
+	count := func(ctx context.Context, c *redis.Client) (int, error) {
+		n := 0
+		iter := c.Scan(ctx, 0, "*", 1000).Iterator()
+		for iter.Next(ctx) {
+			ttl, err := c.PTTL(ctx, iter.Val()).Result()
+			if err != nil {
+				return 0, err
+			}
+			if ttl == -1 {
+				n++
+			}
+		}
+		return n, iter.Err()
+	}
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		var mu sync.Mutex
+		total := 0
+		require.NoError(t, c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			n, err := count(ctx, m)
+			mu.Lock()
+			total += n
+			mu.Unlock()
+			return err
+		}))
+		return total
+	case *redis.Client:
+		n, err := count(ctx, c)
+		require.NoError(t, err)
+		return n
+	default:
+		t.Fatalf("lastingKeys: unexpected client %T", rdb)
+		return 0
 	}
 }
 

@@ -42,7 +42,8 @@ func (r *request) finish(rc Receipt, err error) {
 var errRetry = errors.New("ledger: retry")
 
 // submit runs one command through the write path: alone, or in its partition's group commit.
-// The request's record is the client's Idempotency-Key, or an internal token.
+// The request's record is the client's Idempotency-Key (which keeps a refusal too), or an
+// internal token.
 func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Receipt, error) {
 	account := cmd.accounts()[0]
 	p := l.store.keys.partition(account)
@@ -51,7 +52,7 @@ func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Re
 		if err := ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
 			return Receipt{}, err
 		}
-		ref = recordRef{key: l.store.keys.idem(p, account, opts.IdempotencyKey), kind: "idem"}
+		ref = recordRef{key: l.store.keys.idem(p, account, opts.IdempotencyKey), kind: "idem", keepsRefusals: true}
 	}
 	return l.submitRef(ctx, cmd, ref, fingerprint(cmd))
 }
@@ -324,6 +325,9 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			live = append(live, r)
 		case recs[i].fingerprint != r.fp:
 			r.finish(Receipt{}, ErrIdempotencyKeyReused)
+		case recs[i].refused:
+			l.stats.replays.Add(1)
+			r.finish(Receipt{}, decodeRefusal(recs[i].body))
 		default:
 			l.stats.replays.Add(1)
 			r.finish(Receipt{Body: recs[i].body, Replayed: r.ref.kind != "op"}, nil)
@@ -335,21 +339,24 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		work[id] = s.acc.clone()
 	}
 	d := newDecision(l.store.keys, now, l.cfg.IdempotencyTTL, work)
+	// accepted holds the requests that write a record: those decided to succeed, and those
+	// refused whose record keeps refusals (refusals[i] set; see rejection.go).
 	var (
 		accepted   []*request
+		refusals   []error       // accepted[i]'s recorded refusal, or nil for a success
 		records    []recordWrite // accepted[i]'s record
 		bodies     [][]byte
-		rejected   []*request
+		rejected   []*request // refused without a record
 		rejections []error
 		collided   []int         // per rejected request: the accepted one whose record it reused, or -1
 		guardOwner []int         // per guard of d: index into accepted
 		writeOwner []int         // per write of d: index into accepted
 		tr         []transitions // accepted[i]'s transitions, for the metrics
 	)
-	// Requests that share a record collapse: the first accepted one claims the record; a
-	// later one with the same fingerprint follows it (same response, replayed, applied
-	// once), one with another fingerprint is a reuse of the key. A rejected request writes
-	// no record and claims nothing, as it would alone.
+	// Requests that share a record collapse: the first one to claim the record decides; a
+	// later one with the same fingerprint follows it (same response or refusal, replayed,
+	// applied once), one with another fingerprint is a reuse of the key. A refusal without
+	// a record (a keyless request's) claims nothing, as it would alone.
 	claimed := map[string]int{} // record key → index into accepted
 	type follower struct {
 		r  *request
@@ -376,6 +383,16 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			}
 		}
 		if err != nil {
+			if rec, ok := encodeRefusal(err); ok && r.ref.keepsRefusals {
+				// Recorded with the version check of what it read, so that it stands only
+				// if it was decided on the current state.
+				groups.join(r.cmd.accounts())
+				records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: rec, refused: true})
+				claimed[r.ref.key] = len(accepted)
+				accepted, refusals, bodies = append(accepted, r), append(refusals, err), append(bodies, nil)
+				tr = append(tr, transitions{})
+				continue
+			}
 			rejected, rejections = append(rejected, r), append(rejections, err)
 			collided = append(collided, -1)
 			continue
@@ -390,7 +407,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		groups.join(r.cmd.accounts())
 		records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
 		claimed[r.ref.key] = len(accepted)
-		accepted, bodies = append(accepted, r), append(bodies, raw)
+		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
 	}
 	if len(accepted) == 0 {
@@ -462,6 +479,10 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			retry = append(retry, r)
 			continue
 		}
+		if refusals[i] != nil {
+			r.finish(Receipt{}, refusals[i])
+			continue
+		}
 		committed++
 		committedTr = append(committedTr, tr[i])
 		r.finish(Receipt{Body: bodies[i]}, nil)
@@ -472,6 +493,10 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			continue
 		}
 		l.stats.replays.Add(1)
+		if refusals[f.of] != nil {
+			f.r.finish(Receipt{}, decodeRefusal(records[f.of].body))
+			continue
+		}
 		f.r.finish(Receipt{Body: bodies[f.of], Replayed: true}, nil)
 	}
 	for i, r := range rejected {

@@ -47,7 +47,8 @@ type Outcome int
 const (
 	// Applied: the write succeeded (201); Body is the response.
 	Applied Outcome = iota + 1
-	// Rejected: a 4xx the caller can rely on (nothing written by this request); Code says why.
+	// Rejected: a 4xx the caller can rely on: the request, and every copy of it sent with
+	// its Idempotency-Key before or after, applies nothing. Code says why.
 	Rejected
 	// Unknown: cancelled, timed out or 503 — the write may or may not have happened.
 	Unknown
@@ -276,8 +277,10 @@ func check(ctx context.Context, t Target, accounts []string, byAmt map[int64]*lo
 				if !allowedRejections[r.Code] {
 					return fmt.Errorf("%s %s %d (key %q): unexpected answer %q", l.op.Account, l.op.Kind, l.op.Amount, l.op.Key, r.Code)
 				}
-				if l.op.Key == "" && applied[l] != "" {
-					return fmt.Errorf("%s %s %d: rejected with %s, yet applied as %s", l.op.Account, l.op.Kind, l.op.Amount, r.Code, applied[l])
+				// A refusal is a definite answer, for a keyed request as for a keyless one:
+				// no copy of the request may apply, earlier, at once or later.
+				if r.Code != "idempotency_key_reused" && applied[l] != "" {
+					return fmt.Errorf("%s %s %d (key %q): answered %s, yet applied as %s", l.op.Account, l.op.Kind, l.op.Amount, l.op.Key, r.Code, applied[l])
 				}
 			}
 		}
@@ -316,6 +319,53 @@ func check(ctx context.Context, t Target, accounts []string, byAmt map[int64]*lo
 			if r.Outcome != Applied || (body != nil && !bytes.Equal(body, r.Body)) {
 				return fmt.Errorf("key %q: a late retry got %v %s %q, want the first 201 body %q", k, r.Outcome, r.Code, r.Body, body)
 			}
+		}
+	}
+	return lateRetriesOfRefusals(ctx, t, keyOps, keys)
+}
+
+// lateRetriesOfRefusals checks that a keyed request refused for insufficient funds stays
+// refused: the account is first given enough money for it, then the request is sent again
+// with its key, and must get the same refusal and apply nothing. (A ledger that records
+// only successes would now apply it, after its client was told it failed.)
+func lateRetriesOfRefusals(ctx context.Context, t Target, keyOps map[string][]*logical, keys []string) error {
+	var refused []*logical
+	need := map[string]int64{}
+	for _, k := range keys {
+		for _, l := range keyOps[k] {
+			for _, r := range l.results {
+				if r.Outcome == Rejected && r.Code == "insufficient_funds" {
+					refused = append(refused, l)
+					need[l.op.Account] += l.op.Amount
+					break
+				}
+			}
+		}
+	}
+	accounts := make([]string, 0, len(need))
+	for a := range need {
+		accounts = append(accounts, a)
+	}
+	sort.Strings(accounts)
+	for i, a := range accounts {
+		// An amount no operation of the run has (they count up from 1).
+		topUp := Op{Account: a, Kind: Deposit, Amount: need[a] + 1<<40 + int64(i)}
+		if r := t.Do(ctx, topUp); r.Outcome != Applied {
+			return fmt.Errorf("%s: top-up deposit before the late retries got %v %s", a, r.Outcome, r.Code)
+		}
+	}
+	for _, l := range refused {
+		before, err := t.Posted(ctx, l.op.Account)
+		if err != nil {
+			return err
+		}
+		r := t.Do(ctx, l.op)
+		if r.Outcome != Rejected || r.Code != "insufficient_funds" {
+			return fmt.Errorf("%s %s %d (key %q) was refused for insufficient funds; a late retry with the money there got %v %s %q",
+				l.op.Account, l.op.Kind, l.op.Amount, l.op.Key, r.Outcome, r.Code, r.Body)
+		}
+		if after, err := t.Posted(ctx, l.op.Account); err != nil || after != before {
+			return fmt.Errorf("%s: a replayed refusal changed the balance from %d to %d (%v)", l.op.Account, before, after, err)
 		}
 	}
 	return nil
