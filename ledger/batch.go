@@ -268,8 +268,8 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 			return nil, false, fmt.Errorf("%w: accounts %s and %s are in different partitions (co-locate them with a placement tag)", ErrBatchNotAtomic, accs[0], a)
 		}
 	}
-	// Claim the transfer IDs first; a batch that fails gives back the claims it made, and
-	// one that commits keeps the IDs it did not claim (see prepareTransfer).
+	// Claim the transfer IDs first; a batch that fails lets the claims it made expire, and
+	// one that commits keeps for good the IDs it did not claim (see prepareTransfer).
 	var claimed, unclaimed []BatchOp
 	release := func() {
 		for _, op := range claimed {

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -183,4 +184,56 @@ func TestAtomicBatchKeepsItsRefusal(t *testing.T) {
 			assert.Equal(t, int64(900), requireConsistent(t, l, "s1..a").Balances["USD"].Posted)
 		})
 	}
+}
+
+// TestUnmadeTransferKeepsItsID: a transfer whose request failed before its commit (here:
+// its source's queue was full) keeps its ID claimed for its source until the idempotency
+// TTL, so that another source cannot take the ID while a duplicate of the request may
+// still make the transfer; the source itself can, and then keeps the ID for good.
+func TestUnmadeTransferKeepsItsID(t *testing.T) {
+	rdb := redistest.MustStart(t).Client()
+	ctx := context.Background()
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "unmade", Partitions: 4, MaxQueue: 1})
+	src, other := "src", "other"
+	dst := accountIn(l, "dst-", (l.Partition(src)+1)%4)
+	for _, id := range []string{src, other, dst} {
+		fund(t, l, id, 100)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	l.SetBeforeCommit(func() {
+		if calls.Add(1) == 1 {
+			close(held)
+			<-release
+		}
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Deposit(ctx, ledger.Deposit{Account: src, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+		done <- err
+	}()
+	<-held
+	req := ledger.TransferRequest{ID: "t-unmade", From: src, To: dst, Currency: "USD", Amount: 10}
+	_, err := l.CreateTransfer(ctx, req)
+	require.ErrorIs(t, err, ledger.ErrOverloaded, "the source's queue is full: nothing committed")
+	close(release)
+	require.NoError(t, <-done)
+
+	stolen := req
+	stolen.From = other
+	_, err = l.CreateTransfer(ctx, stolen)
+	require.ErrorIs(t, err, ledger.ErrIdempotencyKeyReused, "another source cannot take the ID while a duplicate may still make it")
+	ttl, err := rdb.PTTL(ctx, l.TransferIndexKey(req.ID)).Result()
+	require.NoError(t, err)
+	assert.Positive(t, ttl, "the unmade transfer's claim expires")
+
+	res, err := l.CreateTransfer(ctx, req)
+	require.NoError(t, err, "the source's retry makes it")
+	assert.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
+	ttl, err = rdb.PTTL(ctx, l.TransferIndexKey(req.ID)).Result()
+	require.NoError(t, err)
+	assert.Equal(t, time.Duration(-1), ttl, "a made transfer keeps its ID for good")
+	got, err := l.GetTransfer(ctx, req.ID)
+	require.NoError(t, err)
+	assert.Equal(t, src, got.From)
 }

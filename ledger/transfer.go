@@ -282,7 +282,7 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
 		if claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
-			l.releaseTransferID(ctx, req.ID, req.From) // refused: leave nothing behind
+			l.releaseTransferID(ctx, req.ID, req.From) // not made: the claim expires
 		}
 		return TransferResult{}, err
 	}
@@ -313,12 +313,12 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 // ErrAccountClosed), for the command to decide with: the refusal is then recorded under
 // the transfer ID like any other, so a retry cannot turn it into a transfer.
 //
-// claimed reports whether this call made the claim: only then may the caller give it back
+// claimed reports whether this call made the claim: only then may the caller let it expire
 // (releaseTransferID). A request that found the ID claimed by its source (a retry, or a
 // duplicate sent while the first is in flight) and then makes the transfer must keep the
-// index (keepTransferID): the first request, refused meanwhile, may have given it back,
-// and the transfer would be neither found by GetTransfer nor kept from being made again
-// by another source.
+// index for good (keepTransferID): the first request, refused meanwhile, may have given it
+// a lifetime, and the transfer would later be neither found by GetTransfer nor kept from
+// being made again by another source.
 func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (claimed bool, toErr, err error) {
 	idx := l.store.keys.transferIndex(id)
 	pipe := l.store.rdb.Pipeline()
@@ -347,35 +347,35 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (clai
 	return claimed, toErr, nil
 }
 
-// releaseIndexScript deletes a transfer ID's index entry if it still names the source
-// (ARGV[2] empty), or gives it the lifetime ARGV[2] (ms) of the refusal recorded under the ID.
+// releaseIndexScript gives a transfer ID's index entry the lifetime ARGV[2] (ms) if it still
+// names the source ARGV[1].
 var releaseIndexScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 
-// releaseTransferID gives up the claim prepareTransfer made for a transfer that was refused:
-// with the refusal recorded under the ID, the index lives as long as that record (GetTransfer
-// answers ErrNotFound meanwhile, and another source cannot take the ID); with nothing
-// recorded (the request failed before its commit) it is deleted. A transfer with the ID
-// (a duplicate request made it) keeps it. The index and the record are in different slots,
-// so the check and the change cannot be one script: when the duplicate's transfer appears
-// in between, the index is put back (the duplicate does the same after its commit,
-// keepTransferID, for a transfer that appears later).
+// releaseTransferID gives up, after the idempotency TTL, the claim prepareTransfer made for a
+// transfer that was not made: refused (its refusal is kept under the ID that long), or failed
+// before its commit. Until then GetTransfer answers ErrNotFound and no other source can take
+// the ID — a duplicate of the request may still be in flight and make the transfer; that is
+// why the claim expires rather than being deleted (a delete would let another source claim
+// the ID in between, and two transfers would share it). A transfer with the ID keeps the
+// index for good: the release checks for it after setting the lifetime, the duplicate that
+// made it takes the lifetime off after its commit (keepTransferID), so whichever runs last
+// sees the other.
 func (l *Ledger) releaseTransferID(ctx context.Context, id, from string) {
 	rec := l.store.keys.transfer(l.store.keys.partition(from), id)
-	v, err := l.store.rdb.HMGet(ctx, rec, "fp", "refused").Result()
-	if err != nil || (v[0] != nil && v[1] == nil) {
-		return // unknown, or a transfer
+	made := func() bool {
+		n, err := l.store.rdb.HExists(ctx, rec, "id").Result()
+		return err != nil || n // unknown counts as made: keep the index
 	}
-	ttl := ""
-	if v[0] != nil {
-		ttl = strconv.FormatInt(l.cfg.IdempotencyTTL.Milliseconds(), 10)
+	if made() {
+		return
 	}
+	ttl := l.cfg.IdempotencyTTL.Milliseconds()
 	if err := releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from, ttl).Err(); err != nil {
 		return
 	}
-	if n, err := l.store.rdb.HExists(ctx, rec, "id").Result(); err == nil && n {
+	if made() {
 		l.keepTransferID(ctx, id, from)
 	}
 }
