@@ -305,6 +305,11 @@ func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount i
 			return Receipt{}, err
 		}
 	}
+	if to != "" && !cmd.sameTo {
+		// Like CreateTransfer: this process's transfer manager, which sees the debit's event
+		// while this request still drives the transfer, waits instead of running beside it.
+		defer l.driving.start(cmd.TransferID)()
+	}
 	rc, err := l.submit(ctx, cmd, opts)
 	if err != nil && claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
 		l.releaseTransferID(ctx, cmd.TransferID, account) // not made: the claim expires

@@ -166,3 +166,53 @@ func TestTransferManagerWaitsForTheRequest(t *testing.T) {
 	assert.Equal(t, int64(30), posted(t, l, to))
 	requireVerified(t, l)
 }
+
+// The same for a capture with a destination in another partition: the request that
+// captured drives the transfer it made, and the manager waits for it.
+func TestTransferManagerWaitsForTheCapture(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.MustStart(t).Client()
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "tmwc"})
+	from, to := apart(l, "tmwc-")
+	fund(t, l, from, 100)
+	fund(t, l, to, 0)
+	_, err := l.PlaceHold(ctx, ledger.PlaceHold{Account: from, ID: "h-tmwc", Currency: "USD", Amount: 30, Timeout: time.Minute})
+	require.NoError(t, err)
+
+	// Hold the request in its second commit (the credit; the first is the capture).
+	var calls atomic.Int64
+	entered, release := make(chan struct{}), make(chan struct{})
+	l.SetBeforeCommit(func() {
+		if calls.Add(1) == 2 {
+			close(entered)
+			<-release
+		}
+	})
+	defer l.SetBeforeCommit(nil)
+	before := l.Stats()
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.CaptureHold(ctx, from, "h-tmwc", 0, to, ledger.WriteOptions{})
+		done <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the capture never reached its credit")
+	}
+	events, _, err := l.Events(ctx, from, 0, ledger.MaxEventsPage)
+	require.NoError(t, err)
+	captured := events[len(events)-1]
+	require.Equal(t, ledger.EventHoldCaptured, captured.Type)
+	delivered := make(chan error, 1)
+	go func() {
+		delivered <- l.TransferManager().Deliver(ctx, []outbox.Message{projectorMessage(l.Partition(from), captured)})
+	}()
+	require.Eventually(t, func() bool { return l.DrivingWaiters() == 1 || l.Waiting(to) == 1 }, 10*time.Second, time.Millisecond)
+	close(release)
+	require.NoError(t, <-done)
+	require.NoError(t, <-delivered)
+	assert.Zero(t, l.Stats().Replays-before.Replays, "the manager ran a step the capture was running")
+	assert.Equal(t, int64(30), posted(t, l, to))
+	requireVerified(t, l)
+}
