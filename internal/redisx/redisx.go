@@ -1,6 +1,7 @@
 // Package redisx holds the few go-redis helpers Tally's packages share: a client that
 // connects like another with its own pool, running a function on every master, and the
-// credentials and TLS settings of a connection.
+// credentials and TLS settings of a connection, and the key expiry of the embedded Redis
+// (miniredis).
 package redisx
 
 import (
