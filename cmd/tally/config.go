@@ -189,6 +189,7 @@ type dataRedis struct {
 	conn   *connFlags
 
 	embedded *miniredis.Miniredis // nil unless neither --redis nor --redis-cluster was given
+	expiring func()               // stops embedded's key expiry (redisx.ExpireKeys) once started
 	mu       sync.Mutex
 	addr     string // embedded's address once started
 }
@@ -243,6 +244,9 @@ func (d *dataRedis) start(ctx context.Context, log *slog.Logger) error {
 	if err := d.embedded.StartAddr("127.0.0.1:0"); err != nil {
 		return fmt.Errorf("start embedded redis: %w", err)
 	}
+	// miniredis expires nothing by itself; the embedded Redis keeps the same housekeeping
+	// as a real one (idempotency records, operation tokens, leases expire).
+	d.expiring = redisx.ExpireKeys(d.embedded)
 	d.mu.Lock()
 	d.addr = d.embedded.Addr()
 	d.mu.Unlock()
@@ -254,6 +258,9 @@ func (d *dataRedis) start(ctx context.Context, log *slog.Logger) error {
 // close closes the client and stops the embedded Redis if start started it.
 func (d *dataRedis) close() {
 	d.client.Close()
+	if d.expiring != nil {
+		d.expiring()
+	}
 	if d.embedded != nil {
 		d.embedded.Close()
 	}
