@@ -34,7 +34,8 @@ type VerifyOptions struct {
 	// may stay pending without a delivery attempt, before a warning. Default 5m.
 	MaxLag time.Duration
 	// StuckAfter is how long a cross-partition transfer may stay in flight, and an expired
-	// hold stay unswept, before a warning. Default 5m.
+	// hold stay unswept, before a warning, and how long after its credit a transfer's record
+	// may still say pending before a violation. Default 5m.
 	StuckAfter time.Duration
 	// OutboxSample is how many of the newest entries of each partition's outbox are checked
 	// against the accounts' versions. Default 10,000; negative: none.
@@ -126,6 +127,7 @@ const (
 	ProblemNotConserved    = "not_conserved"    // posted + in flight != deposits − withdrawals − captured out
 	ProblemTransferFlow    = "transfer_flow"    // a transfer's steps do not add up (twice, missing, other amount)
 	ProblemHoldRecord      = "hold_record"      // a hold record disagrees with the account's events
+	ProblemTransferRecord  = "transfer_record"  // a transfer record disagrees with its steps (status, amount, accounts, pending index)
 	ProblemLostEvents      = "lost_events"      // the outbox or a consumer saw versions the account no longer has
 	// Warnings.
 	ProblemTransferStuck    = "transfer_stuck"      // in flight longer than StuckAfter
@@ -227,7 +229,8 @@ func (l *Ledger) Verify(ctx context.Context) (VerifyReport, error) {
 // transaction, checks that they agree and that replaying the stream up to the snapshot's
 // version yields the snapshot, that no account without allow_negative has a negative
 // available balance, and that the hold records agree with the account's events. Across
-// accounts it follows every transfer's steps and checks conservation per currency. Because
+// accounts it follows every transfer's steps, compares each transfer's record (what GET
+// /v1/transfers/{id} answers) with them and checks conservation per currency. Because
 // accounts are read one after another, a transfer may be credited in the destination as
 // read while its debit came after the source was read; Verify then reads the source on up
 // to the debit, so the sums describe one consistent cut. Finally it reports each outbox
@@ -284,7 +287,8 @@ type flow struct {
 	id, from, to, currency    string
 	amount                    int64
 	debits, credits, refunded int
-	debitedAt                 time.Time
+	hold                      string // the captured hold, when a capture made it
+	debitedAt, finishedAt     time.Time
 	mismatch                  string // the first step that disagreed with the others
 	searched                  bool   // closeCut looked for its debit
 }
@@ -530,6 +534,7 @@ func (v *verifier) trace(e Event, holds map[string]*Hold) error {
 				v.rep.CapturedOut.add(d.Currency, d.Captured)
 			} else {
 				v.step(e, TransferData{TransferID: d.TransferID, From: e.Account, To: d.To, Currency: d.Currency, Amount: d.Captured})
+				v.flows[d.TransferID].hold = d.HoldID
 			}
 		case EventHoldVoided:
 			h.Status = HoldVoided
@@ -555,9 +560,11 @@ func (v *verifier) step(e Event, d TransferData) {
 	switch e.Type {
 	case EventTransferCredited:
 		f.credits++
+		f.finishedAt = e.Time
 		onto = d.To
 	case EventTransferRefunded:
 		f.refunded++
+		f.finishedAt = e.Time
 	default:
 		f.debits++
 		f.debitedAt = e.Time
@@ -723,100 +730,219 @@ func (v *verifier) closeCut(ctx context.Context) error {
 	return nil
 }
 
-// transfers checks every transfer's steps and lists those in flight. For an in-flight
-// transfer whose record says it finished, the step that finished it must be in the stream
-// after the cut; otherwise it was lost.
+// transferRecordBatch bounds the transfer records one round trip reads: Verify keeps the
+// steps of every transfer, but never more than this many records at once.
+const transferRecordBatch = 500
+
+// transfers checks every transfer's steps and lists those in flight, then compares the
+// record of each transfer whose steps add up with them (transferRecord), in batches.
 func (v *verifier) transfers(ctx context.Context) error {
-	ks := v.l.store.keys
-	var inflight []*flow
+	var sound []*flow // one debit, at most one credit or refund
 	for _, id := range slices.Sorted(maps.Keys(v.flows)) {
 		f := v.flows[id]
 		v.rep.Transfers++
-		bad := func(format string, args ...any) {
-			v.problem(Problem{Kind: ProblemTransferFlow, Transfer: id, Account: f.from, Partition: v.partition(f.from), Currency: f.currency,
-				Detail: fmt.Sprintf(format, args...)})
-		}
 		switch {
 		case f.mismatch != "":
-			bad("steps disagree: %s", f.mismatch)
+			v.transferProblem(ProblemTransferFlow, f, "steps disagree: %s", f.mismatch)
 		case f.debits == 0:
-			bad("%s credited %d and refunded %d times, but no debit of %s was found in its stream", f.to, f.credits, f.refunded, f.from)
+			v.transferProblem(ProblemTransferFlow, f, "%s credited %d and refunded %d times, but no debit of %s was found in its stream", f.to, f.credits, f.refunded, f.from)
 		case f.debits > 1:
-			bad("debited %d times from %s", f.debits, f.from)
+			v.transferProblem(ProblemTransferFlow, f, "debited %d times from %s", f.debits, f.from)
 		case f.credits+f.refunded > 1:
-			bad("credited %d and refunded %d times", f.credits, f.refunded)
-		case f.credits+f.refunded == 0:
-			inflight = append(inflight, f)
-			v.rep.Pending++
-			v.rep.InFlight.add(f.currency, f.amount)
-			v.rep.InFlightTransfers = append(v.rep.InFlightTransfers, InFlightTransfer{ID: id, From: f.from, To: f.to,
-				Currency: f.currency, Amount: f.amount, DebitedAt: f.debitedAt})
+			v.transferProblem(ProblemTransferFlow, f, "credited %d and refunded %d times", f.credits, f.refunded)
+		default:
+			sound = append(sound, f)
+			if f.credits+f.refunded == 0 {
+				v.rep.Pending++
+				v.rep.InFlight.add(f.currency, f.amount)
+				v.rep.InFlightTransfers = append(v.rep.InFlightTransfers, InFlightTransfer{ID: id, From: f.from, To: f.to,
+					Currency: f.currency, Amount: f.amount, DebitedAt: f.debitedAt})
+			}
 		}
 	}
-	if len(inflight) == 0 {
+	for batch := range slices.Chunk(sound, transferRecordBatch) {
+		recs, indexed, err := v.transferRecords(ctx, batch)
+		if err != nil {
+			return err
+		}
+		for i, f := range batch {
+			if err := v.transferRecord(ctx, f, recs[i], indexed[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// transferProblem reports a violation of kind about transfer f, placed at its source.
+func (v *verifier) transferProblem(kind string, f *flow, format string, args ...any) {
+	v.problem(Problem{Kind: kind, Transfer: f.id, Account: f.from, Partition: v.partition(f.from), Currency: f.currency,
+		Detail: fmt.Sprintf(format, args...)})
+}
+
+// transferRecords reads the records of fs and whether each is in its partition's pending
+// index, in one round trip. The saga's scripts change a record's status and its index
+// entry together, but they are read one after the other (one MULTI cannot span the
+// partitions of a Cluster), so a record read pending may finish before its index entry is
+// read. Those read pending outside the index are read once more: a transfer finishes once,
+// so a second read that finds the same again is not such a race.
+func (v *verifier) transferRecords(ctx context.Context, fs []*flow) ([]map[string]string, []bool, error) {
+	ks := v.l.store.keys
+	recs := make([]map[string]string, len(fs))
+	indexed := make([]bool, len(fs))
+	read := func(which []int) error {
+		pipe := v.l.store.rdb.Pipeline()
+		hs := make([]*redis.MapStringStringCmd, len(which))
+		zs := make([]*redis.FloatCmd, len(which))
+		for j, i := range which {
+			p := ks.partition(fs[i].from)
+			hs[j] = pipe.HGetAll(ctx, ks.transfer(p, fs[i].id)) // the record first: see above
+			zs[j] = pipe.ZScore(ctx, ks.transfersPending(p), fs[i].id)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return storeErr(ctx, err)
+		}
+		for j, i := range which {
+			recs[i], indexed[i] = hs[j].Val(), zs[j].Err() == nil
+		}
 		return nil
 	}
-	pipe := v.l.store.rdb.Pipeline()
-	recs := make([]*redis.MapStringStringCmd, len(inflight))
-	indexed := make([]*redis.FloatCmd, len(inflight))
-	for i, f := range inflight {
-		p := ks.partition(f.from)
-		recs[i] = pipe.HGetAll(ctx, ks.transfer(p, f.id))
-		indexed[i] = pipe.ZScore(ctx, ks.transfersPending(p), f.id)
+	all := make([]int, len(fs))
+	for i := range all {
+		all[i] = i
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return storeErr(ctx, err)
+	if err := read(all); err != nil {
+		return nil, nil, err
 	}
-	for i, f := range inflight {
-		lost := func(format string, args ...any) {
-			v.problem(Problem{Kind: ProblemTransferFlow, Transfer: f.id, Account: f.from, Partition: v.partition(f.from), Currency: f.currency,
-				Detail: fmt.Sprintf(format, args...)})
+	var again []int
+	for i := range fs {
+		if recs[i]["status"] == TransferPending && !indexed[i] {
+			again = append(again, i)
 		}
-		rec := recs[i].Val()
-		status := rec["status"]
-		switch status {
-		case "":
-			lost("debited from %s, but its transfer record is missing: nothing will finish it", f.from)
-			continue
-		case TransferPending:
-			if indexed[i].Err() != nil {
-				// The record and the index change in one script: a pending record outside the
-				// index is never swept.
-				lost("pending, but not in the pending-transfers index: the sweep will not finish it")
+	}
+	if len(again) > 0 {
+		if err := read(again); err != nil {
+			return nil, nil, err
+		}
+	}
+	return recs, indexed, nil
+}
+
+// transferRecord compares the record of a transfer whose steps add up (rec, and whether it
+// is in the pending index) with the steps, since GET /v1/transfers/{id} answers from it: the
+// same ID, accounts, amount, currency and hold; the status the steps give (credited:
+// completed, refunded: refunded, neither: pending) with a completion time once finished;
+// in the pending index exactly while pending. A transfer in flight in the cut whose record
+// says it finished must have the finishing step in the stream after the cut (transfer_flow
+// when not: the step was lost); every other disagreement is a transfer_record violation.
+//
+// One disagreement is a race for a while: on Redis Cluster the credit commits in the
+// destination's partition and a separate step then completes the record in the source's
+// (on one Redis the credit's script does both), so a credited transfer's record is pending,
+// in the index, for a moment — longer when the process died in between and the sweep has
+// not completed it yet. That is not reported until StuckAfter has passed since the credit;
+// then it is a violation, not a transfer_stuck warning: the money has arrived and clients
+// are still told it has not (and on one Redis the sweep trusts the credit's record and will
+// never complete it).
+func (v *verifier) transferRecord(ctx context.Context, f *flow, rec map[string]string, indexed bool) error {
+	done := TransferPending
+	switch {
+	case f.credits > 0:
+		done = TransferCompleted
+	case f.refunded > 0:
+		done = TransferRefunded
+	}
+	bad := func(format string, args ...any) { v.transferProblem(ProblemTransferRecord, f, format, args...) }
+	if rec["id"] == "" { // no record, or only a refusal recorded under the ID: not a transfer
+		if done == TransferPending {
+			v.transferProblem(ProblemTransferFlow, f, "debited from %s, but its transfer record is missing: nothing will finish it", f.from)
+		} else {
+			bad("%s, but its transfer record is missing: GET /v1/transfers/%s does not find it", done, f.id)
+		}
+		return nil
+	}
+	t, err := parseTransfer(rec)
+	if err != nil {
+		bad("%v", err)
+		return nil
+	}
+	if t.ID != f.id {
+		bad("its record names transfer %q", t.ID)
+	}
+	if t.From != f.from || t.To != f.to || t.Currency != f.currency || t.Amount != f.amount || t.HoldID != f.hold {
+		bad("the steps say %s→%s %d %s (hold %q), the record %s→%s %d %s (hold %q)",
+			f.from, f.to, f.amount, f.currency, f.hold, t.From, t.To, t.Amount, t.Currency, t.HoldID)
+	}
+	switch t.Status {
+	case TransferPending:
+		if !indexed {
+			// The record and the index change in one script: a pending record outside the
+			// index is never swept.
+			if done == TransferPending {
+				v.transferProblem(ProblemTransferFlow, f, "pending, but not in the pending-transfers index: the sweep will not finish it")
+			} else {
+				bad("%s, but its record says pending, outside the pending-transfers index: nothing will finish it", done)
 			}
+		}
+	case TransferCompleted, TransferRefunded:
+		if indexed {
+			bad("its record says %s, but it is still in the pending-transfers index: the sweep picks it up every round", t.Status)
+		}
+		if t.CompletedAt == nil {
+			bad("its record says %s, but has no completed_at", t.Status)
+		}
+	default:
+		bad("its record has status %q, which no transfer has", t.Status)
+		return nil
+	}
+	switch {
+	case t.Status == done:
+		if done == TransferPending {
 			if age := v.now.Sub(f.debitedAt); age > v.opts.StuckAfter {
 				v.warning(Problem{Kind: ProblemTransferStuck, Transfer: f.id, Account: f.from, Partition: v.partition(f.from), Currency: f.currency,
 					Detail: fmt.Sprintf("%d %s from %s to %s in flight for %s: are the relay and the sweeper (tally serve) running?",
 						f.amount, f.currency, f.from, f.to, age.Round(time.Second))})
 			}
-			continue
 		}
-		// Finished after the cut, or the finishing step was lost: look after the cut.
-		account, typ := f.to, EventTransferCredited
-		if status == TransferRefunded {
-			account, typ = f.from, EventTransferRefunded
+	case done == TransferPending:
+		return v.finishedAfterCut(ctx, f, t.Status)
+	case done == TransferCompleted && t.Status == TransferPending:
+		if age := v.now.Sub(f.finishedAt); indexed && age > v.opts.StuckAfter {
+			bad("credited to %s %s ago, but its record still says pending: the step that completes it was lost", f.to, age.Round(time.Second))
 		}
-		after := int64(0)
-		if c := v.cuts[account]; c != nil {
-			after = c.acc.Version
-		}
-		found := false
-		err := v.events(ctx, account, after, -1, func(e Event) (bool, error) {
-			if e.Type == typ {
-				var d TransferData
-				if err := decodeData(e, &d); err == nil && d.TransferID == f.id {
-					found = true
-				}
+	default:
+		bad("the steps say %s, its record says %s", done, t.Status)
+	}
+	return nil
+}
+
+// finishedAfterCut checks a transfer in flight in the cut whose record says status
+// (completed or refunded): the step that finished it must be in the stream after the cut.
+func (v *verifier) finishedAfterCut(ctx context.Context, f *flow, status string) error {
+	account, typ := f.to, EventTransferCredited
+	if status == TransferRefunded {
+		account, typ = f.from, EventTransferRefunded
+	}
+	after := int64(0)
+	if c := v.cuts[account]; c != nil {
+		after = c.acc.Version
+	}
+	found := false
+	err := v.events(ctx, account, after, -1, func(e Event) (bool, error) {
+		if e.Type == typ {
+			var d TransferData
+			if err := decodeData(e, &d); err == nil && d.TransferID == f.id {
+				found = true
 			}
-			return found, nil
-		})
-		var bad *badEventError
-		if err != nil && !errors.As(err, &bad) {
-			return err
 		}
-		if !found {
-			lost("the transfer record says %s, but %s's stream has no %s for it: the step was lost", status, account, typ)
-		}
+		return found, nil
+	})
+	var bad *badEventError
+	if err != nil && !errors.As(err, &bad) {
+		return err
+	}
+	if !found {
+		v.transferProblem(ProblemTransferFlow, f, "the transfer record says %s, but %s's stream has no %s for it: the step was lost", status, account, typ)
 	}
 	return nil
 }

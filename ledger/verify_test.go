@@ -214,9 +214,11 @@ func TestVerifyFindsEachViolation(t *testing.T) {
 		require.Equal(t, []string{ledger.ProblemTransferStuck}, kinds(rep.Warnings))
 		assert.Equal(t, "t1", rep.Warnings[0].Transfer)
 
-		// Its record says it was credited, but the destination has no credit: lost.
+		// Its record says it was credited (completed as the saga's last step completes it),
+		// but the destination has no credit: lost.
 		trec := l.Prefix() + ":{" + strconv.Itoa(l.Partition(from)) + "}:transfer:t1"
-		require.NoError(t, rdb.HSet(ctx, trec, "status", ledger.TransferCompleted).Err())
+		require.NoError(t, rdb.HSet(ctx, trec, "status", ledger.TransferCompleted, "completed_at", time.Now().UTC().Format(time.RFC3339Nano)).Err())
+		require.NoError(t, rdb.ZRem(ctx, l.TransfersPendingKey(from), "t1").Err())
 		rep = mustVerify(t, l, noOutbox)
 		require.Equal(t, []string{ledger.ProblemTransferFlow}, kinds(rep.Problems), "%v", rep.Problems)
 		assert.Equal(t, "t1", rep.Problems[0].Transfer)
@@ -430,4 +432,267 @@ func TestVerifyUnderConcurrentWrites(t *testing.T) {
 		rep, err := l.Verify(ctx)
 		return err == nil && rep.OK() && rep.Pending == 0
 	}, 30*time.Second, 20*time.Millisecond, "quiescent: clean and nothing in flight")
+}
+
+// makeTransfers makes one finished transfer of every kind on l and returns them by kind:
+// within a partition, across partitions, refunded because the destination closed between
+// debit and credit, and hold captures to another account within and across partitions.
+// It also leaves a refusal recorded under a transfer ID (no "id" field: not a transfer).
+func makeTransfers(t *testing.T, rdb redis.UniversalClient, l *ledger.Ledger) map[string]ledger.Transfer {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]ledger.Transfer{}
+	get := func(kind, id string) {
+		tr, err := l.GetTransfer(ctx, id)
+		require.NoError(t, err)
+		out[kind] = tr
+	}
+
+	fund(t, l, "shop..alice", 1000)
+	fund(t, l, "shop..bob", 0)
+	_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-same", From: "shop..alice", To: "shop..bob", Currency: "USD", Amount: 100})
+	require.NoError(t, err)
+	get("same", "t-same")
+
+	from, to := apart(l, "x-")
+	fund(t, l, from, 1000)
+	fund(t, l, to, 0)
+	_, err = l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-cross", From: from, To: to, Currency: "USD", Amount: 200})
+	require.NoError(t, err)
+	get("cross", "t-cross")
+
+	rfrom, rto := apart(l, "r-")
+	fund(t, l, rfrom, 1000)
+	fund(t, l, rto, 0)
+	req := ledger.TransferRequest{ID: "t-refund", From: rfrom, To: rto, Currency: "USD", Amount: 300}
+	require.NoError(t, l.StartTransfer(ctx, req))
+	_, err = l.CloseAccount(ctx, rto, ledger.WriteOptions{})
+	require.NoError(t, err)
+	_, err = l.CreateTransfer(ctx, req) // the retry drives it on: the credit is refused
+	require.NoError(t, err)
+	get("refunded", "t-refund")
+
+	for kind, accts := range map[string][2]string{"capture same": {"hs..buyer", "hs..seller"}, "capture cross": {from, to}} {
+		if kind == "capture same" {
+			fund(t, l, accts[0], 1000)
+			fund(t, l, accts[1], 0)
+		}
+		_, err = l.PlaceHold(ctx, ledger.PlaceHold{Account: accts[0], ID: "auth", Currency: "USD", Amount: 50, Timeout: time.Hour})
+		require.NoError(t, err)
+		rc, err := l.CaptureHold(ctx, accts[0], "auth", 40, accts[1], ledger.WriteOptions{})
+		require.NoError(t, err)
+		get(kind, decodeHold(t, rc).TransferID)
+	}
+
+	_, err = l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-refused", From: "shop..bob", To: "shop..alice", Currency: "USD", Amount: 1_000_000})
+	require.ErrorIs(t, err, ledger.ErrInsufficientFunds)
+	refusal, err := rdb.HGetAll(ctx, transferKey(l, "shop..bob", "t-refused")).Result()
+	require.NoError(t, err)
+	require.Equal(t, "1", refusal["refused"], "a refusal is recorded under the transfer's key: %v", refusal)
+
+	for kind, tr := range out {
+		want := ledger.TransferCompleted
+		if kind == "refunded" {
+			want = ledger.TransferRefunded
+		}
+		require.Equal(t, want, tr.Status, kind)
+	}
+	require.Equal(t, "destination account closed", out["refunded"].Reason)
+	require.Equal(t, "auth", out["capture cross"].HoldID)
+	require.NotEqual(t, l.Partition(out["capture cross"].From), l.Partition(out["capture cross"].To))
+	require.Equal(t, l.Partition(out["capture same"].From), l.Partition(out["capture same"].To))
+	return out
+}
+
+// transferKey is the key of a transfer's record, in its source account's partition.
+func transferKey(l *ledger.Ledger, from, id string) string {
+	return l.Prefix() + ":{" + strconv.Itoa(l.Partition(from)) + "}:transfer:" + id
+}
+
+// TestVerifyTransferRecords checks that Verify compares every transfer's record (what GET
+// /v1/transfers/{id} answers) with its steps: a ledger with transfers of every kind is
+// clean, and each way of corrupting a finished transfer's record is reported as exactly
+// one transfer_record violation naming the transfer.
+func TestVerifyTransferRecords(t *testing.T) {
+	rdb := redistest.MustStart(t).Client()
+	ctx := context.Background()
+	l := MustOpen(t, rdb, ledger.Config{})
+	trs := makeTransfers(t, rdb, l)
+	noOutbox := ledger.VerifyOptions{Consumers: []string{}}
+
+	clean := func(t *testing.T, opts ledger.VerifyOptions) {
+		t.Helper()
+		rep := mustVerify(t, l, opts)
+		require.True(t, rep.OK(), "%v", rep.Problems)
+		assert.Empty(t, rep.Warnings)
+		assert.Equal(t, len(trs), rep.Transfers, "the refusal is not a transfer")
+		assert.Zero(t, rep.Pending)
+	}
+	t.Run("transfers of every kind verify", func(t *testing.T) {
+		clean(t, ledger.VerifyOptions{})
+		clean(t, ledger.VerifyOptions{StuckAfter: time.Nanosecond})
+	})
+
+	// corrupt applies edit to the record of trs[kind] (and its partition's pending index),
+	// requires Verify with opts to report exactly one transfer_record violation about it
+	// with a detail containing want (none when want is empty), then puts record and index
+	// back.
+	corrupt := func(t *testing.T, kind string, opts ledger.VerifyOptions, want string, edit func(rec, index string)) {
+		t.Helper()
+		tr := trs[kind]
+		rec, index := transferKey(l, tr.From, tr.ID), l.TransfersPendingKey(tr.From)
+		saved, err := rdb.HGetAll(ctx, rec).Result()
+		require.NoError(t, err)
+		defer func() {
+			require.NoError(t, rdb.Del(ctx, rec).Err())
+			require.NoError(t, rdb.HSet(ctx, rec, saved).Err())
+			require.NoError(t, rdb.ZRem(ctx, index, tr.ID).Err())
+			clean(t, noOutbox)
+		}()
+		edit(rec, index)
+		rep := mustVerify(t, l, opts)
+		if want == "" {
+			require.True(t, rep.OK(), "%v", rep.Problems)
+			assert.Empty(t, rep.Warnings)
+			return
+		}
+		require.Equal(t, []string{ledger.ProblemTransferRecord}, kinds(rep.Problems), "%v", rep.Problems)
+		p := rep.Problems[0]
+		assert.Equal(t, tr.ID, p.Transfer)
+		assert.Equal(t, tr.From, p.Account)
+		require.NotNil(t, p.Partition)
+		assert.Equal(t, l.Partition(tr.From), *p.Partition)
+		assert.Contains(t, p.Detail, want)
+	}
+	set := func(fields ...any) func(rec, index string) {
+		return func(rec, _ string) { require.NoError(t, rdb.HSet(ctx, rec, fields...).Err()) }
+	}
+	index := func(id string) func(rec, index string) {
+		return func(_, index string) { require.NoError(t, rdb.ZAdd(ctx, index, redis.Z{Score: 1, Member: id}).Err()) }
+	}
+
+	t.Run("completed, but the source was refunded", func(t *testing.T) {
+		corrupt(t, "refunded", noOutbox, "the steps say refunded, its record says completed", set("status", ledger.TransferCompleted))
+	})
+	t.Run("refunded, but the destination was credited", func(t *testing.T) {
+		for _, kind := range []string{"same", "cross", "capture same", "capture cross"} {
+			t.Run(kind, func(t *testing.T) {
+				corrupt(t, kind, noOutbox, "the steps say completed, its record says refunded", set("status", ledger.TransferRefunded, "reason", "destination account closed"))
+			})
+		}
+	})
+	t.Run("pending although credited", func(t *testing.T) {
+		tr := trs["cross"]
+		pending := func(rec, idx string) {
+			set("status", ledger.TransferPending)(rec, idx)
+			require.NoError(t, rdb.HDel(ctx, rec, "completed_at").Err())
+		}
+		indexedPending := func(rec, idx string) {
+			pending(rec, idx)
+			require.NoError(t, rdb.ZAdd(ctx, idx, redis.Z{Score: float64(tr.CreatedAt.UnixMilli()), Member: tr.ID}).Err())
+		}
+		// As Redis Cluster leaves it between the credit and the step that completes the
+		// record: not reported until StuckAfter has passed since the credit.
+		corrupt(t, "cross", noOutbox, "", indexedPending)
+		corrupt(t, "cross", ledger.VerifyOptions{Consumers: []string{}, StuckAfter: time.Nanosecond}, "but its record still says pending", indexedPending)
+		// Outside the pending index nothing would ever complete it: reported at once.
+		corrupt(t, "cross", noOutbox, "its record says pending, outside the pending-transfers index", pending)
+		corrupt(t, "same", noOutbox, "its record says pending, outside the pending-transfers index", pending)
+	})
+	t.Run("pending although refunded", func(t *testing.T) {
+		corrupt(t, "refunded", noOutbox, "the steps say refunded, its record says pending", func(rec, idx string) {
+			set("status", ledger.TransferPending)(rec, idx)
+			index(trs["refunded"].ID)(rec, idx)
+		})
+	})
+	t.Run("finished, but still in the pending index", func(t *testing.T) {
+		for _, kind := range []string{"same", "cross", "refunded", "capture same", "capture cross"} {
+			t.Run(kind, func(t *testing.T) {
+				corrupt(t, kind, noOutbox, "still in the pending-transfers index", index(trs[kind].ID))
+			})
+		}
+	})
+	t.Run("amount, currency, accounts or hold disagree", func(t *testing.T) {
+		tr := trs["capture cross"]
+		for _, f := range []struct{ field, value, want string }{
+			{"amount", "999", fmt.Sprintf("the steps say %s→%s 40 USD (hold \"auth\"), the record %s→%s 999 USD (hold \"auth\")", tr.From, tr.To, tr.From, tr.To)},
+			{"currency", "EUR", "40 EUR"},
+			{"from", "mallory", "the record mallory→" + tr.To},
+			{"to", "mallory", "the record " + tr.From + "→mallory"},
+			{"hold_id", "other", `(hold "other")`},
+			{"id", "t-other", `its record names transfer "t-other"`},
+		} {
+			t.Run(f.field, func(t *testing.T) { corrupt(t, "capture cross", noOutbox, f.want, set(f.field, f.value)) })
+		}
+	})
+	t.Run("record missing or unreadable", func(t *testing.T) {
+		del := func(rec, _ string) { require.NoError(t, rdb.Del(ctx, rec).Err()) }
+		corrupt(t, "cross", noOutbox, "completed, but its transfer record is missing", del)
+		corrupt(t, "refunded", noOutbox, "refunded, but its transfer record is missing", del)
+		// A refusal's fields under the ID are no transfer either.
+		corrupt(t, "same", noOutbox, "completed, but its transfer record is missing", func(rec, idx string) {
+			del(rec, idx)
+			set("fp", "x", "body", `{"code":"insufficient_funds"}`, "refused", "1")(rec, idx)
+		})
+		corrupt(t, "cross", noOutbox, "has no completed_at", func(rec, _ string) { require.NoError(t, rdb.HDel(ctx, rec, "completed_at").Err()) })
+		corrupt(t, "cross", noOutbox, `status "done", which no transfer has`, set("status", "done"))
+		corrupt(t, "cross", noOutbox, "amount", set("amount", "lots"))
+	})
+}
+
+// splitRead is a go-redis hook that, once, sends a pipeline that reads record apart: the
+// commands up to that HGETALL, then between(), then the rest.
+type splitRead struct {
+	record  string
+	between func()
+	done    bool
+}
+
+func (h *splitRead) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *splitRead) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *splitRead) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for i, c := range cmds {
+			if h.done || i+1 == len(cmds) || c.Name() != "hgetall" || c.Args()[1] != h.record {
+				continue
+			}
+			h.done = true
+			err := next(ctx, cmds[:i+1])
+			h.between()
+			if err2 := next(ctx, cmds[i+1:]); err == nil {
+				err = err2
+			}
+			return err
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestVerifyTransferFinishingWhileRead finishes an in-flight transfer between Verify's read
+// of its record (pending) and of its pending-index entry (gone by then): the record and the
+// entry change together, so Verify must not take the pair for a pending record outside the
+// index. It fails when Verify does not read such a record again.
+func TestVerifyTransferFinishingWhileRead(t *testing.T) {
+	srv := redistest.MustStart(t)
+	ctx := context.Background()
+	l := MustOpen(t, srv.Client(), ledger.Config{})
+	from, to := apart(l, "m-")
+	fund(t, l, from, 500)
+	fund(t, l, to, 0)
+	req := ledger.TransferRequest{ID: "t-mid", From: from, To: to, Currency: "USD", Amount: 200}
+	require.NoError(t, l.StartTransfer(ctx, req))
+
+	hook := &splitRead{record: transferKey(l, from, req.ID), between: func() {
+		res, err := l.CreateTransfer(ctx, req) // the retry drives it to completion
+		require.NoError(t, err)
+		require.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
+	}}
+	vc := srv.Client()
+	vc.AddHook(hook)
+	rep := mustVerify(t, MustOpen(t, vc, ledger.Config{}), ledger.VerifyOptions{Consumers: []string{}})
+	require.True(t, hook.done, "the record was read apart from its index entry")
+	require.True(t, rep.OK(), "%v", rep.Problems)
+	assert.Empty(t, rep.Warnings)
+	assert.Equal(t, 1, rep.Pending, "in flight in the cut, which was read before the credit")
+	assert.Zero(t, rep.InFlight.Get("USD").Cmp(big.NewInt(200)))
 }
