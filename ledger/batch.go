@@ -34,6 +34,8 @@ type BatchOp struct {
 	Amount   int64
 	Timeout  time.Duration // hold
 	Metadata map[string]string
+
+	randomID bool // ID was picked by Batch
 }
 
 // BatchResult is the outcome of one operation: its response body, or its error.
@@ -81,7 +83,7 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 	ids := map[string]int{} // an operation's record, by kind and scope
 	for i := range ops {
 		if atomic && (ops[i].Type == OpTransfer || ops[i].Type == OpHold) && ops[i].ID == "" {
-			ops[i].ID = newToken() // its records are written by the batch's script
+			ops[i].ID, ops[i].randomID = newToken(), true // its records are written by the batch's script
 		}
 		if err := ops[i].validate(); err != nil {
 			return nil, false, fmt.Errorf("operations[%d]: %w", i, err)
@@ -273,7 +275,7 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	var claimed, unclaimed []BatchOp
 	release := func() {
 		for _, op := range claimed {
-			l.releaseTransferID(ctx, op.ID, op.From)
+			l.releaseTransferID(ctx, op.ID, op.From, !op.randomID)
 		}
 	}
 	for i, op := range ops {

@@ -282,7 +282,7 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
 		if claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
-			l.releaseTransferID(ctx, req.ID, req.From) // not made: the claim expires
+			l.releaseTransferID(ctx, req.ID, req.From, named) // not made: the claim expires
 		}
 		return TransferResult{}, err
 	}
@@ -336,7 +336,7 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (clai
 	switch {
 	case err != nil:
 		if claimed {
-			l.releaseTransferID(ctx, id, from)
+			l.releaseTransferID(ctx, id, from, true)
 		}
 		return false, nil, err
 	case !a.exists():
@@ -347,10 +347,11 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (clai
 	return claimed, toErr, nil
 }
 
-// releaseIndexScript gives a transfer ID's index entry the lifetime ARGV[2] (ms) if it still
-// names the source ARGV[1].
+// releaseIndexScript gives a transfer ID's index entry the lifetime ARGV[2] (ms), or deletes
+// it (ARGV[2] empty), if it still names the source ARGV[1].
 var releaseIndexScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 
 // releaseTransferID gives up, after the idempotency TTL, the claim prepareTransfer made for a
@@ -362,7 +363,14 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 // index for good: the release checks for it after setting the lifetime, the duplicate that
 // made it takes the lifetime off after its commit (keepTransferID), so whichever runs last
 // sees the other.
-func (l *Ledger) releaseTransferID(ctx context.Context, id, from string) {
+//
+// A random ID (named false: the ledger picked it, nobody else knows it) has no duplicate:
+// its claim is simply deleted.
+func (l *Ledger) releaseTransferID(ctx context.Context, id, from string, named bool) {
+	if !named {
+		_ = releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from, "").Err()
+		return
+	}
 	rec := l.store.keys.transfer(l.store.keys.partition(from), id)
 	made := func() bool {
 		n, err := l.store.rdb.HExists(ctx, rec, "id").Result()
