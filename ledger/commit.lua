@@ -16,8 +16,10 @@
 -- then per account: slice, snapshot key index, events key index, expected version, account ID,
 --   events n, snapshot fields m, deleted fields k, then n x (version, type, event JSON),
 --   m x (field, value), k x field
--- then per record: slice, key index, kind ("idem" | "op" | "mark" | "refusal"), fingerprint,
---   response body (of a refusal: the encoded refusal)
+-- then per record: slice, key index, kind ("idem" | "op" | "op-new" | "mark" | "refusal"),
+--   fingerprint, response body (of a refusal: the encoded refusal). "op" records (internal
+--   tokens) are one string "<fingerprint> <body>"; "op-new" is a token never sent before,
+--   which cannot exist, so it is not checked.
 -- then per guard: slice, key index (a key that must not exist: a resource ID already taken)
 -- then per write: slice, command (HSET | HDEL | ZADD | ZREM | PEXPIRE), key index,
 --   argument count c, c x argument
@@ -67,7 +69,7 @@ for i = 1, R do
     return {'DUPLICATE', tostring(i)}
   end
   seen[key] = true
-  if not skip[ARGV[a]] and redis.call('EXISTS', key) == 1 then
+  if not skip[ARGV[a]] and ARGV[a + 2] ~= 'op-new' and redis.call('EXISTS', key) == 1 then
     return {'IDEM', tostring(i)}
   end
   a = a + 5
@@ -122,18 +124,18 @@ a = records
 for _ = 1, R do
   if not skip[ARGV[a]] then
     local key, kind = KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2]
-    if kind == 'refusal' then
+    if kind == 'op' or kind == 'op-new' then
+      redis.call('SET', key, ARGV[a + 3] .. ' ' .. ARGV[a + 4], 'PX', ARGV[6])
+    elseif kind == 'refusal' then
       -- A refused request with a client's key or resource ID: kept as long as a client key.
       redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4], 'refused', '1')
       redis.call('PEXPIRE', key, ARGV[5])
     else
       redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4])
+      if kind == 'idem' then
+        redis.call('PEXPIRE', key, ARGV[5])
+      end -- 'mark': a resource record (hold, transfer, transfer step), kept
     end
-    if kind == 'idem' then
-      redis.call('PEXPIRE', key, ARGV[5])
-    elseif kind == 'op' then
-      redis.call('PEXPIRE', key, ARGV[6])
-    end -- 'mark': a resource record (hold, transfer, transfer step), kept
   end
   a = a + 5
 end

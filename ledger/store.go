@@ -78,11 +78,33 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 		snaps[i] = pipe.HGetAll(ctx, s.keys.snapshot(s.keys.partition(id), id))
 	}
 	recs := make([]*redis.MapStringStringCmd, len(refs))
+	ops := make([]*redis.StringCmd, len(refs))
 	for i, r := range refs {
-		recs[i] = pipe.HGetAll(ctx, r.key)
+		if r.kind == "op" {
+			ops[i] = pipe.Get(ctx, r.key) // a string: see opRecord
+		} else {
+			recs[i] = pipe.HGetAll(ctx, r.key)
+		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, nil, storeErr(ctx, err)
+		// A missing token is a nil reply, and Exec reports the first error of any command:
+		// look at each.
+		var cmds []redis.Cmder
+		for _, c := range snaps {
+			cmds = append(cmds, c)
+		}
+		for i := range refs {
+			if recs[i] != nil {
+				cmds = append(cmds, recs[i])
+			} else {
+				cmds = append(cmds, ops[i])
+			}
+		}
+		for _, c := range cmds {
+			if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return nil, nil, storeErr(ctx, err)
+			}
+		}
 	}
 	out := make(map[string]snapshot, len(accounts))
 	for i, id := range accounts {
@@ -99,6 +121,16 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 	}
 	found := make([]record, len(refs))
 	for i, c := range recs {
+		if c == nil {
+			if v, err := ops[i].Result(); err == nil {
+				fp, body, ok := strings.Cut(v, " ")
+				if !ok {
+					return nil, nil, fmt.Errorf("%w: corrupt operation record %s", ErrInternal, refs[i].key)
+				}
+				found[i] = record{found: true, fingerprint: fp, body: []byte(body)}
+			}
+			continue
+		}
 		v := c.Val()
 		if fp, ok := v["fp"]; ok {
 			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"]), refused: v["refused"] == "1"}
@@ -106,6 +138,11 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 	}
 	return out, found, nil
 }
+
+// An internal token's record (kind "op") is one string, "<fingerprint> <body>", written with
+// its lifetime in one SET: every keyless write carries one, so it costs one command, not a
+// hash, a PEXPIRE and an EXISTS. A token is random and new, so the EXISTS check is skipped
+// ("op-new") until a commit carrying it has been sent once (request.sent).
 
 // account returns the snapshot of one account (version 0 when it does not exist).
 func (s *store) account(ctx context.Context, account string, now time.Time) (*Account, error) {
@@ -203,6 +240,7 @@ type recordWrite struct {
 	fingerprint string
 	body        []byte
 	refused     bool
+	fresh       bool // an internal token never sent before: it cannot exist yet
 }
 
 // write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
@@ -302,8 +340,11 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 	}
 	for _, r := range pl.records {
 		kind := r.ref.kind
-		if r.refused {
+		switch {
+		case r.refused:
 			kind = "refusal"
+		case kind == "op" && r.fresh:
+			kind = "op-new"
 		}
 		args = append(args, r.slice+1, key(r.ref.key), kind, r.fingerprint, string(r.body))
 	}

@@ -19,6 +19,9 @@ type request struct {
 	cmd  command
 	ref  recordRef
 	fp   string
+	// sent is set once a commit carrying this request's record went to Redis: until then a
+	// fresh internal token cannot exist there, and the read skips it.
+	sent bool
 	lead chan struct{} // receives when this request becomes its partition's leader
 	done chan struct{} // closed when receipt/err are set
 
@@ -307,9 +310,17 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		return nil, nil
 	}
 	accounts := touched(pending)
-	refs := make([]recordRef, len(pending))
+	// The records to read: every client-named one (another request may have written it),
+	// and an internal token only once a commit carrying it was sent (its outcome unknown).
+	refs := make([]recordRef, 0, len(pending))
+	at := make([]int, len(pending)) // index into refs, or -1
 	for i, r := range pending {
-		refs[i] = r.ref
+		if r.ref.kind == "op" && !r.sent {
+			at[i] = -1
+			continue
+		}
+		at[i] = len(refs)
+		refs = append(refs, r.ref)
 	}
 	now := l.cfg.Clock()
 	snaps, recs, err := l.store.read(ctx, accounts, refs, now)
@@ -320,17 +331,21 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	// Requests already answered by a record are settled without deciding anything.
 	live := pending[:0:0]
 	for i, r := range pending {
+		var rec record
+		if at[i] >= 0 {
+			rec = recs[at[i]]
+		}
 		switch {
-		case !recs[i].found:
+		case !rec.found:
 			live = append(live, r)
-		case recs[i].fingerprint != r.fp:
+		case rec.fingerprint != r.fp:
 			r.finish(Receipt{}, ErrIdempotencyKeyReused)
-		case recs[i].refused:
+		case rec.refused:
 			l.stats.replays.Add(1)
-			r.finish(Receipt{}, decodeRefusal(recs[i].body))
+			r.finish(Receipt{}, decodeRefusal(rec.body))
 		default:
 			l.stats.replays.Add(1)
-			r.finish(Receipt{Body: recs[i].body, Replayed: r.ref.kind != "op"}, nil)
+			r.finish(Receipt{Body: rec.body, Replayed: r.ref.kind != "op"}, nil)
 		}
 	}
 
@@ -405,7 +420,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			writeOwner = append(writeOwner, len(accepted))
 		}
 		groups.join(r.cmd.accounts())
-		records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw})
+		records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw, fresh: !r.sent})
 		claimed[r.ref.key] = len(accepted)
 		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
@@ -440,6 +455,9 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	}
 	if l.beforeCommit != nil {
 		l.beforeCommit()
+	}
+	for _, r := range accepted {
+		r.sent = true
 	}
 	out, err := l.store.write(ctx, pl, [2]int64{l.cfg.IdempotencyTTL.Milliseconds(), l.cfg.OperationTokenTTL.Milliseconds()})
 	if err != nil {
