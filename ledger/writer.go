@@ -15,10 +15,10 @@ import (
 
 // request is one write waiting for its result.
 type request struct {
-	ctx  context.Context
-	cmd  command
-	ref  recordRef
-	fp   string
+	ctx context.Context
+	cmd command
+	ref recordRef
+	fp  string
 	// sent is set once a commit carrying this request's record went to Redis: until then a
 	// fresh internal token cannot exist there, and the read skips it.
 	sent bool
