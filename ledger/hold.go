@@ -355,7 +355,11 @@ func (l *Ledger) holdErr(ctx context.Context, account, hold string, err error) e
 	case xerr != nil:
 		return storeErr(ctx, xerr)
 	case !placed:
-		return fmt.Errorf("%w: hold %s of %s", ErrNotFound, hold, account)
+		nf := fmt.Errorf("%w: hold %s of %s", ErrNotFound, hold, account)
+		if IsReplayed(err) { // the same answer, still marked as the replay it is
+			return &ReplayedError{err: ErrNotFound, msg: nf.Error()}
+		}
+		return nf
 	}
 	return err
 }
