@@ -322,8 +322,9 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 		require.Contains(t, finals, id, "steps of transfer %s, which no request made", id)
 	}
 
-	// Every answer agrees with the record.
+	// Every answer agrees with the record; a refusal is final.
 	outcomes := map[string]int{}
+	var refused []sagaAnswer
 	for _, a := range answers {
 		final, ok := finals[a.v.id]
 		switch {
@@ -351,8 +352,12 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 		case errors.Is(a.err, ledger.ErrAccountClosed):
 			outcomes["closed"]++
 			require.True(t, closed[a.v.to], "transfer %s: %v, but %s was never closed", a.v.id, a.err, a.v.to)
+			require.False(t, ok, "transfer %s was refused (%v), yet made: %+v", a.v.id, a.err, final)
+			refused = append(refused, a)
 		case errors.Is(a.err, ledger.ErrInsufficientFunds):
 			outcomes["insufficient"]++
+			require.False(t, ok, "transfer %s was refused (%v), yet made: %+v", a.v.id, a.err, final)
+			refused = append(refused, a)
 		case errors.Is(a.err, context.Canceled):
 			outcomes["canceled"]++
 		default:
@@ -361,6 +366,16 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 	}
 	for a, n := range want {
 		require.Equal(t, n, posted(t, ls[0], a), "%s: funding, deposits and withdrawals, and the completed transfers", a)
+	}
+	// A refused request sent again, whatever the balances now, replays its refusal.
+	for _, a := range refused {
+		_, err := ls[rng.IntN(2)].CreateTransfer(ctx, ledger.TransferRequest{ID: a.v.id, From: a.v.from, To: a.v.to, Currency: "USD", Amount: a.v.amount})
+		require.Error(t, err, "transfer %s: refused, then made by a late retry", a.v.id)
+		require.Equal(t, a.err.Error(), err.Error(), "transfer %s: a late retry got another answer", a.v.id)
+		require.True(t, ledger.IsReplayed(err), "transfer %s: a late retry was decided again instead of replayed", a.v.id)
+	}
+	for a, n := range want {
+		require.Equal(t, n, posted(t, ls[0], a), "%s: the late retries moved money", a)
 	}
 	t.Logf("%d transfer IDs (%d completed, %d refunded), %d requests: %v; %d closed; stats %+v / %+v",
 		len(ids), completed, refunded, len(answers), outcomes, len(closed), ls[0].Stats(), ls[1].Stats())
