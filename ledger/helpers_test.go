@@ -3,6 +3,8 @@ package ledger_test
 import (
 	"context"
 	"encoding/json"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -63,4 +65,26 @@ func runSweeper(t *testing.T, l *ledger.Ledger, cfg ledger.SweeperConfig) (stop 
 		cancel()
 		require.NoError(t, <-done)
 	}
+}
+
+// holdCommit makes the nth commit attempt of l (counted from now) wait, after its read, until
+// release is called; entered is closed when it starts waiting. The hook is removed when the
+// test ends, and release is safe to call more than once.
+func holdCommit(t *testing.T, l *ledger.Ledger, n int64) (entered <-chan struct{}, release func()) {
+	t.Helper()
+	var calls atomic.Int64
+	in, out := make(chan struct{}), make(chan struct{})
+	l.SetBeforeCommit(func() {
+		if calls.Add(1) == n {
+			close(in)
+			<-out
+		}
+	})
+	var once sync.Once
+	release = func() { once.Do(func() { close(out) }) }
+	t.Cleanup(func() {
+		release()
+		l.SetBeforeCommit(nil)
+	})
+	return in, release
 }

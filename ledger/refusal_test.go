@@ -3,7 +3,6 @@ package ledger_test
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,14 +52,7 @@ func TestStaleAttemptAfterRefusal(t *testing.T) {
 					fund(t, first, from, 100)
 					fund(t, first, to, 0)
 
-					held, release := make(chan struct{}), make(chan struct{})
-					var calls atomic.Int32
-					first.SetBeforeCommit(func() {
-						if calls.Add(1) == 1 {
-							close(held)
-							<-release
-						}
-					})
+					held, release := holdCommit(t, first, 1)
 					stale := make(chan error, 1)
 					go func() { stale <- c.do(ctx, first, from, to) }()
 					select {
@@ -78,7 +70,7 @@ func TestStaleAttemptAfterRefusal(t *testing.T) {
 					_, err = second.Deposit(ctx, ledger.Deposit{Account: from, Currency: "USD", Amount: 1000}, ledger.WriteOptions{})
 					require.NoError(t, err)
 
-					close(release)
+					release()
 					err = <-stale
 					require.ErrorIs(t, err, ledger.ErrInsufficientFunds, "the first attempt, woken after its client was refused")
 					assert.True(t, ledger.IsReplayed(err))
@@ -199,14 +191,7 @@ func TestUnmadeTransferKeepsItsID(t *testing.T) {
 	for _, id := range []string{src, other, dst} {
 		fund(t, l, id, 100)
 	}
-	held, release := make(chan struct{}), make(chan struct{})
-	var calls atomic.Int32
-	l.SetBeforeCommit(func() {
-		if calls.Add(1) == 1 {
-			close(held)
-			<-release
-		}
-	})
+	held, release := holdCommit(t, l, 1)
 	done := make(chan error, 1)
 	go func() {
 		_, err := l.Deposit(ctx, ledger.Deposit{Account: src, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
@@ -216,7 +201,7 @@ func TestUnmadeTransferKeepsItsID(t *testing.T) {
 	req := ledger.TransferRequest{ID: "t-unmade", From: src, To: dst, Currency: "USD", Amount: 10}
 	_, err := l.CreateTransfer(ctx, req)
 	require.ErrorIs(t, err, ledger.ErrOverloaded, "the source's queue is full: nothing committed")
-	close(release)
+	release()
 	require.NoError(t, <-done)
 
 	stolen := req

@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,99 +119,66 @@ func TestCreditCompletesOnceUnderConcurrentDrivers(t *testing.T) {
 }
 
 // The process manager of the process whose request is still driving a transfer waits for
-// that request instead of running the same steps beside it: no step is replayed.
+// that request instead of running the same steps beside it: no step is replayed. The
+// request is a transfer, or a capture with a destination in another partition.
 func TestTransferManagerWaitsForTheRequest(t *testing.T) {
-	ctx := context.Background()
-	rdb := redistest.MustStart(t).Client()
-	l := MustOpen(t, rdb, ledger.Config{Prefix: "tmw"})
-	from, to := apart(l, "tmw-")
-	fund(t, l, from, 100)
-	fund(t, l, to, 0)
+	for _, c := range []struct {
+		name string
+		// setup prepares what the request needs; send makes the request; its event is the
+		// one the transfer manager acts on.
+		setup func(ctx context.Context, l *ledger.Ledger, from string) error
+		send  func(ctx context.Context, l *ledger.Ledger, from, to string) error
+		event string
+	}{
+		{"transfer", func(context.Context, *ledger.Ledger, string) error { return nil },
+			func(ctx context.Context, l *ledger.Ledger, from, to string) error {
+				_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-tmw", From: from, To: to, Currency: "USD", Amount: 30})
+				return err
+			}, ledger.EventTransferDebited},
+		{"capture", func(ctx context.Context, l *ledger.Ledger, from string) error {
+			_, err := l.PlaceHold(ctx, ledger.PlaceHold{Account: from, ID: "h-tmw", Currency: "USD", Amount: 30, Timeout: time.Minute})
+			return err
+		}, func(ctx context.Context, l *ledger.Ledger, from, to string) error {
+			_, err := l.CaptureHold(ctx, from, "h-tmw", 0, to, ledger.WriteOptions{})
+			return err
+		}, ledger.EventHoldCaptured},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := redistest.MustStart(t).Client()
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "tmw"})
+			from, to := apart(l, "tmw-")
+			fund(t, l, from, 100)
+			fund(t, l, to, 0)
+			require.NoError(t, c.setup(ctx, l, from))
 
-	// Hold the request in its second commit (the credit; the first is the debit).
-	var calls atomic.Int64
-	entered, release := make(chan struct{}), make(chan struct{})
-	l.SetBeforeCommit(func() {
-		if calls.Add(1) == 2 {
-			close(entered)
-			<-release
-		}
-	})
-	defer l.SetBeforeCommit(nil)
-	before := l.Stats()
-	done := make(chan error, 1)
-	go func() {
-		_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-tmw", From: from, To: to, Currency: "USD", Amount: 30})
-		done <- err
-	}()
-	select {
-	case <-entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request never reached its credit")
+			// Hold the request in its second commit (the credit; the first debits).
+			entered, release := holdCommit(t, l, 2)
+			before := l.Stats()
+			done := make(chan error, 1)
+			go func() { done <- c.send(ctx, l, from, to) }()
+			select {
+			case <-entered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request never reached its credit")
+			}
+			events, _, err := l.Events(ctx, from, 0, ledger.MaxEventsPage)
+			require.NoError(t, err)
+			last := events[len(events)-1]
+			require.Equal(t, c.event, last.Type)
+			delivered := make(chan error, 1)
+			go func() {
+				delivered <- l.TransferManager().Deliver(ctx, []outbox.Message{projectorMessage(l.Partition(from), last)})
+			}()
+			// The manager is either waiting for the request (right) or queued behind its
+			// credit to run the credit again (wrong; it would replay it once released).
+			require.Eventually(t, func() bool { return l.DrivingWaiters() == 1 || l.Waiting(to) == 1 }, 10*time.Second, time.Millisecond)
+			release()
+			require.NoError(t, <-done)
+			require.NoError(t, <-delivered)
+			assert.Zero(t, l.Stats().Replays-before.Replays, "the manager ran a step the request was running")
+			assert.Equal(t, int64(30), posted(t, l, to))
+			requireVerified(t, l)
+		})
 	}
-	msg := debitedMessage(t, l, from, "t-tmw")
-	delivered := make(chan error, 1)
-	go func() { delivered <- l.TransferManager().Deliver(ctx, []outbox.Message{msg}) }()
-	// The manager is either waiting for the request (right) or queued behind its credit to
-	// run the credit again (wrong; it would replay it once released).
-	require.Eventually(t, func() bool { return l.DrivingWaiters() == 1 || l.Waiting(to) == 1 }, 10*time.Second, time.Millisecond)
-	close(release)
-	require.NoError(t, <-done)
-	require.NoError(t, <-delivered)
-	assert.Zero(t, l.Stats().Replays-before.Replays, "the manager ran a step the request was running")
-	got, err := l.GetTransfer(ctx, "t-tmw")
-	require.NoError(t, err)
-	assert.Equal(t, ledger.TransferCompleted, got.Status)
-	assert.Equal(t, int64(30), posted(t, l, to))
-	requireVerified(t, l)
-}
-
-// The same for a capture with a destination in another partition: the request that
-// captured drives the transfer it made, and the manager waits for it.
-func TestTransferManagerWaitsForTheCapture(t *testing.T) {
-	ctx := context.Background()
-	rdb := redistest.MustStart(t).Client()
-	l := MustOpen(t, rdb, ledger.Config{Prefix: "tmwc"})
-	from, to := apart(l, "tmwc-")
-	fund(t, l, from, 100)
-	fund(t, l, to, 0)
-	_, err := l.PlaceHold(ctx, ledger.PlaceHold{Account: from, ID: "h-tmwc", Currency: "USD", Amount: 30, Timeout: time.Minute})
-	require.NoError(t, err)
-
-	// Hold the request in its second commit (the credit; the first is the capture).
-	var calls atomic.Int64
-	entered, release := make(chan struct{}), make(chan struct{})
-	l.SetBeforeCommit(func() {
-		if calls.Add(1) == 2 {
-			close(entered)
-			<-release
-		}
-	})
-	defer l.SetBeforeCommit(nil)
-	before := l.Stats()
-	done := make(chan error, 1)
-	go func() {
-		_, err := l.CaptureHold(ctx, from, "h-tmwc", 0, to, ledger.WriteOptions{})
-		done <- err
-	}()
-	select {
-	case <-entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the capture never reached its credit")
-	}
-	events, _, err := l.Events(ctx, from, 0, ledger.MaxEventsPage)
-	require.NoError(t, err)
-	captured := events[len(events)-1]
-	require.Equal(t, ledger.EventHoldCaptured, captured.Type)
-	delivered := make(chan error, 1)
-	go func() {
-		delivered <- l.TransferManager().Deliver(ctx, []outbox.Message{projectorMessage(l.Partition(from), captured)})
-	}()
-	require.Eventually(t, func() bool { return l.DrivingWaiters() == 1 || l.Waiting(to) == 1 }, 10*time.Second, time.Millisecond)
-	close(release)
-	require.NoError(t, <-done)
-	require.NoError(t, <-delivered)
-	assert.Zero(t, l.Stats().Replays-before.Replays, "the manager ran a step the capture was running")
-	assert.Equal(t, int64(30), posted(t, l, to))
-	requireVerified(t, l)
 }
