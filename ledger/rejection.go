@@ -18,9 +18,10 @@ import (
 // whose client was told it failed. Stripe's idempotency layer and TigerBeetle's
 // id_already_failed make the same choice.
 //
-// Only the refusals a decision makes are recorded. Malformed requests (400) are refused
-// before anything is read, and outages, conflicts and cancellations (409 version_conflict,
-// 503, a timeout) say nothing final: a retry with the key decides them.
+// Only the refusals a decision makes on the ledger's state are recorded (the list below).
+// Malformed requests (400) are refused before anything is read and record nothing, and
+// outages, conflicts and cancellations (409 version_conflict, 503, a timeout) say nothing
+// final: a retry with the key decides them.
 
 // recordedRefusals names every error a decision may record, by a code stored in the
 // record. The codes are part of the data format: never change one, only add.
@@ -37,7 +38,6 @@ var recordedRefusals = []struct {
 	{"hold_not_pending", ErrHoldNotPending},
 	{"amount_exceeds_hold", ErrAmountExceedsHold},
 	{"not_found", ErrNotFound},
-	{"invalid", ErrInvalid},
 }
 
 // ReplayedError is a refusal answered from the record of an earlier request with the same
