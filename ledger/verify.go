@@ -883,6 +883,7 @@ func (v *verifier) transferRecord(ctx context.Context, f *flow, rec map[string]s
 			} else {
 				bad("%s, but its record says pending, outside the pending-transfers index: nothing will finish it", done)
 			}
+			return nil // reported: the status compared below says the same again
 		}
 	case TransferCompleted, TransferRefunded:
 		if indexed {

@@ -604,6 +604,8 @@ func TestVerifyTransferRecords(t *testing.T) {
 			set("status", ledger.TransferPending)(rec, idx)
 			index(trs["refunded"].ID)(rec, idx)
 		})
+		// Outside the index: one violation, not a second for the status.
+		corrupt(t, "refunded", noOutbox, "refunded, but its record says pending, outside the pending-transfers index", set("status", ledger.TransferPending))
 	})
 	t.Run("finished, but still in the pending index", func(t *testing.T) {
 		for _, kind := range []string{"same", "cross", "refunded", "capture same", "capture cross"} {
