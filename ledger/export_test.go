@@ -63,7 +63,7 @@ func (l *Ledger) CommitRecordsTwice(ctx context.Context, account string, key str
 	_, err = l.store.write(ctx, plan{
 		partition: p,
 		accounts:  []accountWrite{{before: snaps[account], after: d.accs[account], events: d.events[account]}},
-		records:   []recordWrite{{ref: ref, fingerprint: "a", body: []byte("{}")}, {ref: ref, fingerprint: "a", body: []byte("{}")}},
+		records:   []recordWrite{{ref: ref, kind: "idem", fingerprint: "a", body: []byte("{}")}, {ref: ref, kind: "idem", fingerprint: "a", body: []byte("{}")}},
 	}, [2]int64{60_000, 60_000})
 	return err
 }

@@ -56,6 +56,11 @@ type record struct {
 // Idempotency-Key, "op" for an internal token, "mark" for a resource record kept for good).
 // keepsRefusals is set for records named by a client (its Idempotency-Key, a hold's or
 // transfer's ID): a refusal is recorded under them too, kept as long as a client key.
+//
+// An internal token's record is one string, "<fingerprint> <body>", written with its
+// lifetime in one SET: every keyless write carries one, so it costs one command, not a
+// hash, a PEXPIRE and an EXISTS. A token is random and new: until a commit carrying it has
+// been sent once it is neither read nor checked (kind "op-new", see request.recordKind).
 type recordRef struct {
 	key           string
 	kind          string
@@ -81,25 +86,14 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 	ops := make([]*redis.StringCmd, len(refs))
 	for i, r := range refs {
 		if r.kind == "op" {
-			ops[i] = pipe.Get(ctx, r.key) // a string: see opRecord
+			ops[i] = pipe.Get(ctx, r.key) // a string: see recordRef
 		} else {
 			recs[i] = pipe.HGetAll(ctx, r.key)
 		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if cmds, err := pipe.Exec(ctx); err != nil {
 		// A missing token is a nil reply, and Exec reports the first error of any command:
 		// look at each.
-		var cmds []redis.Cmder
-		for _, c := range snaps {
-			cmds = append(cmds, c)
-		}
-		for i := range refs {
-			if recs[i] != nil {
-				cmds = append(cmds, recs[i])
-			} else {
-				cmds = append(cmds, ops[i])
-			}
-		}
 		for _, c := range cmds {
 			if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
 				return nil, nil, storeErr(ctx, err)
@@ -138,11 +132,6 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 	}
 	return out, found, nil
 }
-
-// An internal token's record (kind "op") is one string, "<fingerprint> <body>", written with
-// its lifetime in one SET: every keyless write carries one, so it costs one command, not a
-// hash, a PEXPIRE and an EXISTS. A token is random and new, so the EXISTS check is skipped
-// ("op-new") until a commit carrying it has been sent once (request.sent).
 
 // account returns the snapshot of one account (version 0 when it does not exist).
 func (s *store) account(ctx context.Context, account string, now time.Time) (*Account, error) {
@@ -232,15 +221,15 @@ func boolString(b bool) string {
 	return "0"
 }
 
-// recordWrite is a response to remember under a record key: a success's body, or (refused)
-// an encoded refusal.
+// recordWrite is a response to remember under a record key: a success's body, or an
+// encoded refusal (kind "refusal"). kind is what the commit script writes it as: the ref's
+// kind, "op-new" or "refusal" (see commit.lua).
 type recordWrite struct {
 	slice       int
 	ref         recordRef
+	kind        string
 	fingerprint string
 	body        []byte
-	refused     bool
-	fresh       bool // an internal token never sent before: it cannot exist yet
 }
 
 // write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
@@ -339,14 +328,7 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		args = append(args, deleted...)
 	}
 	for _, r := range pl.records {
-		kind := r.ref.kind
-		switch {
-		case r.refused:
-			kind = "refusal"
-		case kind == "op" && r.fresh:
-			kind = "op-new"
-		}
-		args = append(args, r.slice+1, key(r.ref.key), kind, r.fingerprint, string(r.body))
+		args = append(args, r.slice+1, key(r.ref.key), r.kind, r.fingerprint, string(r.body))
 	}
 	for _, g := range pl.guards {
 		args = append(args, g.slice+1, key(g.key))

@@ -15,13 +15,11 @@ import (
 
 // request is one write waiting for its result.
 type request struct {
-	ctx context.Context
-	cmd command
-	ref recordRef
-	fp  string
-	// sent is set once a commit carrying this request's record went to Redis: until then a
-	// fresh internal token cannot exist there, and the read skips it.
-	sent bool
+	ctx  context.Context
+	cmd  command
+	ref  recordRef
+	fp   string
+	sent bool          // a commit carrying this request's record went to Redis (see recordKind)
 	lead chan struct{} // receives when this request becomes its partition's leader
 	done chan struct{} // closed when receipt/err are set
 
@@ -39,6 +37,15 @@ func (r *request) finish(rc Receipt, err error) {
 	}
 	r.receipt, r.err = rc, err
 	close(r.done)
+}
+
+// recordKind is the kind r's record is read and written as: an internal token never sent in
+// a commit cannot exist in Redis yet, so it is "op-new" — not read, not checked.
+func (r *request) recordKind() string {
+	if r.ref.kind == "op" && !r.sent {
+		return "op-new"
+	}
+	return r.ref.kind
 }
 
 // errRetry means the attempt changed nothing and should be repeated after a re-read.
@@ -315,7 +322,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	refs := make([]recordRef, 0, len(pending))
 	at := make([]int, len(pending)) // index into refs, or -1
 	for i, r := range pending {
-		if r.ref.kind == "op" && !r.sent {
+		if r.recordKind() == "op-new" {
 			at[i] = -1
 			continue
 		}
@@ -402,7 +409,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 				// Recorded with the version check of what it read, so that it stands only
 				// if it was decided on the current state.
 				groups.join(r.cmd.accounts())
-				records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: rec, refused: true})
+				records = append(records, recordWrite{ref: r.ref, kind: "refusal", fingerprint: r.fp, body: rec})
 				claimed[r.ref.key] = len(accepted)
 				accepted, refusals, bodies = append(accepted, r), append(refusals, err), append(bodies, nil)
 				tr = append(tr, transitions{})
@@ -420,7 +427,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 			writeOwner = append(writeOwner, len(accepted))
 		}
 		groups.join(r.cmd.accounts())
-		records = append(records, recordWrite{ref: r.ref, fingerprint: r.fp, body: raw, fresh: !r.sent})
+		records = append(records, recordWrite{ref: r.ref, kind: r.recordKind(), fingerprint: r.fp, body: raw})
 		claimed[r.ref.key] = len(accepted)
 		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
