@@ -216,7 +216,7 @@ func TestVerifyFindsEachViolation(t *testing.T) {
 
 		// Its record says it was credited (completed as the saga's last step completes it),
 		// but the destination has no credit: lost.
-		trec := l.Prefix() + ":{" + strconv.Itoa(l.Partition(from)) + "}:transfer:t1"
+		trec := transferKey(l, from, "t1")
 		require.NoError(t, rdb.HSet(ctx, trec, "status", ledger.TransferCompleted, "completed_at", time.Now().UTC().Format(time.RFC3339Nano)).Err())
 		require.NoError(t, rdb.ZRem(ctx, l.TransfersPendingKey(from), "t1").Err())
 		rep = mustVerify(t, l, noOutbox)
