@@ -139,11 +139,16 @@ func (m *metrics) committed(pl plan, skipped map[int]bool, requests int, ts []tr
 		}
 	}
 	m.commitAccounts.Observe(float64(accounts))
+	// Summed first: one atomic add per state and commit, not three per request.
+	var sum transitions
 	for _, t := range ts {
-		m.transfersCreated.Add(float64(t.transfersCreated))
-		m.transfersCompleted.Add(float64(t.transfersCompleted))
-		m.transfersRefunded.Add(float64(t.transfersRefunded))
+		sum.transfersCreated += t.transfersCreated
+		sum.transfersCompleted += t.transfersCompleted
+		sum.transfersRefunded += t.transfersRefunded
 	}
+	m.transfersCreated.Add(float64(sum.transfersCreated))
+	m.transfersCompleted.Add(float64(sum.transfersCompleted))
+	m.transfersRefunded.Add(float64(sum.transfersRefunded))
 }
 
 // transferCompleted records a cross-partition transfer marked completed after its credit.
