@@ -311,8 +311,8 @@ func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount i
 		defer l.driving.start(cmd.TransferID)()
 	}
 	rc, err := l.submit(ctx, cmd, opts)
-	if err != nil && claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
-		l.releaseTransferID(ctx, cmd.TransferID, account, false) // not made; derived from the hold, only its captures name the ID
+	if claimed && unmade(err) {
+		l.releaseTransferID(ctx, cmd.TransferID, account, false)
 	}
 	if err == nil && to != "" && !claimed && !rc.Replayed {
 		l.keepTransferID(ctx, cmd.TransferID, account)

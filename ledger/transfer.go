@@ -281,8 +281,8 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark", keepsRefusals: named}
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
-		if claimed && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err) {
-			l.releaseTransferID(ctx, req.ID, req.From, named) // not made: the claim expires
+		if claimed && unmade(err) {
+			l.releaseTransferID(ctx, req.ID, req.From, named)
 		}
 		return TransferResult{}, err
 	}
@@ -364,8 +364,9 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 // made it takes the lifetime off after its commit (keepTransferID), so whichever runs last
 // sees the other.
 //
-// A random ID (named false: the ledger picked it, nobody else knows it) has no duplicate:
-// its claim is simply deleted.
+// An ID nobody else names (named false: picked at random by the ledger, or derived from a
+// hold, which only that hold's captures name) has no duplicate in flight elsewhere: its claim
+// is simply deleted.
 func (l *Ledger) releaseTransferID(ctx context.Context, id, from string, named bool) {
 	if !named {
 		_ = releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from, "").Err()
@@ -386,6 +387,13 @@ func (l *Ledger) releaseTransferID(ctx context.Context, id, from string, named b
 	if made() {
 		l.keepTransferID(ctx, id, from)
 	}
+}
+
+// unmade reports whether err says a request made nothing: refused, or failed before its
+// commit — not an unknown outcome (a store outage, a bug, a cancellation), after which the
+// commit may still have happened.
+func unmade(err error) bool {
+	return err != nil && !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, ErrInternal) && !isCtxErr(err)
 }
 
 // keepIndexScript makes a transfer ID's index name the source for good: it sets a missing
