@@ -110,14 +110,7 @@ func TestMetrics(t *testing.T) {
 		// leader then commits those 20 together, two accounts in one script call. Holding
 		// the first commit (rather than waiting in it for 20 to queue) keeps the batch size
 		// independent of how fast the goroutines start.
-		held, release := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		l.SetBeforeCommit(func() {
-			once.Do(func() {
-				close(held)
-				<-release
-			})
-		})
+		held, release := holdCommit(t, l, 1)
 		before := l.Stats()
 		var wg sync.WaitGroup
 		deposit := func(id string) {
@@ -126,11 +119,9 @@ func TestMetrics(t *testing.T) {
 				assert.NoError(t, err)
 			})
 		}
-		unblock := sync.OnceFunc(func() { close(release) })
 		defer func() {
-			unblock() // also when a require below failed: no deposit is left blocked
+			release() // also when a require below failed: no deposit is left blocked
 			wg.Wait()
-			l.SetBeforeCommit(nil)
 		}()
 		deposit(a)
 		select {
@@ -149,7 +140,7 @@ func TestMetrics(t *testing.T) {
 		// deposit); a and a2 share the partition.
 		require.Eventually(t, func() bool { return l.Waiting(a) == 20 }, 10*time.Second, time.Millisecond,
 			"20 deposits wait behind the held commit")
-		unblock()
+		release()
 		wg.Wait()
 		g := gather(t, reg)
 		st := l.Stats()
