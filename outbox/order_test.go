@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -61,10 +62,16 @@ func relayKeepsKeyOrder(t *testing.T, reader string, busy bool) {
 	r, err := NewRelay(rdb, newTestLeaser(rdb, "r1", nil), cfg)
 	require.NoError(t, err)
 	startRelay(t, r)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the relay stops (cleanups run last first): never left holding
 
 	xaddEvents(t, rdb, r.cfg.Prefix, 1, []Message{testEvent("a", 1)})
 	if busy {
-		<-entered
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("version 1 never reached the sink")
+		}
 	} else {
 		waitFor(t, 10e9, func() bool { return len(delivered()) == 1 }, "version 1 delivered")
 		waitFor(t, 10e9, func() bool {
@@ -86,9 +93,7 @@ func relayKeepsKeyOrder(t *testing.T, reader string, busy bool) {
 	})
 	require.NoError(t, err)
 	xaddEvents(t, rdb, r.cfg.Prefix, 1, []Message{testEvent("a", 5), testEvent("a", 6)})
-	if busy {
-		close(release)
-	}
+	releaseOnce()
 
 	waitFor(t, 10e9, func() bool { return len(delivered()) >= 6 }, "versions 1-6 delivered (got %v)", delivered())
 	require.Equal(t, []int64{1, 2, 3, 4, 5, 6}, delivered(), "in version order, each once")
