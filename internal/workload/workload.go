@@ -321,16 +321,23 @@ func check(ctx context.Context, t Target, accounts []string, byAmt map[int64]*lo
 			}
 		}
 	}
-	return lateRetriesOfRefusals(ctx, t, keyOps, keys)
+	return lateRetriesOfRefusals(ctx, t, accounts[0], keyOps, keys)
 }
 
 // lateRetriesOfRefusals checks that a keyed request refused for insufficient funds stays
 // refused: the account is first given enough money for it, then the request is sent again
 // with its key, and must get the same refusal and apply nothing. (A ledger that records
-// only successes would now apply it, after its client was told it failed.)
-func lateRetriesOfRefusals(ctx context.Context, t Target, keyOps map[string][]*logical, keys []string) error {
-	var refused []*logical
-	need := map[string]int64{}
+// only successes would now apply it, after its client was told it failed.) Besides the
+// run's keyed refusals, which its random order may leave out, it checks one it makes
+// itself on account, so that the check never passes with nothing checked.
+func lateRetriesOfRefusals(ctx context.Context, t Target, account string, keyOps map[string][]*logical, keys []string) error {
+	// More than the account can hold: the run's amounts count up from 1, far below 2^40.
+	sure := &logical{op: Op{Account: account, Kind: Withdrawal, Amount: 1 << 41, Key: "late-refusal"}}
+	if r := t.Do(ctx, sure.op); r.Outcome != Rejected || r.Code != "insufficient_funds" {
+		return fmt.Errorf("%s: a keyed withdrawal of more than the balance got %v %s %q, want insufficient_funds", account, r.Outcome, r.Code, r.Body)
+	}
+	refused := []*logical{sure}
+	need := map[string]int64{account: sure.op.Amount}
 	for _, k := range keys {
 		for _, l := range keyOps[k] {
 			for _, r := range l.results {
