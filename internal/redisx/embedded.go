@@ -28,8 +28,10 @@ const (
 // clock, every 100ms (longer when passes are slow, see expireShare; at most 1s). A key
 // expires within one such interval of its time, either side; early only for a key set
 // since the last pass, by less than the interval, which the safety margin of a lease
-// (TTL/4 in package lock) covers for TTLs above about 400ms. FastForward takes m's lock,
-// as every command does, so a pass never lands inside a command, a MULTI or a script.
+// (TTL/4 in package lock) covers for TTLs above four intervals: 400ms at 100ms, 4s at
+// the 1s cap (the lock and relay-lease defaults are 8s and 10s). FastForward takes m's
+// lock, as every command does, so a pass never lands inside a command, a MULTI or a
+// script.
 //
 // miniredis's own ClockTTL is not used: it makes that pass on every command, which with
 // 100k keys costs 44ms per command instead of 20µs.
