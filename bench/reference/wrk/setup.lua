@@ -16,7 +16,6 @@ end
 function init(args)
   next_account = first
   opened = false
-  failed = 0
 end
 
 function request()
@@ -33,7 +32,6 @@ end
 function response(status, headers, body)
   -- 409 account_exists: a rerun on the same Redis; the seed deposit replays (same key).
   if status ~= 201 and status ~= 409 then
-    failed = failed + 1
     io.stderr:write("setup: ", status, " ", body, "\n")
   end
   if not opened then
