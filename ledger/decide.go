@@ -3,6 +3,7 @@ package ledger
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -28,6 +29,18 @@ type decision struct {
 	writes  []write
 	guards  []string
 	tr      transitions // counted in the metrics once the commit succeeded
+	// placed names the hold records known to exist: probed with the snapshots (see prober),
+	// or placed by this decision. A fork has a copy, merged back on success.
+	placed map[string]bool
+}
+
+// prober is a command whose decision needs to know whether records outside its accounts'
+// snapshots exist: a capture or void of a hold that is not pending tells "never placed"
+// (404) from "already resolved" (409). The write path reads them in the same round trip
+// as the snapshots, before them; they are written only with a change of their account's
+// version, so the commit's version check covers what the decision read.
+type prober interface {
+	probes(k keyspace) []string
 }
 
 func newDecision(keys keyspace, now time.Time, idemTTL time.Duration, accs map[string]*Account) *decision {
@@ -37,7 +50,8 @@ func newDecision(keys keyspace, now time.Time, idemTTL time.Duration, accs map[s
 // fork returns a decision over copies of the accounts ids, the only accounts a command
 // may read: a fork costs what its command touches, not what the batch holds.
 func (d *decision) fork(ids []string) *decision {
-	f := &decision{keys: d.keys, now: d.now, idemTTL: d.idemTTL, accs: make(map[string]*Account, len(ids)), events: map[string][]Event{}}
+	f := &decision{keys: d.keys, now: d.now, idemTTL: d.idemTTL, accs: make(map[string]*Account, len(ids)), events: map[string][]Event{},
+		placed: maps.Clone(d.placed)}
 	for _, id := range ids {
 		if a, ok := d.accs[id]; ok {
 			f.accs[id] = a.clone()
@@ -56,6 +70,7 @@ func (d *decision) merge(f *decision) {
 	}
 	d.writes = append(d.writes, f.writes...)
 	d.guards = append(d.guards, f.guards...)
+	d.placed = f.placed
 	d.tr.transfersCreated += f.tr.transfersCreated
 	d.tr.transfersCompleted += f.tr.transfersCompleted
 	d.tr.transfersRefunded += f.tr.transfersRefunded

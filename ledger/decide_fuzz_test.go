@@ -97,6 +97,7 @@ func runProgram(t *testing.T, input []byte) {
 			work[id] = roundTrip(t, committed[id], now)
 		}
 		d := newDecision(fuzzKeys, now, time.Hour, work)
+		d.placed = m.placedKeys() // as the write path probes them
 		for n := 1 + p.pick(8); n > 0 && len(p.b) > 0; n-- {
 			steps++
 			op := p.pick(10)
@@ -196,7 +197,7 @@ func errClass(err error) string {
 	}
 	for _, s := range []error{ErrInvalid, ErrAccountNotFound, ErrAccountExists, ErrInsufficientFunds, ErrOverflow,
 		ErrIdempotencyKeyReused, ErrAccountClosed, ErrAccountNotEmpty, ErrHoldNotPending, ErrAmountExceedsHold,
-		errNothingToDo, errNotDue} {
+		ErrNotFound, errNothingToDo, errNotDue} {
 		if errors.Is(err, s) {
 			return s.Error()
 		}
@@ -294,6 +295,7 @@ type modelAcct struct {
 	exists, closed, negative bool
 	posted                   map[string]*big.Int
 	holds                    map[string]modelHold // placed, not captured, voided or swept
+	placed                   map[string]bool      // every hold ever placed
 }
 
 type modelHold struct {
@@ -305,7 +307,7 @@ type modelHold struct {
 func newModel(ids []string) *modelLedger {
 	m := &modelLedger{accts: map[string]*modelAcct{}}
 	for _, id := range ids {
-		m.accts[id] = &modelAcct{posted: map[string]*big.Int{}, holds: map[string]modelHold{}}
+		m.accts[id] = &modelAcct{posted: map[string]*big.Int{}, holds: map[string]modelHold{}, placed: map[string]bool{}}
 	}
 	return m
 }
@@ -388,7 +390,19 @@ func (m *modelLedger) placeHold(c PlaceHold, now time.Time) expectation {
 	return ok(func() {
 		a.balance(c.Currency) // a hold opens the currency's balance
 		a.holds[c.ID] = modelHold{currency: c.Currency, amount: c.Amount, expires: expires}
+		a.placed[c.ID] = true
 	})
+}
+
+// placedKeys returns the record keys of every hold ever placed.
+func (m *modelLedger) placedKeys() map[string]bool {
+	out := map[string]bool{}
+	for id, a := range m.accts {
+		for h := range a.placed {
+			out[holdKey(fuzzKeys, id, h)] = true
+		}
+	}
+	return out
 }
 
 // live returns the hold if it is pending and has not expired at now.
@@ -397,14 +411,19 @@ func (m *modelLedger) live(id, hold string, now time.Time) (modelHold, bool) {
 	return h, ok && now.Before(h.expires)
 }
 
+// notPending is the refusal of a capture or void of a hold that is not pending.
+func (m *modelLedger) notPending(account, hold string) expectation {
+	if !m.accts[account].placed[hold] {
+		return fail(ErrNotFound)
+	}
+	return fail(ErrHoldNotPending)
+}
+
 func (m *modelLedger) capture(c CaptureHold, now time.Time) expectation {
 	a := m.accts[c.Account]
-	if !a.exists {
-		return fail(ErrAccountNotFound)
-	}
 	h, live := m.live(c.Account, c.HoldID, now)
 	if !live {
-		return fail(ErrHoldNotPending)
+		return m.notPending(c.Account, c.HoldID)
 	}
 	amount := c.Amount
 	if amount == 0 {
@@ -448,11 +467,8 @@ func (m *modelLedger) capture(c CaptureHold, now time.Time) expectation {
 }
 
 func (m *modelLedger) void(c VoidHold, now time.Time) expectation {
-	if !m.accts[c.Account].exists {
-		return fail(ErrAccountNotFound)
-	}
 	if _, live := m.live(c.Account, c.HoldID, now); !live {
-		return fail(ErrHoldNotPending)
+		return m.notPending(c.Account, c.HoldID)
 	}
 	return ok(func() { delete(m.accts[c.Account].holds, c.HoldID) })
 }

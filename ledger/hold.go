@@ -86,7 +86,12 @@ func (c PlaceHold) decide(d *decision) (any, error) {
 	p := d.keys.partition(c.Account)
 	h := Hold{ID: c.ID, Account: c.Account, Currency: c.Currency, Amount: c.Amount, Status: HoldPending,
 		CreatedAt: time.UnixMilli(d.now.UnixMilli()).UTC(), ExpiresAt: expires}
-	d.write("HSET", d.keys.hold(p, c.Account, c.ID), holdFields(h)...)
+	key := d.keys.hold(p, c.Account, c.ID)
+	d.write("HSET", key, holdFields(h)...)
+	if d.placed == nil {
+		d.placed = map[string]bool{}
+	}
+	d.placed[key] = true
 	d.write("ZADD", d.keys.holdExpiry(p), expires.UnixMilli(), c.Account+":"+c.ID)
 	return h, nil
 }
@@ -167,14 +172,13 @@ func (c CaptureHold) accounts() []string {
 	return []string{c.Account}
 }
 
+func (c CaptureHold) probes(k keyspace) []string { return []string{holdKey(k, c.Account, c.HoldID)} }
+
 func (c CaptureHold) decide(d *decision) (any, error) {
 	a := d.acc(c.Account)
-	if !a.exists() {
-		return nil, fmt.Errorf("%w: %s", ErrAccountNotFound, c.Account)
-	}
 	ph, ok := a.liveHold(c.HoldID, d.now)
 	if !ok {
-		return nil, fmt.Errorf("%w: hold %s is not pending", ErrHoldNotPending, c.HoldID)
+		return nil, notPending(d, c.Account, c.HoldID)
 	}
 	amount := c.Amount
 	if amount == 0 {
@@ -214,15 +218,29 @@ type VoidHold struct {
 
 func (c VoidHold) accounts() []string { return []string{c.Account} }
 
+func (c VoidHold) probes(k keyspace) []string { return []string{holdKey(k, c.Account, c.HoldID)} }
+
 func (c VoidHold) decide(d *decision) (any, error) {
 	a := d.acc(c.Account)
-	if !a.exists() {
-		return nil, fmt.Errorf("%w: %s", ErrAccountNotFound, c.Account)
-	}
 	if _, ok := a.liveHold(c.HoldID, d.now); !ok {
-		return nil, fmt.Errorf("%w: hold %s is not pending", ErrHoldNotPending, c.HoldID)
+		return nil, notPending(d, c.Account, c.HoldID)
 	}
 	return d.resolveHold(a, c.HoldID, EventHoldVoided, HoldVoided, 0, "", "")
+}
+
+// holdKey is the key of a hold's record.
+func holdKey(k keyspace, account, hold string) string {
+	return k.hold(k.partition(account), account, hold)
+}
+
+// notPending is the refusal of a capture or void of a hold that is not pending: ErrNotFound
+// when it was never placed (its record, probed with the snapshots, does not exist — a
+// refused placement's record has no "id"), else ErrHoldNotPending.
+func notPending(d *decision, account, hold string) error {
+	if !d.placed[holdKey(d.keys, account, hold)] {
+		return fmt.Errorf("%w: hold %s of %s", ErrNotFound, hold, account)
+	}
+	return fmt.Errorf("%w: hold %s is not pending", ErrHoldNotPending, hold)
 }
 
 // expireHoldCmd appends HoldExpired for a hold whose expiry has passed (the sweeper's
@@ -281,8 +299,7 @@ func (l *Ledger) CaptureHold(ctx context.Context, account, hold string, amount i
 	if err := validateHoldIDs(account, hold); err != nil {
 		return Receipt{}, err
 	}
-	rc, err := l.captureHold(ctx, account, hold, amount, to, opts)
-	return rc, l.holdErr(ctx, account, hold, err)
+	return l.captureHold(ctx, account, hold, amount, to, opts)
 }
 
 func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount int64, to string, opts WriteOptions) (Receipt, error) {
@@ -331,8 +348,7 @@ func (l *Ledger) VoidHold(ctx context.Context, account, hold string, opts WriteO
 	if err := validateHoldIDs(account, hold); err != nil {
 		return Receipt{}, err
 	}
-	rc, err := l.submit(ctx, VoidHold{Account: account, HoldID: hold}, opts)
-	return rc, l.holdErr(ctx, account, hold, err)
+	return l.submit(ctx, VoidHold{Account: account, HoldID: hold}, opts)
 }
 
 func validateHoldIDs(account, hold string) error {
@@ -340,28 +356,6 @@ func validateHoldIDs(account, hold string) error {
 		return err
 	}
 	return ValidateID("hold id", hold)
-}
-
-// holdErr returns err, or ErrNotFound when err says the hold's account does not exist or
-// the hold is not pending and the hold was in fact never placed. Only a refusal pays for
-// the look-up: a capture or void that succeeds costs no extra round trip.
-func (l *Ledger) holdErr(ctx context.Context, account, hold string, err error) error {
-	if !errors.Is(err, ErrHoldNotPending) && !errors.Is(err, ErrAccountNotFound) {
-		return err
-	}
-	// A hold record without "id" is a refused placement's (see rejection.go): no hold.
-	placed, xerr := l.store.rdb.HExists(ctx, l.store.keys.hold(l.store.keys.partition(account), account, hold), "id").Result()
-	switch {
-	case xerr != nil:
-		return storeErr(ctx, xerr)
-	case !placed:
-		nf := fmt.Errorf("%w: hold %s of %s", ErrNotFound, hold, account)
-		if IsReplayed(err) { // the same answer, still marked as the replay it is
-			return &ReplayedError{err: ErrNotFound, msg: nf.Error()}
-		}
-		return nf
-	}
-	return err
 }
 
 // Hold returns a hold. A pending hold whose expiry has passed is reported expired even

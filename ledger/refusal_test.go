@@ -222,3 +222,43 @@ func TestUnmadeTransferKeepsItsID(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, src, got.From)
 }
+
+// TestRefusedCaptureReplaysItsAnswer: a capture of a hold never placed is 404, recorded
+// under its key like any refusal, and stays 404 when replayed after a hold with that ID was
+// placed: the answer is decided once, in the commit (the hold record is probed with the
+// snapshot), not looked up again after it.
+func TestRefusedCaptureReplaysItsAnswer(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			ctx := context.Background()
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "refcap"})
+			fund(t, l, "a", 100)
+			key := ledger.WriteOptions{IdempotencyKey: "cap-1"}
+			_, err := l.CaptureHold(ctx, "a", "h-late", 0, "", key)
+			require.ErrorIs(t, err, ledger.ErrNotFound)
+			assert.False(t, ledger.IsReplayed(err))
+			first := err.Error()
+			_, err = l.VoidHold(ctx, "a", "h-late", ledger.WriteOptions{IdempotencyKey: "void-1"})
+			require.ErrorIs(t, err, ledger.ErrNotFound)
+
+			_, err = l.PlaceHold(ctx, ledger.PlaceHold{Account: "a", ID: "h-late", Currency: "USD", Amount: 10, Timeout: time.Minute})
+			require.NoError(t, err)
+			_, err = l.CaptureHold(ctx, "a", "h-late", 0, "", key)
+			require.ErrorIs(t, err, ledger.ErrNotFound, "the same request gets the same answer")
+			assert.True(t, ledger.IsReplayed(err))
+			assert.Equal(t, first, err.Error())
+			_, err = l.VoidHold(ctx, "a", "h-late", ledger.WriteOptions{IdempotencyKey: "void-1"})
+			require.ErrorIs(t, err, ledger.ErrNotFound)
+			assert.True(t, ledger.IsReplayed(err))
+
+			h, err := l.Hold(ctx, "a", "h-late")
+			require.NoError(t, err)
+			assert.Equal(t, ledger.HoldPending, h.Status, "the replays touched nothing")
+			_, err = l.VoidHold(ctx, "a", "h-late", ledger.WriteOptions{})
+			require.NoError(t, err, "a new request is decided on today's state")
+			_, err = l.VoidHold(ctx, "a", "h-late", ledger.WriteOptions{})
+			require.ErrorIs(t, err, ledger.ErrHoldNotPending, "placed, then resolved: 409, not 404")
+		})
+	}
+}

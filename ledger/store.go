@@ -77,7 +77,18 @@ type snapshot struct {
 // read returns the snapshots of accounts and the records of refs, in one round trip,
 // with balances settled for now.
 func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, now time.Time) (map[string]snapshot, []record, error) {
+	snaps, recs, _, err := s.readProbed(ctx, accounts, refs, nil, now)
+	return snaps, recs, err
+}
+
+// readProbed is read that also tells which of the hold records probes exist (have an "id";
+// see prober), read first.
+func (s *store) readProbed(ctx context.Context, accounts []string, refs []recordRef, probes []string, now time.Time) (map[string]snapshot, []record, map[string]bool, error) {
 	pipe := s.rdb.Pipeline()
+	probed := make([]*redis.BoolCmd, len(probes))
+	for i, k := range probes {
+		probed[i] = pipe.HExists(ctx, k, "id")
+	}
 	snaps := make([]*redis.MapStringStringCmd, len(accounts))
 	for i, id := range accounts {
 		snaps[i] = pipe.HGetAll(ctx, s.keys.snapshot(s.keys.partition(id), id))
@@ -96,7 +107,7 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 		// look at each.
 		for _, c := range cmds {
 			if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
-				return nil, nil, storeErr(ctx, err)
+				return nil, nil, nil, storeErr(ctx, err)
 			}
 		}
 	}
@@ -105,7 +116,7 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 		h := snaps[i].Val()
 		acc, err := parseSnapshot(id, h, now)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		fields := make(map[string]bool, len(h))
 		for f := range h {
@@ -119,7 +130,7 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 			if v, err := ops[i].Result(); err == nil {
 				fp, body, ok := strings.Cut(v, " ")
 				if !ok {
-					return nil, nil, fmt.Errorf("%w: corrupt operation record %s", ErrInternal, refs[i].key)
+					return nil, nil, nil, fmt.Errorf("%w: corrupt operation record %s", ErrInternal, refs[i].key)
 				}
 				found[i] = record{found: true, fingerprint: fp, body: []byte(body)}
 			}
@@ -130,7 +141,16 @@ func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, n
 			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"]), refused: v["refused"] == "1"}
 		}
 	}
-	return out, found, nil
+	var placed map[string]bool
+	for i, c := range probed {
+		if c.Val() {
+			if placed == nil {
+				placed = make(map[string]bool, len(probes))
+			}
+			placed[probes[i]] = true
+		}
+	}
+	return out, found, placed, nil
 }
 
 // account returns the snapshot of one account (version 0 when it does not exist).

@@ -329,8 +329,14 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		at[i] = len(refs)
 		refs = append(refs, r.ref)
 	}
+	var probes []string
+	for _, r := range pending {
+		if p, ok := r.cmd.(prober); ok {
+			probes = append(probes, p.probes(l.store.keys)...)
+		}
+	}
 	now := l.cfg.Clock()
-	snaps, recs, err := l.store.read(ctx, accounts, refs, now)
+	snaps, recs, placed, err := l.store.readProbed(ctx, accounts, refs, probes, now)
 	if err != nil {
 		return pending, err
 	}
@@ -361,6 +367,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		work[id] = s.acc.clone()
 	}
 	d := newDecision(l.store.keys, now, l.cfg.IdempotencyTTL, work)
+	d.placed = placed
 	// accepted holds the requests that write a record: those decided to succeed, and those
 	// refused whose record keeps refusals (refusals[i] set; see rejection.go).
 	var (
