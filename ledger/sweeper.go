@@ -170,11 +170,8 @@ func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) er
 		return fmt.Errorf("ledger: transfer manager: %w", storeErr(ctx, err))
 	}
 	for i, r := range refs {
-		v := recs[i].Val()
-		if v["id"] == "" { // the event commits with its record: this cannot be
-			return fmt.Errorf("ledger: transfer manager: %s: %w: no record in the partition of %s", r.id, ErrNotFound, r.from)
-		}
-		t, err := parseTransfer(v)
+		// The event commits with its record: a missing one (ErrNotFound) cannot be.
+		t, err := parseTransfer(r.id, recs[i].Val())
 		if err == nil && t.Status == TransferPending {
 			_, err = m.l.drive(ctx, t)
 		}

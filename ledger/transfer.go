@@ -434,14 +434,16 @@ func (l *Ledger) transferIn(ctx context.Context, p int, id string) (Transfer, er
 	if err != nil {
 		return Transfer{}, storeErr(ctx, err)
 	}
-	if v["id"] == "" {
-		// Claimed, but its debit never committed (refused, or the request died first).
-		return Transfer{}, fmt.Errorf("%w: transfer %s", ErrNotFound, id)
-	}
-	return parseTransfer(v)
+	return parseTransfer(id, v)
 }
 
-func parseTransfer(v map[string]string) (Transfer, error) {
+// parseTransfer reads the record v of transfer id, or returns ErrNotFound when v is none: no
+// key, or only a refusal recorded under the ID (a record without "id": claimed, but its
+// debit never committed).
+func parseTransfer(id string, v map[string]string) (Transfer, error) {
+	if v["id"] == "" {
+		return Transfer{}, fmt.Errorf("%w: transfer %s", ErrNotFound, id)
+	}
 	t := Transfer{ID: v["id"], From: v["from"], To: v["to"], Currency: v["currency"], Status: v["status"], Reason: v["reason"], HoldID: v["hold_id"]}
 	bad := func(f string, err error) error {
 		return fmt.Errorf("%w: corrupt transfer record %s: %s: %w", ErrInternal, t.ID, f, err)

@@ -861,7 +861,7 @@ func (v *verifier) transferRecord(ctx context.Context, f *flow, rec map[string]s
 		}
 		return nil
 	}
-	t, err := parseTransfer(rec)
+	t, err := parseTransfer(f.id, rec)
 	if err != nil {
 		bad("%v", err)
 		return nil
