@@ -31,6 +31,12 @@ type Account struct {
 	Metadata      map[string]string  `json:"metadata,omitempty"`
 	Balances      map[string]Balance `json:"balances"`
 
+	// last is the time of the account's last event (Unix ns; 0 before the first, or for a
+	// snapshot written before it was kept). A decision never dates an event before it, so
+	// event times never go back within an account's stream, whatever the clocks of the
+	// processes that wrote them (balance history by time depends on it).
+	last int64
+
 	// holds are the pending holds (placed, not yet captured, voided or swept), by ID. An
 	// expired hold stays here until the sweeper appends HoldExpired, but never counts as
 	// held and can never be captured.
@@ -180,6 +186,7 @@ func (a *Account) apply(e Event) error {
 		return fmt.Errorf("ledger: unknown event type %q", e.Type)
 	}
 	a.Version = e.Version
+	a.last = e.Time.UnixNano()
 	return nil
 }
 

@@ -105,18 +105,28 @@ func (d *decision) emit(a *Account, typ string, data any) (Event, error) {
 		return Event{}, fmt.Errorf("ledger: encode %s: %w", typ, err)
 	}
 	v := a.Version + 1
+	at := d.now.UTC()
+	if at.UnixNano() < a.last {
+		// This process's clock is behind the one that wrote the last event: keep the
+		// stream's times in order (see Account.last).
+		at = time.Unix(0, a.last).UTC()
+	}
 	e := Event{
 		ID:      EventID(a.ID, v),
 		Type:    typ,
 		Account: a.ID,
 		Version: v,
-		Time:    d.now.UTC(),
+		Time:    at,
 		Data:    raw,
 	}
 	if err := a.apply(e); err != nil {
 		return Event{}, err
 	}
-	a.settle(d.now)
+	a.settle(at)
+	e.Balances = maps.Clone(a.Balances) // never nil: apply made the map
+	if !at.Equal(d.now) {
+		a.settle(d.now) // the decision goes on at its own time
+	}
 	d.events[a.ID] = append(d.events[a.ID], e)
 	return e, nil
 }

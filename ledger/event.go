@@ -38,6 +38,11 @@ type Event struct {
 	Version int64           `json:"version"` // from 1, without gaps per account
 	Time    time.Time       `json:"time"`    // when the event was decided (the ledger's clock)
 	Data    json.RawMessage `json:"data"`    // the type's data: OpenedData, MoneyData, ...
+	// Balances are the account's balances right after the event, settled at Time (Held
+	// counts the holds still pending and unexpired then): what GET .../balances answers
+	// for this version. Every event has them ({} before any currency) but those written
+	// before Tally recorded them (nil: history then replays the stream).
+	Balances map[string]Balance `json:"balances,omitzero"`
 }
 
 // EventID returns the ID of the event with the given version of an account:

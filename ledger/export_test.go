@@ -97,3 +97,8 @@ func (l *Ledger) TransferIndexKey(id string) string { return l.store.keys.transf
 func (l *Ledger) TransfersPendingKey(account string) string {
 	return l.store.keys.transfersPending(l.store.keys.partition(account))
 }
+
+// EventsKey returns the key of an account's event stream.
+func (l *Ledger) EventsKey(account string) string {
+	return l.store.keys.events(l.store.keys.partition(account), account)
+}

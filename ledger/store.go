@@ -26,6 +26,7 @@ const (
 	fieldStatus        = "st"
 	fieldAllowNegative = "an"
 	fieldMetadata      = "md"
+	fieldLast          = "t" // Account.last: Unix ns of the last event
 	prefixPosted       = "b:"
 	prefixHold         = "H:" // a pending hold: "<currency> <amount> <expires at> <created at>" (Unix ms)
 )
@@ -179,6 +180,11 @@ func parseSnapshot(id string, h map[string]string, now time.Time) (*Account, err
 		acc.Status = StatusClosed
 	}
 	acc.AllowNegative = h[fieldAllowNegative] == "1"
+	if t, ok := h[fieldLast]; ok {
+		if acc.last, err = strconv.ParseInt(t, 10, 64); err != nil {
+			return nil, corrupt(fieldLast, err)
+		}
+	}
 	if md := h[fieldMetadata]; md != "" {
 		if err := json.Unmarshal([]byte(md), &acc.Metadata); err != nil {
 			return nil, corrupt(fieldMetadata, err)
@@ -213,7 +219,8 @@ func parseSnapshot(id string, h map[string]string, now time.Time) (*Account, err
 
 // snapshotFields returns the hash fields (name, value, ...) that describe acc.
 func snapshotFields(acc *Account) ([]any, error) {
-	out := []any{fieldVersion, strconv.FormatInt(acc.Version, 10), fieldAllowNegative, boolString(acc.AllowNegative)}
+	out := []any{fieldVersion, strconv.FormatInt(acc.Version, 10), fieldAllowNegative, boolString(acc.AllowNegative),
+		fieldLast, strconv.FormatInt(acc.last, 10)}
 	if acc.closed() {
 		out = append(out, fieldStatus, StatusClosed)
 	}

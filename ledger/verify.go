@@ -129,6 +129,7 @@ const (
 	ProblemHoldRecord      = "hold_record"      // a hold record disagrees with the account's events
 	ProblemTransferRecord  = "transfer_record"  // a transfer record disagrees with its steps (status, amount, accounts, pending index)
 	ProblemLostEvents      = "lost_events"      // the outbox or a consumer saw versions the account no longer has
+	ProblemEventBalances   = "event_balances"   // the balances an event records are not those its replay leaves
 	// Warnings.
 	ProblemTransferStuck    = "transfer_stuck"      // in flight longer than StuckAfter
 	ProblemHoldNotSwept     = "hold_not_swept"      // expired longer than StuckAfter ago, still pending
@@ -402,9 +403,19 @@ func (v *verifier) account(ctx context.Context, id string) error {
 	// snapshot was read, and an event once written never changes.
 	replayed := &Account{ID: id, Balances: map[string]Balance{}}
 	holds := map[string]*Hold{} // every hold the events mention, in its state at the snapshot's version
+	wrongBalances := false
 	err := v.events(ctx, id, 0, snap.Version, func(e Event) (bool, error) {
 		if err := replayed.apply(e); err != nil {
 			return false, err
+		}
+		if e.Balances != nil && !wrongBalances {
+			// What balance history answers for this version (GET .../balances).
+			replayed.settle(e.Time)
+			if !maps.Equal(e.Balances, replayed.Balances) {
+				wrongBalances = true // one finding per account is enough to look
+				v.problem(Problem{Kind: ProblemEventBalances, Account: id, Partition: &p,
+					Detail: fmt.Sprintf("event %s records balances %v, its replay leaves %v", e.ID, e.Balances, replayed.Balances)})
+			}
 		}
 		return false, v.trace(e, holds)
 	})
@@ -418,6 +429,9 @@ func (v *verifier) account(ctx context.Context, id string) error {
 	}
 	v.rep.Events += replayed.Version
 	replayed.settle(v.now)
+	if snap.last == 0 {
+		replayed.last = 0 // a snapshot last written before Tally kept the last event's time
+	}
 	if !reflect.DeepEqual(snap, replayed) {
 		v.problem(Problem{Kind: ProblemReplayMismatch, Account: id, Partition: &p,
 			Detail: fmt.Sprintf("snapshot (version %d) differs from its replay (version %d): %s", snap.Version, replayed.Version, diffAccounts(snap, replayed))})
@@ -451,6 +465,9 @@ func diffAccounts(snap, replayed *Account) string {
 	}
 	if !reflect.DeepEqual(snap.Metadata, replayed.Metadata) {
 		out = append(out, "metadata")
+	}
+	if snap.last != replayed.last {
+		out = append(out, fmt.Sprintf("last event at %d ns vs %d", snap.last, replayed.last))
 	}
 	return strings.Join(out, "; ")
 }

@@ -90,7 +90,8 @@ func loseTail(t *testing.T, rdb redis.UniversalClient, l *ledger.Ledger, id stri
 	}
 	before, err := l.Replay(ctx, id)
 	require.NoError(t, err)
-	fields := []any{"v", before.Version}
+	remaining := allEvents(t, l, id)
+	fields := []any{"v", before.Version, "t", remaining[len(remaining)-1].Time.UnixNano()}
 	for c, b := range before.Balances {
 		fields = append(fields, "b:"+c, b.Posted)
 	}
@@ -154,9 +155,22 @@ func TestVerifyFindsEachViolation(t *testing.T) {
 		deposit(t, l, "alice", 5)
 		rewriteEvent(t, rdb, l, "alice", 2, func(e *ledger.Event) { e.Data = json.RawMessage(`{"currency":"USD","amount":1000}`) })
 		rep := mustVerify(t, l, noOutbox)
-		require.Equal(t, []string{ledger.ProblemReplayMismatch, ledger.ProblemNotConserved}, kinds(rep.Problems), "%v", rep.Problems)
-		assert.Equal(t, "alice", rep.Problems[0].Account)
-		assert.Contains(t, rep.Problems[0].Detail, "USD posted 105 held 0 vs 1005 held 0")
+		// The event's recorded balances (100) are no longer what it leaves (1000).
+		require.Equal(t, []string{ledger.ProblemEventBalances, ledger.ProblemReplayMismatch, ledger.ProblemNotConserved}, kinds(rep.Problems), "%v", rep.Problems)
+		assert.Equal(t, "alice", rep.Problems[1].Account)
+		assert.Contains(t, rep.Problems[1].Detail, "USD posted 105 held 0 vs 1005 held 0")
+	})
+
+	t.Run("altered balances of an event", func(t *testing.T) {
+		l := fresh(t)
+		fund(t, l, "alice", 100)
+		deposit(t, l, "alice", 5)
+		rewriteEvent(t, rdb, l, "alice", 2, func(e *ledger.Event) {
+			e.Balances = map[string]ledger.Balance{"USD": {Posted: 101, Available: 101}}
+		})
+		rep := mustVerify(t, l, noOutbox)
+		require.Equal(t, []string{ledger.ProblemEventBalances}, kinds(rep.Problems), "%v", rep.Problems)
+		assert.Contains(t, rep.Problems[0].Detail, "event alice:2 records balances")
 	})
 
 	t.Run("deleted event", func(t *testing.T) {
