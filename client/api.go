@@ -51,6 +51,32 @@ func (c *Client) Events(ctx context.Context, id string, opt EventsOptions) (*Eve
 	return &p, nil
 }
 
+// HistoryPoint names a point of an account's history for BalancesAt: a version, or a
+// moment (the last event at or before it). The zero value is the latest event.
+type HistoryPoint struct {
+	Version int64
+	At      time.Time
+}
+
+// BalancesAt returns an account's balances after the event at names (every event records
+// them). It returns ErrAccountNotFound for an unknown account, ErrNotFound when the
+// account has no such version yet or was opened after at.At, and ErrInvalidRequest for
+// both a version and a time.
+func (c *Client) BalancesAt(ctx context.Context, id string, at HistoryPoint) (*PastBalances, error) {
+	q := url.Values{}
+	if at.Version != 0 {
+		q.Set("at_version", strconv.FormatInt(at.Version, 10))
+	}
+	if !at.At.IsZero() {
+		q.Set("at", at.At.UTC().Format(time.RFC3339Nano))
+	}
+	var p PastBalances
+	if err := c.do(ctx, request{method: http.MethodGet, path: escape("v1", "accounts", id, "balances"), query: q}, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
 // AllEvents iterates over an account's events after the version after, page by page
 // (pageSize per request; 0 for the server's default). An error ends the iteration after it
 // is yielded.

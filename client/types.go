@@ -72,6 +72,17 @@ type Event struct {
 	// Data is the type's data as the server wrote it, e.g. {"operation_id","currency",
 	// "amount"} for Deposited; decode it into your own type.
 	Data json.RawMessage `json:"data"`
+	// Balances are the account's balances right after the event, settled at Time ({}
+	// before any currency; nil on events written before the server recorded them).
+	Balances map[string]Balance `json:"balances,omitzero"`
+}
+
+// PastBalances are an account's balances after one of its events (Client.BalancesAt).
+type PastBalances struct {
+	Account  string             `json:"account"`
+	Version  int64              `json:"version"` // the event the balances are after
+	Time     time.Time          `json:"time"`    // its time: Held counts the holds pending then
+	Balances map[string]Balance `json:"balances"`
 }
 
 // EventsPage is one page of an account's events.

@@ -201,7 +201,7 @@ func TestTypesMatchServer(t *testing.T) {
 // scrapers (the console, the metrics, the document itself) are not the client's.
 func TestClientCoversEveryOperation(t *testing.T) {
 	methods := map[string]string{
-		"openAccount": "OpenAccount", "getAccount": "Account", "listAccountEvents": "Events",
+		"openAccount": "OpenAccount", "getAccount": "Account", "listAccountEvents": "Events", "getPastBalances": "BalancesAt",
 		"deposit": "Deposit", "withdraw": "Withdraw", "closeAccount": "CloseAccount",
 		"placeHold": "PlaceHold", "listHolds": "Holds", "getHold": "Hold", "captureHold": "CaptureHold",
 		"voidHold": "VoidHold", "createTransfer": "CreateTransfer", "getTransfer": "Transfer",

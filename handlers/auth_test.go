@@ -145,6 +145,9 @@ func authRoutes() map[string]authRoute {
 		"GET /v1/accounts/:id/events": {scope: rd, tenant: tenantPath, create: true, call: func(v ids) call {
 			return call{"GET", "/v1/accounts/" + v.A + "/events", ""}
 		}},
+		"GET /v1/accounts/:id/balances": {scope: rd, tenant: tenantPath, create: true, call: func(v ids) call {
+			return call{"GET", "/v1/accounts/" + v.A + "/balances?at_version=1", ""}
+		}},
 		"POST /v1/accounts/:id/deposits": {scope: wr, tenant: tenantPath, create: true, call: func(v ids) call {
 			return call{"POST", "/v1/accounts/" + v.A + "/deposits", money}
 		}},

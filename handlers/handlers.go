@@ -28,6 +28,7 @@ type Ledger interface {
 	Withdraw(ctx context.Context, cmd ledger.Withdraw, opts ledger.WriteOptions) (ledger.Receipt, error)
 	Account(ctx context.Context, id string) (*ledger.Account, error)
 	Events(ctx context.Context, id string, after int64, limit int) ([]ledger.Event, int64, error)
+	BalancesAt(ctx context.Context, id string, q ledger.HistoryQuery) (ledger.PastBalances, error)
 	CloseAccount(ctx context.Context, id string, opts ledger.WriteOptions) (ledger.Receipt, error)
 	CreateTransfer(ctx context.Context, req ledger.TransferRequest) (ledger.TransferResult, error)
 	GetTransfer(ctx context.Context, id string) (ledger.Transfer, error)
@@ -163,6 +164,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	v1.POST("/accounts", write, s.openAccount)
 	v1.GET("/accounts/:id", read, s.own(hideBare), s.getAccount)
 	v1.GET("/accounts/:id/events", read, s.own(hideBare), s.listEvents)
+	v1.GET("/accounts/:id/balances", read, s.own(hideBare), s.pastBalances)
 	v1.POST("/accounts/:id/deposits", write, s.own(hideNamed), s.deposit)
 	v1.POST("/accounts/:id/withdrawals", write, s.own(hideNamed), s.withdraw)
 	v1.POST("/accounts/:id/close", write, s.own(hideNamed), s.closeAccount)
@@ -320,6 +322,38 @@ func (s *server) listEvents(c *gin.Context) {
 		page.Next = &next
 	}
 	c.JSON(http.StatusOK, page)
+}
+
+// pastBalances answers balance history: ?at_version=N, ?at=RFC 3339 time, or neither (the
+// latest event).
+func (s *server) pastBalances(c *gin.Context) {
+	var q ledger.HistoryQuery
+	if raw, ok := c.GetQuery("at_version"); ok {
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || n < 1 {
+			writeProblem(c, specInvalid, "at_version must be a version: an integer from 1")
+			return
+		}
+		q.Version = n
+	}
+	if raw, ok := c.GetQuery("at"); ok {
+		t, err := time.Parse(time.RFC3339Nano, raw)
+		if err != nil || t.Before(time.Unix(0, 0)) {
+			writeProblem(c, specInvalid, "at must be an RFC 3339 time after 1970, such as 2026-01-02T15:04:05Z")
+			return
+		}
+		q.At = t
+	}
+	if q.Version > 0 && !q.At.IsZero() {
+		writeProblem(c, specInvalid, "give at_version or at, not both")
+		return
+	}
+	past, err := s.ledger.BalancesAt(c.Request.Context(), c.Param("id"), q)
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, past)
 }
 
 func queryInt(c *gin.Context, name string, def int64) (int64, error) {
