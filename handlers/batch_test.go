@@ -314,4 +314,21 @@ func TestBatchHoldActions(t *testing.T) {
 		assert.Equal(t, []string{"409 hold_not_pending", "200", "404 not_found"}, resp.statuses(t))
 		assert.Equal(t, ledger.Balance{Posted: 860, Available: 860}, a.balance(x))
 	})
+
+	t.Run("not atomic with a key: a retry replays every result", func(t *testing.T) {
+		for _, h := range []string{"h5", "h6"} {
+			a.mustDo(http.StatusCreated, "POST", "/v1/accounts/s1..y/holds", `{"id":"`+h+`","currency":"USD","amount":10,"timeout_seconds":60}`)
+		}
+		body := `{"atomic":false,"operations":[
+			{"type":"capture","account":"s1..y","hold":"h5","amount":4},
+			{"type":"void","account":"s1..y","hold":"h6"}]}`
+		first := a.mustDo(http.StatusOK, "POST", "/v1/batch", body, "Idempotency-Key", "bulk-2")
+		var resp batchResponse
+		require.NoError(t, json.Unmarshal(first.Body.Bytes(), &resp))
+		assert.Equal(t, []string{"200", "200"}, resp.statuses(t))
+		before := a.digest()
+		again := a.mustDo(http.StatusOK, "POST", "/v1/batch", body, "Idempotency-Key", "bulk-2")
+		assert.JSONEq(t, first.Body.String(), again.Body.String(), "200s again, not 409 hold_not_pending")
+		require.Equal(t, before, a.digest(), "a retry applies nothing")
+	})
 }
