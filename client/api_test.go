@@ -415,6 +415,27 @@ func TestBatch(t *testing.T) {
 	requireAPIError(t, res.Results[1].Err(), http.StatusUnprocessableEntity, ErrInsufficientFunds)
 	require.NoError(t, res.Results[2].Err())
 	assert.Equal(t, int64(1001), posted(t, c, far))
+
+	// Bulk hold actions: hold-3 (placed above) and two more, resolved in one call.
+	for _, id := range []string{"hold-4", "hold-5"} {
+		_, err := c.PlaceHold(ctx, "shop1..alice", HoldRequest{ID: id, Currency: "USD", Amount: 50, TimeoutSeconds: 300})
+		require.NoError(t, err)
+	}
+	res, err = c.Batch(ctx, BatchRequest{Atomic: true, Operations: []BatchOp{
+		{Type: OpCapture, Account: "shop1..alice", Hold: "hold-3", Amount: 60, To: "shop1..bob"},
+		{Type: OpVoid, Account: "shop1..alice", Hold: "hold-4"},
+		{Type: OpCapture, Account: "shop1..alice", Hold: "hold-5"},
+	}})
+	require.NoError(t, err)
+	for i, want := range []string{HoldCaptured, HoldVoided, HoldCaptured} {
+		require.NoError(t, res.Results[i].Decode(&h))
+		assert.Equal(t, http.StatusOK, res.Results[i].Status)
+		assert.Equal(t, want, h.Status)
+	}
+	assert.Equal(t, int64(200+60), posted(t, c, "shop1..bob"))
+	res, err = c.Batch(ctx, BatchRequest{Atomic: false, Operations: []BatchOp{{Type: OpVoid, Account: "shop1..alice", Hold: "hold-4"}}})
+	require.NoError(t, err)
+	requireAPIError(t, res.Results[0].Err(), http.StatusConflict, ErrHoldNotPending)
 }
 
 // TestAuthRelayAndProbes: against a server with API and admin keys, a client without a key

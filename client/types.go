@@ -181,19 +181,24 @@ const (
 	OpWithdrawal = "withdrawal"
 	OpTransfer   = "transfer"
 	OpHold       = "hold"
+	OpCapture    = "capture"
+	OpVoid       = "void"
 )
 
 // BatchOp is one operation of a batch. Which fields apply depends on Type: Account for
 // deposits, withdrawals and holds; From, To and Metadata for transfers; TimeoutSeconds for
-// holds. The server refuses a field that does not apply (400).
+// holds; Account, Hold, and for a capture an optional Amount (0: the whole hold) and To,
+// for captures and voids (no Currency: the hold has one). The server refuses a field that
+// does not apply (400).
 type BatchOp struct {
-	Type           string            `json:"type"` // OpDeposit, OpWithdrawal, OpTransfer or OpHold
+	Type           string            `json:"type"` // OpDeposit, OpWithdrawal, OpTransfer, OpHold, OpCapture or OpVoid
 	ID             string            `json:"id,omitempty"`
 	Account        string            `json:"account,omitempty"`
 	From           string            `json:"from,omitempty"`
 	To             string            `json:"to,omitempty"`
-	Currency       string            `json:"currency"`
-	Amount         int64             `json:"amount"`
+	Hold           string            `json:"hold,omitempty"` // OpCapture, OpVoid: the hold's ID
+	Currency       string            `json:"currency,omitempty"`
+	Amount         int64             `json:"amount,omitempty"`
 	TimeoutSeconds int64             `json:"timeout_seconds,omitempty"`
 	Metadata       map[string]string `json:"metadata,omitempty"`
 }

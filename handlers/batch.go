@@ -26,6 +26,7 @@ type batchOpBody struct {
 	Account        string            `json:"account"`
 	From           string            `json:"from"`
 	To             string            `json:"to"`
+	Hold           string            `json:"hold"`
 	Currency       string            `json:"currency"`
 	Amount         Amount            `json:"amount"`
 	TimeoutSeconds *int64            `json:"timeout_seconds"`
@@ -122,9 +123,10 @@ func (s *server) batch(c *gin.Context) {
 // detail.
 func batchOp(b batchOpBody) (ledger.BatchOp, string) {
 	op := ledger.BatchOp{Type: b.Type, ID: b.ID, Account: b.Account, From: b.From, To: b.To,
-		Currency: b.Currency, Amount: b.Amount.Value, Metadata: b.Metadata}
+		Hold: b.Hold, Currency: b.Currency, Amount: b.Amount.Value, Metadata: b.Metadata}
 	set := map[string]bool{"account": b.Account != "", "from": b.From != "", "to": b.To != "",
-		"timeout_seconds": b.TimeoutSeconds != nil, "metadata": b.Metadata != nil}
+		"hold": b.Hold != "", "timeout_seconds": b.TimeoutSeconds != nil, "metadata": b.Metadata != nil,
+		"currency": false, "amount": false}
 	var required, optional []string
 	switch b.Type {
 	case ledger.OpDeposit, ledger.OpWithdrawal:
@@ -133,8 +135,15 @@ func batchOp(b batchOpBody) (ledger.BatchOp, string) {
 		required, optional = []string{"from", "to"}, []string{"metadata"}
 	case ledger.OpHold:
 		required = []string{"account", "timeout_seconds"}
+	case ledger.OpCapture, ledger.OpVoid:
+		// A capture or void names its hold; the hold has the currency and the amount.
+		required = []string{"account", "hold"}
+		set["currency"], set["amount"] = b.Currency != "", b.Amount.Set
+		if b.Type == ledger.OpCapture {
+			optional = []string{"to", "amount"}
+		}
 	default:
-		return op, "type must be deposit, withdrawal, transfer or hold"
+		return op, "type must be deposit, withdrawal, transfer, hold, capture or void"
 	}
 	for _, f := range required {
 		if !set[f] {
@@ -145,10 +154,16 @@ func batchOp(b batchOpBody) (ledger.BatchOp, string) {
 	for _, f := range optional {
 		delete(set, f)
 	}
-	for _, f := range []string{"account", "from", "to", "timeout_seconds", "metadata"} {
+	for _, f := range []string{"account", "from", "to", "hold", "currency", "amount", "timeout_seconds", "metadata"} {
 		if set[f] {
 			return op, fmt.Sprintf("%s does not apply to a %s", f, b.Type)
 		}
+	}
+	if b.Type == ledger.OpCapture || b.Type == ledger.OpVoid {
+		if b.Amount.Set && b.Amount.Value <= 0 {
+			return op, "amount must be a positive integer in minor units; leave it out to capture the whole hold"
+		}
+		return op, ""
 	}
 	if !b.Amount.Set {
 		return op, "amount is required"
@@ -170,9 +185,12 @@ func batchOpID(key string, i int) string {
 	return "b-" + hex.EncodeToString(sum[:16])
 }
 
-// batchOpStatus is the status a successful operation would have had alone: 201, or 202 for
-// a transfer still pending.
+// batchOpStatus is the status a successful operation would have had alone: 200 for a
+// capture or void, 201, or 202 for a transfer still pending.
 func batchOpStatus(typ string, body json.RawMessage) int {
+	if typ == ledger.OpCapture || typ == ledger.OpVoid {
+		return http.StatusOK
+	}
 	if typ != ledger.OpTransfer {
 		return http.StatusCreated
 	}

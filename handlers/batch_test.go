@@ -219,7 +219,7 @@ func TestBatchRefusesMalformedBatches(t *testing.T) {
 		{"operations not an array", `{"atomic":true,"operations":{}}`, ""},
 		{"unknown top-level field", `{"atomic":true,"operations":[` + dep + `],"dry_run":true}`, `unknown field "dry_run"`},
 		{"unknown operation field", batch(true, dep, `{"type":"deposit","account":"s1..x","currency":"USD","amount":1,"memo":"x"}`), `unknown field "memo"`},
-		{"unknown type", batch(false, dep, `{"type":"refund","account":"s1..x","currency":"USD","amount":1}`), "operations[1]: type must be deposit, withdrawal, transfer or hold"},
+		{"unknown type", batch(false, dep, `{"type":"refund","account":"s1..x","currency":"USD","amount":1}`), "operations[1]: type must be deposit, withdrawal, transfer, hold, capture or void"},
 		{"missing type", batch(false, `{"account":"s1..x","currency":"USD","amount":1}`), ""},
 		{"missing amount", batch(false, dep, `{"type":"deposit","account":"s1..x","currency":"USD"}`), "operations[1]: amount is required"},
 		{"float amount", batch(false, `{"type":"deposit","account":"s1..x","currency":"USD","amount":1.5}`), ""},
@@ -237,6 +237,14 @@ func TestBatchRefusesMalformedBatches(t *testing.T) {
 		{"hold with bad id", batch(false, `{"type":"hold","id":"a b","account":"s1..x","currency":"USD","amount":1,"timeout_seconds":5}`), ""},
 		{"repeated id", batch(true, `{"type":"deposit","id":"d1","account":"s1..x","currency":"USD","amount":1}`,
 			`{"type":"deposit","id":"d1","account":"s1..x","currency":"USD","amount":1}`), "operations[1]: id repeats the id of operations[0]; ids must be unique within a batch"},
+		{"capture without hold", batch(false, `{"type":"capture","account":"s1..x"}`), "operations[0]: hold is required for a capture"},
+		{"capture with currency", batch(false, `{"type":"capture","account":"s1..x","hold":"h","currency":"USD"}`), "operations[0]: currency does not apply to a capture"},
+		{"capture of zero", batch(false, `{"type":"capture","account":"s1..x","hold":"h","amount":0}`), "operations[0]: amount must be a positive integer in minor units; leave it out to capture the whole hold"},
+		{"capture with timeout", batch(false, `{"type":"capture","account":"s1..x","hold":"h","timeout_seconds":5}`), "operations[0]: timeout_seconds does not apply to a capture"},
+		{"void with amount", batch(false, `{"type":"void","account":"s1..x","hold":"h","amount":5}`), "operations[0]: amount does not apply to a void"},
+		{"void with to", batch(false, `{"type":"void","account":"s1..x","hold":"h","to":"s1..y"}`), "operations[0]: to does not apply to a void"},
+		{"hold named on a deposit", batch(false, `{"type":"deposit","account":"s1..x","hold":"h","currency":"USD","amount":1}`), "operations[0]: hold does not apply to a deposit"},
+		{"one hold twice", batch(true, `{"type":"capture","account":"s1..x","hold":"h"}`, `{"type":"void","account":"s1..x","hold":"h"}`), ""},
 		{"malformed JSON", `{"atomic":true,"operations":[`, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -257,5 +265,70 @@ func TestBatchRefusesMalformedBatches(t *testing.T) {
 			"Idempotency-Key", "k1"), http.StatusBadRequest, "invalid_request")
 		requireProblem(t, a.do("POST", "/v1/batch", batch(true, dep), "Idempotency-Key", "has spaces"), http.StatusBadRequest, "invalid_request")
 		require.Equal(t, before, a.digest())
+	})
+}
+
+// TestBatchHoldActions captures and voids a list of holds in one request: atomic, all or
+// nothing within one partition; not atomic, one result per hold.
+func TestBatchHoldActions(t *testing.T) {
+	a := mustAPI(t, handlers.Config{})
+	x, y := "s1..x", "s1..y"
+	a.mustOpen(1000, x, y)
+	for _, h := range []string{"h1", "h2", "h3", "h4"} {
+		a.mustDo(http.StatusCreated, "POST", "/v1/accounts/s1..x/holds", `{"id":"`+h+`","currency":"USD","amount":100,"timeout_seconds":60}`)
+	}
+
+	t.Run("atomic: one refusal changes nothing", func(t *testing.T) {
+		before := a.digest()
+		resp := a.mustBatch(`{"atomic":true,"operations":[
+			{"type":"capture","account":"s1..x","hold":"h1","amount":40},
+			{"type":"void","account":"s1..x","hold":"h2"},
+			{"type":"capture","account":"s1..x","hold":"h3","amount":101}]}`)
+		assert.Equal(t, []string{"424 batch_aborted", "424 batch_aborted", "422 amount_exceeds_hold"}, resp.statuses(t))
+		require.Equal(t, before, a.digest())
+	})
+
+	t.Run("atomic: all at once", func(t *testing.T) {
+		body := `{"atomic":true,"operations":[
+			{"type":"capture","account":"s1..x","hold":"h1","amount":40},
+			{"type":"void","account":"s1..x","hold":"h2"},
+			{"type":"capture","account":"s1..x","hold":"h3","to":"s1..y"}]}`
+		first := a.mustDo(http.StatusOK, "POST", "/v1/batch", body, "Idempotency-Key", "bulk-1")
+		var resp batchResponse
+		require.NoError(t, json.Unmarshal(first.Body.Bytes(), &resp))
+		assert.Equal(t, []string{"200", "200", "200"}, resp.statuses(t))
+		before := a.digest()
+		again := a.mustDo(http.StatusOK, "POST", "/v1/batch", body, "Idempotency-Key", "bulk-1")
+		assert.JSONEq(t, first.Body.String(), again.Body.String())
+		assert.Equal(t, "true", again.Header().Get("Idempotent-Replayed"))
+		require.Equal(t, before, a.digest(), "a retry applies nothing")
+		assert.Equal(t, ledger.Balance{Posted: 1000 - 40 - 100, Held: 100, Available: 1000 - 40 - 100 - 100}, a.balance(x))
+		assert.Equal(t, ledger.Balance{Posted: 1100, Available: 1100}, a.balance(y))
+	})
+
+	t.Run("not atomic: a result per hold", func(t *testing.T) {
+		resp := a.mustBatch(`{"atomic":false,"operations":[
+			{"type":"void","account":"s1..x","hold":"h1"},
+			{"type":"void","account":"s1..x","hold":"h4"},
+			{"type":"capture","account":"s1..x","hold":"nope"}]}`)
+		assert.Equal(t, []string{"409 hold_not_pending", "200", "404 not_found"}, resp.statuses(t))
+		assert.Equal(t, ledger.Balance{Posted: 860, Available: 860}, a.balance(x))
+	})
+
+	t.Run("not atomic with a key: a retry replays every result", func(t *testing.T) {
+		for _, h := range []string{"h5", "h6"} {
+			a.mustDo(http.StatusCreated, "POST", "/v1/accounts/s1..y/holds", `{"id":"`+h+`","currency":"USD","amount":10,"timeout_seconds":60}`)
+		}
+		body := `{"atomic":false,"operations":[
+			{"type":"capture","account":"s1..y","hold":"h5","amount":4},
+			{"type":"void","account":"s1..y","hold":"h6"}]}`
+		first := a.mustDo(http.StatusOK, "POST", "/v1/batch", body, "Idempotency-Key", "bulk-2")
+		var resp batchResponse
+		require.NoError(t, json.Unmarshal(first.Body.Bytes(), &resp))
+		assert.Equal(t, []string{"200", "200"}, resp.statuses(t))
+		before := a.digest()
+		again := a.mustDo(http.StatusOK, "POST", "/v1/batch", body, "Idempotency-Key", "bulk-2")
+		assert.JSONEq(t, first.Body.String(), again.Body.String(), "200s again, not 409 hold_not_pending")
+		require.Equal(t, before, a.digest(), "a retry applies nothing")
 	})
 }

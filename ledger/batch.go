@@ -18,20 +18,23 @@ const (
 	OpWithdrawal = "withdrawal"
 	OpTransfer   = "transfer"
 	OpHold       = "hold"
+	OpCapture    = "capture"
+	OpVoid       = "void"
 )
 
 // ErrBatchAborted is the result of every other operation of an atomic batch that failed.
 var ErrBatchAborted = errors.New("batch aborted: another operation of the atomic batch failed")
 
-// BatchOp is one operation of a batch. ID is optional: a deposit's or withdrawal's
-// idempotency key, a transfer's or hold's ID.
+// BatchOp is one operation of a batch. ID is optional: a deposit's, withdrawal's,
+// capture's or void's idempotency key, a transfer's or hold's ID.
 type BatchOp struct {
 	Type     string
 	ID       string
-	Account  string // deposit, withdrawal, hold
-	From, To string // transfer
+	Account  string // deposit, withdrawal, hold, capture, void
+	From, To string // transfer; To also for a capture that moves the money on
+	Hold     string // capture, void: the hold's ID
 	Currency string
-	Amount   int64
+	Amount   int64         // a capture's 0 takes the whole hold
 	Timeout  time.Duration // hold
 	Metadata map[string]string
 
@@ -58,8 +61,33 @@ func (op BatchOp) validate() error {
 		return TransferRequest{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata}.Validate()
 	case OpHold:
 		return PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout}.Validate()
+	case OpCapture, OpVoid:
+		if op.ID != "" {
+			if err := ValidateIdempotencyKey(op.ID); err != nil {
+				return err
+			}
+		}
+		if err := validateHoldIDs(op.Account, op.Hold); err != nil {
+			return err
+		}
+		switch {
+		case op.Currency != "":
+			return invalidf("currency does not apply to a %s: the hold has one", op.Type)
+		case op.Amount < 0 || (op.Type == OpVoid && op.Amount != 0):
+			return invalidf("amount must be a positive integer in minor units (a capture's 0 takes the whole hold; a void has none)")
+		case op.To != "" && op.Type == OpVoid:
+			return invalidf("to does not apply to a void")
+		case op.To != "":
+			if err := ValidateID("to", op.To); err != nil {
+				return err
+			}
+			if op.To == op.Account {
+				return invalidf("to must be another account")
+			}
+		}
+		return nil
 	default:
-		return invalidf("operation type must be deposit, withdrawal, transfer or hold")
+		return invalidf("operation type must be deposit, withdrawal, transfer, hold, capture or void")
 	}
 }
 
@@ -75,6 +103,13 @@ func (op BatchOp) validate() error {
 // result ErrBatchAborted; nothing is written. opts.IdempotencyKey makes a retry of the whole
 // atomic batch replay its results.
 //
+// Captures and voids (OpCapture, OpVoid) resolve holds in bulk: atomic, every hold of the
+// list is resolved or none; not atomic, each hold has its own result (ErrNotFound,
+// ErrHoldNotPending, ErrAmountExceedsHold, ...). A capture whose To is in another partition
+// is a cross-partition transfer, so it is refused in an atomic batch (ErrBatchNotAtomic)
+// like any other account of another partition. Two captures or voids of one hold in a
+// batch are malformed.
+//
 // It returns an error (and no results) only for a malformed batch.
 func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts WriteOptions) ([]BatchResult, bool, error) {
 	if len(ops) == 0 || len(ops) > MaxBatchOps {
@@ -88,6 +123,15 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 		if err := ops[i].validate(); err != nil {
 			return nil, false, fmt.Errorf("operations[%d]: %w", i, err)
 		}
+		if t := ops[i].Type; t == OpCapture || t == OpVoid {
+			// A hold is resolved once: a second capture or void of it in the same batch
+			// could only be refused (and in an atomic batch would abort the rest).
+			scope := "resolve\x00" + ops[i].Account + "\x00" + ops[i].Hold
+			if j, dup := ids[scope]; dup {
+				return nil, false, invalidf("operations[%d] and operations[%d] both capture or void hold %q of %s", j, i, ops[i].Hold, ops[i].Account)
+			}
+			ids[scope] = i
+		}
 		if ops[i].ID == "" {
 			continue
 		}
@@ -95,7 +139,7 @@ func (l *Ledger) Batch(ctx context.Context, atomic bool, ops []BatchOp, opts Wri
 		switch ops[i].Type {
 		case OpTransfer:
 			scope = "transfer\x00" + ops[i].ID
-		case OpDeposit, OpWithdrawal:
+		case OpDeposit, OpWithdrawal, OpCapture, OpVoid: // idempotency keys, one namespace per account
 			scope = "key\x00" + ops[i].Account + "\x00" + ops[i].ID
 		}
 		if j, dup := ids[scope]; dup {
@@ -145,8 +189,11 @@ func (l *Ledger) looseBatch(ctx context.Context, ops []BatchOp) []BatchResult {
 
 // touches returns the accounts the operation writes.
 func (op BatchOp) touches() []string {
-	if op.Type == OpTransfer {
+	switch {
+	case op.Type == OpTransfer:
 		return []string{op.From, op.To}
+	case op.Type == OpCapture && op.To != "":
+		return []string{op.Account, op.To}
 	}
 	return []string{op.Account}
 }
@@ -164,6 +211,10 @@ func (l *Ledger) runOp(ctx context.Context, op BatchOp) BatchResult {
 		rc, err = l.Withdraw(ctx, Withdraw{Account: op.Account, Currency: op.Currency, Amount: op.Amount}, WriteOptions{IdempotencyKey: op.ID})
 	case OpHold:
 		rc, err = l.PlaceHold(ctx, PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout})
+	case OpCapture:
+		rc, err = l.CaptureHold(ctx, op.Account, op.Hold, op.Amount, op.To, WriteOptions{IdempotencyKey: op.ID})
+	case OpVoid:
+		rc, err = l.VoidHold(ctx, op.Account, op.Hold, WriteOptions{IdempotencyKey: op.ID})
 	case OpTransfer:
 		var res TransferResult
 		res, err = l.CreateTransfer(ctx, TransferRequest{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata})
@@ -184,6 +235,18 @@ type batchCmd struct {
 }
 
 func (c batchCmd) accounts() []string { return c.accs }
+
+// probes returns the records of the holds the batch captures or voids, so that one never
+// placed is refused ErrNotFound as it would be alone (see prober).
+func (c batchCmd) probes(k keyspace) []string {
+	var keys []string
+	for _, op := range c.Ops {
+		if op.Type == OpCapture || op.Type == OpVoid {
+			keys = append(keys, holdKey(k, op.Account, op.Hold))
+		}
+	}
+	return keys
+}
 
 // batchFailure is the error of an atomic batch: which operation failed and why.
 type batchFailure struct {
@@ -242,6 +305,15 @@ func (c batchCmd) decideOp(d *decision, op BatchOp) (any, error) {
 			err = record(d.keys.hold(p, op.Account, op.ID), fingerprint(cmd), body, false)
 		}
 		return body, err
+	case OpCapture, OpVoid:
+		cmd := op.resolveCmd()
+		body, err := cmd.decide(d)
+		if err == nil && op.ID != "" {
+			// The record a capture or void sent alone with this key writes, so that one
+			// sent later with the key replays this answer.
+			err = record(d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), body, true)
+		}
+		return body, err
 	default: // OpTransfer
 		t := Transfer{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata}
 		body, err := transferCmd{T: t, SameTo: true}.decide(d)
@@ -250,6 +322,32 @@ func (c batchCmd) decideOp(d *decision, op BatchOp) (any, error) {
 		}
 		return body, err
 	}
+}
+
+// resolveCmd returns the command of a capture or void operation of an atomic batch: the one
+// Ledger.CaptureHold or VoidHold would submit (the same fingerprint). A capture's To is in
+// the batch's partition, so it is credited in the same script.
+func (op BatchOp) resolveCmd() command {
+	if op.Type == OpVoid {
+		return VoidHold{Account: op.Account, HoldID: op.Hold}
+	}
+	c := CaptureHold{Account: op.Account, HoldID: op.Hold, Amount: op.Amount, To: op.To}
+	if op.To != "" {
+		c.TransferID, c.sameTo = captureTransferID(op.Account, op.Hold), true
+	}
+	return c
+}
+
+// transferID returns the ID of the transfer the operation starts and whether the client
+// named it, or "" for an operation that starts none.
+func (op BatchOp) transferID() (id, from string, named bool) {
+	switch {
+	case op.Type == OpTransfer:
+		return op.ID, op.From, !op.randomID
+	case op.Type == OpCapture && op.To != "":
+		return captureTransferID(op.Account, op.Hold), op.Account, false // as Ledger.CaptureHold
+	}
+	return "", "", false
 }
 
 // atomicBatch commits the operations in one script.
@@ -270,19 +368,21 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 			return nil, false, fmt.Errorf("%w: accounts %s and %s are in different partitions (co-locate them with a placement tag)", ErrBatchNotAtomic, accs[0], a)
 		}
 	}
-	// Claim the transfer IDs first; a batch that fails lets the claims it made expire, and
-	// one that commits keeps for good the IDs it did not claim (see prepareTransfer).
+	// Claim the transfer IDs (of transfers and of captures with a to) first; a batch that
+	// fails lets the claims it made expire, and one that commits keeps for good the IDs it
+	// did not claim (see prepareTransfer).
 	var claimed, unclaimed []BatchOp
 	release := func() {
 		for _, op := range claimed {
-			l.releaseTransferID(ctx, op.ID, op.From, !op.randomID)
+			id, from, named := op.transferID()
+			l.releaseTransferID(ctx, id, from, named)
 		}
 	}
 	for i, op := range ops {
-		if op.Type == OpTransfer {
+		if id, from, _ := op.transferID(); id != "" {
 			// Both accounts are in the batch's partition: the batch decides on the
 			// destination itself, so prepareTransfer's verdict on it is not needed.
-			mine, _, err := l.prepareTransfer(ctx, op.ID, op.From, op.To)
+			mine, _, err := l.prepareTransfer(ctx, id, from, op.To)
 			if err != nil {
 				release()
 				return l.failBatch(ops, i, err), false, nil
@@ -305,7 +405,8 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 	}
 	if !rc.Replayed {
 		for _, op := range unclaimed {
-			l.keepTransferID(ctx, op.ID, op.From)
+			id, from, _ := op.transferID()
+			l.keepTransferID(ctx, id, from)
 		}
 	}
 	var bodies []json.RawMessage

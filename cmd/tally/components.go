@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -118,23 +119,33 @@ func (f *lockFlags) newLocker(data redis.UniversalClient, log *slog.Logger, hook
 
 // relayFlags configure the outbox relay and its sinks.
 type relayFlags struct {
-	webhook       string
-	webhookSecret string
-	stream        string
-	streamMaxLen  int64
-	projector     bool
-	group         string
-	maxAttempts   int
-	retention     time.Duration
-	leaseTTL      time.Duration
-	deadLetterMax int64
+	webhook         string
+	webhookSecret   string
+	webhookTypes    string
+	webhookPrefix   string
+	webhookSubsList webhookSubsFlag
+	stream          string
+	streamMaxLen    int64
+	streamTypes     string
+	streamPrefix    string
+	projector       bool
+	group           string
+	maxAttempts     int
+	retention       time.Duration
+	leaseTTL        time.Duration
+	deadLetterMax   int64
 }
 
 func (f *relayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.webhook, "webhook", "", "deliver events to this URL (JSON, signed with Tally-Signature: sha256=<hex HMAC>)")
 	fs.StringVar(&f.webhookSecret, "webhook-secret", "", "HMAC-SHA256 secret for --webhook (required with it)")
+	fs.StringVar(&f.webhookTypes, "webhook-types", "", "comma-separated event types --webhook receives (default: all); the others are acknowledged for it and still reach every other sink")
+	fs.StringVar(&f.webhookPrefix, "webhook-account-prefix", "", "--webhook receives only events of accounts whose ID starts with this (default: all)")
+	fs.Var(&f.webhookSubsList, "webhook-sub", "another webhook subscription, repeatable: url=URL,secret-env=NAME[,types=A|B][,prefix=P] (the secret is read from the environment variable NAME; in "+envVar("webhook-sub")+" separate several with spaces)")
 	fs.StringVar(&f.stream, "sink-stream", "", "also append every event (deduplicated) to this Redis stream key")
 	fs.Int64Var(&f.streamMaxLen, "sink-stream-maxlen", outbox.DefaultStreamSinkMaxLen, "keep about this many entries in the --sink-stream stream; older ones are trimmed whether read or not (negative: no bound)")
+	fs.StringVar(&f.streamTypes, "sink-stream-types", "", "comma-separated event types --sink-stream receives (default: all)")
+	fs.StringVar(&f.streamPrefix, "sink-stream-account-prefix", "", "--sink-stream receives only events of accounts whose ID starts with this (default: all)")
 	fs.BoolVar(&f.projector, "projector", true, "maintain the built-in read model (per-account summaries and totals)")
 	fs.StringVar(&f.group, "relay-group", outbox.DefaultGroup, "consumer group: relays with the same group share partitions")
 	fs.IntVar(&f.maxAttempts, "relay-max-attempts", outbox.DefaultMaxAttempts, "failed deliveries of one event before it moves to the dead-letter stream")
@@ -164,18 +175,28 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 		sinks = append(sinks, p)
 	}
 	if f.stream != "" {
+		filter, err := f.streamFilter()
+		if err != nil {
+			return nil, err
+		}
 		s, err := outbox.NewStreamSink(outbox.StreamSinkConfig{Client: rdb, Stream: f.stream, MaxLen: f.streamMaxLen})
 		if err != nil {
 			return nil, err
 		}
-		sinks = append(sinks, s)
+		sinks = append(sinks, outbox.Filtered(s, filter))
 	}
-	if f.webhook != "" || f.webhookSecret != "" {
-		w, err := outbox.NewWebhookSink(outbox.WebhookSinkConfig{URL: f.webhook, Secret: []byte(f.webhookSecret)})
+	subs, err := f.webhookSubs(os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range subs {
+		w, err := outbox.NewWebhookSink(outbox.WebhookSinkConfig{URL: sub.url, Secret: []byte(sub.secret)})
 		if err != nil {
 			return nil, err
 		}
-		sinks = append(sinks, w)
+		// An event a subscription leaves out is acknowledged for it (never retried or
+		// dead-lettered on its account) and still reaches every other sink.
+		sinks = append(sinks, outbox.Filtered(w, sub.filter))
 	}
 	return outbox.NewRelay(rdb, leaser, outbox.Config{
 		Prefix: prefix, Partitions: partitions, Group: f.group, Sinks: sinks,

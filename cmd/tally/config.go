@@ -373,6 +373,9 @@ func (f *serveFlags) validate() error {
 	if _, err := f.lock.masterOptions(); err != nil {
 		return err
 	}
+	if err := f.relay.checkSinks(); err != nil {
+		return err
+	}
 	for _, p := range []struct {
 		flag string
 		ok   bool

@@ -48,6 +48,9 @@ func parseRelay(args []string, stderr io.Writer) (*relayCmdFlags, *slog.Logger, 
 	if _, err := f.lock.masterOptions(); err != nil {
 		return nil, nil, err
 	}
+	if err := f.relay.checkSinks(); err != nil {
+		return nil, nil, err
+	}
 	return f, log, nil
 }
 
