@@ -287,8 +287,8 @@ func TestAlertDefinitions(t *testing.T) {
 }
 
 // alertSink is a deduplicating consumer: through outbox.Dedup it appends each event it is
-// given, once, to a Redis list of the event's partition ("<id> <type>"). One delivery in three
-// delivery fails after the effect (a crash before the acknowledgement), so the relay
+// given, once, to a Redis list of the event's partition ("<id> <type>"). One delivery in
+// three fails after the effect (a crash before the acknowledgement), so the relay
 // delivers those messages again.
 type alertSink struct {
 	dedup *outbox.Dedup
