@@ -303,3 +303,54 @@ func (c *Client) Ready(ctx context.Context) error {
 	err := c.do(ctx, request{method: http.MethodGet, path: "/readyz", once: true}, nil)
 	return err
 }
+
+// patchAccountBody is the body of SetOverdraftLimit.
+type patchAccountBody struct {
+	OverdraftLimit map[string]int64 `json:"overdraft_limit"`
+}
+
+// SetOverdraftLimit sets the overdraft limits of the currencies in limits (minor units,
+// ≥ 0; 0 removes one; the other currencies keep theirs) and returns the account. The
+// available balance may then go down to −limit. A limit below what the account already
+// owes is accepted: it only refuses further spending. It returns ErrAccountNotFound,
+// ErrAccountClosed, ErrTooManyOverdraftLimits or ErrInvalidRequest.
+func (c *Client) SetOverdraftLimit(ctx context.Context, account string, limits map[string]int64, opts ...CallOption) (*Account, error) {
+	var a Account
+	r := request{method: http.MethodPatch, path: escape("v1", "accounts", account), body: patchAccountBody{limits}, key: writeKey(opts, "")}
+	if err := c.do(ctx, r, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// CreateAlert creates a threshold alert on an account's available balance (201): the
+// commit that crosses it appends a BalanceAlert event. It returns ErrAlertExists,
+// ErrTooManyAlerts, ErrAccountNotFound, ErrAccountClosed or ErrInvalidRequest.
+func (c *Client) CreateAlert(ctx context.Context, account string, req AlertRequest, opts ...CallOption) (*Alert, error) {
+	var al Alert
+	r := request{method: http.MethodPost, path: escape("v1", "accounts", account, "alerts"), body: req, key: writeKey(opts, "")}
+	if err := c.do(ctx, r, &al); err != nil {
+		return nil, err
+	}
+	return &al, nil
+}
+
+// Alerts returns every alert of an account (at most 20), by ID, or ErrAccountNotFound.
+func (c *Client) Alerts(ctx context.Context, account string) ([]Alert, error) {
+	var p AlertsPage
+	if err := c.do(ctx, request{method: http.MethodGet, path: escape("v1", "accounts", account, "alerts")}, &p); err != nil {
+		return nil, err
+	}
+	return p.Alerts, nil
+}
+
+// DeleteAlert deletes an alert and returns it. It returns ErrNotFound for an unknown alert,
+// ErrAccountNotFound or ErrAccountClosed.
+func (c *Client) DeleteAlert(ctx context.Context, account, id string, opts ...CallOption) (*Alert, error) {
+	var al Alert
+	r := request{method: http.MethodDelete, path: escape("v1", "accounts", account, "alerts", id), key: writeKey(opts, "")}
+	if err := c.do(ctx, r, &al); err != nil {
+		return nil, err
+	}
+	return &al, nil
+}

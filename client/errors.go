@@ -94,6 +94,11 @@ var (
 	ErrStoreUnavailable     error = &sentinel{"store_unavailable"}      // 503: retried
 	ErrOverloaded           error = &sentinel{"overloaded"}             // 503: retried
 
+	// Overdraft limits and threshold alerts.
+	ErrAlertExists            error = &sentinel{"alert_exists"}              // 409: CreateAlert with an ID the account has
+	ErrTooManyAlerts          error = &sentinel{"too_many_alerts"}           // 422: the account has 20 alerts
+	ErrTooManyOverdraftLimits error = &sentinel{"too_many_overdraft_limits"} // 422: more than 16 currencies with a limit
+
 	// ErrUnavailable matches every 503, whatever its code: the outcome of a write that ends
 	// with it is unknown until it is retried with the same Idempotency-Key.
 	ErrUnavailable error = &sentinel{"unavailable"}
@@ -107,7 +112,7 @@ var sentinels = []error{
 	ErrHoldNotPending, ErrAccountClosed, ErrAccountNotEmpty, ErrPayloadTooLarge,
 	ErrInsufficientFunds, ErrAmountOverflow, ErrAmountExceedsHold, ErrBatchNotAtomic,
 	ErrBatchAborted, ErrRateLimited, ErrInternal, ErrLockUnavailable, ErrStoreUnavailable,
-	ErrOverloaded,
+	ErrOverloaded, ErrAlertExists, ErrTooManyAlerts, ErrTooManyOverdraftLimits,
 }
 
 // statusCodes is the code an answer without a problem body is taken to have.

@@ -27,6 +27,9 @@ type Account struct {
 	AllowNegative bool               `json:"allow_negative"`
 	Metadata      map[string]string  `json:"metadata,omitempty"`
 	Balances      map[string]Balance `json:"balances"` // by currency
+	// OverdraftLimit is, per currency, how far below zero the available balance may go
+	// (only limits above 0; see Client.SetOverdraftLimit).
+	OverdraftLimit map[string]int64 `json:"overdraft_limit,omitempty"`
 }
 
 // OpenAccountRequest is the body of OpenAccount.
@@ -37,6 +40,45 @@ type OpenAccountRequest struct {
 	AllowNegative bool `json:"allow_negative,omitempty"`
 	// Metadata is stored with the account (at most 32 entries).
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// OverdraftLimit lets the available balance of a currency go down to −limit.
+	OverdraftLimit map[string]int64 `json:"overdraft_limit,omitempty"`
+}
+
+// AlertRequest is the body of CreateAlert: exactly one of Below and Above.
+type AlertRequest struct {
+	ID       string `json:"id,omitempty"` // unique per account; "" for a random one
+	Currency string `json:"currency"`
+	// Below fires when a commit takes the available balance from ≥ *Below to < *Below.
+	Below *int64 `json:"below,omitempty"`
+	// Above fires when a commit takes the available balance from ≤ *Above to > *Above.
+	Above *int64 `json:"above,omitempty"`
+}
+
+// Alert is a threshold alert of an account.
+type Alert struct {
+	ID       string `json:"id"`
+	Account  string `json:"account"`
+	Currency string `json:"currency"`
+	Below    *int64 `json:"below,omitempty"`
+	Above    *int64 `json:"above,omitempty"`
+}
+
+// AlertsPage is the answer of Alerts: every alert of the account.
+type AlertsPage struct {
+	Alerts []Alert `json:"alerts"`
+}
+
+// BalanceAlertData is the Data of a BalanceAlert event: the commit ending with event
+// EventID (Version) took the available balance across the alert's threshold.
+type BalanceAlertData struct {
+	AlertID         string `json:"alert_id"`
+	Currency        string `json:"currency"`
+	Direction       string `json:"direction"` // "below" or "above"
+	Threshold       int64  `json:"threshold"`
+	AvailableBefore int64  `json:"available_before"`
+	AvailableAfter  int64  `json:"available_after"`
+	EventID         string `json:"event_id"`
+	Version         int64  `json:"version"`
 }
 
 // Operation is the answer to a deposit or withdrawal: the event it appended and the account
@@ -60,6 +102,11 @@ const (
 	EventHoldVoided       = "HoldVoided"
 	EventHoldExpired      = "HoldExpired"
 	EventAccountClosed    = "AccountClosed"
+
+	EventOverdraftLimitSet = "OverdraftLimitSet"
+	EventAlertCreated      = "AlertCreated"
+	EventAlertDeleted      = "AlertDeleted"
+	EventBalanceAlert      = "BalanceAlert"
 )
 
 // Event is one event of an account's stream; Version counts from 1 without gaps.

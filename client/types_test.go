@@ -174,6 +174,10 @@ func TestTypesMatchServer(t *testing.T) {
 		{"CaptureHold", []any{CaptureRequest{}}},
 		{"Hold", []any{Hold{}, ledger.Hold{}}},
 		{"HoldsPage", []any{HoldsPage{}}},
+		{"PatchAccount", []any{patchAccountBody{}}},
+		{"CreateAlert", []any{AlertRequest{}}},
+		{"Alert", []any{Alert{}, ledger.Alert{}}},
+		{"AlertsPage", []any{AlertsPage{}}},
 		{"BatchOperation", []any{BatchOp{}}},
 		{"Batch", []any{BatchRequest{}}},
 		{"BatchResponse", []any{BatchResponse{}}},
@@ -207,6 +211,7 @@ func TestClientCoversEveryOperation(t *testing.T) {
 		"voidHold": "VoidHold", "createTransfer": "CreateTransfer", "getTransfer": "Transfer",
 		"runBatch": "Batch", "getRelayStatus": "RelayStatus", "replayDeadLetters": "ReplayDeadLetters",
 		"checkLiveness": "Health", "checkReadiness": "Ready",
+		"updateAccount": "SetOverdraftLimit", "createAlert": "CreateAlert", "listAlerts": "Alerts", "deleteAlert": "DeleteAlert",
 		"getConsole": "", "getConsoleAsset": "", "getMetrics": "", "getOpenAPI": "",
 	}
 	raw, err := os.ReadFile("../handlers/openapi.json")

@@ -89,6 +89,7 @@ func (f *authFixture) make(aPrefix, bPrefix string, createA, createB bool) ids {
 		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, v.C), op...)
 		f.a.mustDo(201, "POST", "/v1/accounts/"+v.A+"/deposits", `{"currency":"USD","amount":1000}`, op...)
 		f.a.mustDo(201, "POST", "/v1/accounts/"+v.A+"/holds", fmt.Sprintf(`{"id":%q,"currency":"USD","amount":100,"timeout_seconds":3600}`, v.Hold), op...)
+		f.a.mustDo(201, "POST", "/v1/accounts/"+v.A+"/alerts", fmt.Sprintf(`{"id":%q,"currency":"USD","below":0}`, v.Hold), op...)
 	}
 	if createB {
 		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, v.B), op...)
@@ -171,6 +172,18 @@ func authRoutes() map[string]authRoute {
 		}},
 		"POST /v1/accounts/:id/holds/:hold/void": {scope: wr, tenant: tenantPath, create: true, call: func(v ids) call {
 			return call{"POST", "/v1/accounts/" + v.A + "/holds/" + v.Hold + "/void", ""}
+		}},
+		"PATCH /v1/accounts/:id": {scope: wr, tenant: tenantPath, create: true, call: func(v ids) call {
+			return call{"PATCH", "/v1/accounts/" + v.A, `{"overdraft_limit":{"USD":1}}`}
+		}},
+		"POST /v1/accounts/:id/alerts": {scope: wr, tenant: tenantPath, create: true, call: func(v ids) call {
+			return call{"POST", "/v1/accounts/" + v.A + "/alerts", `{"currency":"USD","above":1}`}
+		}},
+		"GET /v1/accounts/:id/alerts": {scope: rd, tenant: tenantPath, create: true, call: func(v ids) call {
+			return call{"GET", "/v1/accounts/" + v.A + "/alerts", ""}
+		}},
+		"DELETE /v1/accounts/:id/alerts/:alert": {scope: wr, tenant: tenantPath, create: true, call: func(v ids) call {
+			return call{"DELETE", "/v1/accounts/" + v.A + "/alerts/" + v.Hold, ""}
 		}},
 		"POST /v1/transfers": {scope: wr, tenant: tenantBody, create: true, call: func(v ids) call {
 			return call{"POST", "/v1/transfers", fmt.Sprintf(`{"from":%q,"to":%q,"currency":"USD","amount":1}`, v.A, v.B)}

@@ -39,6 +39,10 @@ type Ledger interface {
 	PendingHolds(ctx context.Context, account, after string, limit int) ([]ledger.Hold, string, error)
 	Batch(ctx context.Context, atomic bool, ops []ledger.BatchOp, opts ledger.WriteOptions) ([]ledger.BatchResult, bool, error)
 	Ping(ctx context.Context) error
+	SetOverdraftLimit(ctx context.Context, cmd ledger.SetOverdraftLimit, opts ledger.WriteOptions) (ledger.Receipt, error)
+	CreateAlert(ctx context.Context, cmd ledger.CreateAlert, opts ledger.WriteOptions) (ledger.Receipt, error)
+	DeleteAlert(ctx context.Context, account, id string, opts ledger.WriteOptions) (ledger.Receipt, error)
+	Alerts(ctx context.Context, account string) ([]ledger.Alert, error)
 }
 
 // Config configures the HTTP API.
@@ -165,6 +169,10 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	v1.GET("/accounts/:id", read, s.own(hideBare), s.getAccount)
 	v1.GET("/accounts/:id/events", read, s.own(hideBare), s.listEvents)
 	v1.GET("/accounts/:id/balances", read, s.own(hideBare), s.pastBalances)
+	v1.PATCH("/accounts/:id", write, s.own(hideNamed), s.patchAccount)
+	v1.POST("/accounts/:id/alerts", write, s.own(hideNamed), s.createAlert)
+	v1.GET("/accounts/:id/alerts", read, s.own(hideBare), s.listAlerts)
+	v1.DELETE("/accounts/:id/alerts/:alert", write, s.own(hideNamed), s.deleteAlert)
 	v1.POST("/accounts/:id/deposits", write, s.own(hideNamed), s.deposit)
 	v1.POST("/accounts/:id/withdrawals", write, s.own(hideNamed), s.withdraw)
 	v1.POST("/accounts/:id/close", write, s.own(hideNamed), s.closeAccount)
@@ -261,9 +269,10 @@ func (s *server) ready(c *gin.Context) {
 }
 
 type openAccountBody struct {
-	ID            string            `json:"id"`
-	AllowNegative bool              `json:"allow_negative"`
-	Metadata      map[string]string `json:"metadata"`
+	ID             string            `json:"id"`
+	AllowNegative  bool              `json:"allow_negative"`
+	Metadata       map[string]string `json:"metadata"`
+	OverdraftLimit map[string]int64  `json:"overdraft_limit"`
 }
 
 func (s *server) openAccount(c *gin.Context) {
@@ -279,7 +288,8 @@ func (s *server) openAccount(c *gin.Context) {
 		return
 	}
 	s.write(c, http.StatusCreated, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
-		return s.ledger.OpenAccount(ctx, ledger.OpenAccount{ID: body.ID, AllowNegative: body.AllowNegative, Metadata: body.Metadata}, opts)
+		return s.ledger.OpenAccount(ctx, ledger.OpenAccount{ID: body.ID, AllowNegative: body.AllowNegative, Metadata: body.Metadata,
+			OverdraftLimit: body.OverdraftLimit}, opts)
 	})
 }
 

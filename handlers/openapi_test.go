@@ -399,6 +399,15 @@ func TestOpenAPIWalk(t *testing.T) {
 		return fmt.Sprintf(`{"type":"deposit","account":%q,"currency":"USD","amount":1}`, account)
 	}
 	setup(walkCall{"POST", "/v1/batch", batch(true, dep("alice")), []string{"Idempotency-Key", "batch-1"}})
+	setup(walkCall{"POST", "/v1/accounts/alice/alerts", `{"id":"al-1","currency":"USD","below":0}`, nil})
+	for i := range ledger.MaxAlerts {
+		setup(walkCall{"POST", "/v1/accounts/full/alerts", fmt.Sprintf(`{"id":"a%d","currency":"USD","above":%d}`, i, i), nil})
+	}
+	limits := []string{}
+	for i := range ledger.MaxOverdraftLimits {
+		limits = append(limits, fmt.Sprintf(`"C%02d":1`, i))
+	}
+	setup(walkCall{"PATCH", "/v1/accounts/full", `{"overdraft_limit":{` + strings.Join(limits, ",") + `}}`, nil})
 
 	get := func(path string) walkCall { return walkCall{"GET", path, "", nil} }
 	post := func(path, body string, headers ...string) walkCall { return walkCall{"POST", path, body, headers} }
@@ -427,6 +436,10 @@ func TestOpenAPIWalk(t *testing.T) {
 		"getOpenAPI":        get("/openapi.json"),
 		"getConsole":        get("/console"),
 		"getConsoleAsset":   get("/console/console.js"),
+		"updateAccount":     {"PATCH", "/v1/accounts/alice", `{"overdraft_limit":{"USD":100}}`, nil},
+		"createAlert":       post("/v1/accounts/alice/alerts", `{"currency":"USD","above":5000}`),
+		"listAlerts":        get("/v1/accounts/alice/alerts"),
+		"deleteAlert":       {"DELETE", "/v1/accounts/alice/alerts/al-1", "", nil},
 	}
 	// errs are the operation-specific errors, sent with the root key to main.
 	errs := map[string]map[int]walkCall{
@@ -455,6 +468,17 @@ func TestOpenAPIWalk(t *testing.T) {
 		"runBatch": {400: post("/v1/batch", batch(true)), 409: post("/v1/batch", batch(true, dep("alice"), dep("alice")), "Idempotency-Key", "batch-1"),
 			422: post("/v1/batch", batch(true, dep("alice"), dep(other)))},
 		"getConsoleAsset": {404: get("/console/nothing.txt")},
+		"updateAccount": {400: {"PATCH", "/v1/accounts/alice", `{"overdraft_limit":{"USD":1.5}}`, nil},
+			404: {"PATCH", "/v1/accounts/nobody", `{"overdraft_limit":{"USD":1}}`, nil},
+			409: {"PATCH", "/v1/accounts/shut", `{"overdraft_limit":{"USD":1}}`, nil},
+			422: {"PATCH", "/v1/accounts/full", `{"overdraft_limit":{"USD":1}}`, nil}},
+		"createAlert": {400: post("/v1/accounts/alice/alerts", `{"currency":"USD","below":1,"above":2}`),
+			404: post("/v1/accounts/nobody/alerts", `{"currency":"USD","below":1}`),
+			409: post("/v1/accounts/full/alerts", `{"id":"a1","currency":"USD","below":1}`),
+			422: post("/v1/accounts/full/alerts", `{"currency":"USD","below":1}`)},
+		"listAlerts": {400: get("/v1/accounts/a:b/alerts"), 404: get("/v1/accounts/nobody/alerts")},
+		"deleteAlert": {400: {"DELETE", "/v1/accounts/alice/alerts/a:b", "", nil}, 404: {"DELETE", "/v1/accounts/alice/alerts/none", "", nil},
+			409: {"DELETE", "/v1/accounts/shut/alerts/x", "", nil}},
 	}
 	// tenantErrs are sent with the tenant key.
 	tenantErrs := map[string]map[int]walkCall{"runBatch": {404: post("/v1/batch", batch(false, dep("alice")))}}

@@ -30,6 +30,12 @@ type Account struct {
 	AllowNegative bool               `json:"allow_negative"`
 	Metadata      map[string]string  `json:"metadata,omitempty"`
 	Balances      map[string]Balance `json:"balances"`
+	// OverdraftLimit lets the available balance of a currency go down to −limit (an account
+	// without allow_negative; see requireAvailable). Only limits above 0 are kept.
+	OverdraftLimit map[string]int64 `json:"overdraft_limit,omitempty"`
+
+	// alerts are the account's threshold alerts, by ID (see alert.go).
+	alerts map[string]Alert
 
 	// last is the time of the account's last event (Unix ns; 0 before the first, or for a
 	// snapshot written before it was kept). A decision never dates an event before it, so
@@ -66,6 +72,8 @@ func (a *Account) clone() *Account {
 	}
 	c.Metadata = maps.Clone(a.Metadata)
 	c.holds = maps.Clone(a.holds)
+	c.OverdraftLimit = maps.Clone(a.OverdraftLimit)
+	c.alerts = maps.Clone(a.alerts)
 	return &c
 }
 
@@ -126,6 +134,33 @@ func (a *Account) apply(e Event) error {
 			return err
 		}
 		a.Status, a.AllowNegative, a.Metadata = StatusOpen, d.AllowNegative, d.Metadata
+		a.setLimits(d.OverdraftLimit)
+	case EventOverdraftLimitSet:
+		var d OverdraftLimitData
+		if err := decodeData(e, &d); err != nil {
+			return err
+		}
+		a.setLimits(d.OverdraftLimit)
+	case EventAlertCreated:
+		var d Alert
+		if err := decodeData(e, &d); err != nil {
+			return err
+		}
+		if a.alerts == nil {
+			a.alerts = map[string]Alert{}
+		}
+		a.alerts[d.ID] = d
+	case EventAlertDeleted:
+		var d AlertDeletedData
+		if err := decodeData(e, &d); err != nil {
+			return err
+		}
+		delete(a.alerts, d.AlertID)
+		if len(a.alerts) == 0 {
+			a.alerts = nil // as a snapshot without alert fields reads
+		}
+	case EventBalanceAlert:
+		// A notice for the outbox: it changes nothing but the version.
 	case EventDeposited, EventWithdrawn:
 		var d MoneyData
 		if err := decodeData(e, &d); err != nil {
@@ -188,6 +223,24 @@ func (a *Account) apply(e Event) error {
 	a.Version = e.Version
 	a.last = e.Time.UnixNano()
 	return nil
+}
+
+// setLimits sets the overdraft limits of limits; 0 removes a currency's limit. An account
+// without limits has a nil map, as a snapshot without limit fields reads.
+func (a *Account) setLimits(limits map[string]int64) {
+	for c, n := range limits {
+		if n > 0 {
+			if a.OverdraftLimit == nil {
+				a.OverdraftLimit = map[string]int64{}
+			}
+			a.OverdraftLimit[c] = n
+		} else {
+			delete(a.OverdraftLimit, c)
+		}
+	}
+	if len(a.OverdraftLimit) == 0 {
+		a.OverdraftLimit = nil
+	}
 }
 
 // currencies returns the account's currencies in sorted order.

@@ -139,9 +139,20 @@ func (d *decision) write(cmd, key string, args ...any) {
 // guard makes the commit fail with ErrResourceExists if key exists.
 func (d *decision) guard(key string) { d.guards = append(d.guards, key) }
 
-// requireAvailable returns ErrInsufficientFunds unless a may spend amount of currency.
+// requireAvailable returns ErrInsufficientFunds unless a may spend amount of currency:
+// any amount with allow_negative, else as long as the available balance stays at or above
+// −overdraft limit (0 without one). Every spending decision (withdrawal, hold, transfer
+// debit) calls it on the state it commits with, so the limit holds under concurrency.
 func requireAvailable(a *Account, currency string, amount int64) error {
-	if avail := a.Balances[currency].Available; !a.AllowNegative && avail < amount {
+	if a.AllowNegative {
+		return nil
+	}
+	avail, limit := a.Balances[currency].Available, a.OverdraftLimit[currency]
+	// limit ≥ 0, so the sum can only overflow upwards: then there is plenty to spend.
+	if spendable, err := add(avail, limit); err == nil && spendable < amount {
+		if limit > 0 {
+			return fmt.Errorf("%w: %d %s available with an overdraft limit of %d, %d requested", ErrInsufficientFunds, avail, currency, limit, amount)
+		}
 		return fmt.Errorf("%w: %d %s available, %d requested", ErrInsufficientFunds, avail, currency, amount)
 	}
 	return nil
@@ -149,9 +160,10 @@ func requireAvailable(a *Account, currency string, amount int64) error {
 
 // OpenAccount is the command to open an account.
 type OpenAccount struct {
-	ID            string
-	AllowNegative bool
-	Metadata      map[string]string
+	ID             string
+	AllowNegative  bool
+	Metadata       map[string]string
+	OverdraftLimit map[string]int64 `json:",omitempty"` // per currency, 0 means none; omitempty keeps older fingerprints
 }
 
 func (c OpenAccount) accounts() []string { return []string{c.ID} }
@@ -159,6 +171,9 @@ func (c OpenAccount) accounts() []string { return []string{c.ID} }
 // Validate returns an error wrapping ErrInvalid when the command is malformed.
 func (c OpenAccount) Validate() error {
 	if err := ValidateID("id", c.ID); err != nil {
+		return err
+	}
+	if err := validateLimits(c.OverdraftLimit); err != nil {
 		return err
 	}
 	return validateMetadata(c.Metadata)
@@ -181,7 +196,16 @@ func (c OpenAccount) decide(d *decision) (any, error) {
 	if a.exists() {
 		return nil, ErrAccountExists
 	}
-	if _, err := d.emit(a, EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata}); err != nil {
+	var limits map[string]int64 // the limits above 0: 0 means none
+	for cur, n := range c.OverdraftLimit {
+		if n > 0 {
+			if limits == nil {
+				limits = map[string]int64{}
+			}
+			limits[cur] = n
+		}
+	}
+	if _, err := d.emit(a, EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata, OverdraftLimit: limits}); err != nil {
 		return nil, err
 	}
 	return a.clone(), nil

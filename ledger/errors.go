@@ -14,8 +14,9 @@ var (
 	ErrAccountNotFound = errors.New("account not found")
 	// ErrAccountExists is returned when opening an account whose ID is taken.
 	ErrAccountExists = errors.New("account exists")
-	// ErrInsufficientFunds is returned when a withdrawal would take the available balance of
-	// an account without allow_negative below zero.
+	// ErrInsufficientFunds is returned when a withdrawal, hold or transfer would take the
+	// available balance of an account without allow_negative below zero, or below −its
+	// overdraft limit in the currency.
 	ErrInsufficientFunds = errors.New("insufficient funds")
 	// ErrOverflow is returned when a balance would leave the int64 range.
 	ErrOverflow = errors.New("amount overflow")

@@ -22,6 +22,12 @@ const (
 	EventHoldVoided       = "HoldVoided"
 	EventHoldExpired      = "HoldExpired"
 	EventAccountClosed    = "AccountClosed"
+
+	// Overdraft limits and threshold alerts (docs/limits-and-alerts.md).
+	EventOverdraftLimitSet = "OverdraftLimitSet"
+	EventAlertCreated      = "AlertCreated"
+	EventAlertDeleted      = "AlertDeleted"
+	EventBalanceAlert      = "BalanceAlert"
 )
 
 // Event is one entry of an account's event stream. The commit script appends its JSON to
@@ -95,8 +101,34 @@ func decodeStreamEntry(values map[string]any) (Event, error) {
 
 // OpenedData is the data of an AccountOpened event.
 type OpenedData struct {
-	AllowNegative bool              `json:"allow_negative"`
-	Metadata      map[string]string `json:"metadata,omitempty"`
+	AllowNegative  bool              `json:"allow_negative"`
+	Metadata       map[string]string `json:"metadata,omitempty"`
+	OverdraftLimit map[string]int64  `json:"overdraft_limit,omitempty"` // per currency, each > 0
+}
+
+// OverdraftLimitData is the data of an OverdraftLimitSet event: the limits it sets, by
+// currency; 0 removes a currency's limit. Currencies it does not name keep theirs.
+type OverdraftLimitData struct {
+	OverdraftLimit map[string]int64 `json:"overdraft_limit"`
+}
+
+// AlertDeletedData is the data of an AlertDeleted event. (AlertCreated carries an Alert.)
+type AlertDeletedData struct {
+	AlertID string `json:"alert_id"`
+}
+
+// BalanceAlertData is the data of a BalanceAlert event: the commit whose events end with
+// the event EventID (version Version) took the available balance of Currency across the
+// alert's Threshold in Direction, from AvailableBefore to AvailableAfter.
+type BalanceAlertData struct {
+	AlertID         string `json:"alert_id"`
+	Currency        string `json:"currency"`
+	Direction       string `json:"direction"` // AlertBelow or AlertAbove
+	Threshold       int64  `json:"threshold"`
+	AvailableBefore int64  `json:"available_before"`
+	AvailableAfter  int64  `json:"available_after"`
+	EventID         string `json:"event_id"`
+	Version         int64  `json:"version"`
 }
 
 // MoneyData is the data of Deposited and Withdrawn events.

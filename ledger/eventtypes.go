@@ -9,5 +9,6 @@ func EventTypes() []string {
 		EventTransferDebited, EventTransferCredited, EventTransferRefunded,
 		EventHoldPlaced, EventHoldCaptured, EventHoldVoided, EventHoldExpired,
 		EventAccountClosed,
+		EventOverdraftLimitSet, EventAlertCreated, EventAlertDeleted, EventBalanceAlert,
 	}
 }

@@ -37,7 +37,7 @@ func holdState(eventType string) (string, bool) {
 func eventTypes() []string {
 	return []string{EventAccountOpened, EventDeposited, EventWithdrawn, EventTransferDebited,
 		EventTransferCredited, EventTransferRefunded, EventHoldPlaced, EventHoldCaptured, EventHoldVoided,
-		EventHoldExpired, EventAccountClosed}
+		EventHoldExpired, EventAccountClosed, EventOverdraftLimitSet, EventAlertCreated, EventAlertDeleted, EventBalanceAlert}
 }
 
 // transitions counts what one request's decision did to transfers; it is added to the

@@ -229,6 +229,8 @@ func project(e Event) (projection, error) {
 		return pj, nil
 	case EventDeposited, EventWithdrawn, EventTransferDebited, EventTransferCredited, EventTransferRefunded,
 		EventHoldPlaced, EventHoldCaptured, EventHoldVoided, EventHoldExpired:
+	case EventOverdraftLimitSet, EventAlertCreated, EventAlertDeleted, EventBalanceAlert:
+		return pj, nil // no money moves: the event only counts
 	default:
 		pj.totals = append(pj.totals, kv{"unknown", 1})
 		return pj, nil

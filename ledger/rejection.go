@@ -38,6 +38,9 @@ var recordedRefusals = []struct {
 	{"hold_not_pending", ErrHoldNotPending},
 	{"amount_exceeds_hold", ErrAmountExceedsHold},
 	{"not_found", ErrNotFound},
+	{"alert_exists", ErrAlertExists},
+	{"too_many_alerts", ErrTooManyAlerts},
+	{"too_many_overdraft_limits", ErrTooManyOverdraftLimits},
 }
 
 // ReplayedError is a refusal answered from the record of an earlier request with the same

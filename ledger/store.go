@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +30,9 @@ const (
 	fieldMetadata      = "md"
 	fieldLast          = "t" // Account.last: Unix ns of the last event
 	prefixPosted       = "b:"
-	prefixHold         = "H:" // a pending hold: "<currency> <amount> <expires at> <created at>" (Unix ms)
+	prefixHold         = "H:"  // a pending hold: "<currency> <amount> <expires at> <created at>" (Unix ms)
+	prefixOverdraft    = "od:" // an overdraft limit of a currency: "<limit>" (> 0)
+	prefixAlert        = "A:"  // a threshold alert: "<currency> <below|above> <threshold>"
 )
 
 // store is the Redis side of the ledger: one read and one commit script per attempt.
@@ -211,6 +215,34 @@ func parseSnapshot(id string, h map[string]string, now time.Time) (*Account, err
 			}
 			acc.holds[f[len(prefixHold):]] = pendingHold{Currency: cur, Amount: amount,
 				ExpiresAt: time.UnixMilli(expires).UTC(), CreatedAt: time.UnixMilli(created).UTC()}
+		case strings.HasPrefix(f, prefixOverdraft):
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, corrupt(f, err)
+			}
+			if acc.OverdraftLimit == nil {
+				acc.OverdraftLimit = map[string]int64{}
+			}
+			acc.OverdraftLimit[f[len(prefixOverdraft):]] = n
+		case strings.HasPrefix(f, prefixAlert):
+			var cur, dir string
+			var t int64
+			if _, err := fmt.Sscanf(v, "%s %s %d", &cur, &dir, &t); err != nil {
+				return nil, corrupt(f, err)
+			}
+			al := Alert{ID: f[len(prefixAlert):], Account: id, Currency: cur}
+			switch dir {
+			case AlertBelow:
+				al.Below = &t
+			case AlertAbove:
+				al.Above = &t
+			default:
+				return nil, corrupt(f, fmt.Errorf("direction %q", dir))
+			}
+			if acc.alerts == nil {
+				acc.alerts = map[string]Alert{}
+			}
+			acc.alerts[al.ID] = al
 		}
 	}
 	acc.settle(now)
@@ -237,6 +269,13 @@ func snapshotFields(acc *Account) ([]any, error) {
 	for _, id := range sortedHolds(acc) {
 		h := acc.holds[id]
 		out = append(out, prefixHold+id, fmt.Sprintf("%s %d %d %d", h.Currency, h.Amount, h.ExpiresAt.UnixMilli(), h.CreatedAt.UnixMilli()))
+	}
+	for _, c := range slices.Sorted(maps.Keys(acc.OverdraftLimit)) {
+		out = append(out, prefixOverdraft+c, strconv.FormatInt(acc.OverdraftLimit[c], 10))
+	}
+	for _, id := range slices.Sorted(maps.Keys(acc.alerts)) {
+		dir, t := acc.alerts[id].direction()
+		out = append(out, prefixAlert+id, fmt.Sprintf("%s %s %d", acc.alerts[id].Currency, dir, t))
 	}
 	return out, nil
 }

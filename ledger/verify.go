@@ -393,10 +393,6 @@ func (v *verifier) account(ctx context.Context, id string) error {
 	v.cuts[id] = c
 	for cur, b := range snap.Balances {
 		v.rep.Held.add(cur, b.Held)
-		if !snap.AllowNegative && b.Available < 0 {
-			v.problem(Problem{Kind: ProblemNegativeBalance, Account: id, Partition: &p, Currency: cur,
-				Detail: fmt.Sprintf("available balance %d (posted %d, held %d) without allow_negative", b.Available, b.Posted, b.Held)})
-		}
 	}
 
 	// Replay the stream up to the snapshot's version: what follows was written after the
@@ -404,6 +400,9 @@ func (v *verifier) account(ctx context.Context, id string) error {
 	replayed := &Account{ID: id, Balances: map[string]Balance{}}
 	holds := map[string]*Hold{} // every hold the events mention, in its state at the snapshot's version
 	wrongBalances := false
+	// The largest overdraft limit each currency ever had: a limit lowered below what the
+	// account owes only stops further spending, so the balance may sit below the current one.
+	limits := map[string]int64{}
 	err := v.events(ctx, id, 0, snap.Version, func(e Event) (bool, error) {
 		if err := replayed.apply(e); err != nil {
 			return false, err
@@ -417,6 +416,9 @@ func (v *verifier) account(ctx context.Context, id string) error {
 					Detail: fmt.Sprintf("event %s records balances %v, its replay leaves %v", e.ID, e.Balances, replayed.Balances)})
 			}
 		}
+		for cur, n := range replayed.OverdraftLimit {
+			limits[cur] = max(limits[cur], n)
+		}
 		return false, v.trace(e, holds)
 	})
 	var bad *badEventError
@@ -428,6 +430,13 @@ func (v *verifier) account(ctx context.Context, id string) error {
 		return err
 	}
 	v.rep.Events += replayed.Version
+	for _, cur := range snap.currencies() {
+		if b := snap.Balances[cur]; !snap.AllowNegative && b.Available < -limits[cur] {
+			v.problem(Problem{Kind: ProblemNegativeBalance, Account: id, Partition: &p, Currency: cur,
+				Detail: fmt.Sprintf("available balance %d (posted %d, held %d) without allow_negative, below −%d (the largest overdraft limit it had)",
+					b.Available, b.Posted, b.Held, limits[cur])})
+		}
+	}
 	replayed.settle(v.now)
 	if snap.last == 0 {
 		replayed.last = 0 // a snapshot last written before Tally kept the last event's time
@@ -468,6 +477,12 @@ func diffAccounts(snap, replayed *Account) string {
 	}
 	if snap.last != replayed.last {
 		out = append(out, fmt.Sprintf("last event at %d ns vs %d", snap.last, replayed.last))
+	}
+	if !reflect.DeepEqual(snap.OverdraftLimit, replayed.OverdraftLimit) {
+		out = append(out, fmt.Sprintf("overdraft limits %v vs %v", snap.OverdraftLimit, replayed.OverdraftLimit))
+	}
+	if !reflect.DeepEqual(snap.alerts, replayed.alerts) {
+		out = append(out, fmt.Sprintf("%d alerts vs %d", len(snap.alerts), len(replayed.alerts)))
 	}
 	return strings.Join(out, "; ")
 }

@@ -405,6 +405,9 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 		f := d.fork(r.cmd.accounts())
 		body, err := r.cmd.decide(f)
+		if err == nil {
+			err = f.emitAlerts(d) // the one place alerts fire: after the command's own events
+		}
 		var raw []byte
 		if err == nil {
 			if raw, err = json.Marshal(body); err != nil {
