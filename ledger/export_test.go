@@ -75,7 +75,7 @@ func (l *Ledger) StartTransfer(ctx context.Context, req TransferRequest) error {
 	if err != nil {
 		return err
 	}
-	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount}
+	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount, Metadata: req.Metadata}
 	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark", keepsRefusals: true}
 	_, err = l.submitRef(ctx, transferCmd{T: t, SameTo: false, toErr: toErr}, ref, fingerprint(t))
 	return err
