@@ -392,6 +392,8 @@ func TestOpenAPIWalk(t *testing.T) {
 	}
 	setup(walkCall{"POST", "/v1/accounts/alice/holds/h-done/void", ``, nil})
 	setup(walkCall{"POST", "/v1/transfers", `{"id":"t1","from":"alice","to":"bob","currency":"USD","amount":1}`, nil})
+	setup(walkCall{"POST", "/v1/transfers", `{"id":"t-md","from":"alice","to":"bob","currency":"USD","amount":1,"metadata":{"order_id":"7"}}`, nil})
+	setup(walkCall{"POST", "/v1/accounts", `{"id":"md-acct","metadata":{"customer":"42"}}`, nil})
 	batch := func(atomic bool, ops ...string) string {
 		return fmt.Sprintf(`{"atomic":%v,"operations":[%s]}`, atomic, strings.Join(ops, ","))
 	}
@@ -426,6 +428,9 @@ func TestOpenAPIWalk(t *testing.T) {
 		"getOpenAPI":        get("/openapi.json"),
 		"getConsole":        get("/console"),
 		"getConsoleAsset":   get("/console/console.js"),
+
+		"listTransfersByMetadata": get("/v1/transfers?metadata.order_id=7&limit=1"),
+		"listAccountsByMetadata":  get("/v1/accounts?metadata.customer=42"),
 	}
 	// errs are the operation-specific errors, sent with the root key to main.
 	errs := map[string]map[int]walkCall{
@@ -453,6 +458,9 @@ func TestOpenAPIWalk(t *testing.T) {
 		"runBatch": {400: post("/v1/batch", batch(true)), 409: post("/v1/batch", batch(true, dep("alice"), dep("alice")), "Idempotency-Key", "batch-1"),
 			422: post("/v1/batch", batch(true, dep("alice"), dep(other)))},
 		"getConsoleAsset": {404: get("/console/nothing.txt")},
+
+		"listTransfersByMetadata": {400: get("/v1/transfers?metadata.order_id=7&limit=0")},
+		"listAccountsByMetadata":  {400: get("/v1/accounts?limit=5")},
 	}
 	// tenantErrs are sent with the tenant key.
 	tenantErrs := map[string]map[int]walkCall{"runBatch": {404: post("/v1/batch", batch(false, dep("alice")))}}
