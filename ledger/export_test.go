@@ -97,3 +97,13 @@ func (l *Ledger) TransferIndexKey(id string) string { return l.store.keys.transf
 func (l *Ledger) TransfersPendingKey(account string) string {
 	return l.store.keys.transfersPending(l.store.keys.partition(account))
 }
+
+// MetadataIndexKey returns the key of the metadata index of key=value for accounts
+// (transfers false) or transfers in the partition of account (a transfer's source).
+func (l *Ledger) MetadataIndexKey(transfers bool, account, key, value string) string {
+	kind := indexAccounts
+	if transfers {
+		kind = indexTransfers
+	}
+	return l.store.keys.metadataIndex(l.store.keys.partition(account), kind, key, value)
+}

@@ -6,12 +6,16 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
 )
 
 // Metadata lookup: exact-match search of accounts and transfers by one metadata key/value.
@@ -232,4 +236,122 @@ func (l *Ledger) lookup(ctx context.Context, kind string, q MetadataQuery) ([]hi
 	}
 	best = best[:limit]
 	return best, base64.RawURLEncoding.EncodeToString([]byte(best[limit-1].id)), nil
+}
+
+// metadataIndexes checks that the metadata lookup indexes and the records agree: every pair
+// of every account and transfer record Verify read is in its index, and every index entry
+// names a record that has its pair. Entries are written by the script that writes their
+// record and never removed, so a record read earlier has all of its entries; an entry whose
+// record Verify did not read (created after the records were read, or with steps that did
+// not add up) is checked against its record read now.
+func (v *verifier) metadataIndexes(ctx context.Context) error {
+	ks := v.l.store.keys
+	want := map[string]map[string]bool{} // index key → IDs
+	expect := func(p int, kind, id string, md map[string]string) {
+		for k, val := range md {
+			key := ks.metadataIndex(p, kind, k, val)
+			if want[key] == nil {
+				want[key] = map[string]bool{}
+			}
+			want[key][id] = true
+		}
+	}
+	for id, c := range v.cuts {
+		expect(ks.partition(id), indexAccounts, id, c.acc.Metadata)
+	}
+	for id, md := range v.transferMetadata {
+		// A transfer's record and its index entries are in its source's partition.
+		expect(ks.partition(v.flows[id].from), indexTransfers, id, md)
+	}
+
+	var mu sync.Mutex
+	got := map[string][]string{}
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, v.l.cfg.Prefix+":{*}:md:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			ids, err := c.ZRange(ctx, iter.Val(), 0, -1).Result()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			got[iter.Val()] = ids
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	if err := redisx.ForEachMaster(ctx, v.l.store.rdb, scan); err != nil {
+		return storeErr(ctx, err)
+	}
+
+	for _, key := range slices.Sorted(maps.Keys(want)) {
+		have := map[string]bool{}
+		for _, id := range got[key] {
+			have[id] = true
+		}
+		for _, id := range slices.Sorted(maps.Keys(want[key])) {
+			if !have[id] {
+				v.problem(Problem{Kind: ProblemMetadataIndex, Detail: fmt.Sprintf("%s has metadata indexed under %s, but is not in that index", id, key)})
+			}
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(got)) {
+		for _, id := range got[key] {
+			if want[key][id] {
+				continue
+			}
+			ok, err := v.indexedRecord(ctx, key, id)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				v.problem(Problem{Kind: ProblemMetadataIndex, Detail: fmt.Sprintf("index %s names %s, which has no record with that metadata", key, id)})
+			}
+		}
+	}
+	return nil
+}
+
+// indexedRecord reports whether the record that index entry key → id names exists, in the
+// index's partition, with a metadata pair whose index is key.
+func (v *verifier) indexedRecord(ctx context.Context, key, id string) (bool, error) {
+	ks := v.l.store.keys
+	lb, rb := strings.Index(key, "{"), strings.Index(key, "}")
+	if lb < 0 || rb < lb {
+		return false, nil // not a key the ledger writes
+	}
+	p, err := strconv.Atoi(key[lb+1 : rb])
+	rest := key[rb+1:]
+	if err != nil || !strings.HasPrefix(rest, ":md:") || len(rest) < 6 {
+		return false, nil
+	}
+	kind := rest[4:5]
+	var md map[string]string
+	switch kind {
+	case indexAccounts:
+		h, err := v.l.store.rdb.HGetAll(ctx, ks.snapshot(p, id)).Result()
+		if err != nil {
+			return false, storeErr(ctx, err)
+		}
+		acc, err := parseSnapshot(id, h, v.now)
+		if err != nil || !acc.exists() {
+			return false, nil
+		}
+		md = acc.Metadata
+	case indexTransfers:
+		h, err := v.l.store.rdb.HGetAll(ctx, ks.transfer(p, id)).Result()
+		if err != nil {
+			return false, storeErr(ctx, err)
+		}
+		t, err := parseTransfer(id, h)
+		if err != nil {
+			return false, nil
+		}
+		md = t.Metadata
+	}
+	for k, val := range md {
+		if ks.metadataIndex(p, kind, k, val) == key {
+			return true, nil
+		}
+	}
+	return false, nil
 }

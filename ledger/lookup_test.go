@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -344,6 +345,56 @@ func TestMetadataIndexAgreesWithRecords(t *testing.T) {
 			ids = append(ids, "t-crash", "t-crash-refused")
 			agree()
 			requireVerified(t, l)
+		})
+	}
+}
+
+// TestVerifyChecksMetadataIndex: Verify finds an index entry missing for a record's pair,
+// and one naming no record with the pair, on every backend.
+func TestVerifyChecksMetadataIndex(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			ctx := context.Background()
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "mdv"})
+			from, to := apart(l, "v-")
+			_, err := l.OpenAccount(ctx, ledger.OpenAccount{ID: from, Metadata: map[string]string{"customer": "42"}}, ledger.WriteOptions{})
+			require.NoError(t, err)
+			_, err = l.Deposit(ctx, ledger.Deposit{Account: from, Currency: "USD", Amount: 10}, ledger.WriteOptions{})
+			require.NoError(t, err)
+			fund(t, l, to, 0)
+			_, err = l.CreateTransfer(ctx, ledger.TransferRequest{ID: "tv", From: from, To: to, Currency: "USD", Amount: 1, Metadata: map[string]string{"order_id": "9"}})
+			require.NoError(t, err)
+			requireVerified(t, l)
+
+			problems := func() []string {
+				rep, err := l.Verify(ctx)
+				require.NoError(t, err)
+				var out []string
+				for _, p := range rep.Problems {
+					require.Equal(t, ledger.ProblemMetadataIndex, p.Kind, p.String())
+					out = append(out, p.Detail)
+				}
+				return out
+			}
+			for _, c := range []struct {
+				key string
+				id  string
+			}{{l.MetadataIndexKey(false, from, "customer", "42"), from}, {l.MetadataIndexKey(true, from, "order_id", "9"), "tv"}} {
+				require.NoError(t, rdb.ZRem(ctx, c.key, c.id).Err())
+				got := problems()
+				require.Len(t, got, 1)
+				assert.Contains(t, got[0], "is not in that index")
+				require.NoError(t, rdb.ZAdd(ctx, c.key, redis.Z{Member: c.id}).Err())
+				requireVerified(t, l)
+			}
+			for _, key := range []string{l.MetadataIndexKey(false, from, "customer", "43"), l.MetadataIndexKey(true, from, "order_id", "9")} {
+				require.NoError(t, rdb.ZAdd(ctx, key, redis.Z{Member: "ghost"}, redis.Z{Member: from}).Err())
+				got := problems()
+				require.NotEmpty(t, got)
+				assert.Contains(t, strings.Join(got, "\n"), "names ghost")
+				require.NoError(t, rdb.Del(ctx, key).Err())
+			}
 		})
 	}
 }
