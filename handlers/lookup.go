@@ -34,11 +34,11 @@ func metadataQuery(c *gin.Context) (ledger.MetadataQuery, error) {
 			pairs++
 			q.Key, q.Value = name[len(metadataParam):], vals[0]
 		default:
-			return q, fmt.Errorf("unknown query parameter %q: a lookup takes metadata.<key>=<value>, limit and cursor", name)
+			return q, fmt.Errorf("unknown query parameter %q: a lookup takes metadata.KEY=VALUE, limit and cursor", name)
 		}
 	}
 	if pairs != 1 {
-		return q, fmt.Errorf("give exactly one metadata.<key>=<value> (got %d): a lookup matches one pair, exactly", pairs)
+		return q, fmt.Errorf("give exactly one metadata.KEY=VALUE parameter (got %d): a lookup matches one pair, exactly", pairs)
 	}
 	limit, err := queryInt(c, "limit", ledger.DefaultLookupLimit)
 	if err == nil && (limit < 1 || limit > ledger.MaxLookupLimit) {

@@ -117,6 +117,10 @@ func TestMetadataLookupAPI(t *testing.T) {
 	assert.Empty(t, first.Next, "the default limit holds them all")
 	assert.Equal(t, "123", first.Transfers[0].Metadata["order_id"])
 
+	// A transfer made by a batch is indexed like any other.
+	a.mustDo(200, "POST", "/v1/batch", `{"atomic":false,"operations":[{"type":"transfer","id":"acme-tb","from":"acme-0","to":"acme-1","currency":"USD","amount":1,"metadata":{"batch":"b1"}}]}`, root...)
+	assert.Equal(t, []string{"acme-tb"}, pageAll(t, a, "/v1/transfers?metadata.batch=b1", transferPageIDs, acme...))
+
 	t.Run("bad queries", func(t *testing.T) {
 		before := a.digest()
 		for _, route := range []string{"/v1/transfers", "/v1/accounts"} {
