@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -397,4 +398,59 @@ func TestVerifyChecksMetadataIndex(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMetadataIndexUnderKilledConnections cuts the ledger's Redis connections before every
+// other commit (the script may or may not have run when the client sees the error; the
+// ledger retries with its operation token): every account and transfer is still indexed
+// exactly once with its record, and Verify finds the indexes and records in agreement.
+func TestMetadataIndexUnderKilledConnections(t *testing.T) {
+	srv := redistest.MustStart(t)
+	admin := srv.Client()
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1}) // no silent client retries
+	t.Cleanup(func() { rdb.Close() })
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "mdkill", DisableGroupCommit: true})
+	var attempts, killed atomic.Int64
+	l.SetBeforeCommit(func() {
+		if attempts.Add(1)%2 == 1 {
+			n, err := admin.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result()
+			assert.NoError(t, err)
+			killed.Add(n)
+		}
+	})
+	var accounts, ids []string
+	refused := 0
+	for i := range 8 {
+		id := fmt.Sprintf("k%d", i)
+		_, err := l.OpenAccount(ctx, ledger.OpenAccount{ID: id, Metadata: map[string]string{"customer": fmt.Sprint(i % 2)}}, ledger.WriteOptions{})
+		require.NoError(t, err)
+		_, err = l.Deposit(ctx, ledger.Deposit{Account: id, Currency: "USD", Amount: 10}, ledger.WriteOptions{})
+		require.NoError(t, err)
+		accounts = append(accounts, id)
+	}
+	for i := range 12 {
+		id := fmt.Sprintf("kt%02d", i)
+		_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: id, From: accounts[i%8], To: accounts[(i+3)%8], Currency: "USD",
+			Amount: int64(2 + 3*(i%4)), Metadata: map[string]string{"order_id": fmt.Sprint(i % 3)}}) // 11: refused
+		if err != nil {
+			require.ErrorIs(t, err, ledger.ErrInsufficientFunds)
+			refused++
+		}
+		ids = append(ids, id)
+	}
+	require.Positive(t, killed.Load(), "the fault was injected")
+	require.Positive(t, refused, "some transfers were refused")
+	l.SetBeforeCommit(nil)
+	n := 0
+	for _, pair := range [][2]string{{"order_id", "0"}, {"order_id", "1"}, {"order_id", "2"}} {
+		want := scannedTransfers(t, l, ids, pair)
+		n += len(want)
+		require.Equal(t, want, transferIDs(allTransfersByMetadata(t, l, pair[0], pair[1], 2)))
+	}
+	require.Positive(t, n)
+	for _, pair := range [][2]string{{"customer", "0"}, {"customer", "1"}} {
+		require.Equal(t, scannedAccounts(t, l, accounts, pair), allAccountsByMetadata(t, l, ledger.MetadataQuery{Key: pair[0], Value: pair[1], Limit: 3}))
+	}
+	requireVerified(t, l)
 }
