@@ -174,6 +174,8 @@ func TestTypesMatchServer(t *testing.T) {
 		{"CaptureHold", []any{CaptureRequest{}}},
 		{"Hold", []any{Hold{}, ledger.Hold{}}},
 		{"HoldsPage", []any{HoldsPage{}}},
+		{"TransfersPage", []any{TransfersPage{}, ledger.TransferPage{}}},
+		{"AccountsPage", []any{AccountsPage{}, ledger.AccountPage{}}},
 		{"BatchOperation", []any{BatchOp{}}},
 		{"Batch", []any{BatchRequest{}}},
 		{"BatchResponse", []any{BatchResponse{}}},
@@ -208,6 +210,7 @@ func TestClientCoversEveryOperation(t *testing.T) {
 		"runBatch": "Batch", "getRelayStatus": "RelayStatus", "replayDeadLetters": "ReplayDeadLetters",
 		"checkLiveness": "Health", "checkReadiness": "Ready",
 		"getConsole": "", "getConsoleAsset": "", "getMetrics": "", "getOpenAPI": "",
+		"listTransfersByMetadata": "TransfersByMetadata", "listAccountsByMetadata": "AccountsByMetadata",
 	}
 	raw, err := os.ReadFile("../handlers/openapi.json")
 	require.NoError(t, err)
