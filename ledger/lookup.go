@@ -267,17 +267,33 @@ func (v *verifier) metadataIndexes(ctx context.Context) error {
 	var mu sync.Mutex
 	got := map[string][]string{}
 	scan := func(ctx context.Context, c *redis.Client) error {
-		iter := c.Scan(ctx, 0, v.l.cfg.Prefix+":{*}:md:*", 1000).Iterator()
-		for iter.Next(ctx) {
-			ids, err := c.ZRange(ctx, iter.Val(), 0, -1).Result()
+		// One pipeline of ZRANGEs per SCAN page: a value unique per record (an order ID) makes
+		// one small index per record.
+		var cursor uint64
+		for {
+			keys, next, err := c.Scan(ctx, cursor, v.l.cfg.Prefix+":{*}:md:*", 1000).Result()
 			if err != nil {
 				return err
 			}
+			pipe := c.Pipeline()
+			ranges := make([]*redis.StringSliceCmd, len(keys))
+			for i, k := range keys {
+				ranges[i] = pipe.ZRange(ctx, k, 0, -1)
+			}
+			if len(keys) > 0 {
+				if _, err := pipe.Exec(ctx); err != nil {
+					return err
+				}
+			}
 			mu.Lock()
-			got[iter.Val()] = ids
+			for i, k := range keys {
+				got[k] = ranges[i].Val() // SCAN may return a key twice: the same members
+			}
 			mu.Unlock()
+			if cursor = next; cursor == 0 {
+				return nil
+			}
 		}
-		return iter.Err()
 	}
 	if err := redisx.ForEachMaster(ctx, v.l.store.rdb, scan); err != nil {
 		return storeErr(ctx, err)
