@@ -55,6 +55,27 @@ func (k keyspace) metadataIndex(p int, kind, key, value string) string {
 	return k.tag(p) + "md:" + kind + ":" + hex.EncodeToString(sum[:16])
 }
 
+// parseMetadataIndex returns the partition and kind of an index key metadataIndex names,
+// and false for any other key.
+func (k keyspace) parseMetadataIndex(key string) (p int, kind string, ok bool) {
+	rest, found := strings.CutPrefix(key, k.prefix+":{")
+	if !found {
+		return 0, "", false
+	}
+	num, rest, found := strings.Cut(rest, "}:md:")
+	p, err := strconv.Atoi(num)
+	if !found || err != nil || p < 0 || p >= k.partitions || len(rest) != 2+32 || rest[1] != ':' {
+		return 0, "", false
+	}
+	if kind = rest[:1]; kind != indexAccounts && kind != indexTransfers {
+		return 0, "", false
+	}
+	if _, err := hex.DecodeString(rest[2:]); err != nil {
+		return 0, "", false
+	}
+	return p, kind, k.tag(p)+"md:"+rest == key // the canonical spelling of p only
+}
+
 // indexMetadata adds the extra writes that index the record id of kind (in partition p) under
 // each of its metadata pairs: nothing without metadata, so the commit path of records without
 // metadata costs nothing more.
@@ -275,6 +296,9 @@ func (v *verifier) metadataIndexes(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			// The pattern also matches other keys whose client-chosen parts contain "}:md:"
+			// (an Idempotency-Key may): keep only the ledger's index keys.
+			keys = slices.DeleteFunc(keys, func(k string) bool { _, _, ok := ks.parseMetadataIndex(k); return !ok })
 			pipe := c.Pipeline()
 			ranges := make([]*redis.StringSliceCmd, len(keys))
 			for i, k := range keys {
@@ -331,16 +355,10 @@ func (v *verifier) metadataIndexes(ctx context.Context) error {
 // index's partition, with a metadata pair whose index is key.
 func (v *verifier) indexedRecord(ctx context.Context, key, id string) (bool, error) {
 	ks := v.l.store.keys
-	lb, rb := strings.Index(key, "{"), strings.Index(key, "}")
-	if lb < 0 || rb < lb {
-		return false, nil // not a key the ledger writes
-	}
-	p, err := strconv.Atoi(key[lb+1 : rb])
-	rest := key[rb+1:]
-	if err != nil || !strings.HasPrefix(rest, ":md:") || len(rest) < 6 {
+	p, kind, ok := ks.parseMetadataIndex(key)
+	if !ok {
 		return false, nil
 	}
-	kind := rest[4:5]
 	var md map[string]string
 	switch kind {
 	case indexAccounts:

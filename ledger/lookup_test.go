@@ -364,6 +364,11 @@ func TestVerifyChecksMetadataIndex(t *testing.T) {
 			_, err = l.Deposit(ctx, ledger.Deposit{Account: from, Currency: "USD", Amount: 10}, ledger.WriteOptions{})
 			require.NoError(t, err)
 			fund(t, l, to, 0)
+			// A client's key may look like an index key's tail: Verify must not take its
+			// record (a hash) for an index.
+			_, err = l.Deposit(ctx, ledger.Deposit{Account: to, Currency: "USD", Amount: 1},
+				ledger.WriteOptions{IdempotencyKey: "x}:md:a:" + strings.Repeat("ab", 16)})
+			require.NoError(t, err)
 			_, err = l.CreateTransfer(ctx, ledger.TransferRequest{ID: "tv", From: from, To: to, Currency: "USD", Amount: 1, Metadata: map[string]string{"order_id": "9"}})
 			require.NoError(t, err)
 			requireVerified(t, l)
