@@ -178,6 +178,8 @@ func TestTypesMatchServer(t *testing.T) {
 		{"CreateAlert", []any{AlertRequest{}}},
 		{"Alert", []any{Alert{}, ledger.Alert{}}},
 		{"AlertsPage", []any{AlertsPage{}}},
+		{"TransfersPage", []any{TransfersPage{}, ledger.TransferPage{}}},
+		{"AccountsPage", []any{AccountsPage{}, ledger.AccountPage{}}},
 		{"BatchOperation", []any{BatchOp{}}},
 		{"Batch", []any{BatchRequest{}}},
 		{"BatchResponse", []any{BatchResponse{}}},
@@ -213,6 +215,7 @@ func TestClientCoversEveryOperation(t *testing.T) {
 		"checkLiveness": "Health", "checkReadiness": "Ready",
 		"updateAccount": "SetOverdraftLimit", "createAlert": "CreateAlert", "listAlerts": "Alerts", "deleteAlert": "DeleteAlert",
 		"getConsole": "", "getConsoleAsset": "", "getMetrics": "", "getOpenAPI": "",
+		"listTransfersByMetadata": "TransfersByMetadata", "listAccountsByMetadata": "AccountsByMetadata",
 	}
 	raw, err := os.ReadFile("../handlers/openapi.json")
 	require.NoError(t, err)

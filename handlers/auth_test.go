@@ -85,17 +85,17 @@ func (f *authFixture) make(aPrefix, bPrefix string, createA, createB bool) ids {
 		Hold: fmt.Sprintf("h%04d", f.n), Transfer: fmt.Sprintf("tr%04d", f.n)}
 	op := bearer(operator.token)
 	if createA {
-		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, v.A), op...)
-		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, v.C), op...)
+		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q,"metadata":{"owner":%q}}`, v.A, v.A), op...)
+		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q,"metadata":{"owner":%q}}`, v.C, v.A), op...)
 		f.a.mustDo(201, "POST", "/v1/accounts/"+v.A+"/deposits", `{"currency":"USD","amount":1000}`, op...)
 		f.a.mustDo(201, "POST", "/v1/accounts/"+v.A+"/holds", fmt.Sprintf(`{"id":%q,"currency":"USD","amount":100,"timeout_seconds":3600}`, v.Hold), op...)
 		f.a.mustDo(201, "POST", "/v1/accounts/"+v.A+"/alerts", fmt.Sprintf(`{"id":%q,"currency":"USD","below":0}`, v.Hold), op...)
 	}
 	if createB {
-		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q}`, v.B), op...)
+		f.a.mustDo(201, "POST", "/v1/accounts", fmt.Sprintf(`{"id":%q,"metadata":{"owner":%q}}`, v.B, v.A), op...)
 	}
 	if createA && createB {
-		rec := f.a.do("POST", "/v1/transfers", fmt.Sprintf(`{"id":%q,"from":%q,"to":%q,"currency":"USD","amount":1}`, v.Transfer, v.A, v.B), op...)
+		rec := f.a.do("POST", "/v1/transfers", fmt.Sprintf(`{"id":%q,"from":%q,"to":%q,"currency":"USD","amount":1,"metadata":{"order":%q}}`, v.Transfer, v.A, v.B, v.Transfer), op...)
 		require.Contains(f.a.t, []int{201, 202}, rec.Code, rec.Body.String())
 	}
 	return v
@@ -118,6 +118,7 @@ const (
 	tenantOpen   = "open"   // the new account's ID: 403 outside the prefix
 	tenantBatch  = "batch"  // every operation's accounts: 404 account_not_found for the batch
 	tenantGlobal = "global" // every tenant's state: 403 for a tenant key
+	tenantFilter = "filter" // a lookup across tenants: 200, with only the tenant's own records
 )
 
 // authRoute is the policy of one route and how to call it.
@@ -187,6 +188,12 @@ func authRoutes() map[string]authRoute {
 		}},
 		"POST /v1/transfers": {scope: wr, tenant: tenantBody, create: true, call: func(v ids) call {
 			return call{"POST", "/v1/transfers", fmt.Sprintf(`{"from":%q,"to":%q,"currency":"USD","amount":1}`, v.A, v.B)}
+		}},
+		"GET /v1/transfers": {scope: rd, tenant: tenantFilter, create: true, call: func(v ids) call {
+			return call{"GET", "/v1/transfers?metadata.order=" + v.Transfer, ""}
+		}},
+		"GET /v1/accounts": {scope: rd, tenant: tenantFilter, create: true, call: func(v ids) call {
+			return call{"GET", "/v1/accounts?metadata.owner=" + v.A, ""}
 		}},
 		"GET /v1/transfers/:id": {scope: rd, tenant: tenantBody, create: true, call: func(v ids) call {
 			return call{"GET", "/v1/transfers/" + v.Transfer, ""}
@@ -294,6 +301,20 @@ func checkAuthCall(t *testing.T, f *authFixture, rt authRoute, c caller, variant
 		requireProblem(t, rec, 403, "forbidden")
 	case c.prefix != "" && variant == "foreign" && rt.tenant == tenantOpen:
 		requireProblem(t, rec, 403, "forbidden")
+	case c.prefix != "" && rt.tenant == tenantFilter:
+		// Every variant answers 200 with the tenant's records only: never another's IDs.
+		require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+		visible := map[string]bool{v.A: strings.HasPrefix(v.A, tenantPrefix), v.B: strings.HasPrefix(v.B, tenantPrefix),
+			v.C: strings.HasPrefix(v.C, tenantPrefix)}
+		visible[v.Transfer] = visible[v.A] && visible[v.B] // a transfer is seen by a tenant owning both ends
+		for id, ok := range visible {
+			if !ok {
+				assert.NotContains(t, rec.Body.String(), `"`+id+`"`, "another tenant's record in a lookup")
+			}
+		}
+		if variant == "own" {
+			assert.Contains(t, rec.Body.String(), `"`+v.A+`"`, "the tenant finds its own records")
+		}
 	case c.prefix != "" && (variant == "foreign" && rt.tenant != tenantOpen ||
 		variant == "mixed" && (rt.tenant == tenantBody || rt.tenant == tenantBatch)):
 		// Another tenant's account: the same answer as for a missing one (IDs aside).

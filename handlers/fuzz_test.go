@@ -34,6 +34,8 @@ var fuzzRoutes = []struct{ method, path string }{
 	{"GET", "/v1/accounts/{id}"},
 	{"GET", "/v1/transfers/{id}"},
 	{"GET", "/v1/accounts/alice/holds/{id}"},
+	{"GET", "/v1/transfers"}, // metadata lookups: the fuzzed query is all there is
+	{"GET", "/v1/accounts"},
 }
 
 // goInternals are fragments of Go's own error messages and types: a problem detail written
@@ -67,6 +69,8 @@ func FuzzRequests(f *testing.F) {
 		{10, "al%ice", ``, ""},
 		{11, "t1", ``, ""},
 		{12, "h1", ``, ""},
+		{13, "", `metadata.order_id=1&limit=2&cursor=dDE`, ""},
+		{14, "", `metadata.k=v`, ""},
 	} {
 		f.Add(s.route, s.id, []byte(s.body), s.idemKey)
 	}

@@ -32,6 +32,8 @@ type Ledger interface {
 	CloseAccount(ctx context.Context, id string, opts ledger.WriteOptions) (ledger.Receipt, error)
 	CreateTransfer(ctx context.Context, req ledger.TransferRequest) (ledger.TransferResult, error)
 	GetTransfer(ctx context.Context, id string) (ledger.Transfer, error)
+	TransfersByMetadata(ctx context.Context, q ledger.MetadataQuery) (ledger.TransferPage, error)
+	AccountsByMetadata(ctx context.Context, q ledger.MetadataQuery) (ledger.AccountPage, error)
 	PlaceHold(ctx context.Context, cmd ledger.PlaceHold) (ledger.Receipt, error)
 	CaptureHold(ctx context.Context, account, hold string, amount int64, to string, opts ledger.WriteOptions) (ledger.Receipt, error)
 	VoidHold(ctx context.Context, account, hold string, opts ledger.WriteOptions) (ledger.Receipt, error)
@@ -166,6 +168,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	read, write, admin := s.need(ScopeRead), s.need(ScopeWrite), s.need(ScopeAdmin)
 	v1 := r.Group("/v1", s.authenticate)
 	v1.POST("/accounts", write, s.openAccount)
+	v1.GET("/accounts", read, s.listAccounts) // a tenant's answer is filtered to its accounts
 	v1.GET("/accounts/:id", read, s.own(hideBare), s.getAccount)
 	v1.GET("/accounts/:id/events", read, s.own(hideBare), s.listEvents)
 	v1.GET("/accounts/:id/balances", read, s.own(hideBare), s.pastBalances)
@@ -182,6 +185,7 @@ func New(l Ledger, cfg Config) (http.Handler, error) {
 	v1.POST("/accounts/:id/holds/:hold/capture", write, s.own(hideHold), s.captureHold)
 	v1.POST("/accounts/:id/holds/:hold/void", write, s.own(hideHold), s.voidHold)
 	v1.POST("/transfers", write, s.createTransfer)
+	v1.GET("/transfers", read, s.listTransfers) // as GET /v1/accounts
 	v1.GET("/transfers/:id", read, s.getTransfer)
 	v1.POST("/batch", write, s.batch)
 	if cfg.Relay != nil {

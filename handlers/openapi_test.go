@@ -392,6 +392,8 @@ func TestOpenAPIWalk(t *testing.T) {
 	}
 	setup(walkCall{"POST", "/v1/accounts/alice/holds/h-done/void", ``, nil})
 	setup(walkCall{"POST", "/v1/transfers", `{"id":"t1","from":"alice","to":"bob","currency":"USD","amount":1}`, nil})
+	setup(walkCall{"POST", "/v1/transfers", `{"id":"t-md","from":"alice","to":"bob","currency":"USD","amount":1,"metadata":{"order_id":"7"}}`, nil})
+	setup(walkCall{"POST", "/v1/accounts", `{"id":"md-acct","metadata":{"customer":"42"}}`, nil})
 	batch := func(atomic bool, ops ...string) string {
 		return fmt.Sprintf(`{"atomic":%v,"operations":[%s]}`, atomic, strings.Join(ops, ","))
 	}
@@ -413,33 +415,35 @@ func TestOpenAPIWalk(t *testing.T) {
 	post := func(path, body string, headers ...string) walkCall { return walkCall{"POST", path, body, headers} }
 	// ok is each operation's successful request; its status is the one 2xx it documents.
 	ok := map[string]walkCall{
-		"openAccount":       post("/v1/accounts", `{"id":"carol"}`),
-		"getAccount":        get("/v1/accounts/alice"),
-		"listAccountEvents": get("/v1/accounts/alice/events?limit=2"),
-		"getPastBalances":   get("/v1/accounts/alice/balances?at_version=2"),
-		"deposit":           post("/v1/accounts/alice/deposits", `{"currency":"USD","amount":5}`),
-		"withdraw":          post("/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":5}`),
-		"closeAccount":      post("/v1/accounts/empty/close", `{}`),
-		"placeHold":         post("/v1/accounts/alice/holds", `{"currency":"USD","amount":1,"timeout_seconds":60}`),
-		"listHolds":         get("/v1/accounts/alice/holds"),
-		"getHold":           get("/v1/accounts/alice/holds/h-pend"),
-		"captureHold":       post("/v1/accounts/alice/holds/h-pend/capture", `{"amount":4,"to":"bob"}`),
-		"voidHold":          post("/v1/accounts/alice/holds/h-void/void", ``),
-		"createTransfer":    post("/v1/transfers", `{"from":"alice","to":"bob","currency":"USD","amount":2}`),
-		"getTransfer":       get("/v1/transfers/t1"),
-		"runBatch":          post("/v1/batch", batch(true, dep("alice"), `{"type":"withdrawal","account":"alice","currency":"USD","amount":100000}`)),
-		"getRelayStatus":    get("/v1/relay"),
-		"replayDeadLetters": post("/v1/relay/dead-letters/replay", ``),
-		"checkLiveness":     get("/healthz"),
-		"checkReadiness":    get("/readyz"),
-		"getMetrics":        get("/metrics"),
-		"getOpenAPI":        get("/openapi.json"),
-		"getConsole":        get("/console"),
-		"getConsoleAsset":   get("/console/console.js"),
-		"updateAccount":     {"PATCH", "/v1/accounts/alice", `{"overdraft_limit":{"USD":100}}`, nil},
-		"createAlert":       post("/v1/accounts/alice/alerts", `{"currency":"USD","above":5000}`),
-		"listAlerts":        get("/v1/accounts/alice/alerts"),
-		"deleteAlert":       {"DELETE", "/v1/accounts/alice/alerts/al-1", "", nil},
+		"openAccount":             post("/v1/accounts", `{"id":"carol"}`),
+		"getAccount":              get("/v1/accounts/alice"),
+		"listAccountEvents":       get("/v1/accounts/alice/events?limit=2"),
+		"getPastBalances":         get("/v1/accounts/alice/balances?at_version=2"),
+		"deposit":                 post("/v1/accounts/alice/deposits", `{"currency":"USD","amount":5}`),
+		"withdraw":                post("/v1/accounts/alice/withdrawals", `{"currency":"USD","amount":5}`),
+		"closeAccount":            post("/v1/accounts/empty/close", `{}`),
+		"placeHold":               post("/v1/accounts/alice/holds", `{"currency":"USD","amount":1,"timeout_seconds":60}`),
+		"listHolds":               get("/v1/accounts/alice/holds"),
+		"getHold":                 get("/v1/accounts/alice/holds/h-pend"),
+		"captureHold":             post("/v1/accounts/alice/holds/h-pend/capture", `{"amount":4,"to":"bob"}`),
+		"voidHold":                post("/v1/accounts/alice/holds/h-void/void", ``),
+		"createTransfer":          post("/v1/transfers", `{"from":"alice","to":"bob","currency":"USD","amount":2}`),
+		"getTransfer":             get("/v1/transfers/t1"),
+		"runBatch":                post("/v1/batch", batch(true, dep("alice"), `{"type":"withdrawal","account":"alice","currency":"USD","amount":100000}`)),
+		"getRelayStatus":          get("/v1/relay"),
+		"replayDeadLetters":       post("/v1/relay/dead-letters/replay", ``),
+		"checkLiveness":           get("/healthz"),
+		"checkReadiness":          get("/readyz"),
+		"getMetrics":              get("/metrics"),
+		"getOpenAPI":              get("/openapi.json"),
+		"getConsole":              get("/console"),
+		"getConsoleAsset":         get("/console/console.js"),
+		"updateAccount":           {"PATCH", "/v1/accounts/alice", `{"overdraft_limit":{"USD":100}}`, nil},
+		"createAlert":             post("/v1/accounts/alice/alerts", `{"currency":"USD","above":5000}`),
+		"listAlerts":              get("/v1/accounts/alice/alerts"),
+		"deleteAlert":             {"DELETE", "/v1/accounts/alice/alerts/al-1", "", nil},
+		"listTransfersByMetadata": get("/v1/transfers?metadata.order_id=7&limit=1"),
+		"listAccountsByMetadata":  get("/v1/accounts?metadata.customer=42"),
 	}
 	// errs are the operation-specific errors, sent with the root key to main.
 	errs := map[string]map[int]walkCall{
@@ -479,6 +483,8 @@ func TestOpenAPIWalk(t *testing.T) {
 		"listAlerts": {400: get("/v1/accounts/a:b/alerts"), 404: get("/v1/accounts/nobody/alerts")},
 		"deleteAlert": {400: {"DELETE", "/v1/accounts/alice/alerts/a:b", "", nil}, 404: {"DELETE", "/v1/accounts/alice/alerts/none", "", nil},
 			409: {"DELETE", "/v1/accounts/shut/alerts/x", "", nil}},
+		"listTransfersByMetadata": {400: get("/v1/transfers?metadata.order_id=7&limit=0")},
+		"listAccountsByMetadata":  {400: get("/v1/accounts?limit=5")},
 	}
 	// tenantErrs are sent with the tenant key.
 	tenantErrs := map[string]map[int]walkCall{"runBatch": {404: post("/v1/batch", batch(false, dep("alice")))}}

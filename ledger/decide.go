@@ -208,6 +208,7 @@ func (c OpenAccount) decide(d *decision) (any, error) {
 	if _, err := d.emit(a, EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata, OverdraftLimit: limits}); err != nil {
 		return nil, err
 	}
+	d.indexMetadata(d.keys.partition(c.ID), indexAccounts, c.ID, c.Metadata) // see lookup.go
 	return a.clone(), nil
 }
 

@@ -75,7 +75,7 @@ func (l *Ledger) StartTransfer(ctx context.Context, req TransferRequest) error {
 	if err != nil {
 		return err
 	}
-	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount}
+	t := Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount, Metadata: req.Metadata}
 	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark", keepsRefusals: true}
 	_, err = l.submitRef(ctx, transferCmd{T: t, SameTo: false, toErr: toErr}, ref, fingerprint(t))
 	return err
@@ -101,4 +101,14 @@ func (l *Ledger) TransfersPendingKey(account string) string {
 // EventsKey returns the key of an account's event stream.
 func (l *Ledger) EventsKey(account string) string {
 	return l.store.keys.events(l.store.keys.partition(account), account)
+}
+
+// MetadataIndexKey returns the key of the metadata index of key=value for accounts
+// (transfers false) or transfers in the partition of account (a transfer's source).
+func (l *Ledger) MetadataIndexKey(transfers bool, account, key, value string) string {
+	kind := indexAccounts
+	if transfers {
+		kind = indexTransfers
+	}
+	return l.store.keys.metadataIndex(l.store.keys.partition(account), kind, key, value)
 }

@@ -138,6 +138,7 @@ func (d *decision) startTransfer(t *Transfer, to *Account) error {
 		return err
 	}
 	d.write("HSET", d.keys.transfer(p, t.ID), fields...)
+	d.indexMetadata(p, indexTransfers, t.ID, t.Metadata) // with the record: see lookup.go
 	return nil
 }
 

@@ -130,6 +130,7 @@ const (
 	ProblemTransferRecord  = "transfer_record"  // a transfer record disagrees with its steps (status, amount, accounts, pending index)
 	ProblemLostEvents      = "lost_events"      // the outbox or a consumer saw versions the account no longer has
 	ProblemEventBalances   = "event_balances"   // the balances an event records are not those its replay leaves
+	ProblemMetadataIndex   = "metadata_index"   // a metadata lookup index and the records disagree (lookup.go)
 	// Warnings.
 	ProblemTransferStuck    = "transfer_stuck"      // in flight longer than StuckAfter
 	ProblemHoldNotSwept     = "hold_not_swept"      // expired longer than StuckAfter ago, still pending
@@ -237,7 +238,7 @@ func (l *Ledger) Verify(ctx context.Context) (VerifyReport, error) {
 // to the debit, so the sums describe one consistent cut. Finally it reports each outbox
 // partition's delivery progress and checks that neither the newest outbox entries nor the
 // consumers' watermarks name versions an account does not have (events lost after they
-// were published).
+// were published), and that the metadata lookup indexes and the records agree.
 //
 // It returns an error only when Redis fails; findings are in the report.
 func (l *Ledger) VerifyWith(ctx context.Context, opts VerifyOptions) (VerifyReport, error) {
@@ -259,6 +260,9 @@ func (l *Ledger) VerifyWith(ctx context.Context, opts VerifyOptions) (VerifyRepo
 	if err := v.transfers(ctx); err != nil {
 		return v.rep, err
 	}
+	if err := v.metadataIndexes(ctx); err != nil {
+		return v.rep, err
+	}
 	v.conservation()
 	if err := v.outbox(ctx); err != nil {
 		return v.rep, err
@@ -275,6 +279,9 @@ type verifier struct {
 	// cuts are the accounts as verified: the snapshot and how far its stream was read.
 	cuts  map[string]*cut
 	flows map[string]*flow
+	// transferMetadata is the metadata of the transfer records read, by ID, for the check
+	// of the metadata indexes.
+	transferMetadata map[string]map[string]string
 }
 
 // cut is an account's state at the version up to which its events were traced: the
@@ -800,6 +807,12 @@ func (v *verifier) transfers(ctx context.Context) error {
 		for i, f := range batch {
 			if err := v.transferRecord(ctx, f, recs[i], indexed[i]); err != nil {
 				return err
+			}
+			if t, err := parseTransfer(f.id, recs[i]); err == nil && len(t.Metadata) > 0 {
+				if v.transferMetadata == nil {
+					v.transferMetadata = map[string]map[string]string{}
+				}
+				v.transferMetadata[f.id] = t.Metadata
 			}
 		}
 	}
