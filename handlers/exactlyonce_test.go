@@ -53,10 +53,27 @@ func (t httpTarget) send(ctx context.Context, method, path, key string, body any
 	return resp.StatusCode, raw, err
 }
 
-func (t httpTarget) OpenAccount(ctx context.Context, id string) error {
-	status, body, err := t.send(ctx, http.MethodPost, "/v1/accounts", "", map[string]any{"id": id})
+func (t httpTarget) OpenAccount(ctx context.Context, id string, s workload.Setup) error {
+	open := map[string]any{"id": id}
+	if s.OverdraftLimit > 0 {
+		open["overdraft_limit"] = map[string]int64{workload.Currency: s.OverdraftLimit}
+	}
+	status, body, err := t.send(ctx, http.MethodPost, "/v1/accounts", "", open)
 	if err == nil && status != http.StatusCreated {
 		err = fmt.Errorf("open %s: %d %s", id, status, body)
+	}
+	for _, a := range s.Alerts {
+		if err != nil {
+			break
+		}
+		alert := map[string]any{"id": a.ID, "currency": workload.Currency, "above": a.Threshold}
+		if a.Below {
+			alert = map[string]any{"id": a.ID, "currency": workload.Currency, "below": a.Threshold}
+		}
+		status, body, err = t.send(ctx, http.MethodPost, "/v1/accounts/"+id+"/alerts", "", alert)
+		if err == nil && status != http.StatusCreated {
+			err = fmt.Errorf("alert %s on %s: %d %s", a.ID, id, status, body)
+		}
 	}
 	return err
 }
@@ -86,8 +103,8 @@ func (t httpTarget) Do(ctx context.Context, op workload.Op) workload.Result {
 	return workload.Result{Outcome: workload.Rejected, Code: fmt.Sprintf("unexpected %d %s", status, body)}
 }
 
-func (t httpTarget) Applied(ctx context.Context, account string) ([]workload.AppliedOp, error) {
-	var out []workload.AppliedOp
+func (t httpTarget) Events(ctx context.Context, account string) ([]ledger.Event, error) {
+	var out []ledger.Event
 	after := int64(0)
 	for {
 		status, raw, err := t.send(ctx, http.MethodGet, fmt.Sprintf("/v1/accounts/%s/events?after=%d&limit=1000", account, after), "", nil)
@@ -101,11 +118,7 @@ func (t httpTarget) Applied(ctx context.Context, account string) ([]workload.App
 		if err := json.Unmarshal(raw, &page); err != nil {
 			return nil, err
 		}
-		ops, err := workload.Money(page.Events)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ops...)
+		out = append(out, page.Events...)
 		if page.Next == nil {
 			return out, nil
 		}
@@ -155,7 +168,8 @@ func TestExactlyOnceOverHTTP(t *testing.T) {
 						defer cancel()
 						rep, err := workload.Run(ctx, target, workload.Config{
 							Seed: seed, Accounts: 3, Rounds: 5, Keyless: 24, Keys: 10, Burst: 12,
-							OtherBody: 0.2, Cancel: 0.1,
+							OtherBody: 0.2, Cancel: 0.1, Overdraft: 400,
+							Alerts: []workload.Alert{{ID: "below-0", Below: true, Threshold: 0}, {ID: "above-300", Threshold: 300}},
 						})
 						t.Logf("%d requests: %d applied, %d rejected, %d unknown; %v", rep.Requests, rep.Applied, rep.Rejected, rep.Unknown, rep.Codes)
 						require.NoError(t, err)

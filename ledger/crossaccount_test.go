@@ -31,16 +31,16 @@ func (t *twoProcesses) pick() *ledger.Ledger {
 	return t.ls[t.rng.IntN(2)]
 }
 
-func (t *twoProcesses) OpenAccount(ctx context.Context, id string) error {
-	return libraryTarget{t.ls[0]}.OpenAccount(ctx, id)
+func (t *twoProcesses) OpenAccount(ctx context.Context, id string, s workload.Setup) error {
+	return libraryTarget{t.ls[0]}.OpenAccount(ctx, id, s)
 }
 
 func (t *twoProcesses) Do(ctx context.Context, op workload.Op) workload.Result {
 	return libraryTarget{t.pick()}.Do(ctx, op)
 }
 
-func (t *twoProcesses) Applied(ctx context.Context, account string) ([]workload.AppliedOp, error) {
-	return libraryTarget{t.ls[1]}.Applied(ctx, account)
+func (t *twoProcesses) Events(ctx context.Context, account string) ([]ledger.Event, error) {
+	return libraryTarget{t.ls[1]}.Events(ctx, account)
 }
 
 func (t *twoProcesses) Posted(ctx context.Context, account string) (int64, error) {
@@ -77,7 +77,8 @@ func TestCrossAccountBatchesUnderContention(t *testing.T) {
 					// "one..acctN": every account in the partition of "one".
 					rep, err := workload.Run(ctx, &target, workload.Config{
 						Seed: seed, Accounts: 16, Rounds: 6, Keyless: 64, Keys: 16, Burst: 8,
-						OtherBody: 0.2, Cancel: 0.1, Prefix: "one..",
+						OtherBody: 0.2, Cancel: 0.1, Prefix: "one..", Overdraft: 200,
+						Alerts: []workload.Alert{{ID: "low", Below: true, Threshold: 0}, {ID: "high", Threshold: 250}},
 					})
 					for i, l := range target.ls {
 						stats[i] = l.Stats()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 
@@ -20,9 +21,26 @@ import (
 // libraryTarget drives the workload through the ledger library.
 type libraryTarget struct{ l *ledger.Ledger }
 
-func (t libraryTarget) OpenAccount(ctx context.Context, id string) error {
-	_, err := t.l.OpenAccount(ctx, ledger.OpenAccount{ID: id}, ledger.WriteOptions{})
-	return err
+func (t libraryTarget) OpenAccount(ctx context.Context, id string, s workload.Setup) error {
+	cmd := ledger.OpenAccount{ID: id}
+	if s.OverdraftLimit > 0 {
+		cmd.OverdraftLimit = map[string]int64{workload.Currency: s.OverdraftLimit}
+	}
+	if _, err := t.l.OpenAccount(ctx, cmd, ledger.WriteOptions{}); err != nil {
+		return err
+	}
+	for _, a := range s.Alerts {
+		al := ledger.Alert{ID: a.ID, Account: id, Currency: workload.Currency}
+		if a.Below {
+			al.Below = &a.Threshold
+		} else {
+			al.Above = &a.Threshold
+		}
+		if _, err := t.l.CreateAlert(ctx, ledger.CreateAlert{Alert: al}, ledger.WriteOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Do sends op as a deposit or withdrawal, or — one request in three, so that copies of one
@@ -70,7 +88,7 @@ func classify(rc ledger.Receipt, err error) workload.Result {
 	}
 }
 
-func (t libraryTarget) Applied(ctx context.Context, account string) ([]workload.AppliedOp, error) {
+func (t libraryTarget) Events(ctx context.Context, account string) ([]ledger.Event, error) {
 	acc, err := t.l.Replay(ctx, account)
 	if err != nil {
 		return nil, err
@@ -79,26 +97,17 @@ func (t libraryTarget) Applied(ctx context.Context, account string) ([]workload.
 	if err != nil {
 		return nil, err
 	}
-	if fmt.Sprint(acc) != fmt.Sprint(snap) {
+	if !reflect.DeepEqual(acc, snap) {
 		return nil, fmt.Errorf("%s: replay %v != snapshot %v", account, acc, snap)
 	}
-	return appliedOps(ctx, t.l, account)
-}
-
-// appliedOps returns the money events of an account.
-func appliedOps(ctx context.Context, l *ledger.Ledger, account string) ([]workload.AppliedOp, error) {
-	var out []workload.AppliedOp
+	var out []ledger.Event
 	var after int64
 	for {
-		events, next, err := l.Events(ctx, account, after, ledger.MaxEventsPage)
+		events, next, err := t.l.Events(ctx, account, after, ledger.MaxEventsPage)
 		if err != nil {
 			return nil, err
 		}
-		ops, err := workload.Money(events)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ops...)
+		out = append(out, events...)
 		if next == 0 {
 			return out, nil
 		}
@@ -116,11 +125,13 @@ func (t libraryTarget) Posted(ctx context.Context, account string) (int64, error
 
 // exactlyOnceConfig is the workload every variant runs: few accounts (so batches form),
 // bursts of up to 12 copies of a keyed request, a fifth of them with another body, and
-// one request in ten cancelled within 3ms.
+// one request in ten cancelled within 3ms; every account has an overdraft limit and two
+// alerts, at 0 and at 300, that the balance crosses back and forth.
 func exactlyOnceConfig(seed uint64, prefix string) workload.Config {
 	return workload.Config{
 		Seed: seed, Accounts: 3, Rounds: 6, Keyless: 24, Keys: 10, Burst: 12,
-		OtherBody: 0.2, Cancel: 0.1, Prefix: prefix,
+		OtherBody: 0.2, Cancel: 0.1, Prefix: prefix, Overdraft: 400,
+		Alerts: []workload.Alert{{ID: "below-0", Below: true, Threshold: 0}, {ID: "above-300", Threshold: 300}},
 	}
 }
 

@@ -2,7 +2,9 @@
 // bursts of duplicates that share an Idempotency-Key (with the same and with other bodies),
 // cancellations — against a ledger, and checks what must hold afterwards: each key applies
 // at most once, every success for a key carries one identical body, every balance is the sum
-// of the distinct operations applied. Tests run it against the ledger library and the HTTP
+// of the distinct operations applied and never below the overdraft limit, every event
+// records the balances the events up to it make, and each alert fires exactly once per
+// crossing. Tests run it against the ledger library and the HTTP
 // API on every Redis the project supports.
 //
 // Every logical operation gets an amount no other operation has, so each event in an
@@ -14,8 +16,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,6 +66,29 @@ type Result struct {
 	Code    string // Rejected/Unknown: the problem code or error text
 }
 
+// Alert is a threshold alert on the available balance in Currency that the run puts on
+// every account (Config.Alerts): "below" fires when a write takes the balance from ≥
+// Threshold to < Threshold, "above" from ≤ Threshold to > Threshold.
+type Alert struct {
+	ID        string
+	Below     bool
+	Threshold int64
+}
+
+// crossed reports whether a change of the balance from before to after crosses a.
+func (a Alert) crossed(before, after int64) bool {
+	if a.Below {
+		return before >= a.Threshold && after < a.Threshold
+	}
+	return before <= a.Threshold && after > a.Threshold
+}
+
+// Setup is how the run opens every account.
+type Setup struct {
+	OverdraftLimit int64 // in Currency; 0 for none
+	Alerts         []Alert
+}
+
 // AppliedOp is one money event of an account's stream.
 type AppliedOp struct {
 	OperationID string
@@ -70,13 +98,13 @@ type AppliedOp struct {
 
 // Target is what the workload drives: the ledger library or the HTTP API.
 type Target interface {
-	// OpenAccount opens an account (without allow_negative).
-	OpenAccount(ctx context.Context, id string) error
+	// OpenAccount opens an account (without allow_negative) as s says, with its alerts.
+	OpenAccount(ctx context.Context, id string, s Setup) error
 	// Do sends one write. Errors the checker does not expect (500, a Go error that is not
 	// a domain error) are returned as Rejected with a code the checker refuses.
 	Do(ctx context.Context, op Op) Result
-	// Applied returns the Deposited and Withdrawn events of an account, in order.
-	Applied(ctx context.Context, account string) ([]AppliedOp, error)
+	// Events returns every event of an account, in order.
+	Events(ctx context.Context, account string) ([]ledger.Event, error)
 	// Posted returns the account's posted balance in Currency.
 	Posted(ctx context.Context, account string) (int64, error)
 }
@@ -95,6 +123,11 @@ type Config struct {
 	Cancel float64
 	// Prefix makes account IDs unique per run.
 	Prefix string
+	// Overdraft is every account's overdraft limit (0: none): balances may go down to it.
+	Overdraft int64
+	// Alerts are put on every account; the check requires exactly one BalanceAlert per
+	// crossing, right after the write that crossed.
+	Alerts []Alert
 }
 
 // Report is what a run observed, for the test log.
@@ -116,7 +149,7 @@ func Run(ctx context.Context, t Target, cfg Config) (Report, error) {
 	accounts := make([]string, cfg.Accounts)
 	for i := range accounts {
 		accounts[i] = fmt.Sprintf("%sacct%d", cfg.Prefix, i)
-		if err := t.OpenAccount(ctx, accounts[i]); err != nil {
+		if err := t.OpenAccount(ctx, accounts[i], Setup{OverdraftLimit: cfg.Overdraft, Alerts: cfg.Alerts}); err != nil {
 			return Report{}, fmt.Errorf("open %s: %w", accounts[i], err)
 		}
 	}
@@ -219,16 +252,23 @@ func Run(ctx context.Context, t Target, cfg Config) (Report, error) {
 			}
 		}
 	}
-	return rep, check(ctx, t, accounts, byAmt, keyOps)
+	return rep, check(ctx, t, cfg, accounts, byAmt, keyOps)
 }
 
 // allowedRejections are the 4xx codes a request of this workload may get.
 var allowedRejections = map[string]bool{"insufficient_funds": true, "idempotency_key_reused": true}
 
-func check(ctx context.Context, t Target, accounts []string, byAmt map[int64]*logical, keyOps map[string][]*logical) error {
+func check(ctx context.Context, t Target, cfg Config, accounts []string, byAmt map[int64]*logical, keyOps map[string][]*logical) error {
 	applied := map[*logical]string{} // logical op → operation ID of its event
 	for _, acct := range accounts {
-		ops, err := t.Applied(ctx, acct)
+		events, err := t.Events(ctx, acct)
+		if err != nil {
+			return err
+		}
+		if err := checkStream(acct, events, cfg.Alerts); err != nil {
+			return err
+		}
+		ops, err := Money(events)
 		if err != nil {
 			return err
 		}
@@ -247,8 +287,8 @@ func check(ctx context.Context, t Target, accounts []string, byAmt map[int64]*lo
 			} else {
 				sum -= a.Amount
 			}
-			if sum < 0 {
-				return fmt.Errorf("%s: balance went negative (%d) at %s", acct, sum, a.OperationID)
+			if sum < -cfg.Overdraft {
+				return fmt.Errorf("%s: balance went below −%d (%d) at %s", acct, cfg.Overdraft, sum, a.OperationID)
 			}
 		}
 		posted, err := t.Posted(ctx, acct)
@@ -374,6 +414,65 @@ func lateRetriesOfRefusals(ctx context.Context, t Target, account string, keyOps
 		if after, err := t.Posted(ctx, l.op.Account); err != nil || after != before {
 			return fmt.Errorf("%s: a replayed refusal changed the balance from %d to %d (%v)", l.op.Account, before, after, err)
 		}
+	}
+	return nil
+}
+
+// checkStream checks what an account's events record besides the money: every event's
+// balances (balance history) are the sum of the money events up to it, and a BalanceAlert
+// follows each write that crossed an alert's threshold — one per alert crossed, in the
+// order of the alert IDs — and nothing else.
+func checkStream(acct string, events []ledger.Event, alerts []Alert) error {
+	alerts = slices.Clone(alerts)
+	slices.SortFunc(alerts, func(a, b Alert) int { return strings.Compare(a.ID, b.ID) })
+	var (
+		sum    int64
+		money  bool     // a money event was seen: the account has a balance in Currency
+		expect []string // alerts the last write crossed, not yet seen
+		after  string   // that write's event
+	)
+	for _, e := range events {
+		switch e.Type {
+		case ledger.EventDeposited, ledger.EventWithdrawn:
+			if len(expect) > 0 {
+				return fmt.Errorf("%s: %s crossed alert %s, but no BalanceAlert follows it", acct, after, expect[0])
+			}
+			var d ledger.MoneyData
+			if err := json.Unmarshal(e.Data, &d); err != nil {
+				return err
+			}
+			before := sum
+			if e.Type == ledger.EventDeposited {
+				sum += d.Amount
+			} else {
+				sum -= d.Amount
+			}
+			money, after = true, e.ID
+			for _, a := range alerts {
+				if a.crossed(before, sum) {
+					expect = append(expect, a.ID)
+				}
+			}
+		case ledger.EventBalanceAlert:
+			var d ledger.BalanceAlertData
+			if err := json.Unmarshal(e.Data, &d); err != nil {
+				return err
+			}
+			if len(expect) == 0 || expect[0] != d.AlertID || d.EventID != after {
+				return fmt.Errorf("%s: %s is a BalanceAlert of alert %s after %s, which crossed %v", acct, e.ID, d.AlertID, d.EventID, expect)
+			}
+			expect = expect[1:]
+		}
+		want := map[string]ledger.Balance{}
+		if money {
+			want[Currency] = ledger.Balance{Posted: sum, Available: sum}
+		}
+		if !maps.Equal(e.Balances, want) || e.Balances == nil {
+			return fmt.Errorf("%s: event %s records balances %v, the events up to it make %v", acct, e.ID, e.Balances, want)
+		}
+	}
+	if len(expect) > 0 {
+		return fmt.Errorf("%s: %s crossed alert %s, but no BalanceAlert follows it", acct, after, expect[0])
 	}
 	return nil
 }

@@ -2,22 +2,29 @@ package workload
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // memLedger is an in-memory ledger for testing the checker itself (the ledger's and the
 // API's tests run the workload on real Redis). With forgetRefusals it records only the
-// successes under an Idempotency-Key, as Tally did before refusals became final.
+// successes under an Idempotency-Key, as Tally did before refusals became final; with
+// alertsWhileBelow a "below" alert fires on every write that leaves the balance below its
+// threshold, not only on the one that crossed it (Blnk's monitors, blnk#318).
 type memLedger struct {
-	forgetRefusals bool
-	mu             sync.Mutex
-	balance        map[string]int64
-	events         map[string][]AppliedOp
-	byKey          map[string]keyed // account + key
+	forgetRefusals   bool
+	alertsWhileBelow bool
+	mu               sync.Mutex
+	setup            Setup
+	balance          map[string]int64
+	events           map[string][]ledger.Event
+	byKey            map[string]keyed // account + key
 }
 
 type keyed struct {
@@ -26,10 +33,25 @@ type keyed struct {
 }
 
 func newMemLedger(forgetRefusals bool) *memLedger {
-	return &memLedger{forgetRefusals: forgetRefusals, balance: map[string]int64{}, events: map[string][]AppliedOp{}, byKey: map[string]keyed{}}
+	return &memLedger{forgetRefusals: forgetRefusals, balance: map[string]int64{}, events: map[string][]ledger.Event{}, byKey: map[string]keyed{}}
 }
 
-func (m *memLedger) OpenAccount(context.Context, string) error { return nil }
+func (m *memLedger) OpenAccount(_ context.Context, _ string, s Setup) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setup = s
+	return nil
+}
+
+// append adds an event of type typ with data to account's stream.
+func (m *memLedger) append(account, typ string, data any) string {
+	raw, _ := json.Marshal(data)
+	v := int64(len(m.events[account]) + 1)
+	id := fmt.Sprintf("%s:%d", account, v)
+	balances := map[string]ledger.Balance{Currency: {Posted: m.balance[account], Available: m.balance[account]}}
+	m.events[account] = append(m.events[account], ledger.Event{ID: id, Type: typ, Account: account, Version: v, Data: raw, Balances: balances})
+	return id
+}
 
 func (m *memLedger) Do(_ context.Context, op Op) Result {
 	m.mu.Lock()
@@ -42,20 +64,25 @@ func (m *memLedger) Do(_ context.Context, op Op) Result {
 		return rec.r
 	}
 	var r Result
-	if op.Kind == Withdrawal && m.balance[op.Account] < op.Amount {
+	if op.Kind == Withdrawal && m.balance[op.Account]-op.Amount < -m.setup.OverdraftLimit {
 		r = Result{Outcome: Rejected, Code: "insufficient_funds"}
 		if m.forgetRefusals {
 			return r
 		}
 	} else {
-		id := fmt.Sprintf("op%d", op.Amount)
-		sign := int64(1)
+		typ, sign := ledger.EventDeposited, int64(1)
 		if op.Kind == Withdrawal {
-			sign = -1
+			typ, sign = ledger.EventWithdrawn, -1
 		}
+		before := m.balance[op.Account]
 		m.balance[op.Account] += sign * op.Amount
-		m.events[op.Account] = append(m.events[op.Account], AppliedOp{OperationID: id, Kind: op.Kind, Amount: op.Amount})
-		r = Result{Outcome: Applied, Body: []byte(`{"operation_id":"` + id + `"}`)}
+		id := m.append(op.Account, typ, ledger.MoneyData{OperationID: fmt.Sprintf("op%d", op.Amount), Currency: Currency, Amount: op.Amount})
+		for _, a := range m.setup.Alerts {
+			if a.crossed(before, m.balance[op.Account]) || (m.alertsWhileBelow && a.Below && m.balance[op.Account] < a.Threshold) {
+				m.append(op.Account, ledger.EventBalanceAlert, ledger.BalanceAlertData{AlertID: a.ID, EventID: id})
+			}
+		}
+		r = Result{Outcome: Applied, Body: []byte(fmt.Sprintf(`{"operation_id":"op%d"}`, op.Amount))}
 	}
 	if op.Key != "" {
 		m.byKey[k] = keyed{op.Amount, r}
@@ -63,10 +90,10 @@ func (m *memLedger) Do(_ context.Context, op Op) Result {
 	return r
 }
 
-func (m *memLedger) Applied(_ context.Context, account string) ([]AppliedOp, error) {
+func (m *memLedger) Events(_ context.Context, account string) ([]ledger.Event, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return append([]AppliedOp(nil), m.events[account]...), nil
+	return append([]ledger.Event(nil), m.events[account]...), nil
 }
 
 func (m *memLedger) Posted(_ context.Context, account string) (int64, error) {
@@ -90,4 +117,20 @@ func TestLateRetryOfRefusalChecked(t *testing.T) {
 			require.ErrorContains(t, err, `(key "late-refusal") was refused for insufficient funds; a late retry with the money there got`)
 		}
 	}
+}
+
+// TestOverdraftAndAlertsChecked: with an overdraft limit and alerts on every account, the
+// checker passes a ledger that fires each alert once per crossing and fails one that fires a
+// "below" alert on every write while the balance stays below.
+func TestOverdraftAndAlertsChecked(t *testing.T) {
+	ctx := context.Background()
+	cfg := Config{Seed: 3, Accounts: 2, Rounds: 4, Keyless: 20, Keys: 6, Burst: 4, OtherBody: 0.2, Overdraft: 500,
+		Alerts: []Alert{{ID: "low", Below: true, Threshold: 0}, {ID: "high", Threshold: 200}}}
+	rep, err := Run(ctx, newMemLedger(false), cfg)
+	require.NoError(t, err)
+	require.Positive(t, rep.Applied)
+	noisy := newMemLedger(false)
+	noisy.alertsWhileBelow = true
+	_, err = Run(ctx, noisy, cfg)
+	require.ErrorContains(t, err, "is a BalanceAlert of alert low")
 }
