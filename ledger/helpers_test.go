@@ -6,12 +6,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/outbox"
 )
 
 // backends are the three Redis implementations every store contract test runs against.
@@ -87,4 +89,22 @@ func holdCommit(t *testing.T, l *ledger.Ledger, n int64) (entered <-chan struct{
 		l.SetBeforeCommit(nil)
 	})
 	return in, release
+}
+
+// waitDrained waits (30s at most) until no partition of the relay r has entries left to
+// deliver.
+func waitDrained(t *testing.T, r *outbox.Relay, what string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		sts, err := r.Status(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, st := range sts {
+			if st.Backlog != 0 {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 5*time.Millisecond, what)
 }

@@ -465,18 +465,7 @@ func TestAlertsRandomWalk(t *testing.T) {
 				n, err := rdb.LLen(ctx, key).Result()
 				return err == nil && n >= int64(len(evs))
 			}, 30*time.Second, 5*time.Millisecond)
-			require.Eventually(t, func() bool {
-				sts, err := r.Status(ctx)
-				if err != nil {
-					return false
-				}
-				for _, st := range sts {
-					if st.Backlog != 0 {
-						return false
-					}
-				}
-				return true
-			}, 30*time.Second, 5*time.Millisecond, "the relay delivers everything")
+			waitDrained(t, r, "the relay delivers everything")
 			delivered, err := rdb.LRange(ctx, key, 0, -1).Result()
 			require.NoError(t, err)
 			var stream []string

@@ -179,18 +179,7 @@ func runProjectorRelay(t *testing.T, rdb redis.UniversalClient, partitions int, 
 		}
 	}
 	t.Cleanup(stop)
-	require.Eventually(t, func() bool {
-		sts, err := r.Status(context.Background())
-		if err != nil {
-			return false
-		}
-		for _, st := range sts {
-			if st.Backlog != 0 {
-				return false
-			}
-		}
-		return true
-	}, 30*time.Second, 5*time.Millisecond, "group %s delivered everything", group)
+	waitDrained(t, r, "group "+group+" delivered everything")
 	stop()
 	return r
 }
