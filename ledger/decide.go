@@ -262,6 +262,29 @@ type OperationResult struct {
 	Account     *Account `json:"account"`
 }
 
+// appendJSON appends r's JSON to b: the bytes json.Marshal(r) gives.
+func (r OperationResult) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"operation_id":`...)
+	b, err := appendJSONString(b, r.OperationID)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, `,"account":`...)
+	if b, err = r.Account.appendJSON(b); err != nil {
+		return nil, err
+	}
+	return append(b, '}'), nil
+}
+
+// encodeBody returns a response body's JSON: without reflection for the bodies of the most
+// frequent writes (deposits and withdrawals), json.Marshal for the others.
+func encodeBody(body any) ([]byte, error) {
+	if r, ok := body.(OperationResult); ok {
+		return r.appendJSON(make([]byte, 0, 256))
+	}
+	return json.Marshal(body)
+}
+
 func (d *decision) moneyEvent(a *Account, typ, currency string, amount int64) (any, error) {
 	opID := EventID(a.ID, a.Version+1)
 	if _, err := d.emit(a, typ, MoneyData{OperationID: opID, Currency: currency, Amount: amount}); err != nil {

@@ -384,7 +384,7 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		args = append(args, aw.slice+1, key(s.keys.snapshot(pl.partition, id)), key(s.keys.events(pl.partition, id)),
 			aw.before.acc.Version, id, len(aw.events), len(fields)/2, len(deleted))
 		for _, e := range aw.events {
-			raw, err := json.Marshal(e)
+			raw, err := e.appendJSON(make([]byte, 0, 256))
 			if err != nil {
 				return commitOutcome{}, fmt.Errorf("ledger: encode event: %w", err)
 			}

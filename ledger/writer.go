@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -410,7 +409,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 		var raw []byte
 		if err == nil {
-			if raw, err = json.Marshal(body); err != nil {
+			if raw, err = encodeBody(body); err != nil {
 				err = fmt.Errorf("%w: encode response: %w", ErrInternal, err)
 			}
 		}
