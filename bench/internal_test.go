@@ -143,9 +143,13 @@ func TestReplayMoney(t *testing.T) {
 		ev(7, ledger.EventTransferDebited, `{"transfer_id":"t","currency":"USD","amount":10}`),
 		ev(8, ledger.EventTransferRefunded, `{"transfer_id":"t","currency":"USD","amount":10}`),
 		ev(9, ledger.EventTransferCredited, `{"transfer_id":"u","currency":"USD","amount":1}`),
+		ev(10, ledger.EventOverdraftLimitSet, `{"overdraft_limit":{"USD":100}}`),
+		ev(11, ledger.EventAlertCreated, `{"id":"low","currency":"USD","below":0}`),
+		ev(12, ledger.EventBalanceAlert, `{"alert_id":"low","currency":"USD"}`),
+		ev(13, ledger.EventAlertDeleted, `{"id":"low"}`),
 	})
 	require.NoError(t, err)
-	assert.Equal(t, int64(9), a.Version)
+	assert.Equal(t, int64(13), a.Version)
 	assert.Equal(t, ledger.Balance{Posted: 56, Held: 5, Available: 51}, a.Balances["USD"])
 	_, err = replayMoney("a", []ledger.Event{ev(2, ledger.EventDeposited, `{}`)})
 	assert.Error(t, err, "a gap")
