@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/redis/go-redis/v9"
@@ -190,12 +191,25 @@ func (p *page) do(steps ...chromedp.Action[chromedp.Void]) {
 	require.NoError(p.t, chromedp.Do(ctx, steps...))
 }
 
+// contextGone reports whether err is Chromium saying that the page's JavaScript context an
+// evaluation was sent to no longer exists: a navigation replaced it between chromedp
+// picking it and the call (CDP reports this only as code -32000 with this message). The
+// evaluation is sent again, to the new context.
+func contextGone(err error) bool {
+	var cdpErr *cdproto.Error
+	return errors.As(err, &cdpErr) && (strings.Contains(cdpErr.Message, "Cannot find context with specified id") ||
+		strings.Contains(cdpErr.Message, "Execution context was destroyed"))
+}
+
 // until waits for a JavaScript condition to be true in the page.
 func (p *page) until(cond string) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
 	defer cancel()
 	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](cond, chromedp.WithPollingTimeout(stepTimeout)))
+	for contextGone(err) && ctx.Err() == nil {
+		_, err = chromedp.Run(ctx, chromedp.Poll[chromedp.Void](cond, chromedp.WithPollingTimeout(stepTimeout)))
+	}
 	if err != nil {
 		// Say what the page showed instead.
 		shown, _ := chromedp.Run(p.ctx, chromedp.Evaluate[string](`document.body.innerText`))
@@ -209,6 +223,9 @@ func eval[T any](p *page, expr string) T {
 	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	for contextGone(err) && ctx.Err() == nil {
+		v, err = chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	}
 	require.NoError(p.t, err, expr)
 	return v
 }
