@@ -43,6 +43,13 @@ type prober interface {
 	probes(k keyspace) []string
 }
 
+// preparer is a command that claims a name and reads outside its partition in the round
+// trip of its read, before it decides: a transfer (see transferPrep). Its prepare returns nil
+// when it has nothing to do there.
+type preparer interface {
+	prepare() *transferPrep
+}
+
 func newDecision(keys keyspace, now time.Time, idemTTL time.Duration, accs map[string]*Account) *decision {
 	return &decision{keys: keys, now: now, idemTTL: idemTTL, accs: accs, events: map[string][]Event{}}
 }

@@ -178,34 +178,33 @@ func TestAtomicBatchKeepsItsRefusal(t *testing.T) {
 	}
 }
 
-// TestUnmadeTransferKeepsItsID: a transfer whose request failed before its commit (here:
-// its source's queue was full) keeps its ID claimed for its source until the idempotency
-// TTL, so that another source cannot take the ID while a duplicate of the request may
-// still make the transfer; the source itself can, and then keeps the ID for good.
+// TestUnmadeTransferKeepsItsID: a transfer whose request claimed its ID and then failed
+// before its commit (here: every attempt lost the version check to another process) keeps
+// the ID claimed for its source until the idempotency TTL, so that another source cannot
+// take the ID while a duplicate of the request may still make the transfer; the source
+// itself can, and then keeps the ID for good.
 func TestUnmadeTransferKeepsItsID(t *testing.T) {
 	rdb := redistest.MustStart(t).Client()
 	ctx := context.Background()
-	l := MustOpen(t, rdb, ledger.Config{Prefix: "unmade", Partitions: 4, MaxQueue: 1})
-	src, other := "src", "other"
+	cfg := ledger.Config{Prefix: "unmade", Partitions: 4, MaxRetries: 2}
+	l, other := MustOpen(t, rdb, cfg), MustOpen(t, rdb, cfg)
+	src, thief := "src", "thief"
 	dst := accountIn(l, "dst-", (l.Partition(src)+1)%4)
-	for _, id := range []string{src, other, dst} {
+	for _, id := range []string{src, thief, dst} {
 		fund(t, l, id, 100)
 	}
-	held, release := holdCommit(t, l, 1)
-	done := make(chan error, 1)
-	go func() {
-		_, err := l.Deposit(ctx, ledger.Deposit{Account: src, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
-		done <- err
-	}()
-	<-held
+	// Between every read and commit of l, the other process writes the source.
+	l.SetBeforeCommit(func() {
+		_, err := other.Deposit(ctx, ledger.Deposit{Account: src, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+		assert.NoError(t, err)
+	})
 	req := ledger.TransferRequest{ID: "t-unmade", From: src, To: dst, Currency: "USD", Amount: 10}
 	_, err := l.CreateTransfer(ctx, req)
-	require.ErrorIs(t, err, ledger.ErrOverloaded, "the source's queue is full: nothing committed")
-	release()
-	require.NoError(t, <-done)
+	require.ErrorIs(t, err, ledger.ErrVersionConflict, "every attempt conflicted: nothing committed")
+	l.SetBeforeCommit(nil)
 
 	stolen := req
-	stolen.From = other
+	stolen.From = thief
 	_, err = l.CreateTransfer(ctx, stolen)
 	require.ErrorIs(t, err, ledger.ErrIdempotencyKeyReused, "another source cannot take the ID while a duplicate may still make it")
 	ttl, err := rdb.PTTL(ctx, l.TransferIndexKey(req.ID)).Result()

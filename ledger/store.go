@@ -82,17 +82,32 @@ type snapshot struct {
 // read returns the snapshots of accounts and the records of refs, in one round trip,
 // with balances settled for now.
 func (s *store) read(ctx context.Context, accounts []string, refs []recordRef, now time.Time) (map[string]snapshot, []record, error) {
-	snaps, recs, _, err := s.readProbed(ctx, accounts, refs, nil, now)
+	snaps, recs, _, err := s.readProbed(ctx, accounts, refs, nil, nil, now)
 	return snaps, recs, err
 }
 
 // readProbed is read that also tells which of the hold records probes exist (have an "id";
-// see prober), read first.
-func (s *store) readProbed(ctx context.Context, accounts []string, refs []recordRef, probes []string, now time.Time) (map[string]snapshot, []record, map[string]bool, error) {
+// see prober), read first, and does the claims and destination reads of preps (see
+// transferPrep), setting their results.
+func (s *store) readProbed(ctx context.Context, accounts []string, refs []recordRef, probes []string, preps []*transferPrep, now time.Time) (map[string]snapshot, []record, map[string]bool, error) {
 	pipe := s.rdb.Pipeline()
 	probed := make([]*redis.BoolCmd, len(probes))
 	for i, k := range probes {
 		probed[i] = pipe.HExists(ctx, k, "id")
+	}
+	type prepCmds struct {
+		claim *redis.BoolCmd
+		owner *redis.StringCmd
+		to    *redis.MapStringStringCmd
+	}
+	prepped := make([]prepCmds, len(preps))
+	for i, pr := range preps {
+		idx := s.keys.transferIndex(pr.id)
+		prepped[i].claim = pipe.SetNX(ctx, idx, pr.from, 0)
+		prepped[i].owner = pipe.Get(ctx, idx)
+		if pr.to != "" {
+			prepped[i].to = pipe.HGetAll(ctx, s.keys.snapshot(s.keys.partition(pr.to), pr.to))
+		}
 	}
 	snaps := make([]*redis.MapStringStringCmd, len(accounts))
 	for i, id := range accounts {
@@ -144,6 +159,23 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 		v := c.Val()
 		if fp, ok := v["fp"]; ok {
 			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"]), refused: v["refused"] == "1"}
+		}
+	}
+	for i, pr := range preps {
+		c := prepped[i]
+		pr.claimed = pr.claimed || c.claim.Val()
+		pr.owner = c.owner.Val()
+		pr.toErr, pr.err = nil, nil
+		if c.to == nil {
+			continue
+		}
+		switch a, err := parseSnapshot(pr.to, c.to.Val(), now); {
+		case err != nil:
+			pr.err = err
+		case !a.exists():
+			pr.toErr = fmt.Errorf("%w: %s", ErrAccountNotFound, pr.to)
+		case a.closed():
+			pr.toErr = fmt.Errorf("%w: %s", ErrAccountClosed, pr.to)
 		}
 	}
 	var placed map[string]bool

@@ -76,7 +76,30 @@ type transferCmd struct {
 	// toErr is why the destination refuses, as prepareTransfer read it (another partition:
 	// not read by this command), so that the refusal is recorded like any other.
 	toErr error
+	// prep, when set, claims the ID and reads the destination in the round trip of every
+	// read of the command (see transferPrep); toErr is then prep's.
+	prep *transferPrep
 }
+
+// transferPrep is what prepareTransfer does — claim the transfer ID for its source, read
+// whether the destination exists and is open — done inside the source's group-commit read
+// (Ledger.attempt adds its commands to that pipeline) instead of in a round trip of its
+// own before it. Each read sets owner and toErr (or err) for the decision that follows it.
+type transferPrep struct {
+	id, from string
+	to       string // "" when the destination is in the source's partition: the command reads it
+	owner    string // the source the ID's index names
+	toErr    error
+	err      error // the destination's snapshot could not be read
+	// claimed is set once a read made the claim, and stays set: only then may the caller
+	// let the claim expire (releaseTransferID); otherwise it must keep the index for good
+	// if it makes the transfer (keepTransferID). Read by the caller only after the request
+	// finished.
+	claimed bool
+}
+
+// prepare is the transfer's transferPrep, or nil (see preparer).
+func (c transferCmd) prepare() *transferPrep { return c.prep }
 
 func (c transferCmd) accounts() []string {
 	if c.SameTo {
@@ -90,8 +113,18 @@ func (c transferCmd) decide(d *decision) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.toErr != nil && !c.SameTo {
-		return nil, c.toErr
+	toErr := c.toErr
+	if c.prep != nil {
+		switch {
+		case c.prep.err != nil:
+			return nil, c.prep.err
+		case c.prep.owner != c.T.From:
+			return nil, fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, c.T.ID)
+		}
+		toErr = c.prep.toErr
+	}
+	if toErr != nil && !c.SameTo {
+		return nil, toErr
 	}
 	var to *Account
 	if c.SameTo {
@@ -269,25 +302,26 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 	if !named {
 		req.ID = "t-" + rand.Text()
 	}
-	claimed, toErr, err := l.prepareTransfer(ctx, req.ID, req.From, req.To)
-	if err != nil {
-		return TransferResult{}, err
-	}
 	defer l.driving.start(req.ID)()
 	cmd := transferCmd{
 		T:      Transfer{ID: req.ID, From: req.From, To: req.To, Currency: req.Currency, Amount: req.Amount, Metadata: req.Metadata},
 		SameTo: l.store.keys.partition(req.From) == l.store.keys.partition(req.To),
-		toErr:  toErr,
+	}
+	cmd.prep = &transferPrep{id: req.ID, from: req.From}
+	if !cmd.SameTo {
+		cmd.prep.to = req.To
 	}
 	ref := recordRef{key: l.store.keys.transfer(l.store.keys.partition(req.From), req.ID), kind: "mark", keepsRefusals: named}
 	rc, err := l.submitRef(ctx, cmd, ref, fingerprint(cmd.T))
 	if err != nil {
-		if claimed && unmade(err) {
+		// unmade first: a request that ended before its outcome was known (cancelled
+		// while a leader may still read for it) neither releases nor reads prep.
+		if unmade(err) && cmd.prep.claimed {
 			l.releaseTransferID(ctx, req.ID, req.From, named)
 		}
 		return TransferResult{}, err
 	}
-	if !claimed && !rc.Replayed {
+	if claimed := cmd.prep.claimed; !claimed && !rc.Replayed {
 		l.keepTransferID(ctx, req.ID, req.From)
 	}
 	var t Transfer
@@ -308,7 +342,9 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 }
 
 // prepareTransfer claims the transfer ID for its source (the index GetTransfer reads) and
-// reads whether the destination exists and is open — one round trip. A transfer ID already
+// reads whether the destination exists and is open — one round trip. (CreateTransfer does
+// the same inside its group-commit read instead: see transferPrep. Batches and captures
+// with a destination, which claim before they queue, use this.) A transfer ID already
 // claimed by another source is ErrIdempotencyKeyReused; one claimed by this source is a
 // retry and goes on to replay. toErr is why the destination refuses (ErrAccountNotFound,
 // ErrAccountClosed), for the command to decide with: the refusal is then recorded under

@@ -328,14 +328,20 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		at[i] = len(refs)
 		refs = append(refs, r.ref)
 	}
-	var probes []string
+	var (
+		probes []string
+		preps  []*transferPrep
+	)
 	for _, r := range pending {
 		if p, ok := r.cmd.(prober); ok {
 			probes = append(probes, p.probes(l.store.keys)...)
 		}
+		if p, ok := r.cmd.(preparer); ok && p.prepare() != nil {
+			preps = append(preps, p.prepare())
+		}
 	}
 	now := l.cfg.Clock()
-	snaps, recs, placed, err := l.store.readProbed(ctx, accounts, refs, probes, now)
+	snaps, recs, placed, err := l.store.readProbed(ctx, accounts, refs, probes, preps, now)
 	if err != nil {
 		return pending, err
 	}
