@@ -124,13 +124,26 @@ func TestLateRetryOfRefusalChecked(t *testing.T) {
 // "below" alert on every write while the balance stays below.
 func TestOverdraftAndAlertsChecked(t *testing.T) {
 	ctx := context.Background()
+	// "far" is above every balance the run reaches: it never crosses, and every write
+	// leaves the balance below it (which the noisy ledger alerts on, whatever the order the
+	// concurrent writes land in).
 	cfg := Config{Seed: 3, Accounts: 2, Rounds: 4, Keyless: 20, Keys: 6, Burst: 4, OtherBody: 0.2, Overdraft: 500,
-		Alerts: []Alert{{ID: "low", Below: true, Threshold: 0}, {ID: "high", Threshold: 200}}}
-	rep, err := Run(ctx, newMemLedger(false), cfg)
+		Alerts: []Alert{{ID: "low", Below: true, Threshold: 0}, {ID: "high", Threshold: 200}, {ID: "far", Below: true, Threshold: 1 << 40}}}
+	m := newMemLedger(false)
+	rep, err := Run(ctx, m, cfg)
 	require.NoError(t, err)
 	require.Positive(t, rep.Applied)
+	alerts := 0
+	for _, evs := range m.events {
+		for _, e := range evs {
+			if e.Type == ledger.EventBalanceAlert {
+				alerts++
+			}
+		}
+	}
+	require.Positive(t, alerts, "the balances crossed a threshold: the check had alerts to check")
 	noisy := newMemLedger(false)
 	noisy.alertsWhileBelow = true
 	_, err = Run(ctx, noisy, cfg)
-	require.ErrorContains(t, err, "is a BalanceAlert of alert low")
+	require.ErrorContains(t, err, "is a BalanceAlert of alert far")
 }
