@@ -102,12 +102,12 @@ func TestBalanceHistoryMatchesReplay(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			rdb := b.Start(t)
-			// A clock that runs fast (3 ms a reading), so that holds of a second or two
+			// A clock that runs fast (10 ms a reading), so that holds of a second or two
 			// expire during the run, and a replica whose clock is 40 ms behind it: without
 			// keeping event times in order, its events would be dated before the ones they
 			// follow.
 			start, readings := time.Now(), atomic.Int64{}
-			fast := func() time.Time { return start.Add(time.Duration(readings.Add(1)) * 3 * time.Millisecond) }
+			fast := func() time.Time { return start.Add(time.Duration(readings.Add(1)) * 10 * time.Millisecond) }
 			ahead := MustOpen(t, rdb, ledger.Config{Partitions: 4, Clock: fast})
 			behind := MustOpen(t, rdb, ledger.Config{Partitions: 4, Clock: func() time.Time { return fast().Add(-40 * time.Millisecond) }})
 			stopSweeper := runSweeper(t, ahead, ledger.SweeperConfig{})
@@ -242,6 +242,7 @@ func TestBalanceHistoryMatchesReplay(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, events[len(events)-1].Version, latest.Version)
 			}
+			t.Logf("clock readings %d, expired seen %d", readings.Load(), expiredSeen)
 			require.Positive(t, expiredSeen, "the run must have history in which an expired hold no longer counts")
 			rep, err := ahead.Verify(ctx)
 			require.NoError(t, err)
