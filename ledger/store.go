@@ -95,19 +95,9 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 	for i, k := range probes {
 		probed[i] = pipe.HExists(ctx, k, "id")
 	}
-	type prepCmds struct {
-		claim *redis.BoolCmd
-		owner *redis.StringCmd
-		to    *redis.MapStringStringCmd
-	}
-	prepped := make([]prepCmds, len(preps))
+	took := make([]func(), len(preps))
 	for i, pr := range preps {
-		idx := s.keys.transferIndex(pr.id)
-		prepped[i].claim = pipe.SetNX(ctx, idx, pr.from, 0)
-		prepped[i].owner = pipe.Get(ctx, idx)
-		if pr.to != "" {
-			prepped[i].to = pipe.HGetAll(ctx, s.keys.snapshot(s.keys.partition(pr.to), pr.to))
-		}
+		took[i] = pr.queue(ctx, pipe, s.keys, now)
 	}
 	snaps := make([]*redis.MapStringStringCmd, len(accounts))
 	for i, id := range accounts {
@@ -161,22 +151,8 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 			found[i] = record{found: true, fingerprint: fp, body: []byte(v["body"]), refused: v["refused"] == "1"}
 		}
 	}
-	for i, pr := range preps {
-		c := prepped[i]
-		pr.claimed = pr.claimed || c.claim.Val()
-		pr.owner = c.owner.Val()
-		pr.toErr, pr.err = nil, nil
-		if c.to == nil {
-			continue
-		}
-		switch a, err := parseSnapshot(pr.to, c.to.Val(), now); {
-		case err != nil:
-			pr.err = err
-		case !a.exists():
-			pr.toErr = fmt.Errorf("%w: %s", ErrAccountNotFound, pr.to)
-		case a.closed():
-			pr.toErr = fmt.Errorf("%w: %s", ErrAccountClosed, pr.to)
-		}
+	for _, take := range took {
+		take()
 	}
 	var placed map[string]bool
 	for i, c := range probed {

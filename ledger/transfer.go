@@ -101,6 +101,43 @@ type transferPrep struct {
 // prepare is the transfer's transferPrep, or nil (see preparer).
 func (c transferCmd) prepare() *transferPrep { return c.prep }
 
+// queue adds pr's claim and destination read to pipe, and returns the function that sets
+// pr's results from their replies once pipe ran.
+func (pr *transferPrep) queue(ctx context.Context, pipe redis.Pipeliner, k keyspace, now time.Time) (take func()) {
+	idx := k.transferIndex(pr.id)
+	claim := pipe.SetNX(ctx, idx, pr.from, 0)
+	owner := pipe.Get(ctx, idx)
+	var to *redis.MapStringStringCmd
+	if pr.to != "" {
+		to = pipe.HGetAll(ctx, k.snapshot(k.partition(pr.to), pr.to))
+	}
+	return func() {
+		pr.claimed = pr.claimed || claim.Val()
+		pr.owner = owner.Val()
+		pr.toErr, pr.err = nil, nil
+		if to == nil {
+			return
+		}
+		switch a, err := parseSnapshot(pr.to, to.Val(), now); {
+		case err != nil:
+			pr.err = err
+		case !a.exists():
+			pr.toErr = fmt.Errorf("%w: %s", ErrAccountNotFound, pr.to)
+		case a.closed():
+			pr.toErr = fmt.Errorf("%w: %s", ErrAccountClosed, pr.to)
+		}
+	}
+}
+
+// verdict returns why the transfer cannot go on after what the last read found: its ID
+// belongs to another source, or the destination's snapshot could not be read.
+func (pr *transferPrep) verdict() error {
+	if pr.owner != pr.from {
+		return fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, pr.id)
+	}
+	return pr.err
+}
+
 func (c transferCmd) accounts() []string {
 	if c.SameTo {
 		return []string{c.T.From, c.T.To}
@@ -115,11 +152,8 @@ func (c transferCmd) decide(d *decision) (any, error) {
 	}
 	toErr := c.toErr
 	if c.prep != nil {
-		switch {
-		case c.prep.err != nil:
-			return nil, c.prep.err
-		case c.prep.owner != c.T.From:
-			return nil, fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, c.T.ID)
+		if err := c.prep.verdict(); err != nil {
+			return nil, err
 		}
 		toErr = c.prep.toErr
 	}
@@ -357,31 +391,20 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 // a lifetime, and the transfer would later be neither found by GetTransfer nor kept from
 // being made again by another source.
 func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (claimed bool, toErr, err error) {
-	idx := l.store.keys.transferIndex(id)
+	pr := &transferPrep{id: id, from: from, to: to}
 	pipe := l.store.rdb.Pipeline()
-	claimCmd := pipe.SetNX(ctx, idx, from, 0)
-	ownerCmd := pipe.Get(ctx, idx)
-	toCmd := pipe.HGetAll(ctx, l.store.keys.snapshot(l.store.keys.partition(to), to))
+	take := pr.queue(ctx, pipe, l.store.keys, l.cfg.Clock())
 	if _, err := pipe.Exec(ctx); err != nil {
 		return false, nil, storeErr(ctx, err)
 	}
-	claimed = claimCmd.Val()
-	if owner := ownerCmd.Val(); !claimed && owner != from {
-		return false, nil, fmt.Errorf("%w: transfer %s belongs to another source account", ErrIdempotencyKeyReused, id)
-	}
-	a, err := parseSnapshot(to, toCmd.Val(), l.cfg.Clock())
-	switch {
-	case err != nil:
-		if claimed {
+	take()
+	if err := pr.verdict(); err != nil {
+		if pr.claimed {
 			l.releaseTransferID(ctx, id, from, true)
 		}
 		return false, nil, err
-	case !a.exists():
-		toErr = fmt.Errorf("%w: %s", ErrAccountNotFound, to)
-	case a.closed():
-		toErr = fmt.Errorf("%w: %s", ErrAccountClosed, to)
 	}
-	return claimed, toErr, nil
+	return pr.claimed, pr.toErr, nil
 }
 
 // releaseIndexScript gives a transfer ID's index entry the lifetime ARGV[2] (ms), or deletes
