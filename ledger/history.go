@@ -73,9 +73,12 @@ func (l *Ledger) BalancesAt(ctx context.Context, id string, q HistoryQuery) (Pas
 	out := PastBalances{Account: id, Version: e.Version, Time: e.Time, Balances: e.Balances}
 	if out.Balances == nil {
 		// An event written before events recorded their balances: replay up to it.
-		acc, err := l.replayTo(ctx, id, e.Version)
+		acc, err := l.replay(ctx, id, e.Version, nil)
 		if err != nil {
 			return PastBalances{}, err
+		}
+		if acc.Version != e.Version {
+			return PastBalances{}, fmt.Errorf("%w: the stream of %s ends before version %d", ErrInternal, id, e.Version)
 		}
 		acc.settle(e.Time)
 		out.Balances = acc.Balances
@@ -142,25 +145,4 @@ func (s *store) lastEventBy(ctx context.Context, key string, hi int64, at time.T
 		hi = next
 	}
 	return found, lo > 0, nil
-}
-
-// replayTo returns the state of account id after its event version, replayed from the
-// stream (balances not settled).
-func (l *Ledger) replayTo(ctx context.Context, id string, version int64) (*Account, error) {
-	acc := &Account{ID: id, Balances: map[string]Balance{}}
-	for acc.Version < version {
-		_, events, _, err := l.store.page(ctx, id, acc.Version, int(min(version-acc.Version, MaxEventsPage)))
-		if err != nil {
-			return nil, err
-		}
-		if len(events) == 0 {
-			return nil, fmt.Errorf("%w: the stream of %s ends before version %d", ErrInternal, id, version)
-		}
-		for _, e := range events {
-			if err := acc.apply(e); err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrInternal, err)
-			}
-		}
-	}
-	return acc, nil
 }

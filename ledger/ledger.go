@@ -363,10 +363,28 @@ func (e *badEventError) Unwrap() error { return e.err }
 // visit (when not nil) after it applied. An event that does not apply, or that visit
 // refuses, ends the replay with a *badEventError.
 func (l *Ledger) replayAt(ctx context.Context, id string, now time.Time, visit func(Event) error) (*Account, error) {
+	acc, err := l.replay(ctx, id, 0, visit)
+	if err != nil {
+		return nil, err
+	}
+	if !acc.exists() {
+		return nil, ErrAccountNotFound
+	}
+	acc.settle(now)
+	return acc, nil
+}
+
+// replay applies an account's events up to version until (0: all of them) and returns it,
+// balances not settled, handing every event to visit (when not nil) after it applied. An
+// event that does not apply, or that visit refuses, ends the replay with a *badEventError.
+func (l *Ledger) replay(ctx context.Context, id string, until int64, visit func(Event) error) (*Account, error) {
 	acc := &Account{ID: id, Balances: map[string]Balance{}}
-	var after int64
+	limit := MaxEventsPage
 	for {
-		_, events, more, err := l.store.page(ctx, id, after, MaxEventsPage)
+		if until > 0 {
+			limit = int(min(until-acc.Version, MaxEventsPage))
+		}
+		_, events, more, err := l.store.page(ctx, id, acc.Version, limit)
 		if err != nil {
 			return nil, err
 		}
@@ -379,16 +397,10 @@ func (l *Ledger) replayAt(ctx context.Context, id string, now time.Time, visit f
 				return nil, &badEventError{err}
 			}
 		}
-		if !more {
-			break
+		if !more || (until > 0 && acc.Version >= until) {
+			return acc, nil
 		}
-		after = events[len(events)-1].Version
 	}
-	if !acc.exists() {
-		return nil, ErrAccountNotFound
-	}
-	acc.settle(now)
-	return acc, nil
 }
 
 // Stats are cumulative counters of a Ledger's write path.
