@@ -22,10 +22,6 @@ func (s *server) patchAccount(c *gin.Context) {
 	if !s.decode(c, &body) {
 		return
 	}
-	if body.OverdraftLimit == nil {
-		writeProblem(c, specInvalid, "overdraft_limit is required")
-		return
-	}
 	s.write(c, http.StatusOK, func(ctx context.Context, opts ledger.WriteOptions) (ledger.Receipt, error) {
 		return s.ledger.SetOverdraftLimit(ctx, ledger.SetOverdraftLimit{Account: c.Param("id"), OverdraftLimit: body.OverdraftLimit}, opts)
 	})

@@ -243,6 +243,13 @@ func (a *Account) setLimits(limits map[string]int64) {
 	}
 }
 
+// positiveLimits returns the limits above 0 (0 means none), or nil when there are none.
+func positiveLimits(limits map[string]int64) map[string]int64 {
+	var a Account
+	a.setLimits(limits)
+	return a.OverdraftLimit
+}
+
 // currencies returns the account's currencies in sorted order.
 func (a *Account) currencies() []string {
 	out := make([]string, 0, len(a.Balances))

@@ -203,16 +203,7 @@ func (c OpenAccount) decide(d *decision) (any, error) {
 	if a.exists() {
 		return nil, ErrAccountExists
 	}
-	var limits map[string]int64 // the limits above 0: 0 means none
-	for cur, n := range c.OverdraftLimit {
-		if n > 0 {
-			if limits == nil {
-				limits = map[string]int64{}
-			}
-			limits[cur] = n
-		}
-	}
-	if _, err := d.emit(a, EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata, OverdraftLimit: limits}); err != nil {
+	if _, err := d.emit(a, EventAccountOpened, OpenedData{AllowNegative: c.AllowNegative, Metadata: c.Metadata, OverdraftLimit: positiveLimits(c.OverdraftLimit)}); err != nil {
 		return nil, err
 	}
 	d.indexMetadata(d.keys.partition(c.ID), indexAccounts, c.ID, c.Metadata) // see lookup.go
