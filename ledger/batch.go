@@ -67,25 +67,17 @@ func (op BatchOp) validate() error {
 				return err
 			}
 		}
-		if err := validateHoldIDs(op.Account, op.Hold); err != nil {
-			return err
-		}
 		switch {
 		case op.Currency != "":
 			return invalidf("currency does not apply to a %s: the hold has one", op.Type)
-		case op.Amount < 0 || (op.Type == OpVoid && op.Amount != 0):
-			return invalidf("amount must be a positive integer in minor units (a capture's 0 takes the whole hold; a void has none)")
-		case op.To != "" && op.Type == OpVoid:
-			return invalidf("to does not apply to a void")
+		case op.Type == OpCapture:
+			return validateCapture(op.Account, op.Hold, op.Amount, op.To)
+		case op.Amount != 0:
+			return invalidf("amount does not apply to a void")
 		case op.To != "":
-			if err := ValidateID("to", op.To); err != nil {
-				return err
-			}
-			if op.To == op.Account {
-				return invalidf("to must be another account")
-			}
+			return invalidf("to does not apply to a void")
 		}
-		return nil
+		return validateHoldIDs(op.Account, op.Hold)
 	default:
 		return invalidf("operation type must be deposit, withdrawal, transfer, hold, capture or void")
 	}

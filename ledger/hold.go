@@ -296,25 +296,38 @@ func (l *Ledger) PlaceHold(ctx context.Context, cmd PlaceHold) (Receipt, error) 
 // hold as transfer_id). It returns ErrNotFound (no such hold), ErrHoldNotPending,
 // ErrAmountExceedsHold, ErrAccountNotFound or ErrAccountClosed (of to).
 func (l *Ledger) CaptureHold(ctx context.Context, account, hold string, amount int64, to string, opts WriteOptions) (Receipt, error) {
-	if err := validateHoldIDs(account, hold); err != nil {
+	if err := validateCapture(account, hold, amount, to); err != nil {
 		return Receipt{}, err
 	}
 	return l.captureHold(ctx, account, hold, amount, to, opts)
 }
 
-func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount int64, to string, opts WriteOptions) (Receipt, error) {
-	if amount < 0 {
-		return Receipt{}, invalidf("amount must be a positive integer in minor units")
+// validateCapture returns an error wrapping ErrInvalid unless a capture of hold on account
+// for amount (0: all of it), moved on to to (when set), is well formed.
+func validateCapture(account, hold string, amount int64, to string) error {
+	if err := validateHoldIDs(account, hold); err != nil {
+		return err
 	}
+	if amount < 0 {
+		return invalidf("amount must be a positive integer in minor units")
+	}
+	if to == "" {
+		return nil
+	}
+	if err := ValidateID("to", to); err != nil {
+		return err
+	}
+	if to == account {
+		return invalidf("to must be another account")
+	}
+	return nil
+}
+
+// captureHold captures a hold whose request validateCapture accepted.
+func (l *Ledger) captureHold(ctx context.Context, account, hold string, amount int64, to string, opts WriteOptions) (Receipt, error) {
 	cmd := CaptureHold{Account: account, HoldID: hold, Amount: amount}
 	claimed := false // this call claimed the transfer ID (see prepareTransfer)
 	if to != "" {
-		if err := ValidateID("to", to); err != nil {
-			return Receipt{}, err
-		}
-		if to == account {
-			return Receipt{}, invalidf("to must be another account")
-		}
 		cmd.To, cmd.TransferID = to, captureTransferID(account, hold)
 		cmd.sameTo = l.store.keys.partition(to) == l.store.keys.partition(account)
 		var err error
