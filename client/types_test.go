@@ -5,9 +5,11 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -132,6 +134,10 @@ func TestConstantsMatchServer(t *testing.T) {
 		require.NotEmpty(t, enum, "openapi.json: %s.%s has no enum", g.schema, g.property)
 		assert.ElementsMatch(t, enum, values, "%s: client's constants vs openapi.json's %s.%s enum", g.doc, g.schema, g.property)
 	}
+	// What a subscription may filter on (ledger.EventTypes) is every event type declared.
+	declared := block(t, ledgerConsts, "ledger", "Event types")
+	require.NotEmpty(t, declared)
+	assert.ElementsMatch(t, slices.Collect(maps.Values(declared)), ledger.EventTypes(), "ledger.EventTypes vs the ledger's Event types block")
 }
 
 // jsonFields returns the JSON names of a struct type's exported fields.
