@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"slices"
 	"strings"
 )
 
@@ -20,15 +21,7 @@ func (f Filter) Match(m Message) bool {
 	if !strings.HasPrefix(m.Key, f.KeyPrefix) {
 		return false
 	}
-	if len(f.Types) == 0 {
-		return true
-	}
-	for _, t := range f.Types {
-		if m.Type == t {
-			return true
-		}
-	}
-	return false
+	return len(f.Types) == 0 || slices.Contains(f.Types, m.Type)
 }
 
 // IsZero reports whether f selects every message.
@@ -58,24 +51,15 @@ type filteredSink struct {
 // Deliver passes the selected messages on. When every message is selected it passes msgs
 // itself, so an unfiltered batch costs no copy.
 func (s filteredSink) Deliver(ctx context.Context, msgs []Message) error {
-	var sel []Message
-	for i, m := range msgs {
-		if s.f.Match(m) {
-			if sel != nil {
-				sel = append(sel, m)
-			}
-			continue
-		}
-		if sel == nil {
-			sel = make([]Message, i, len(msgs))
-			copy(sel, msgs[:i])
-		}
+	if !slices.ContainsFunc(msgs, s.skips) {
+		return s.sink.Deliver(ctx, msgs)
 	}
-	switch {
-	case sel == nil:
-		sel = msgs // every message selected
-	case len(sel) == 0:
+	sel := slices.DeleteFunc(slices.Clone(msgs), s.skips)
+	if len(sel) == 0 {
 		return nil
 	}
 	return s.sink.Deliver(ctx, sel)
 }
+
+// skips reports whether the filter leaves m out.
+func (s filteredSink) skips(m Message) bool { return !s.f.Match(m) }
