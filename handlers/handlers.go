@@ -317,16 +317,12 @@ func (s *server) listEvents(c *gin.Context) {
 		writeProblem(c, specInvalid, err.Error())
 		return
 	}
-	limit, err := queryInt(c, "limit", DefaultEventsLimit)
+	limit, err := queryLimit(c, DefaultEventsLimit, ledger.MaxEventsPage)
 	if err != nil {
 		writeProblem(c, specInvalid, err.Error())
 		return
 	}
-	if limit > int64(ledger.MaxEventsPage) {
-		writeProblem(c, specInvalid, fmt.Sprintf("limit must be 1..%d", ledger.MaxEventsPage))
-		return
-	}
-	events, next, err := s.ledger.Events(c.Request.Context(), c.Param("id"), after, int(limit))
+	events, next, err := s.ledger.Events(c.Request.Context(), c.Param("id"), after, limit)
 	if err != nil {
 		s.writeError(c, err)
 		return
@@ -368,6 +364,16 @@ func (s *server) pastBalances(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, past)
+}
+
+// queryLimit returns the page size ?limit= asks for, def without it, or an error unless it
+// is 1..max.
+func queryLimit(c *gin.Context, def, max int) (int, error) {
+	limit, err := queryInt(c, "limit", int64(def))
+	if err == nil && (limit < 1 || limit > int64(max)) {
+		err = fmt.Errorf("limit must be 1..%d", max)
+	}
+	return int(limit), err
 }
 
 func queryInt(c *gin.Context, name string, def int64) (int64, error) {

@@ -94,15 +94,12 @@ type holdsPage struct {
 
 // listHolds pages through an account's pending holds (?after=<hold id>&limit=).
 func (s *server) listHolds(c *gin.Context) {
-	limit, err := queryInt(c, "limit", DefaultHoldsLimit)
-	if err == nil && (limit < 1 || limit > ledger.MaxHoldsPage) {
-		err = fmt.Errorf("limit must be 1..%d", ledger.MaxHoldsPage)
-	}
+	limit, err := queryLimit(c, DefaultHoldsLimit, ledger.MaxHoldsPage)
 	if err != nil {
 		writeProblem(c, specInvalid, err.Error())
 		return
 	}
-	holds, next, err := s.ledger.PendingHolds(c.Request.Context(), c.Param("id"), c.Query("after"), int(limit))
+	holds, next, err := s.ledger.PendingHolds(c.Request.Context(), c.Param("id"), c.Query("after"), limit)
 	if err != nil {
 		s.writeError(c, err)
 		return
