@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -151,8 +152,11 @@ func (l *Ledger) TransfersByMetadata(ctx context.Context, q MetadataQuery) (Tran
 	page := TransferPage{Transfers: make([]Transfer, 0, len(hits)), Next: next}
 	for i, h := range hits {
 		t, err := parseTransfer(h.id, recs[i].Val())
-		if err != nil {
+		if errors.Is(err, ErrNotFound) {
 			continue // an index entry without its record: Verify reports it; never returned
+		}
+		if err != nil {
+			return TransferPage{}, err // a corrupt record, as GetTransfer answers it
 		}
 		if v, ok := t.Metadata[q.Key]; !ok || v != q.Value ||
 			!strings.HasPrefix(t.From, q.Prefix) || !strings.HasPrefix(t.To, q.Prefix) {
@@ -171,23 +175,20 @@ func (l *Ledger) AccountsByMetadata(ctx context.Context, q MetadataQuery) (Accou
 	if err != nil {
 		return AccountPage{}, err
 	}
-	pipe := l.store.rdb.Pipeline()
-	snaps := make([]*redis.MapStringStringCmd, len(hits))
-	for i, h := range hits {
-		snaps[i] = pipe.HGetAll(ctx, l.store.keys.snapshot(h.p, h.id))
-	}
-	if len(hits) > 0 {
-		if _, err := pipe.Exec(ctx); err != nil {
-			return AccountPage{}, storeErr(ctx, err)
-		}
-	}
-	now := l.cfg.Clock()
 	page := AccountPage{Accounts: make([]*Account, 0, len(hits)), Next: next}
+	if len(hits) == 0 {
+		return page, nil
+	}
+	ids := make([]string, len(hits))
 	for i, h := range hits {
-		acc, err := parseSnapshot(h.id, snaps[i].Val(), now)
-		if err != nil {
-			return AccountPage{}, err
-		}
+		ids[i] = h.id
+	}
+	snaps, _, err := l.store.read(ctx, ids, nil, l.cfg.Clock())
+	if err != nil {
+		return AccountPage{}, err
+	}
+	for _, id := range ids {
+		acc := snaps[id].acc
 		if v, ok := acc.Metadata[q.Key]; !acc.exists() || !ok || v != q.Value {
 			continue // see TransfersByMetadata
 		}
