@@ -281,9 +281,9 @@ func (v *verifier) metadataIndexes(ctx context.Context) error {
 	for id, c := range v.cuts {
 		expect(ks.partition(id), indexAccounts, id, c.acc.Metadata)
 	}
-	for id, md := range v.transferMetadata {
+	for id, f := range v.flows {
 		// A transfer's record and its index entries are in its source's partition.
-		expect(ks.partition(v.flows[id].from), indexTransfers, id, md)
+		expect(ks.partition(f.from), indexTransfers, id, f.metadata)
 	}
 
 	var mu sync.Mutex

@@ -279,9 +279,6 @@ type verifier struct {
 	// cuts are the accounts as verified: the snapshot and how far its stream was read.
 	cuts  map[string]*cut
 	flows map[string]*flow
-	// transferMetadata is the metadata of the transfer records read, by ID, for the check
-	// of the metadata indexes.
-	transferMetadata map[string]map[string]string
 }
 
 // cut is an account's state at the version up to which its events were traced: the
@@ -297,8 +294,9 @@ type flow struct {
 	debits, credits, refunded int
 	hold                      string // the captured hold, when a capture made it
 	debitedAt, finishedAt     time.Time
-	mismatch                  string // the first step that disagreed with the others
-	searched                  bool   // closeCut looked for its debit
+	mismatch                  string            // the first step that disagreed with the others
+	searched                  bool              // closeCut looked for its debit
+	metadata                  map[string]string // its record's, once read (see metadataIndexes)
 }
 
 func (v *verifier) partition(account string) *int {
@@ -808,12 +806,6 @@ func (v *verifier) transfers(ctx context.Context) error {
 			if err := v.transferRecord(ctx, f, recs[i], indexed[i]); err != nil {
 				return err
 			}
-			if t, err := parseTransfer(f.id, recs[i]); err == nil && len(t.Metadata) > 0 {
-				if v.transferMetadata == nil {
-					v.transferMetadata = map[string]map[string]string{}
-				}
-				v.transferMetadata[f.id] = t.Metadata
-			}
 		}
 	}
 	return nil
@@ -911,6 +903,7 @@ func (v *verifier) transferRecord(ctx context.Context, f *flow, rec map[string]s
 		bad("%v", err)
 		return nil
 	}
+	f.metadata = t.Metadata // for the metadata index check
 	if t.ID != f.id {
 		bad("its record names transfer %q", t.ID)
 	}
