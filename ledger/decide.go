@@ -261,24 +261,16 @@ type OperationResult struct {
 }
 
 // appendJSON appends r's JSON to b: the bytes json.Marshal(r) gives.
-func (r OperationResult) appendJSON(b []byte) ([]byte, error) {
-	b = append(b, `{"operation_id":`...)
-	b, err := appendJSONString(b, r.OperationID)
-	if err != nil {
-		return nil, err
-	}
-	b = append(b, `,"account":`...)
-	if b, err = r.Account.appendJSON(b); err != nil {
-		return nil, err
-	}
-	return append(b, '}'), nil
+func (r OperationResult) appendJSON(b []byte) []byte {
+	b = appendJSONString(append(b, `{"operation_id":`...), r.OperationID)
+	return append(r.Account.appendJSON(append(b, `,"account":`...)), '}')
 }
 
 // encodeBody returns a response body's JSON: without reflection for the bodies of the most
 // frequent writes (deposits and withdrawals), json.Marshal for the others.
 func encodeBody(body any) ([]byte, error) {
 	if r, ok := body.(OperationResult); ok {
-		return r.appendJSON(make([]byte, 0, 256))
+		return r.appendJSON(make([]byte, 0, 256)), nil
 	}
 	return json.Marshal(body)
 }

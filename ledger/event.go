@@ -176,30 +176,17 @@ func decodeData(e Event, v any) error {
 // appendJSON appends e's JSON to b: the bytes json.Marshal(e) gives, without its
 // reflection, its map sorting through reflect and its re-validation of Data, which made
 // encoding the events of a commit a twentieth of the write path's CPU. Data must be compact
-// JSON, as emit produces it. Strings that would need escaping (none the ledger validates)
-// go through json.Marshal.
+// JSON, as emit produces it. The only error is Time's (a year outside 0..9999).
 func (e Event) appendJSON(b []byte) ([]byte, error) {
-	var err error
-	b = append(b, `{"id":`...)
-	if b, err = appendJSONString(b, e.ID); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"type":`...)
-	if b, err = appendJSONString(b, e.Type); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"account":`...)
-	if b, err = appendJSONString(b, e.Account); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"version":`...)
-	b = strconv.AppendInt(b, e.Version, 10)
-	b = append(b, `,"time":`...)
+	b = appendJSONString(append(b, `{"id":`...), e.ID)
+	b = appendJSONString(append(b, `,"type":`...), e.Type)
+	b = appendJSONString(append(b, `,"account":`...), e.Account)
+	b = strconv.AppendInt(append(b, `,"version":`...), e.Version, 10)
 	t, err := e.Time.MarshalJSON()
 	if err != nil {
 		return nil, err
 	}
-	b = append(b, t...)
+	b = append(append(b, `,"time":`...), t...)
 	b = append(b, `,"data":`...)
 	if len(e.Data) == 0 {
 		b = append(b, "null"...)
@@ -207,106 +194,70 @@ func (e Event) appendJSON(b []byte) ([]byte, error) {
 		b = append(b, e.Data...)
 	}
 	if e.Balances != nil {
-		b = append(b, `,"balances":`...)
-		if b, err = appendBalances(b, e.Balances); err != nil {
-			return nil, err
-		}
+		b = appendBalances(append(b, `,"balances":`...), e.Balances)
 	}
 	return append(b, '}'), nil
 }
 
-// appendBalances appends balances as json.Marshal writes the map: keys sorted, null for nil.
-func appendBalances(b []byte, balances map[string]Balance) ([]byte, error) {
-	if balances == nil {
-		return append(b, "null"...), nil
+// appendMap appends m as json.Marshal writes a map with string keys: keys sorted, null for
+// nil, each value written by value.
+func appendMap[V any](b []byte, m map[string]V, value func([]byte, V) []byte) []byte {
+	if m == nil {
+		return append(b, "null"...)
 	}
 	b = append(b, '{')
-	var err error
-	for i, c := range slices.Sorted(maps.Keys(balances)) {
+	for i, k := range slices.Sorted(maps.Keys(m)) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		if b, err = appendJSONString(b, c); err != nil {
-			return nil, err
-		}
-		bal := balances[c]
-		b = append(b, `:{"posted":`...)
-		b = strconv.AppendInt(b, bal.Posted, 10)
-		b = append(b, `,"held":`...)
-		b = strconv.AppendInt(b, bal.Held, 10)
-		b = append(b, `,"available":`...)
-		b = strconv.AppendInt(b, bal.Available, 10)
-		b = append(b, '}')
+		b = value(append(appendJSONString(b, k), ':'), m[k])
 	}
-	return append(b, '}'), nil
+	return append(b, '}')
+}
+
+// appendBalances appends balances as json.Marshal writes the map.
+func appendBalances(b []byte, balances map[string]Balance) []byte {
+	return appendMap(b, balances, func(b []byte, bal Balance) []byte {
+		b = strconv.AppendInt(append(b, `{"posted":`...), bal.Posted, 10)
+		b = strconv.AppendInt(append(b, `,"held":`...), bal.Held, 10)
+		b = strconv.AppendInt(append(b, `,"available":`...), bal.Available, 10)
+		return append(b, '}')
+	})
 }
 
 // appendJSON appends a's JSON to b: the bytes json.Marshal(a) gives (see Event.appendJSON).
-func (a *Account) appendJSON(b []byte) ([]byte, error) {
+func (a *Account) appendJSON(b []byte) []byte {
 	if a == nil {
-		return append(b, "null"...), nil
+		return append(b, "null"...)
 	}
-	var err error
-	b = append(b, `{"id":`...)
-	if b, err = appendJSONString(b, a.ID); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"version":`...)
-	b = strconv.AppendInt(b, a.Version, 10)
-	b = append(b, `,"status":`...)
-	if b, err = appendJSONString(b, a.Status); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"allow_negative":`...)
-	b = strconv.AppendBool(b, a.AllowNegative)
+	b = appendJSONString(append(b, `{"id":`...), a.ID)
+	b = strconv.AppendInt(append(b, `,"version":`...), a.Version, 10)
+	b = appendJSONString(append(b, `,"status":`...), a.Status)
+	b = strconv.AppendBool(append(b, `,"allow_negative":`...), a.AllowNegative)
 	if len(a.Metadata) > 0 {
-		b = append(b, `,"metadata":{`...)
-		for i, k := range slices.Sorted(maps.Keys(a.Metadata)) {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			if b, err = appendJSONString(b, k); err != nil {
-				return nil, err
-			}
-			b = append(b, ':')
-			if b, err = appendJSONString(b, a.Metadata[k]); err != nil {
-				return nil, err
-			}
-		}
-		b = append(b, '}')
+		b = appendMap(append(b, `,"metadata":`...), a.Metadata, appendJSONString)
 	}
-	b = append(b, `,"balances":`...)
-	if b, err = appendBalances(b, a.Balances); err != nil {
-		return nil, err
-	}
+	b = appendBalances(append(b, `,"balances":`...), a.Balances)
 	if len(a.OverdraftLimit) > 0 {
-		b = append(b, `,"overdraft_limit":{`...)
-		for i, c := range slices.Sorted(maps.Keys(a.OverdraftLimit)) {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			if b, err = appendJSONString(b, c); err != nil {
-				return nil, err
-			}
-			b = append(b, ':')
-			b = strconv.AppendInt(b, a.OverdraftLimit[c], 10)
-		}
-		b = append(b, '}')
+		b = appendMap(append(b, `,"overdraft_limit":`...), a.OverdraftLimit, func(b []byte, n int64) []byte {
+			return strconv.AppendInt(b, n, 10)
+		})
 	}
-	return append(b, '}'), nil
+	return append(b, '}')
 }
 
 // appendJSONString appends s as a JSON string: as is between quotes when it holds only
 // printable ASCII that needs no escaping (and none that encoding/json escapes for HTML),
-// else as json.Marshal writes it.
-func appendJSONString(b []byte, s string) ([]byte, error) {
+// else as json.Marshal writes it (which cannot fail for a string: invalid UTF-8 becomes
+// U+FFFD).
+func appendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, err := json.Marshal(s)
-			return append(b, q...), err
+			q, _ := json.Marshal(s)
+			return append(b, q...)
 		}
 	}
 	b = append(b, '"')
 	b = append(b, s...)
-	return append(b, '"'), nil
+	return append(b, '"')
 }
