@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -182,11 +181,11 @@ func (e Event) appendJSON(b []byte) ([]byte, error) {
 	b = appendJSONString(append(b, `,"type":`...), e.Type)
 	b = appendJSONString(append(b, `,"account":`...), e.Account)
 	b = strconv.AppendInt(append(b, `,"version":`...), e.Version, 10)
-	t, err := e.Time.MarshalJSON()
+	b, err := e.Time.AppendText(append(b, `,"time":"`...)) // what MarshalJSON quotes
 	if err != nil {
 		return nil, err
 	}
-	b = append(append(b, `,"time":`...), t...)
+	b = append(b, '"')
 	b = append(b, `,"data":`...)
 	if len(e.Data) == 0 {
 		b = append(b, "null"...)
@@ -205,8 +204,13 @@ func appendMap[V any](b []byte, m map[string]V, value func([]byte, V) []byte) []
 	if m == nil {
 		return append(b, "null"...)
 	}
+	keys := make([]string, 0, len(m)) // not slices.Sorted(maps.Keys(m)): 5 allocations more
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
 	b = append(b, '{')
-	for i, k := range slices.Sorted(maps.Keys(m)) {
+	for i, k := range keys {
 		if i > 0 {
 			b = append(b, ',')
 		}
