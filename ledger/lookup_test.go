@@ -399,6 +399,8 @@ func TestVerifyChecksMetadataIndex(t *testing.T) {
 				got := problems()
 				require.NotEmpty(t, got)
 				assert.Contains(t, strings.Join(got, "\n"), "names ghost")
+				// A record that exists but lacks the pair is no better than a missing one.
+				assert.Contains(t, strings.Join(got, "\n"), "names "+from)
 				require.NoError(t, rdb.Del(ctx, key).Err())
 			}
 		})
