@@ -137,7 +137,7 @@ func TestMetadataLookup(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			rdb := b.Start(t)
 			ctx := context.Background()
-			l := MustOpen(t, rdb, ledger.Config{Prefix: "md", Partitions: 16})
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "md", Partitions: 130}) // more than lookupChunk: pages merge partitions read in several round trips
 			rng := rand.New(rand.NewPCG(1, uint64(len(b.Name))))
 			var accounts []string
 			for i := range 30 {
