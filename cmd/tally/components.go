@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -124,6 +123,7 @@ type relayFlags struct {
 	webhookTypes    string
 	webhookPrefix   string
 	webhookSubsList webhookSubsFlag
+	plan            *sinkPlan // set by checkSinks
 	stream          string
 	streamMaxLen    int64
 	streamTypes     string
@@ -174,23 +174,20 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 		}
 		sinks = append(sinks, p)
 	}
-	if f.stream != "" {
-		filter, err := f.streamFilter()
-		if err != nil {
+	if f.plan == nil { // serve and relay checked at start-up; anyone else now
+		if err := f.checkSinks(); err != nil {
 			return nil, err
 		}
+	}
+	if f.stream != "" {
 		s, err := outbox.NewStreamSink(outbox.StreamSinkConfig{Client: rdb, Stream: f.stream, MaxLen: f.streamMaxLen})
 		if err != nil {
 			return nil, err
 		}
-		sinks = append(sinks, outbox.Filtered(s, filter))
+		sinks = append(sinks, outbox.Filtered(s, f.plan.stream))
 	}
-	subs, err := f.webhookSubs(os.Getenv)
-	if err != nil {
-		return nil, err
-	}
-	for _, sub := range subs {
-		w, err := outbox.NewWebhookSink(outbox.WebhookSinkConfig{URL: sub.url, Secret: []byte(sub.secret)})
+	for _, sub := range f.plan.webhooks {
+		w, err := outbox.NewWebhookSink(sub.config())
 		if err != nil {
 			return nil, err
 		}

@@ -145,14 +145,36 @@ func newFilter(typesFlag string, types []string, prefixFlag, prefix string) (out
 	return outbox.Filter{Types: types, KeyPrefix: prefix}, nil
 }
 
-// checkSinks checks the sink flags before anything starts: the webhook subscriptions (see
-// webhookSubs) and the stream sink's filter.
+// sinkPlan is what the sink flags ask for, checked (see checkSinks).
+type sinkPlan struct {
+	stream   outbox.Filter // --sink-stream's filter
+	webhooks []webhookSub
+}
+
+// checkSinks checks the sink flags before anything starts — the webhook subscriptions (see
+// webhookSubs) with their URLs and secrets as the webhook sink will take them, and the
+// stream sink's filter — and keeps the result for newRelay.
 func (f *relayFlags) checkSinks() error {
-	if _, err := f.webhookSubs(os.Getenv); err != nil {
+	subs, err := f.webhookSubs(os.Getenv)
+	if err != nil {
 		return err
 	}
-	_, err := f.streamFilter()
-	return err
+	for _, sub := range subs {
+		if err := sub.config().Validate(); err != nil {
+			return err
+		}
+	}
+	stream, err := f.streamFilter()
+	if err != nil {
+		return err
+	}
+	f.plan = &sinkPlan{stream: stream, webhooks: subs}
+	return nil
+}
+
+// config is the webhook sink's configuration of the subscription.
+func (sub webhookSub) config() outbox.WebhookSinkConfig {
+	return outbox.WebhookSinkConfig{URL: sub.url, Secret: []byte(sub.secret)}
 }
 
 // streamFilter returns the filter of --sink-stream, or an error for a filter without it.
