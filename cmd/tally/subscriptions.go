@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -115,12 +116,11 @@ func redactSub(spec string) string {
 			fields[i] = "secret=(hidden)"
 		}
 		if v, ok := strings.CutPrefix(field, "url="); ok {
-			if scheme, rest, ok := strings.Cut(v, "://"); ok {
-				host, _, _ := strings.Cut(rest, "/")
-				if _, h, ok := strings.Cut(host, "@"); ok {
-					host = h
-				}
-				fields[i] = "url=" + scheme + "://" + host + "/…"
+			// net/url, not a cut at "/": "https://h?token=x" has no path, and "@" may be in one.
+			if u, err := url.Parse(v); err == nil && u.Host != "" {
+				fields[i] = "url=" + u.Scheme + "://" + u.Host + "/…"
+			} else {
+				fields[i] = "url=(not shown)"
 			}
 		}
 	}

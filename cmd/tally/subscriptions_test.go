@@ -90,6 +90,11 @@ func TestWebhookSubsFlags(t *testing.T) {
 		for _, leak := range []string{"hunter2", "pw", "t1"} {
 			assert.NotContains(t, err.Error(), leak)
 		}
+		// A query right after the host, with no path: not part of the host either.
+		f = parseFlags(t, "--webhook-sub", "url=https://hooks.example?token=t2,secret=hunter2")
+		_, err = f.webhookSubs(getenv)
+		require.ErrorContains(t, err, "url=https://hooks.example/…")
+		assert.NotContains(t, err.Error(), "t2")
 	})
 }
 
