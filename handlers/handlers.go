@@ -354,10 +354,6 @@ func (s *server) pastBalances(c *gin.Context) {
 		}
 		q.At = t
 	}
-	if q.Version > 0 && !q.At.IsZero() {
-		writeProblem(c, specInvalid, "give at_version or at, not both")
-		return
-	}
 	past, err := s.ledger.BalancesAt(c.Request.Context(), c.Param("id"), q)
 	if err != nil {
 		s.writeError(c, err)
