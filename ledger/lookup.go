@@ -335,58 +335,84 @@ func (v *verifier) metadataIndexes(ctx context.Context) error {
 			}
 		}
 	}
+	// Entries no record read named: records made after the scan read them, or strays. Their
+	// records are read in pipelined batches.
+	var extra []indexEntry
 	for _, key := range slices.Sorted(maps.Keys(got)) {
 		for _, id := range got[key] {
-			if want[key][id] {
-				continue
+			if !want[key][id] {
+				extra = append(extra, indexEntry{key, id})
 			}
-			ok, err := v.indexedRecord(ctx, key, id)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				v.problem(Problem{Kind: ProblemMetadataIndex, Detail: fmt.Sprintf("index %s names %s, which has no record with that metadata", key, id)})
+		}
+	}
+	for batch := range slices.Chunk(extra, transferRecordBatch) {
+		ok, err := v.indexedRecords(ctx, batch)
+		if err != nil {
+			return err
+		}
+		for i, e := range batch {
+			if !ok[i] {
+				v.problem(Problem{Kind: ProblemMetadataIndex, Detail: fmt.Sprintf("index %s names %s, which has no record with that metadata", e.key, e.id)})
 			}
 		}
 	}
 	return nil
 }
 
-// indexedRecord reports whether the record that index entry key → id names exists, in the
-// index's partition, with a metadata pair whose index is key.
-func (v *verifier) indexedRecord(ctx context.Context, key, id string) (bool, error) {
+// indexEntry is one member (id) of a metadata index (key).
+type indexEntry struct{ key, id string }
+
+// indexedRecords reports, for each entry, whether the record it names exists, in the
+// index's partition, with a metadata pair whose index is the entry's: one round trip.
+func (v *verifier) indexedRecords(ctx context.Context, entries []indexEntry) ([]bool, error) {
 	ks := v.l.store.keys
-	p, kind, ok := ks.parseMetadataIndex(key)
-	if !ok {
-		return false, nil
+	type read struct {
+		p    int
+		kind string
+		rec  *redis.MapStringStringCmd // nil: not an index key
 	}
-	var md map[string]string
-	switch kind {
-	case indexAccounts:
-		h, err := v.l.store.rdb.HGetAll(ctx, ks.snapshot(p, id)).Result()
-		if err != nil {
-			return false, storeErr(ctx, err)
+	reads := make([]read, len(entries))
+	pipe := v.l.store.rdb.Pipeline()
+	for i, e := range entries {
+		p, kind, ok := ks.parseMetadataIndex(e.key)
+		if !ok {
+			continue
 		}
-		acc, err := parseSnapshot(id, h, v.now)
-		if err != nil || !acc.exists() {
-			return false, nil
+		key := ks.transfer(p, e.id)
+		if kind == indexAccounts {
+			key = ks.snapshot(p, e.id)
 		}
-		md = acc.Metadata
-	case indexTransfers:
-		h, err := v.l.store.rdb.HGetAll(ctx, ks.transfer(p, id)).Result()
-		if err != nil {
-			return false, storeErr(ctx, err)
-		}
-		t, err := parseTransfer(id, h)
-		if err != nil {
-			return false, nil
-		}
-		md = t.Metadata
+		reads[i] = read{p: p, kind: kind, rec: pipe.HGetAll(ctx, key)}
 	}
-	for k, val := range md {
-		if ks.metadataIndex(p, kind, k, val) == key {
-			return true, nil
+	if _, err := pipe.Exec(ctx); err != nil { // an empty pipeline sends nothing and answers nil
+		return nil, storeErr(ctx, err)
+	}
+	out := make([]bool, len(entries))
+	for i, e := range entries {
+		r := reads[i]
+		if r.rec == nil {
+			continue
+		}
+		var md map[string]string
+		if r.kind == indexAccounts {
+			acc, err := parseSnapshot(e.id, r.rec.Val(), v.now)
+			if err != nil || !acc.exists() {
+				continue
+			}
+			md = acc.Metadata
+		} else {
+			t, err := parseTransfer(e.id, r.rec.Val())
+			if err != nil {
+				continue
+			}
+			md = t.Metadata
+		}
+		for k, val := range md {
+			if ks.metadataIndex(r.p, r.kind, k, val) == e.key {
+				out[i] = true
+				break
+			}
 		}
 	}
-	return false, nil
+	return out, nil
 }
