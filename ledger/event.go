@@ -68,8 +68,8 @@ var ErrMalformedEvent = errors.New("malformed event")
 // JSON object, or when the event's ID, account, version or type disagree with the message's
 // ID, Key, Seq or Type.
 func DecodeEvent(m outbox.Message) (Event, error) {
-	var e Event
-	if err := json.Unmarshal(m.Payload, &e); err != nil {
+	e, err := decodeEventJSON(m.Payload)
+	if err != nil {
 		return Event{}, fmt.Errorf("ledger: message %s: %w: %v", m.ID, ErrMalformedEvent, err)
 	}
 	if e.ID != m.ID || e.Account != m.Key || e.Version != m.Seq || e.Type != m.Type {
@@ -91,8 +91,8 @@ func decodeStreamEntry(values map[string]any) (Event, error) {
 	if !ok {
 		return Event{}, fmt.Errorf("%w: no %q field", ErrMalformedEvent, streamFieldEvent)
 	}
-	var e Event
-	if err := json.Unmarshal([]byte(raw), &e); err != nil {
+	e, err := decodeEventJSON([]byte(raw))
+	if err != nil {
 		return Event{}, fmt.Errorf("%w: %v", ErrMalformedEvent, err)
 	}
 	if e.ID == "" || e.Account == "" || e.Version < 1 {
@@ -166,7 +166,7 @@ type HoldData struct {
 
 // decodeData decodes the data of e into v.
 func decodeData(e Event, v any) error {
-	if err := json.Unmarshal(e.Data, v); err != nil {
+	if err := decodeDataJSON(e.Data, v); err != nil {
 		return fmt.Errorf("ledger: decode %s: %w", e.ID, err)
 	}
 	return nil

@@ -98,3 +98,26 @@ func BenchmarkEventEncode(b *testing.B) {
 		}
 	})
 }
+
+// The relay's consumers decode every event (docs/benchmarks.md): encoding/json against the
+// canonical fast path of decodeEventJSON.
+func BenchmarkEventDecode(b *testing.B) {
+	e := Event{ID: "acct42:17", Type: EventDeposited, Account: "acct42", Version: 17, Time: time.Now().UTC(),
+		Data:     json.RawMessage(`{"operation_id":"acct42:17","currency":"USD","amount":100}`),
+		Balances: map[string]Balance{"USD": {Posted: 1700, Available: 1700}}}
+	raw, err := e.appendJSON(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("json.Unmarshal", func(b *testing.B) {
+		for b.Loop() {
+			var e Event
+			_ = json.Unmarshal(raw, &e)
+		}
+	})
+	b.Run("decodeEventJSON", func(b *testing.B) {
+		for b.Loop() {
+			_, _ = decodeEventJSON(raw)
+		}
+	})
+}

@@ -236,7 +236,7 @@ func project(e Event) (projection, error) {
 		return pj, nil
 	}
 	var d eventAmount
-	if err := json.Unmarshal(e.Data, &d); err != nil {
+	if err := decodeDataJSON(e.Data, &d); err != nil {
 		return pj, fmt.Errorf("%w: %v", ErrBadEventData, err)
 	}
 	if d.Currency == "" || strings.ContainsAny(d.Currency, ": ") || d.Amount < 0 || d.Released < 0 {
