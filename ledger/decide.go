@@ -107,7 +107,7 @@ func (d *decision) open(id string) (*Account, error) {
 
 // emit appends an event of type typ with data to account a and applies it.
 func (d *decision) emit(a *Account, typ string, data any) (Event, error) {
-	raw, err := json.Marshal(data)
+	raw, err := encodeData(data)
 	if err != nil {
 		return Event{}, fmt.Errorf("ledger: encode %s: %w", typ, err)
 	}

@@ -198,6 +198,29 @@ func (e Event) appendJSON(b []byte) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
+// encodeData returns an event's data as json.Marshal(data) writes it, without reflection
+// for the types of the hot path (MoneyData and TransferData).
+func encodeData(data any) ([]byte, error) {
+	switch d := data.(type) {
+	case MoneyData:
+		b := appendJSONString(append(make([]byte, 0, 96), `{"operation_id":`...), d.OperationID)
+		b = appendJSONString(append(b, `,"currency":`...), d.Currency)
+		b = strconv.AppendInt(append(b, `,"amount":`...), d.Amount, 10)
+		return append(b, '}'), nil
+	case TransferData:
+		b := appendJSONString(append(make([]byte, 0, 128), `{"transfer_id":`...), d.TransferID)
+		b = appendJSONString(append(b, `,"from":`...), d.From)
+		b = appendJSONString(append(b, `,"to":`...), d.To)
+		b = appendJSONString(append(b, `,"currency":`...), d.Currency)
+		b = strconv.AppendInt(append(b, `,"amount":`...), d.Amount, 10)
+		if d.Reason != "" {
+			b = appendJSONString(append(b, `,"reason":`...), d.Reason)
+		}
+		return append(b, '}'), nil
+	}
+	return json.Marshal(data)
+}
+
 // appendMap appends m as json.Marshal writes a map with string keys: keys sorted, null for
 // nil, each value written by value.
 func appendMap[V any](b []byte, m map[string]V, value func([]byte, V) []byte) []byte {

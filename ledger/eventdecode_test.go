@@ -183,3 +183,30 @@ func FuzzDecodeEvent(f *testing.F) {
 		sameAsJSON(t, b)
 	})
 }
+
+// encodeData writes the hot data types byte for byte as json.Marshal does, whatever their
+// strings hold (quotes, HTML characters, control characters, invalid UTF-8).
+func TestEncodeDataMatchesJSON(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	chars := []byte("ab<>&\"\\\x01\x7f\xc3\xa9\xff")
+	str := func() string {
+		b := make([]byte, r.IntN(12))
+		for i := range b {
+			b[i] = chars[r.IntN(len(chars))]
+		}
+		return string(b)
+	}
+	for range 2000 {
+		for _, data := range []any{
+			MoneyData{OperationID: str(), Currency: str(), Amount: r.Int64() - r.Int64()},
+			TransferData{TransferID: str(), From: str(), To: str(), Currency: str(), Amount: r.Int64(), Reason: []string{"", str()}[r.IntN(2)]},
+			HoldData{HoldID: str(), Currency: "USD", Amount: 5}, // through json.Marshal
+		} {
+			want, err := json.Marshal(data)
+			require.NoError(t, err)
+			got, err := encodeData(data)
+			require.NoError(t, err)
+			require.Equal(t, string(want), string(got), "%#v", data)
+		}
+	}
+}
