@@ -113,6 +113,17 @@ func NewEffect(body string) *Effect {
 // effect keys. ARGV: window, maxgaps, count; then per message: message id, key,
 // sequence, #effect keys, #effect args, effect args.
 // It returns one outcome per message: 1 applied, 2 duplicate, 3 stale.
+//
+// It is written for few Redis calls per message (Redis is what replicas do not scale):
+//   - a versioned message reads its key's watermark first (once per key and batch) and
+//     checks the ID window only when its Seq is at or below it: a Seq above the watermark
+//     was never applied (see Dedup on why);
+//   - the window is trimmed once per batch, after the loop, so during a batch it may hold
+//     up to count-1 IDs more than window; the window check counts only the window newest
+//     IDs (rank from the newest), which are exactly the IDs a trim after every mark keeps;
+//   - the score counter is raised once per batch, at the first mark, by the number of
+//     messages left: scores only need to grow in the order of the marks (eviction order);
+//   - the new gaps of a message are added in one ZADD and trimmed without a ZCARD.
 const dedupScriptHead = `
 local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ids, seq, wms = KEYS[1], KEYS[2], KEYS[3]
@@ -122,6 +133,13 @@ local effect = function(KEYS, ARGV)
 `
 
 const dedupScriptTail = `
+end
+local marks, base = 0, nil -- IDs marked in this batch; the score before the first
+local wmOf = {} -- watermarks read or written in this batch, by key
+-- whether id is among the window newest IDs (the window is trimmed after the loop)
+local inWindow = function(id)
+  local r = redis.call('ZREVRANK', ids, id)
+  return r ~= false and r ~= nil and r < window
 end
 for m = 1, count do
   local id, acct, v = ARGV[ai], ARGV[ai + 1], tonumber(ARGV[ai + 2])
@@ -134,35 +152,52 @@ for m = 1, count do
   local outcome = 1
   local gap = false
   local wm = 0
-  if redis.call('ZSCORE', ids, id) then
-    outcome = 2
-  elseif v > 0 then
-    wm = tonumber(redis.call('HGET', wms, acct) or '0')
-    if v <= wm then
-      if redis.call('ZSCORE', gaps, v) then gap = true else outcome = 3 end
+  if v > 0 then
+    wm = wmOf[acct]
+    if wm == nil then
+      wm = tonumber(redis.call('HGET', wms, acct) or '0')
+      wmOf[acct] = wm
     end
+    -- above the watermark: never applied, no window check
+    if v <= wm then
+      if inWindow(id) then outcome = 2
+      elseif redis.call('ZSCORE', gaps, v) then gap = true
+      else outcome = 3 end
+    end
+  elseif inWindow(id) then
+    outcome = 2
   end
   if outcome == 1 then
     local r = effect(ek, ea)
     if type(r) == 'table' and r.err then return r end
     -- the mark, only after the effect succeeded
-    redis.call('ZADD', ids, redis.call('INCR', seq), id)
-    local n = redis.call('ZCARD', ids)
-    if n > window then redis.call('ZREMRANGEBYRANK', ids, 0, n - window - 1) end
+    if base == nil then
+      base = redis.call('INCRBY', seq, count - m + 1) - (count - m + 1)
+    end
+    marks = marks + 1
+    redis.call('ZADD', ids, base + marks, id)
     if gap then
       redis.call('ZREM', gaps, v)
     elseif v > 0 then
       local from = math.max(wm + 1, v - maxgaps)
-      for g = from, v - 1 do redis.call('ZADD', gaps, g, g) end
-      if v - 1 >= from then
-        local n = redis.call('ZCARD', gaps)
-        if n > maxgaps then redis.call('ZREMRANGEBYRANK', gaps, 0, n - maxgaps - 1) end
+      local zs = {}
+      for g = from, v - 1 do
+        zs[#zs + 1] = g
+        zs[#zs + 1] = g
+        if #zs == 1000 or g == v - 1 then
+          redis.call('ZADD', gaps, unpack(zs))
+          zs = {}
+        end
       end
+      if v - 1 >= from then redis.call('ZREMRANGEBYRANK', gaps, 0, -maxgaps - 1) end
       redis.call('HSET', wms, acct, v)
+      wmOf[acct] = v
     end
   end
   out[m] = outcome
 end
+-- keep the window newest IDs
+if marks > 0 then redis.call('ZREMRANGEBYRANK', ids, 0, -window - 1) end
 return out`
 
 // Op is one message for Dedup.ApplyBatch with the effect's keys and arguments.
@@ -186,6 +221,18 @@ type DedupStats struct {
 // between (at most MaxGaps of them) are remembered as gaps and accepted once when they
 // arrive later (for example a dead letter replayed after later messages of its key).
 // Messages with Seq 0 are deduplicated by ID only.
+//
+// A message's ID must identify its Key and Seq: two messages with one ID have the same Key
+// and Seq. (Every outbox message does: its ID is MessageID(Key, Seq), which DecodeEntry
+// sets, and redeliveries and replayed dead letters decode the same entry.) Dedup relies on
+// it to skip the window for a message whose Seq is above its key's watermark: the
+// watermark only grows and every applied message leaves it at or above its Seq, so such a
+// message was never applied. A consumer that gives one ID to messages of other keys or
+// sequences gets wrong outcomes.
+//
+// The window is trimmed once per ApplyBatch, after the batch, so it may hold up to the
+// batch's size minus one IDs more than Window in between; only the Window newest count in
+// the duplicate check. A Window lowered between runs takes effect at once.
 //
 // For effects in Redis use Apply/ApplyBatch: the duplicate check, the effect and the mark
 // run in one Lua script (the mark is never written before the effect, and never without
@@ -286,7 +333,8 @@ func (d *Dedup) Mark(ctx context.Context, m Message) (Outcome, error) {
 }
 
 var seenScript = redis.NewScript(`
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 2 end
+local r = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+if r ~= false and r ~= nil and r < tonumber(ARGV[4]) then return 2 end
 local v = tonumber(ARGV[3])
 if v > 0 and v <= tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') then
   if redis.call('ZSCORE', KEYS[3], v) then return 0 end
@@ -299,7 +347,7 @@ return 0`)
 func (d *Dedup) Seen(ctx context.Context, m Message) (bool, error) {
 	p := m.Partition
 	n, err := seenScript.Run(ctx, d.rdb, []string{d.idsKey(p), d.watermarkKey(p), d.gapsKey(p, m.Key)},
-		m.ID, m.Key, m.Seq).Int()
+		m.ID, m.Key, m.Seq, d.cfg.Window).Int()
 	if err != nil {
 		return false, fmt.Errorf("outbox: dedup seen: %w", err)
 	}
