@@ -111,3 +111,41 @@ func TestProjectorRedisCalls(t *testing.T) {
 	// written. (Before: one ZSCORE per duplicate.)
 	require.Equal(t, map[string]int{"hget": batches * accounts, "zrevrank": n}, again)
 }
+
+// TestProjectorOutOfOrder: an account's events applied out of order (its opening arrives
+// last, as a replayed dead letter does, filling a gap) project as in order: the account is
+// listed once, from the first event applied, and the version stays the highest.
+func TestProjectorOutOfOrder(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := b.Start(t)
+			pr, err := ledger.NewProjector(rdb, ledger.ProjectorConfig{Partitions: 1})
+			require.NoError(t, err)
+			msg := func(v int64) outbox.Message {
+				e := ledger.Event{ID: ledger.EventID("late", v), Account: "late", Version: v, Type: ledger.EventDeposited,
+					Time: time.Unix(0, 0).UTC(), Data: json.RawMessage(`{"currency":"USD","amount":5}`)}
+				if v == 1 {
+					e.Type, e.Data = ledger.EventAccountOpened, json.RawMessage(`{"allow_negative":true}`)
+				}
+				return projectorMessage(0, e)
+			}
+			require.NoError(t, pr.Deliver(ctx, []outbox.Message{msg(3), msg(2)}))
+			ids, err := pr.Accounts(ctx, 0)
+			require.NoError(t, err)
+			require.Equal(t, []string{"late"}, ids, "listed from its first event applied")
+			require.NoError(t, pr.Deliver(ctx, []outbox.Message{msg(1), msg(3)}))
+			require.Equal(t, outbox.DedupStats{Applied: 3, Duplicates: 1}, pr.Dedup().Stats())
+			s, err := pr.Account(ctx, 0, "late")
+			require.NoError(t, err)
+			require.Equal(t, ledger.AccountSummary{Account: "late", Version: 3, Events: 3, AllowNegative: true,
+				Posted: map[string]int64{"USD": 10}, Held: map[string]int64{}}, s)
+			ids, err = pr.Accounts(ctx, 0)
+			require.NoError(t, err)
+			require.Equal(t, []string{"late"}, ids)
+			tot, err := pr.Totals(ctx)
+			require.NoError(t, err)
+			require.Equal(t, ledger.Totals{Accounts: 1, Events: 3, Posted: map[string]int64{"USD": 10}, Held: map[string]int64{}}, tot)
+		})
+	}
+}

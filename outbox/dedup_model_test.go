@@ -79,6 +79,15 @@ func (d *dedupModel) apply(m Message) Outcome {
 	return Applied
 }
 
+// opIDs returns the message IDs of ops, for failure messages.
+func opIDs(ops []Op) []string {
+	ids := make([]string, len(ops))
+	for i, op := range ops {
+		ids[i] = op.Msg.ID
+	}
+	return ids
+}
+
 // TestDedupModel drives ApplyBatch with random batches of one partition — new messages in
 // order, jumps ahead (gaps), late fills of the gaps, redeliveries of recent and old messages
 // (duplicates, and stale ones once the small window evicted them), Seq 0 messages (ID
@@ -157,7 +166,7 @@ func TestDedupModel(t *testing.T) {
 					require.ErrorContains(t, err, "effect refused", "batch %d", i)
 				} else {
 					require.NoError(t, err, "batch %d", i)
-					require.Equal(t, want, got, "batch %d: %v", i, ops)
+					require.Equal(t, want, got, "batch %d: %v", i, opIDs(ops))
 					for _, o := range got {
 						switch o {
 						case Applied:
