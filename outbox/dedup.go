@@ -118,11 +118,15 @@ func NewEffect(body string) *Effect {
 //   - a versioned message reads its key's watermark first (once per key and batch) and
 //     checks the ID window only when its Seq is at or below it: a Seq above the watermark
 //     was never applied (see Dedup on why);
-//   - the window is trimmed once per batch, after the loop, so during a batch it may hold
-//     up to count-1 IDs more than window; the window check counts only the window newest
-//     IDs (rank from the newest), which are exactly the IDs a trim after every mark keeps;
-//   - the score counter is raised once per batch, at the first mark, by the number of
-//     messages left: scores only need to grow in the order of the marks (eviction order);
+//   - the marks of the batch (window IDs and watermarks) are written together, one ZADD
+//     and one HSET, after the loop or before the script returns or raises an effect's
+//     error, so that the messages before a failing one are marked as before; the messages
+//     of the batch see the marks of the ones before them through Lua tables meanwhile;
+//   - the score counter is raised once per batch, by the number of marks: scores only need
+//     to grow in the order of the marks (the eviction order);
+//   - the window is trimmed once per batch, without a ZCARD (a negative end rank). The
+//     duplicate check counts the unwritten marks in front of the stored IDs' ranks, so it
+//     sees exactly the window a trim after every mark would keep;
 //   - the new gaps of a message are added in one ZADD and trimmed without a ZCARD.
 const dedupScriptHead = `
 local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -134,12 +138,33 @@ local effect = function(KEYS, ARGV)
 
 const dedupScriptTail = `
 end
-local marks, base = 0, nil -- IDs marked in this batch; the score before the first
-local wmOf = {} -- watermarks read or written in this batch, by key
--- whether id is among the window newest IDs (the window is trimmed after the loop)
+local marked, markOf = {}, {} -- IDs marked in this batch, in order, not written yet; index by ID
+local wmOf = {} -- watermarks read or set in this batch, by key
+local wmSet, isSet = {}, {} -- keys whose watermark the batch set, in order
+-- whether id is among the window newest IDs, the unwritten marks first
 local inWindow = function(id)
+  local i = markOf[id]
+  if i then return #marked - i < window end
   local r = redis.call('ZREVRANK', ids, id)
-  return r ~= false and r ~= nil and r < window
+  return r ~= false and r ~= nil and r + #marked < window
+end
+-- write the batch's marks: the IDs with growing scores, then the window trim; the watermarks
+local flush = function()
+  if #marked == 0 then return end
+  local base = redis.call('INCRBY', seq, #marked) - #marked
+  local zs, hs = {}, {}
+  for i, id in ipairs(marked) do
+    zs[#zs + 1] = base + i
+    zs[#zs + 1] = id
+  end
+  for _, k in ipairs(wmSet) do
+    hs[#hs + 1] = k
+    hs[#hs + 1] = wmOf[k]
+  end
+  -- in slices: unpack has a stack limit
+  for i = 1, #zs, 1000 do redis.call('ZADD', ids, unpack(zs, i, math.min(i + 999, #zs))) end
+  redis.call('ZREMRANGEBYRANK', ids, 0, -window - 1)
+  for i = 1, #hs, 1000 do redis.call('HSET', wms, unpack(hs, i, math.min(i + 999, #hs))) end
 end
 for m = 1, count do
   local id, acct, v = ARGV[ai], ARGV[ai + 1], tonumber(ARGV[ai + 2])
@@ -168,14 +193,21 @@ for m = 1, count do
     outcome = 2
   end
   if outcome == 1 then
-    local r = effect(ek, ea)
-    if type(r) == 'table' and r.err then return r end
-    -- the mark, only after the effect succeeded
-    if base == nil then
-      base = redis.call('INCRBY', seq, count - m + 1) - (count - m + 1)
+    local ok, r = pcall(effect, ek, ea)
+    if not ok then
+      flush()
+      -- raise it again as it came: a failed redis.call's error starts with its error code
+      -- (WRONGTYPE ...), which a table keeps; Redis prefixes other errors with ERR
+      if type(r) == 'string' and string.find(r, '^%u+ ') then error({err = r}) end
+      error(r, 0)
     end
-    marks = marks + 1
-    redis.call('ZADD', ids, base + marks, id)
+    if type(r) == 'table' and r.err then
+      flush()
+      return r
+    end
+    -- the mark, only after the effect succeeded
+    marked[#marked + 1] = id
+    markOf[id] = #marked
     if gap then
       redis.call('ZREM', gaps, v)
     elseif v > 0 then
@@ -190,14 +222,16 @@ for m = 1, count do
         end
       end
       if v - 1 >= from then redis.call('ZREMRANGEBYRANK', gaps, 0, -maxgaps - 1) end
-      redis.call('HSET', wms, acct, v)
+      if not isSet[acct] then
+        wmSet[#wmSet + 1] = acct
+        isSet[acct] = true
+      end
       wmOf[acct] = v
     end
   end
   out[m] = outcome
 end
--- keep the window newest IDs
-if marks > 0 then redis.call('ZREMRANGEBYRANK', ids, 0, -window - 1) end
+flush()
 return out`
 
 // Op is one message for Dedup.ApplyBatch with the effect's keys and arguments.

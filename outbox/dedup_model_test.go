@@ -6,20 +6,28 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/internal/redistest"
 )
 
-// modelEffect counts its runs per message ID (ARGV[1]) in a hash (KEYS[1]) and refuses,
-// before writing anything, when ARGV[2] is "fail".
+// modelEffect counts its runs per message ID (ARGV[1]) in a hash (KEYS[1]). Before writing
+// anything, it fails when ARGV[2] says so: "fail" returns an error reply, "raise" raises a
+// Lua error and "wrongtype" a failing redis.call.
 var modelEffect = NewEffect(`
 if ARGV[2] == 'fail' then return redis.error_reply('effect refused') end
+if ARGV[2] == 'raise' then error('effect raised') end
+if ARGV[2] == 'wrongtype' then redis.call('LPUSH', KEYS[1], 'x') end
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)`)
+
+// modelFailures are modelEffect's failures and what their errors say.
+var modelFailures = map[string]string{"fail": "effect refused", "raise": "effect raised", "wrongtype": "WRONGTYPE"}
 
 // dedupModel is the documented semantics of Dedup written plainly: a window of the last
 // window IDs marked, a watermark and a set of at most maxGaps gaps (the highest) per key,
@@ -91,13 +99,31 @@ func opIDs(ops []Op) []string {
 // TestDedupModel drives ApplyBatch with random batches of one partition — new messages in
 // order, jumps ahead (gaps), late fills of the gaps, redeliveries of recent and old messages
 // (duplicates, and stale ones once the small window evicted them), Seq 0 messages (ID
-// only), and now and then an effect that fails mid-batch — and compares every outcome, the
+// only), and now and then an effect that fails mid-batch in each way an effect can fail
+// (the messages before it stay applied and marked) — and compares every outcome, the
 // effect's runs per message, the watermarks, Seen and the window's size with dedupModel.
 func TestDedupModel(t *testing.T) {
 	for _, b := range redistest.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			rdb := b.Start(t)
 			ctx := context.Background()
+			t.Run("the window moves within a batch", func(t *testing.T) {
+				// Window 2: z1 leaves the window when z3 is marked, in the same batch, and
+				// is applied again, as when every message came in a batch of its own; the
+				// versioned a:1 is stale then, and a:3 is still a duplicate.
+				d, err := NewDedup(rdb, DedupConfig{Name: "inbatch", Window: 2})
+				require.NoError(t, err)
+				z := func(id string) Message { return Message{Partition: 1, ID: id, Key: "z"} }
+				var ops []Op
+				for _, m := range []Message{z("z1"), z("z2"), z("z3"), z("z1"), z("z3"),
+					msgOf(1, "a", 1), msgOf(1, "a", 2), msgOf(1, "a", 3), msgOf(1, "a", 1), msgOf(1, "a", 3)} {
+					ops = append(ops, Op{Msg: m, Keys: []string{d.Key(1, "runs")}, Args: []any{m.ID, "ok"}})
+				}
+				out, err := d.ApplyBatch(ctx, modelEffect, ops)
+				require.NoError(t, err)
+				require.Equal(t, []Outcome{Applied, Applied, Applied, Applied, Duplicate,
+					Applied, Applied, Applied, Stale, Duplicate}, out)
+			})
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
 			rng := rand.New(rand.NewPCG(seed, 7))
@@ -130,21 +156,33 @@ func TestDedupModel(t *testing.T) {
 				return msgOf(part, k, produced[k])
 			}
 			var stats DedupStats
-			failures := 0
+			failures := map[string]int{}
 			const batches = 300
 			for i := 0; i < batches; i++ {
-				n := 1 + rng.IntN(7)
+				n := 1 + rng.IntN(12) // some batches mark more than window IDs
 				ops := make([]Op, n)
-				fail := -1
-				if rng.IntN(15) == 0 {
+				// Now and then (every failure at least every 60 batches) the effect of a new
+				// message fails.
+				fail, failure := -1, ""
+				modes := []string{"fail", "raise", "wrongtype"}
+				if i%20 == 10 || rng.IntN(20) == 0 {
 					fail = rng.IntN(n)
+					failure = modes[(i/20)%3]
+					if i%20 != 10 {
+						failure = modes[rng.IntN(3)]
+					}
 				}
 				for j := range ops {
 					m := pick()
+					if j == fail {
+						k := keys[rng.IntN(len(keys))]
+						produced[k]++
+						m = msgOf(part, k, produced[k])
+					}
 					sent = append(sent, m)
 					arg := "ok"
 					if j == fail {
-						arg = "fail"
+						arg = failure
 					}
 					ops[j] = Op{Msg: m, Keys: []string{runsKey}, Args: []any{m.ID, arg}}
 				}
@@ -153,17 +191,22 @@ func TestDedupModel(t *testing.T) {
 				failed := false
 				for j, op := range ops {
 					if j == fail {
-						if o, _ := model.outcome(op.Msg); o == Applied {
-							failed = true
-							break
-						}
+						failed = true
+						break
 					}
 					want = append(want, model.apply(op.Msg))
 				}
 				got, err := d.ApplyBatch(ctx, modelEffect, ops)
 				if failed {
-					failures++
-					require.ErrorContains(t, err, "effect refused", "batch %d", i)
+					failures[failure]++
+					require.ErrorContains(t, err, modelFailures[failure], "batch %d: %v", i, opIDs(ops))
+					if failure == "wrongtype" && b.Name != "embedded" {
+						// A failed redis.call's error keeps its code (miniredis words
+						// script errors its own way).
+						var rerr redis.Error
+						require.ErrorAs(t, err, &rerr)
+						require.True(t, strings.HasPrefix(rerr.Error(), "WRONGTYPE "), rerr.Error())
+					}
 				} else {
 					require.NoError(t, err, "batch %d", i)
 					require.Equal(t, want, got, "batch %d: %v", i, opIDs(ops))
@@ -177,12 +220,12 @@ func TestDedupModel(t *testing.T) {
 							stats.Stale++
 						}
 					}
-					if slices.Contains(got, Applied) {
-						// The batch trimmed the window to the window newest IDs.
-						ids, err := rdb.ZRange(ctx, d.idsKey(part), 0, -1).Result()
-						require.NoError(t, err)
-						require.Equal(t, model.ids, ids, "batch %d: the window, oldest first", i)
-					}
+				}
+				if slices.Contains(want, Applied) {
+					// The batch trimmed the window to the window newest IDs, failed or not.
+					ids, err := rdb.ZRange(ctx, d.idsKey(part), 0, -1).Result()
+					require.NoError(t, err)
+					require.Equal(t, model.ids, ids, "batch %d: the window, oldest first", i)
 				}
 				runs, err := rdb.HGetAll(ctx, runsKey).Result()
 				require.NoError(t, err)
@@ -211,12 +254,12 @@ func TestDedupModel(t *testing.T) {
 					reapplied++
 				}
 			}
-			t.Logf("%d batches: %+v, %d gap fills, %d failed batches, %d Seq 0 IDs applied again",
+			t.Logf("%d batches: %+v, %d gap fills, failed batches %v, %d Seq 0 IDs applied again",
 				batches, stats, model.gapFills, failures, reapplied)
 			require.NotZero(t, stats.Duplicates)
 			require.NotZero(t, stats.Stale)
 			require.NotZero(t, model.gapFills)
-			require.NotZero(t, failures)
+			require.Len(t, failures, len(modelFailures))
 			require.NotZero(t, reapplied)
 		})
 	}
