@@ -264,9 +264,11 @@ type DedupStats struct {
 // message was never applied. A consumer that gives one ID to messages of other keys or
 // sequences gets wrong outcomes.
 //
-// The window is trimmed once per ApplyBatch, after the batch, so it may hold up to the
-// batch's size minus one IDs more than Window in between; only the Window newest count in
-// the duplicate check. A Window lowered between runs takes effect at once.
+// An ApplyBatch writes its marks together when it ends (or an effect fails) and trims the
+// window then; within the batch the duplicate check counts the batch's marks in front of
+// the stored IDs, so a message sees the Window newest IDs as if each had been written and
+// trimmed at once. (A Window lowered between runs takes effect at once, not at the
+// partition's next mark.)
 //
 // For effects in Redis use Apply/ApplyBatch: the duplicate check, the effect and the mark
 // run in one Lua script (the mark is never written before the effect, and never without
