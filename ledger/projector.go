@@ -125,13 +125,18 @@ func (pr *Projector) accountsKey(p int) string { return pr.dedup.Key(p, "account
 // projectEffect applies one event's projection.
 // KEYS: summary, totals, accounts. ARGV: account, version, then three lists each led by its
 // length: summary increments (field, delta), totals increments, summary sets (field, value).
+// It runs once per event under the Dedup script, so it saves calls: the account joins the
+// partition's accounts set only with the first event applied for it (the summary has no
+// version yet; later SADDs would not change the set), and the version and the summary sets
+// are written in one HSET.
 var projectEffect = outbox.NewEffect(`
 local v = tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if v > cur then redis.call('HSET', KEYS[1], 'version', ARGV[2]) end
+if cur == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
+local set = {}
+if v > cur then set = {'version', ARGV[2]} end
 redis.call('HINCRBY', KEYS[1], 'events', 1)
 redis.call('HINCRBY', KEYS[2], 'events', 1)
-redis.call('SADD', KEYS[3], ARGV[1])
 local i = 3
 for k = 1, 3 do
   local n = tonumber(ARGV[i])
@@ -141,9 +146,10 @@ for k = 1, 3 do
     i = i + 2
     if k == 1 then redis.call('HINCRBY', KEYS[1], f, x)
     elseif k == 2 then redis.call('HINCRBY', KEYS[2], f, x)
-    else redis.call('HSET', KEYS[1], f, x) end
+    else set[#set + 1] = f; set[#set + 1] = x end
   end
 end
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
 return 1`)
 
 // Deliver projects msgs in order (outbox.Sink). Runs of messages of one partition are

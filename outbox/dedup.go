@@ -113,6 +113,21 @@ func NewEffect(body string) *Effect {
 // effect keys. ARGV: window, maxgaps, count; then per message: message id, key,
 // sequence, #effect keys, #effect args, effect args.
 // It returns one outcome per message: 1 applied, 2 duplicate, 3 stale.
+//
+// It is written for few Redis calls per message (Redis is what replicas do not scale):
+//   - a versioned message reads its key's watermark first (once per key and batch) and
+//     checks the ID window only when its Seq is at or below it: a Seq above the watermark
+//     was never applied (see Dedup on why);
+//   - the marks of the batch (window IDs and watermarks) are written together, one ZADD
+//     and one HSET, after the loop or before the script returns or raises an effect's
+//     error, so that the messages before a failing one are marked as before; the messages
+//     of the batch see the marks of the ones before them through Lua tables meanwhile;
+//   - the score counter is raised once per batch, by the number of marks: scores only need
+//     to grow in the order of the marks (the eviction order);
+//   - the window is trimmed once per batch, without a ZCARD (a negative end rank). The
+//     duplicate check counts the unwritten marks in front of the stored IDs' ranks, so it
+//     sees exactly the window a trim after every mark would keep;
+//   - the new gaps of a message are added in one ZADD and trimmed without a ZCARD.
 const dedupScriptHead = `
 local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ids, seq, wms = KEYS[1], KEYS[2], KEYS[3]
@@ -122,6 +137,34 @@ local effect = function(KEYS, ARGV)
 `
 
 const dedupScriptTail = `
+end
+local marked, markOf = {}, {} -- IDs marked in this batch, in order, not written yet; index by ID
+local wmOf = {} -- watermarks read or set in this batch, by key
+local wmSet, isSet = {}, {} -- keys whose watermark the batch set, in order
+-- whether id is among the window newest IDs, the unwritten marks first
+local inWindow = function(id)
+  local i = markOf[id]
+  if i then return #marked - i < window end
+  local r = redis.call('ZREVRANK', ids, id)
+  return r ~= false and r ~= nil and r + #marked < window
+end
+-- write the batch's marks: the IDs with growing scores, then the window trim; the watermarks
+local flush = function()
+  if #marked == 0 then return end
+  local base = redis.call('INCRBY', seq, #marked) - #marked
+  local zs, hs = {}, {}
+  for i, id in ipairs(marked) do
+    zs[#zs + 1] = base + i
+    zs[#zs + 1] = id
+  end
+  for _, k in ipairs(wmSet) do
+    hs[#hs + 1] = k
+    hs[#hs + 1] = wmOf[k]
+  end
+  -- in slices: unpack has a stack limit
+  for i = 1, #zs, 1000 do redis.call('ZADD', ids, unpack(zs, i, math.min(i + 999, #zs))) end
+  redis.call('ZREMRANGEBYRANK', ids, 0, -window - 1)
+  for i = 1, #hs, 1000 do redis.call('HSET', wms, unpack(hs, i, math.min(i + 999, #hs))) end
 end
 for m = 1, count do
   local id, acct, v = ARGV[ai], ARGV[ai + 1], tonumber(ARGV[ai + 2])
@@ -134,35 +177,61 @@ for m = 1, count do
   local outcome = 1
   local gap = false
   local wm = 0
-  if redis.call('ZSCORE', ids, id) then
-    outcome = 2
-  elseif v > 0 then
-    wm = tonumber(redis.call('HGET', wms, acct) or '0')
-    if v <= wm then
-      if redis.call('ZSCORE', gaps, v) then gap = true else outcome = 3 end
+  if v > 0 then
+    wm = wmOf[acct]
+    if wm == nil then
+      wm = tonumber(redis.call('HGET', wms, acct) or '0')
+      wmOf[acct] = wm
     end
+    -- above the watermark: never applied, no window check
+    if v <= wm then
+      if inWindow(id) then outcome = 2
+      elseif redis.call('ZSCORE', gaps, v) then gap = true
+      else outcome = 3 end
+    end
+  elseif inWindow(id) then
+    outcome = 2
   end
   if outcome == 1 then
-    local r = effect(ek, ea)
-    if type(r) == 'table' and r.err then return r end
+    local ok, r = pcall(effect, ek, ea)
+    if not ok then
+      flush()
+      -- raise it again as it came: a failed redis.call's error starts with its error code
+      -- (WRONGTYPE ...), which a table keeps; Redis prefixes other errors with ERR
+      if type(r) == 'string' and string.find(r, '^%u+ ') then error({err = r}) end
+      error(r, 0)
+    end
+    if type(r) == 'table' and r.err then
+      flush()
+      return r
+    end
     -- the mark, only after the effect succeeded
-    redis.call('ZADD', ids, redis.call('INCR', seq), id)
-    local n = redis.call('ZCARD', ids)
-    if n > window then redis.call('ZREMRANGEBYRANK', ids, 0, n - window - 1) end
+    marked[#marked + 1] = id
+    markOf[id] = #marked
     if gap then
       redis.call('ZREM', gaps, v)
     elseif v > 0 then
       local from = math.max(wm + 1, v - maxgaps)
-      for g = from, v - 1 do redis.call('ZADD', gaps, g, g) end
-      if v - 1 >= from then
-        local n = redis.call('ZCARD', gaps)
-        if n > maxgaps then redis.call('ZREMRANGEBYRANK', gaps, 0, n - maxgaps - 1) end
+      local zs = {}
+      for g = from, v - 1 do
+        zs[#zs + 1] = g
+        zs[#zs + 1] = g
+        if #zs == 1000 or g == v - 1 then
+          redis.call('ZADD', gaps, unpack(zs))
+          zs = {}
+        end
       end
-      redis.call('HSET', wms, acct, v)
+      if v - 1 >= from then redis.call('ZREMRANGEBYRANK', gaps, 0, -maxgaps - 1) end
+      if not isSet[acct] then
+        wmSet[#wmSet + 1] = acct
+        isSet[acct] = true
+      end
+      wmOf[acct] = v
     end
   end
   out[m] = outcome
 end
+flush()
 return out`
 
 // Op is one message for Dedup.ApplyBatch with the effect's keys and arguments.
@@ -186,6 +255,20 @@ type DedupStats struct {
 // between (at most MaxGaps of them) are remembered as gaps and accepted once when they
 // arrive later (for example a dead letter replayed after later messages of its key).
 // Messages with Seq 0 are deduplicated by ID only.
+//
+// A message's ID must identify its Key and Seq: two messages with one ID have the same Key
+// and Seq. (Every outbox message does: its ID is MessageID(Key, Seq), which DecodeEntry
+// sets, and redeliveries and replayed dead letters decode the same entry.) Dedup relies on
+// it to skip the window for a message whose Seq is above its key's watermark: the
+// watermark only grows and every applied message leaves it at or above its Seq, so such a
+// message was never applied. A consumer that gives one ID to messages of other keys or
+// sequences gets wrong outcomes.
+//
+// An ApplyBatch writes its marks together when it ends (or an effect fails) and trims the
+// window then; within the batch the duplicate check counts the batch's marks in front of
+// the stored IDs, so a message sees the Window newest IDs as if each had been written and
+// trimmed at once. (A Window lowered between runs takes effect at once, not at the
+// partition's next mark.)
 //
 // For effects in Redis use Apply/ApplyBatch: the duplicate check, the effect and the mark
 // run in one Lua script (the mark is never written before the effect, and never without
@@ -286,7 +369,8 @@ func (d *Dedup) Mark(ctx context.Context, m Message) (Outcome, error) {
 }
 
 var seenScript = redis.NewScript(`
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 2 end
+local r = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+if r ~= false and r ~= nil and r < tonumber(ARGV[4]) then return 2 end
 local v = tonumber(ARGV[3])
 if v > 0 and v <= tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') then
   if redis.call('ZSCORE', KEYS[3], v) then return 0 end
@@ -299,7 +383,7 @@ return 0`)
 func (d *Dedup) Seen(ctx context.Context, m Message) (bool, error) {
 	p := m.Partition
 	n, err := seenScript.Run(ctx, d.rdb, []string{d.idsKey(p), d.watermarkKey(p), d.gapsKey(p, m.Key)},
-		m.ID, m.Key, m.Seq).Int()
+		m.ID, m.Key, m.Seq, d.cfg.Window).Int()
 	if err != nil {
 		return false, fmt.Errorf("outbox: dedup seen: %w", err)
 	}
