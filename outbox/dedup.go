@@ -294,7 +294,8 @@ func NewDedup(rdb redis.UniversalClient, cfg DedupConfig) (*Dedup, error) {
 // Key returns the key "<prefix>:{p}:<name>:<suffix>": a key of partition p in this
 // consumer's namespace, for effect keys.
 func (d *Dedup) Key(p int, suffix string) string {
-	return fmt.Sprintf("%s:{%d}:%s:%s", d.cfg.Prefix, p, d.cfg.Name, suffix)
+	// not fmt.Sprintf: the projector builds four keys per event
+	return d.cfg.Prefix + ":{" + strconv.Itoa(p) + "}:" + d.cfg.Name + ":" + suffix
 }
 
 func (d *Dedup) idsKey(p int) string            { return d.Key(p, "dedup:ids") }
