@@ -42,8 +42,7 @@ func decodeDataJSON(data []byte, v any) error {
 func fastData(data []byte, v any) bool {
 	switch d := v.(type) {
 	case *MoneyData:
-		x := *d // on a fallback, encoding/json must start from what the caller gave
-		if fastFlat(data, func(k string, s string, n int64, num bool) bool {
+		return fastInto(data, d, func(x *MoneyData, k, s string, n int64, num bool) bool {
 			switch {
 			case k == "operation_id" && !num:
 				x.OperationID = s
@@ -55,13 +54,9 @@ func fastData(data []byte, v any) bool {
 				return false
 			}
 			return true
-		}) {
-			*d = x
-			return true
-		}
+		})
 	case *TransferData:
-		x := *d
-		if fastFlat(data, func(k string, s string, n int64, num bool) bool {
+		return fastInto(data, d, func(x *TransferData, k, s string, n int64, num bool) bool {
 			switch {
 			case k == "transfer_id" && !num:
 				x.TransferID = s
@@ -79,13 +74,9 @@ func fastData(data []byte, v any) bool {
 				return false
 			}
 			return true
-		}) {
-			*d = x
-			return true
-		}
+		})
 	case *eventAmount:
-		x := *d
-		if fastFlat(data, func(k string, s string, n int64, num bool) bool {
+		return fastInto(data, d, func(x *eventAmount, k, s string, n int64, num bool) bool {
 			switch {
 			case k == "currency" && !num:
 				x.Currency = s
@@ -99,12 +90,21 @@ func fastData(data []byte, v any) bool {
 				return !strings.EqualFold(k, "currency") && !strings.EqualFold(k, "amount") && !strings.EqualFold(k, "released")
 			}
 			return true
-		}) {
-			*d = x
-			return true
-		}
+		})
 	}
 	return false
+}
+
+// fastInto reads data with fastFlat into a copy of *d, set storing each member, and keeps
+// the copy only when every member was taken: on a fallback, encoding/json must start from
+// what the caller gave.
+func fastInto[T any](data []byte, d *T, set func(x *T, k, s string, n int64, num bool) bool) bool {
+	x := *d
+	if !fastFlat(data, func(k, s string, n int64, num bool) bool { return set(&x, k, s, n, num) }) {
+		return false
+	}
+	*d = x
+	return true
 }
 
 // scan reads the canonical JSON subset. Every method returns false (and the caller falls
