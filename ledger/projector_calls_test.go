@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,24 +21,12 @@ import (
 // themselves and the test's own INFO/CONFIG.
 func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
 	t.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	require.NoError(t, err)
-	out := map[string]int{}
-	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(name, "cmdstat_") {
-			continue
+	out := redistest.CommandCalls(t, rdb)
+	for name := range out {
+		if name == "info" || name == "evalsha" || name == "eval" || strings.HasPrefix(name, "config") ||
+			strings.HasPrefix(name, "script") {
+			delete(out, name)
 		}
-		name = strings.TrimPrefix(name, "cmdstat_")
-		switch {
-		case name == "info" || name == "evalsha" || name == "eval" || strings.HasPrefix(name, "config") ||
-			strings.HasPrefix(name, "script"):
-			continue
-		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
-		n, err := strconv.Atoi(calls)
-		require.NoError(t, err, line)
-		out[name] = n
 	}
 	return out
 }

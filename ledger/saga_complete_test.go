@@ -3,7 +3,6 @@ package ledger_test
 import (
 	"context"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,20 +19,8 @@ import (
 // scriptCalls returns how many EVAL and EVALSHA calls the server has run.
 func scriptCalls(t *testing.T, rdb redis.UniversalClient) int64 {
 	t.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	require.NoError(t, err)
-	var n int64
-	for _, line := range strings.Split(info, "\n") {
-		line = strings.TrimSpace(line)
-		for _, cmd := range []string{"cmdstat_eval:", "cmdstat_evalsha:"} {
-			if rest, ok := strings.CutPrefix(line, cmd+"calls="); ok {
-				v, err := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
-				require.NoError(t, err)
-				n += v
-			}
-		}
-	}
-	return n
+	calls := redistest.CommandCalls(t, rdb)
+	return int64(calls["eval"] + calls["evalsha"])
 }
 
 // On a single Redis the credit's commit also completes the transfer (one script call fewer

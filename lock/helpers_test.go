@@ -1,10 +1,8 @@
 package lock
 
 import (
-	"bufio"
 	"context"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,18 +108,7 @@ func commandCalls(tb testing.TB, servers []*redistest.Server, cmd string) int {
 	tb.Helper()
 	total := 0
 	for _, s := range servers {
-		info, err := s.Client().Info(context.Background(), "commandstats").Result()
-		require.NoError(tb, err)
-		sc := bufio.NewScanner(strings.NewReader(info))
-		prefix := "cmdstat_" + cmd + ":calls="
-		for sc.Scan() {
-			line := strings.TrimSpace(sc.Text())
-			if rest, ok := strings.CutPrefix(line, prefix); ok {
-				n, err := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-				require.NoError(tb, err)
-				total += n
-			}
-		}
+		total += redistest.CommandCalls(tb, s.Client())[cmd]
 	}
 	return total
 }

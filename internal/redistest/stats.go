@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -39,4 +40,30 @@ func (s *Server) CommandRate(window time.Duration) float64 {
 	before, start := s.CommandsProcessed(), time.Now()
 	<-time.After(window)
 	return float64(s.CommandsProcessed()-before) / time.Since(start).Seconds()
+}
+
+// CommandCalls returns the calls per command (lower case, e.g. "evalsha", "hset",
+// "config|resetstat") the server rdb talks to has counted since its start or its last
+// CONFIG RESETSTAT (INFO commandstats; commands scripts run are counted too). It fails the
+// test when the server cannot be read.
+func CommandCalls(tb testing.TB, rdb redis.UniversalClient) map[string]int {
+	tb.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		tb.Fatalf("redistest: INFO commandstats: %v", err)
+	}
+	out := map[string]int{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		n, err := strconv.Atoi(calls)
+		if err != nil {
+			tb.Fatalf("redistest: INFO commandstats line %q: %v", line, err)
+		}
+		out[strings.TrimPrefix(name, "cmdstat_")] = n
+	}
+	return out
 }
