@@ -126,7 +126,7 @@ func (d *decision) emit(a *Account, typ string, data any) (Event, error) {
 		Time:    at,
 		Data:    raw,
 	}
-	if err := a.apply(e); err != nil {
+	if err := a.applyData(e, data); err != nil {
 		return Event{}, err
 	}
 	a.settle(at)

@@ -198,6 +198,16 @@ func (e Event) appendJSON(b []byte) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
+// dataAs returns data when it is a T (what emit has in hand), else e's data decoded as a T.
+func dataAs[T any](e Event, data any) (T, error) {
+	if d, ok := data.(T); ok {
+		return d, nil
+	}
+	var d T
+	err := decodeData(e, &d)
+	return d, err
+}
+
 // encodeData returns an event's data as json.Marshal(data) writes it, without reflection
 // for the types of the hot path (MoneyData and TransferData).
 func encodeData(data any) ([]byte, error) {

@@ -204,3 +204,27 @@ func TestEncodeDataMatchesJSON(t *testing.T) {
 		}
 	}
 }
+
+// A decision applies the data it has in hand (applyData); replay decodes the event's JSON
+// (apply). Both must leave the account in the same state.
+func TestApplyDataIsApply(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for range 2000 {
+		var data any
+		typ := []string{EventDeposited, EventWithdrawn, EventTransferDebited, EventTransferCredited, EventTransferRefunded}[r.IntN(5)]
+		cur := []string{"USD", "EUR"}[r.IntN(2)]
+		if typ == EventDeposited || typ == EventWithdrawn {
+			data = MoneyData{OperationID: "a:2", Currency: cur, Amount: r.Int64N(1e9)}
+		} else {
+			data = TransferData{TransferID: "t", From: "a", To: "b", Currency: cur, Amount: r.Int64N(1e9)}
+		}
+		raw, err := encodeData(data)
+		require.NoError(t, err)
+		e := Event{ID: EventID("a", 2), Type: typ, Account: "a", Version: 2, Time: time.Unix(1, 0).UTC(), Data: raw}
+		start := Account{ID: "a", Version: 1, Status: StatusOpen, Balances: map[string]Balance{"USD": {Posted: r.Int64N(1e9)}}}
+		byData, byJSON := start.clone(), start.clone()
+		require.NoError(t, byData.applyData(e, data))
+		require.NoError(t, byJSON.apply(e))
+		require.Equal(t, byJSON, byData, "%s %+v", typ, data)
+	}
+}
