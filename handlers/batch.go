@@ -116,7 +116,34 @@ func (s *server) batch(c *gin.Context) {
 	if replayed {
 		c.Header("Idempotent-Replayed", "true")
 	}
-	c.JSON(http.StatusOK, resp)
+	c.Data(http.StatusOK, "application/json; charset=utf-8", resp.appendJSON(nil))
+}
+
+// appendJSON appends r's JSON to b. The operations' bodies are copied as they are — JSON the
+// ledger encoded — where encoding/json would check and compact each of them again (by
+// profile, a sixth of the server's CPU under atomic batches of deposits).
+func (r batchResponse) appendJSON(b []byte) []byte {
+	b = strconv.AppendBool(append(b, `{"atomic":`...), r.Atomic)
+	b = append(b, `,"results":[`...)
+	for i, res := range r.Results {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(append(b, `{"status":`...), int64(res.Status), 10)
+		b = append(b, `,"body":`...)
+		switch body := res.Body.(type) {
+		case json.RawMessage:
+			if len(body) == 0 {
+				body = json.RawMessage("null")
+			}
+			b = append(b, body...)
+		default: // a problem: a struct of strings and numbers, which always encodes
+			raw, _ := json.Marshal(body)
+			b = append(b, raw...)
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}"...)
 }
 
 // batchOp checks one operation's fields for its type and returns it, or the problem

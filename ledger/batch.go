@@ -252,32 +252,36 @@ func (f *batchFailure) Unwrap() error { return f.err }
 func (c batchCmd) decide(d *decision) (any, error) {
 	bodies := make([]json.RawMessage, len(c.Ops))
 	for i, op := range c.Ops {
-		body, err := c.decideOp(d, op)
-		if err == nil {
-			bodies[i], err = json.Marshal(body)
-		}
+		raw, err := c.decideOp(d, op)
 		if err != nil {
 			return nil, &batchFailure{index: i, err: err}
 		}
+		bodies[i] = raw
 	}
 	return bodies, nil
 }
 
-// decideOp decides one operation of an atomic batch and adds the records that make its ID
-// unusable for another request later (written by the same script).
-func (c batchCmd) decideOp(d *decision, op BatchOp) (any, error) {
+// decideOp decides one operation of an atomic batch and returns its encoded response. It
+// also adds the record that makes the operation's ID unusable for another request later
+// (written by the same script): the record the operation sent alone would write.
+func (c batchCmd) decideOp(d *decision, op BatchOp) (json.RawMessage, error) {
 	p := d.keys.partition(c.accs[0])
-	record := func(key, fp string, body any, ttl bool) error {
-		raw, err := json.Marshal(body)
+	// recorded encodes body once; with a key it also records it there under fp, with the
+	// lifetime of an idempotency key when ttl is set.
+	recorded := func(body any, err error, key, fp string, ttl bool) (json.RawMessage, error) {
 		if err != nil {
-			return err
+			return nil, err
+		}
+		raw, err := encodeBody(body)
+		if err != nil || key == "" {
+			return raw, err
 		}
 		d.guard(key)
 		d.write("HSET", key, "fp", fp, "body", string(raw))
 		if ttl {
 			d.write("PEXPIRE", key, d.idemTTL.Milliseconds())
 		}
-		return nil
+		return raw, nil
 	}
 	switch op.Type {
 	case OpDeposit, OpWithdrawal:
@@ -286,33 +290,27 @@ func (c batchCmd) decideOp(d *decision, op BatchOp) (any, error) {
 			cmd = Withdraw{Account: op.Account, Currency: op.Currency, Amount: op.Amount}
 		}
 		body, err := cmd.decide(d)
-		if err == nil && op.ID != "" {
-			err = record(d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), body, true)
+		if op.ID == "" {
+			return recorded(body, err, "", "", false)
 		}
-		return body, err
+		return recorded(body, err, d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), true)
 	case OpHold:
 		cmd := PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout}
 		body, err := cmd.decide(d)
-		if err == nil {
-			err = record(d.keys.hold(p, op.Account, op.ID), fingerprint(cmd), body, false)
-		}
-		return body, err
+		return recorded(body, err, d.keys.hold(p, op.Account, op.ID), fingerprint(cmd), false)
 	case OpCapture, OpVoid:
 		cmd := op.resolveCmd()
 		body, err := cmd.decide(d)
-		if err == nil && op.ID != "" {
-			// The record a capture or void sent alone with this key writes, so that one
-			// sent later with the key replays this answer.
-			err = record(d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), body, true)
+		if op.ID == "" {
+			return recorded(body, err, "", "", false)
 		}
-		return body, err
+		// The record a capture or void sent alone with this key writes, so that one sent
+		// later with the key replays this answer.
+		return recorded(body, err, d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), true)
 	default: // OpTransfer
 		t := Transfer{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata}
 		body, err := transferCmd{T: t, SameTo: true}.decide(d)
-		if err == nil {
-			err = record(d.keys.transfer(p, op.ID), fingerprint(t), body, false)
-		}
-		return body, err
+		return recorded(body, err, d.keys.transfer(p, op.ID), fingerprint(t), false)
 	}
 }
 
@@ -401,9 +399,9 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 			l.keepTransferID(ctx, id, from)
 		}
 	}
-	var bodies []json.RawMessage
-	if err := json.Unmarshal(rc.Body, &bodies); err != nil || len(bodies) != len(ops) {
-		return nil, false, fmt.Errorf("%w: decode batch results: %v", ErrInternal, err)
+	bodies, err := rawElements(rc.Body)
+	if err != nil || len(bodies) != len(ops) {
+		return nil, false, fmt.Errorf("%w: decode batch results: %d of %d, %v", ErrInternal, len(bodies), len(ops), err)
 	}
 	out := make([]BatchResult, len(ops))
 	for i, b := range bodies {
