@@ -76,6 +76,45 @@ func TestCreditCompletesTransfer(t *testing.T) {
 	}
 }
 
+// On a single Redis a TransferCredited event means the transfer is complete (its credit's
+// commit completed it), so the process manager reads nothing for it; on Cluster it reads
+// the record, as the complete step may still be due.
+func TestTransferManagerSkipsCompletedCredits(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "sk"})
+			from, to := apart(l, "sk-")
+			fund(t, l, from, 100)
+			fund(t, l, to, 0)
+			_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-sk", From: from, To: to, Currency: "USD", Amount: 30})
+			require.NoError(t, err)
+			msg := transferMessage(t, l, ledger.EventTransferCredited, to, "t-sk")
+
+			counted := b.Name != "embedded" // miniredis has no INFO commandstats
+			reads := func() int {
+				if !counted {
+					return 0
+				}
+				return redistest.CommandCalls(t, rdb)["hgetall"]
+			}
+			before := reads()
+			require.NoError(t, l.TransferManager().Deliver(ctx, []outbox.Message{msg}))
+			switch b.Name {
+			case "standalone":
+				assert.Equal(t, before, reads(), "records read for a credit that completed its transfer")
+			case "cluster":
+				assert.Greater(t, reads(), before, "the record is read: the complete step may be due")
+			}
+			got, err := l.GetTransfer(ctx, "t-sk")
+			require.NoError(t, err)
+			assert.Equal(t, ledger.TransferCompleted, got.Status)
+			requireVerified(t, l)
+		})
+	}
+}
+
 // A credit driven by several drivers at once (the process manager, the sweep) commits once
 // and completes the transfer once; each driver sees it completed with the same time.
 func TestCreditCompletesOnceUnderConcurrentDrivers(t *testing.T) {

@@ -130,13 +130,18 @@ func (l *Ledger) TransferManager() *TransferManager { return &TransferManager{l:
 // The request that started a transfer usually finishes it: a request of this process still
 // driving one is waited for (see driving), then the records of all the batch's transfers
 // are read in one round trip (the event names the source account, whose partition holds
-// the record) and only those still pending are driven.
+// the record) and only those still pending are driven. On a single Redis a TransferCredited
+// needs no read: the commit that credited also completed the transfer.
 func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) error {
 	type ref struct{ id, from string }
 	var refs []ref
 	for _, msg := range msgs {
 		switch msg.Type {
-		case EventTransferDebited, EventTransferCredited, EventHoldCaptured: // see transferOf
+		case EventTransferDebited, EventHoldCaptured: // see transferOf
+		case EventTransferCredited:
+			if m.l.store.single {
+				continue // the credit's commit completed the transfer (transferCredit.Complete)
+			}
 		default:
 			continue // no transfer to drive: no need to decode the payload
 		}

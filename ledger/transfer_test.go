@@ -233,15 +233,21 @@ func lastingKeys(t *testing.T, rdb redis.UniversalClient) int {
 // debitedMessage returns the outbox message of a transfer's TransferDebited event.
 func debitedMessage(t *testing.T, l *ledger.Ledger, account, transfer string) outbox.Message {
 	t.Helper()
+	return transferMessage(t, l, ledger.EventTransferDebited, account, transfer)
+}
+
+// transferMessage returns the outbox message of a transfer's event of type typ on account.
+func transferMessage(t *testing.T, l *ledger.Ledger, typ, account, transfer string) outbox.Message {
+	t.Helper()
 	events, _, err := l.Events(context.Background(), account, 0, ledger.MaxEventsPage)
 	require.NoError(t, err)
 	for _, e := range events {
 		var d ledger.TransferData
-		if e.Type == ledger.EventTransferDebited && json.Unmarshal(e.Data, &d) == nil && d.TransferID == transfer {
+		if e.Type == typ && json.Unmarshal(e.Data, &d) == nil && d.TransferID == transfer {
 			return projectorMessage(l.Partition(account), e)
 		}
 	}
-	t.Fatalf("no TransferDebited of %s on %s", transfer, account)
+	t.Fatalf("no %s of %s on %s", typ, transfer, account)
 	return outbox.Message{}
 }
 
