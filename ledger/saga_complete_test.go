@@ -208,3 +208,60 @@ func TestTransferManagerWaitsForTheRequest(t *testing.T) {
 		})
 	}
 }
+
+// The credit of a transfer made by CreateTransfer decides on the destination the
+// request's read found: one cross-partition transfer reads three hashes (the source, the
+// transfer's record, the destination), not five (the credit's read of the destination and
+// of its record again).
+func TestCreditDecidesOnPreparedDestination(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.MustStart(t).Client()
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "pd"})
+	from, to := apart(l, "pd-")
+	fund(t, l, from, 100)
+	fund(t, l, to, 0)
+
+	before := redistest.CommandCalls(t, rdb)["hgetall"]
+	res, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-pd", From: from, To: to, Currency: "USD", Amount: 40})
+	require.NoError(t, err)
+	require.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
+	assert.Equal(t, 3, redistest.CommandCalls(t, rdb)["hgetall"]-before, "hashes read for one cross-partition transfer")
+	assert.Equal(t, int64(60), posted(t, l, from))
+	assert.Equal(t, int64(40), posted(t, l, to))
+	requireVerified(t, l)
+}
+
+// A destination written after the request read it (here by another process, between the
+// debit's commit and the credit's) fails the credit's version check; the credit is read
+// and decided again, and the transfer completes with both writes applied once.
+func TestCreditOnStaleDestinationRetries(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "sd"})
+			other := MustOpen(t, rdb, ledger.Config{Prefix: "sd"})
+			from, to := apart(l, "sd-")
+			fund(t, l, from, 100)
+			fund(t, l, to, 5)
+
+			commits := 0
+			l.SetBeforeCommit(func() {
+				if commits++; commits == 2 { // the credit's first commit
+					_, err := other.Deposit(ctx, ledger.Deposit{Account: to, Currency: "USD", Amount: 7}, ledger.WriteOptions{})
+					assert.NoError(t, err)
+				}
+			})
+			conflicts := l.Stats().Conflicts
+			res, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-sd", From: from, To: to, Currency: "USD", Amount: 40})
+			l.SetBeforeCommit(nil)
+			require.NoError(t, err)
+			require.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
+			assert.Greater(t, commits, 2, "the credit committed again after its conflict")
+			assert.Greater(t, l.Stats().Conflicts, conflicts)
+			assert.Equal(t, int64(60), posted(t, l, from))
+			assert.Equal(t, int64(52), posted(t, l, to), "funding, the deposit and the credit, each once")
+			requireVerified(t, l)
+		})
+	}
+}

@@ -123,16 +123,11 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 	}
 	out := make(map[string]snapshot, len(accounts))
 	for i, id := range accounts {
-		h := snaps[i].Val()
-		acc, err := parseSnapshot(id, h, now)
+		snap, err := newSnapshot(id, snaps[i].Val(), now)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		fields := make(map[string]bool, len(h))
-		for f := range h {
-			fields[f] = true
-		}
-		out[id] = snapshot{acc: acc, fields: fields}
+		out[id] = snap
 	}
 	found := make([]record, len(refs))
 	for i, c := range recs {
@@ -164,6 +159,19 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 		}
 	}
 	return out, found, placed, nil
+}
+
+// newSnapshot parses the snapshot hash h of account id, with balances settled for now.
+func newSnapshot(id string, h map[string]string, now time.Time) (snapshot, error) {
+	acc, err := parseSnapshot(id, h, now)
+	if err != nil {
+		return snapshot{}, err
+	}
+	fields := make(map[string]bool, len(h))
+	for f := range h {
+		fields[f] = true
+	}
+	return snapshot{acc: acc, fields: fields}, nil
 }
 
 // account returns the snapshot of one account (version 0 when it does not exist).

@@ -178,7 +178,7 @@ func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) er
 		// The event commits with its record: a missing one (ErrNotFound) cannot be.
 		t, err := parseTransfer(r.id, recs[i].Val())
 		if err == nil && t.Status == TransferPending {
-			_, err = m.l.drive(ctx, t)
+			_, err = m.l.drive(ctx, t, nil)
 		}
 		if err != nil {
 			return fmt.Errorf("ledger: transfer manager: %s: %w", r.id, err)

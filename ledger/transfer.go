@@ -90,7 +90,10 @@ type transferPrep struct {
 	to       string // "" when the destination is in the source's partition: the command reads it
 	owner    string // the source the ID's index names
 	toErr    error
-	err      error // the destination's snapshot could not be read
+	// toSnap is the destination as the last read found it, when it exists and is open: the
+	// credit's first attempt decides on it instead of reading it again (see request.pre).
+	toSnap *snapshot
+	err    error // the destination's snapshot could not be read
 	// claimed is set once a read made the claim, and stays set: only then may the caller
 	// let the claim expire (releaseTransferID); otherwise it must keep the index for good
 	// if it makes the transfer (keepTransferID). Read by the caller only after the request
@@ -118,13 +121,16 @@ func (pr *transferPrep) queue(ctx context.Context, pipe redis.Pipeliner, k keysp
 		if to == nil {
 			return
 		}
-		switch a, err := parseSnapshot(pr.to, to.Val(), now); {
+		pr.toSnap = nil
+		switch snap, err := newSnapshot(pr.to, to.Val(), now); {
 		case err != nil:
 			pr.err = err
-		case !a.exists():
+		case !snap.acc.exists():
 			pr.toErr = fmt.Errorf("%w: %s", ErrAccountNotFound, pr.to)
-		case a.closed():
+		case snap.acc.closed():
 			pr.toErr = fmt.Errorf("%w: %s", ErrAccountClosed, pr.to)
+		default:
+			pr.toSnap = &snap
 		}
 	}
 }
@@ -367,7 +373,14 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 		return TransferResult{}, fmt.Errorf("%w: decode transfer: %w", ErrInternal, err)
 	}
 	if t.Status == TransferPending {
-		if done, err := l.drive(ctx, t); err == nil {
+		// The credit decides first on the destination this request's read found (unless
+		// the transfer was made before): a commit checks its version like any other, and a
+		// stale one is read again.
+		var pre *snapshot
+		if !rc.Replayed {
+			pre = cmd.prep.toSnap
+		}
+		if done, err := l.drive(ctx, t, pre); err == nil {
 			t = done
 		}
 		// Otherwise it stays pending: the process manager and the sweep finish it.
@@ -537,16 +550,21 @@ func (l *Ledger) driveTransfer(ctx context.Context, p int, id string) (Transfer,
 	if err != nil || t.Status != TransferPending {
 		return t, err
 	}
-	return l.drive(ctx, t)
+	return l.drive(ctx, t, nil)
 }
 
 // drive runs the remaining steps of pending transfer t: credit the destination (recorded
 // once, whoever runs it), then mark it completed, or refund the source when the credit was
 // refused. Every step is idempotent, so the request, the process manager and the sweep may
-// all drive one transfer at once.
-func (l *Ledger) drive(ctx context.Context, t Transfer) (Transfer, error) {
+// all drive one transfer at once. to, when set, is the destination as the caller read it:
+// the credit's first attempt decides on it without reading (see request.pre).
+func (l *Ledger) drive(ctx context.Context, t Transfer, to *snapshot) (Transfer, error) {
 	credit := recordRef{key: l.store.keys.transferStep(l.store.keys.partition(t.To), t.ID, "credit"), kind: "mark"}
-	rc, err := l.submitRef(ctx, transferCredit{T: t, Complete: l.store.single}, credit, "credit")
+	var pre map[string]snapshot
+	if to != nil {
+		pre = map[string]snapshot{t.To: *to}
+	}
+	rc, err := l.submitPre(ctx, transferCredit{T: t, Complete: l.store.single}, credit, "credit", pre)
 	if err != nil {
 		return t, err
 	}

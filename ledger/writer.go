@@ -18,7 +18,12 @@ type request struct {
 	cmd  command
 	ref  recordRef
 	fp   string
-	sent bool          // a commit carrying this request's record went to Redis (see recordKind)
+	sent bool // a commit carrying this request's record went to Redis (see recordKind)
+	// pre holds snapshots of the command's accounts the caller read before: the first
+	// attempt of a batch whose every request brings them decides on them instead of reading
+	// (the commit checks their versions and the records' absence like any read's). Later
+	// attempts read.
+	pre  map[string]snapshot
 	lead chan struct{} // receives when this request becomes its partition's leader
 	done chan struct{} // closed when receipt/err are set
 
@@ -69,8 +74,13 @@ func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Re
 // submitRef runs cmd with the given record: a resource record (hold, transfer, transfer
 // step; kind "mark") makes the resource's ID its idempotency key.
 func (l *Ledger) submitRef(ctx context.Context, cmd command, ref recordRef, fp string) (Receipt, error) {
+	return l.submitPre(ctx, cmd, ref, fp, nil)
+}
+
+// submitPre is submitRef with snapshots of cmd's accounts already read (see request.pre).
+func (l *Ledger) submitPre(ctx context.Context, cmd command, ref recordRef, fp string, pre map[string]snapshot) (Receipt, error) {
 	account := cmd.accounts()[0]
-	req := &request{ctx: ctx, cmd: cmd, fp: fp, ref: ref, lead: make(chan struct{}, 1), done: make(chan struct{})}
+	req := &request{ctx: ctx, cmd: cmd, fp: fp, ref: ref, pre: pre, lead: make(chan struct{}, 1), done: make(chan struct{})}
 	if !l.admit(account) {
 		return Receipt{}, ErrOverloaded
 	}
@@ -341,9 +351,22 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 	}
 	now := l.cfg.Clock()
-	snaps, recs, placed, err := l.store.readProbed(ctx, accounts, refs, probes, preps, now)
-	if err != nil {
+	var (
+		snaps  map[string]snapshot
+		recs   []record
+		placed map[string]bool
+		err    error
+	)
+	if pre := prereads(pending, accounts, probes, preps); pre != nil {
+		// Read before by the requests' callers; the records cannot be known, so they count
+		// as absent: the commit refuses one that exists (out.existing) and the next
+		// attempt reads.
+		snaps, recs = pre, make([]record, len(refs))
+	} else if snaps, recs, placed, err = l.store.readProbed(ctx, accounts, refs, probes, preps, now); err != nil {
 		return pending, err
+	}
+	for _, r := range pending {
+		r.pre = nil // for the first attempt only
 	}
 
 	// Requests already answered by a record are settled without deciding anything.
@@ -560,6 +583,32 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		return inOrder(live, retry), errRetry
 	}
 	return nil, nil
+}
+
+// prereads returns the snapshots the requests brought (request.pre) when every request
+// brought one of each of its accounts and nothing else has to be read (no probes, no
+// transfer preparations), or nil. Of two snapshots of one account it keeps the newer.
+func prereads(pending []*request, accounts, probes []string, preps []*transferPrep) map[string]snapshot {
+	if len(probes) > 0 || len(preps) > 0 {
+		return nil
+	}
+	out := make(map[string]snapshot, len(accounts))
+	for _, r := range pending {
+		if r.pre == nil {
+			return nil
+		}
+		for id, s := range r.pre {
+			if have, ok := out[id]; !ok || s.acc.Version > have.acc.Version {
+				out[id] = s
+			}
+		}
+	}
+	for _, id := range accounts {
+		if _, ok := out[id]; !ok {
+			return nil
+		}
+	}
+	return out
 }
 
 // inOrder returns the requests of some in the order they have in all.
