@@ -195,6 +195,28 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 		require.NotErrorIs(t, err, ledger.ErrInternal)
 	})
 
+	t.Run("a full Redis is transient and changes nothing", func(t *testing.T) {
+		srv := redistest.MustStart(t)
+		rdb := srv.Client()
+		l := MustOpen(t, rdb, ledger.Config{Prefix: "oom", MaxRetries: 2})
+		MustOpenAccount(t, l, "acct", false)
+		before, err := l.Account(ctx, "acct")
+		require.NoError(t, err)
+		// A Redis at its maxmemory with noeviction refuses writes ("OOM ..."); memory may
+		// free up (keys expire, streams are trimmed), so it is an outage, not a bug.
+		require.NoError(t, rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
+		require.NoError(t, rdb.ConfigSet(ctx, "maxmemory", "1").Err())
+		_, err = l.Deposit(ctx, ledger.Deposit{Account: "acct", Currency: "USD", Amount: 5}, ledger.WriteOptions{})
+		require.NoError(t, rdb.ConfigSet(ctx, "maxmemory", "0").Err())
+		require.ErrorIs(t, err, ledger.ErrStoreUnavailable)
+		require.NotErrorIs(t, err, ledger.ErrInternal)
+		after, err := l.Account(ctx, "acct")
+		require.NoError(t, err)
+		assert.Equal(t, before.Version, after.Version, "nothing written")
+		_, err = l.Deposit(ctx, ledger.Deposit{Account: "acct", Currency: "USD", Amount: 5}, ledger.WriteOptions{})
+		require.NoError(t, err, "writes again once there is room")
+	})
+
 	t.Run("replies and errors", func(t *testing.T) {
 		for _, c := range []struct {
 			err  error
@@ -206,6 +228,7 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 			{replyError("MOVED 3999 127.0.0.1:6381"), true},
 			{replyError("ASK 3999 127.0.0.1:6381"), true},
 			{replyError("READONLY You can't write against a read only replica."), true},
+			{replyError("OOM command not allowed when used memory > 'maxmemory'."), true},
 			{replyError("ERR Error running script (call to f_x): @user_script:1: Unknown Redis command"), false},
 			{replyError("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
 			{replyError("NOSCRIPT No matching script"), false},

@@ -497,8 +497,9 @@ func storeErr(ctx context.Context, err error) error {
 
 // transientReplies are the prefixes of Redis error replies that say "not now" rather than
 // "never": a node loading its data set, a cluster resharding or failing over, a replica
-// asked to write, a master without its replicas, too many clients, a busy script.
-var transientReplies = []string{"LOADING", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "MASTERDOWN", "MAXCLIENTS", "BUSY", "NOREPLICAS"}
+// asked to write, a master without its replicas, too many clients, a busy script, a
+// Redis at its maxmemory that refuses writes (OOM: keys expire and streams are trimmed).
+var transientReplies = []string{"LOADING", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "MASTERDOWN", "MAXCLIENTS", "BUSY", "NOREPLICAS", "OOM"}
 
 // Transient reports whether err is a failure worth retrying: a connection error, a timeout,
 // a closed or exhausted client pool, or one of Redis's transient replies (LOADING,
