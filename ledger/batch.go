@@ -358,29 +358,42 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 			return nil, false, fmt.Errorf("%w: accounts %s and %s are in different partitions (co-locate them with a placement tag)", ErrBatchNotAtomic, accs[0], a)
 		}
 	}
-	// Claim the transfer IDs (of transfers and of captures with a to) first; a batch that
-	// fails lets the claims it made expire, and one that commits keeps for good the IDs it
-	// did not claim (see prepareTransfer).
-	var claimed, unclaimed []BatchOp
-	release := func() {
-		for _, op := range claimed {
-			id, from, named := op.transferID()
-			l.releaseTransferID(ctx, id, from, named)
-		}
-	}
+	// Claim the transfer IDs (of transfers and of captures with a to) first, all in one round
+	// trip; a batch that fails lets the claims it made expire, and one that commits keeps for
+	// good the IDs it did not claim (see prepareTransfer). Both accounts of each are in the
+	// batch's partition: the batch decides on the destination itself, so the claims read
+	// no destination.
+	var (
+		preps []*transferPrep
+		at    []int // preps[j] is the claim of ops[at[j]]
+	)
 	for i, op := range ops {
 		if id, from, _ := op.transferID(); id != "" {
-			// Both accounts are in the batch's partition: the batch decides on the
-			// destination itself, so prepareTransfer's verdict on it is not needed.
-			mine, _, err := l.prepareTransfer(ctx, id, from, op.To)
-			if err != nil {
-				release()
-				return l.failBatch(ops, i, err), false, nil
+			preps = append(preps, &transferPrep{id: id, from: from})
+			at = append(at, i)
+		}
+	}
+	release := func() {
+		var claims []transferClaim
+		for j, pr := range preps {
+			if pr.claimed {
+				id, from, named := ops[at[j]].transferID()
+				claims = append(claims, transferClaim{id: id, from: from, named: named})
 			}
-			if mine {
-				claimed = append(claimed, op)
-			} else {
-				unclaimed = append(unclaimed, op)
+		}
+		l.releaseTransferIDs(ctx, claims)
+	}
+	if len(preps) > 0 {
+		err := l.claimTransferIDs(ctx, preps)
+		for j, pr := range preps {
+			if err == nil {
+				err = pr.verdict()
+			}
+			if err != nil {
+				// The first operation whose ID is another source's (or the store error,
+				// charged to the first transfer) fails the batch; every claim made is let go.
+				release()
+				return l.failBatch(ops, at[j], err), false, nil
 			}
 		}
 	}
@@ -394,10 +407,14 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 		return nil, false, err
 	}
 	if !rc.Replayed {
-		for _, op := range unclaimed {
-			id, from, _ := op.transferID()
-			l.keepTransferID(ctx, id, from)
+		var keep []transferClaim
+		for j, pr := range preps {
+			if !pr.claimed {
+				id, from, _ := ops[at[j]].transferID()
+				keep = append(keep, transferClaim{id: id, from: from})
+			}
 		}
+		l.keepTransferIDs(ctx, keep)
 	}
 	bodies, err := rawElements(rc.Body)
 	if err != nil || len(bodies) != len(ops) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -535,5 +536,85 @@ func TestBatches(t *testing.T) {
 			}
 		}
 	})
+	requireVerified(t, l)
+}
+
+// roundTrips counts the commands and pipelines a client sends (one round trip each).
+type roundTrips struct{ n atomic.Int64 }
+
+func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
+}
+func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
+}
+
+// An atomic batch claims all its transfer IDs in one round trip, not one each. When one of
+// them belongs to another source the batch fails at that operation, writes nothing, and
+// lets every claim it made expire (a duplicate of the batch may still be in flight); the
+// batch with that ID changed then commits.
+func TestAtomicBatchClaimsTransferIDsTogether(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) { testAtomicBatchClaims(t, b.Start(t)) })
+	}
+}
+
+func testAtomicBatchClaims(t *testing.T, rdb redis.UniversalClient) {
+	ctx := context.Background()
+	hook := &roundTrips{}
+	rdb.AddHook(hook)
+	l := MustOpen(t, rdb, ledger.Config{Prefix: "bc"})
+	fund(t, l, "bc..a", 1000)
+	fund(t, l, "bc..b", 0)
+	fund(t, l, "bc-other", 100)
+
+	const n = 50
+	ops := make([]ledger.BatchOp, n)
+	for i := range ops {
+		ops[i] = ledger.BatchOp{Type: ledger.OpTransfer, ID: fmt.Sprintf("bc-t%d", i), From: "bc..a", To: "bc..b", Currency: "USD", Amount: 1}
+	}
+	// Another source made transfer bc-t20 already.
+	_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "bc-t20", From: "bc-other", To: "bc..b", Currency: "USD", Amount: 5})
+	require.NoError(t, err)
+	lasting := lastingKeys(t, rdb)
+
+	before := hook.n.Load()
+	res, _, err := l.Batch(ctx, true, ops, ledger.WriteOptions{})
+	require.NoError(t, err)
+	trips := hook.n.Load() - before
+	for i, r := range res {
+		if i == 20 {
+			require.ErrorIs(t, r.Err, ledger.ErrIdempotencyKeyReused)
+		} else {
+			require.ErrorIs(t, r.Err, ledger.ErrBatchAborted, "operation %d", i)
+		}
+	}
+	assert.Less(t, trips, int64(n), "one round trip per claim")
+	assert.Equal(t, int64(1000), posted(t, l, "bc..a"), "nothing moved")
+	assert.Equal(t, lasting, lastingKeys(t, rdb), "nothing written for good")
+	for _, i := range []int{0, 49} {
+		ttl, err := rdb.PTTL(ctx, l.TransferIndexKey(ops[i].ID)).Result()
+		require.NoError(t, err)
+		assert.Positive(t, ttl, "the claim of operation %d expires", i)
+	}
+
+	ops[20].ID = "bc-t20-mine"
+	before = hook.n.Load()
+	res, _, err = l.Batch(ctx, true, ops, ledger.WriteOptions{})
+	require.NoError(t, err)
+	assert.Less(t, hook.n.Load()-before, int64(10), "round trips of a batch of %d transfers", n)
+	for _, r := range res {
+		require.NoError(t, r.Err)
+	}
+	assert.Equal(t, int64(1000-n), posted(t, l, "bc..a"))
+	for _, i := range []int{0, 20, 49} {
+		got, err := l.GetTransfer(ctx, ops[i].ID)
+		require.NoError(t, err)
+		assert.Equal(t, ledger.TransferCompleted, got.Status)
+		ttl, err := rdb.PTTL(ctx, l.TransferIndexKey(ops[i].ID)).Result()
+		require.NoError(t, err)
+		assert.Equal(t, time.Duration(-1), ttl, "a made transfer keeps its ID for good")
+	}
 	requireVerified(t, l)
 }

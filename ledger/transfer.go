@@ -390,8 +390,9 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 
 // prepareTransfer claims the transfer ID for its source (the index GetTransfer reads) and
 // reads whether the destination exists and is open — one round trip. (CreateTransfer does
-// the same inside its group-commit read instead: see transferPrep. Batches and captures
-// with a destination, which claim before they queue, use this.) A transfer ID already
+// the same inside its group-commit read instead: see transferPrep; an atomic batch claims
+// all its IDs in one round trip: claimTransferIDs. Captures with a destination, which claim
+// before they queue, use this.) A transfer ID already
 // claimed by another source is ErrIdempotencyKeyReused; one claimed by this source is a
 // retry and goes on to replay. toErr is why the destination refuses (ErrAccountNotFound,
 // ErrAccountClosed), for the command to decide with: the refusal is then recorded under
@@ -420,6 +421,27 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (clai
 	return pr.claimed, pr.toErr, nil
 }
 
+// claimTransferIDs makes the claims of preps (each with its from, and no destination to
+// read) in one round trip, setting each one's results as prepareTransfer's read does; see
+// transferPrep.verdict for what each found. On a store error the claims that were made
+// are marked claimed all the same, for the caller to release.
+func (l *Ledger) claimTransferIDs(ctx context.Context, preps []*transferPrep) error {
+	pipe := l.store.rdb.Pipeline()
+	takes := make([]func(), len(preps))
+	now := l.cfg.Clock()
+	for i, pr := range preps {
+		takes[i] = pr.queue(ctx, pipe, l.store.keys, now)
+	}
+	_, err := pipe.Exec(ctx)
+	for _, take := range takes {
+		take()
+	}
+	if err != nil {
+		return storeErr(ctx, err)
+	}
+	return nil
+}
+
 // releaseIndexScript gives a transfer ID's index entry the lifetime ARGV[2] (ms), or deletes
 // it (ARGV[2] empty), if it still names the source ARGV[1].
 var releaseIndexScript = redis.NewScript(`
@@ -441,25 +463,96 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 // hold, which only that hold's captures name) has no duplicate in flight elsewhere: its claim
 // is simply deleted.
 func (l *Ledger) releaseTransferID(ctx context.Context, id, from string, named bool) {
-	if !named {
-		_ = releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from, "").Err()
-		return
+	l.releaseTransferIDs(ctx, []transferClaim{{id: id, from: from, named: named}})
+}
+
+// transferClaim is a transfer ID claimed for the source from; named as for releaseTransferID.
+type transferClaim struct {
+	id, from string
+	named    bool
+}
+
+// releaseTransferIDs is releaseTransferID for several claims, in a few round trips whatever
+// their number (an atomic batch's).
+func (l *Ledger) releaseTransferIDs(ctx context.Context, claims []transferClaim) {
+	ks := l.store.keys
+	var named []transferClaim
+	var unnamed [][]any // script calls: keys, args
+	for _, c := range claims {
+		if c.named {
+			named = append(named, c)
+		} else {
+			unnamed = append(unnamed, []any{ks.transferIndex(c.id), c.from, ""})
+		}
 	}
-	rec := l.store.keys.transfer(l.store.keys.partition(from), id)
-	made := func() bool {
-		n, err := l.store.rdb.HExists(ctx, rec, "id").Result()
-		return err != nil || n // unknown counts as made: keep the index
+	l.runEach(ctx, releaseIndexScript, unnamed)
+	// made reports, per claim, whether its transfer exists (unknown counts as made: keep
+	// the index).
+	made := func(cs []transferClaim) []bool {
+		pipe := l.store.rdb.Pipeline()
+		exists := make([]*redis.BoolCmd, len(cs))
+		for i, c := range cs {
+			exists[i] = pipe.HExists(ctx, ks.transfer(ks.partition(c.from), c.id), "id")
+		}
+		_, _ = pipe.Exec(ctx)
+		out := make([]bool, len(cs))
+		for i, e := range exists {
+			out[i] = e.Err() != nil || e.Val()
+		}
+		return out
 	}
-	if made() {
+	var open []transferClaim
+	for i, m := range made(named) {
+		if !m {
+			open = append(open, named[i])
+		}
+	}
+	if len(open) == 0 {
 		return
 	}
 	ttl := l.cfg.IdempotencyTTL.Milliseconds()
-	if err := releaseIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from, ttl).Err(); err != nil {
+	calls := make([][]any, len(open))
+	for i, c := range open {
+		calls[i] = []any{ks.transferIndex(c.id), c.from, ttl}
+	}
+	if !l.runEach(ctx, releaseIndexScript, calls) {
 		return
 	}
-	if made() {
-		l.keepTransferID(ctx, id, from)
+	var keep []transferClaim
+	for i, m := range made(open) {
+		if m {
+			keep = append(keep, open[i])
+		}
 	}
+	l.keepTransferIDs(ctx, keep)
+}
+
+// runEach runs script once per call ({key, args...}) in one pipeline, loading the script
+// first when Redis does not have it. It reports whether every call ran without an error.
+func (l *Ledger) runEach(ctx context.Context, script *redis.Script, calls [][]any) bool {
+	if len(calls) == 0 {
+		return true
+	}
+	send := func() ([]*redis.Cmd, error) {
+		pipe := l.store.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(calls))
+		for i, c := range calls {
+			cmds[i] = script.EvalSha(ctx, pipe, []string{c[0].(string)}, c[1:]...)
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := send()
+	for _, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			if err := script.Load(ctx, l.store.rdb).Err(); err != nil {
+				return false
+			}
+			cmds, err = send()
+			break
+		}
+	}
+	return err == nil || errors.Is(err, redis.Nil) // Exec reports the first command's error
 }
 
 // unmade reports whether err says a request made nothing: refused, or failed before its
@@ -482,7 +575,16 @@ return 0`)
 // ID (see prepareTransfer), in case the request that claimed it was refused and gave it up.
 // Like the release, it is best effort: a Redis error leaves the index as it is.
 func (l *Ledger) keepTransferID(ctx context.Context, id, from string) {
-	_ = keepIndexScript.Run(ctx, l.store.rdb, []string{l.store.keys.transferIndex(id)}, from).Err()
+	l.keepTransferIDs(ctx, []transferClaim{{id: id, from: from}})
+}
+
+// keepTransferIDs is keepTransferID for several IDs, in one round trip.
+func (l *Ledger) keepTransferIDs(ctx context.Context, claims []transferClaim) {
+	calls := make([][]any, len(claims))
+	for i, c := range claims {
+		calls[i] = []any{l.store.keys.transferIndex(c.id), c.from}
+	}
+	l.runEach(ctx, keepIndexScript, calls)
 }
 
 // GetTransfer returns a transfer, or ErrNotFound.
