@@ -94,8 +94,9 @@ func (o Outcome) String() string {
 // mark commit together or not at all. The body sees its own KEYS and ARGV (those given in
 // the Op) and may return a value; it must only touch keys of the message's partition (hash
 // tag {p}) so that it works on Redis Cluster. If it raises an error (a failing redis.call,
-// error()) or returns redis.error_reply(...), the script stops before the mark is written. Redis does not roll
-// back writes a script made before an error, so a body should check before it writes.
+// error()) or returns redis.error_reply(...), the script stops before the mark is written.
+// Redis does not roll back writes a script made before an error, so a body should check
+// before it writes. A Lua error names the line of the body ("effect line 3: ...").
 type Effect struct {
 	script *redis.Script
 }
@@ -105,7 +106,7 @@ var NoEffect = NewEffect("return nil")
 
 // NewEffect compiles an effect body (see Effect).
 func NewEffect(body string) *Effect {
-	return &Effect{script: redis.NewScript(dedupScriptHead + body + dedupScriptTail)}
+	return &Effect{script: redis.NewScript(dedupHead + body + dedupScriptTail)}
 }
 
 // The dedup script handles a batch of messages of one partition.
@@ -133,8 +134,12 @@ local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(AR
 local ids, seq, wms = KEYS[1], KEYS[2], KEYS[3]
 local out = {}
 local ki, ai = 4, 4
+local headLines = %d -- the script's lines before the effect's body: errors name body lines
 local effect = function(KEYS, ARGV)
 `
+
+// dedupHead is dedupScriptHead with its line count filled in.
+var dedupHead = fmt.Sprintf(dedupScriptHead, strings.Count(dedupScriptHead, "\n"))
 
 const dedupScriptTail = `
 end
@@ -196,9 +201,14 @@ for m = 1, count do
     local ok, r = pcall(effect, ek, ea)
     if not ok then
       flush()
-      -- raise it again as it came: a failed redis.call's error starts with its error code
-      -- (WRONGTYPE ...), which a table keeps; Redis prefixes other errors with ERR
-      if type(r) == 'string' and string.find(r, '^%u+ ') then error({err = r}) end
+      if type(r) == 'string' then
+        -- a Lua error names the line of the whole script ("user_script:9: ..."; an
+        -- embedded Redis leaves the name out): name the effect's own line instead
+        r = string.gsub(r, '^[^:]*:(%d+): ', function(n) return 'effect line ' .. (tonumber(n) - headLines) .. ': ' end, 1)
+        -- raise it again as it came: a failed redis.call's error starts with its error
+        -- code (WRONGTYPE ...), which a table keeps; Redis prefixes other errors with ERR
+        if string.find(r, '^%u+ ') then error({err = r}) end
+      end
       error(r, 0)
     end
     if type(r) == 'table' and r.err then
