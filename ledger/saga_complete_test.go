@@ -23,6 +23,17 @@ func scriptCalls(t *testing.T, rdb redis.UniversalClient) int64 {
 	return int64(calls["eval"] + calls["evalsha"])
 }
 
+// openApart opens a ledger with prefix on rdb and two accounts in different partitions,
+// funded with the given USD amounts.
+func openApart(t *testing.T, rdb redis.UniversalClient, prefix string, fromFunds, toFunds int64) (l *ledger.Ledger, from, to string) {
+	t.Helper()
+	l = MustOpen(t, rdb, ledger.Config{Prefix: prefix})
+	from, to = apart(l, prefix+"-")
+	fund(t, l, from, fromFunds)
+	fund(t, l, to, toFunds)
+	return l, from, to
+}
+
 // On a single Redis the credit's commit also completes the transfer (one script call fewer
 // per cross-partition transfer); on Cluster, where the transfer record lives in another
 // slot, the separate step does it. Either way the transfer ends completed, out of the
@@ -32,10 +43,7 @@ func TestCreditCompletesTransfer(t *testing.T) {
 	for _, b := range backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			rdb := b.Start(t)
-			l := MustOpen(t, rdb, ledger.Config{Prefix: "cc"})
-			from, to := apart(l, "cc-")
-			fund(t, l, from, 1000)
-			fund(t, l, to, 0)
+			l, from, to := openApart(t, rdb, "cc", 1000, 0)
 
 			scripts := int64(-1)
 			if b.Name == "standalone" {
@@ -84,10 +92,7 @@ func TestTransferManagerSkipsCompletedCredits(t *testing.T) {
 	for _, b := range backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			rdb := b.Start(t)
-			l := MustOpen(t, rdb, ledger.Config{Prefix: "sk"})
-			from, to := apart(l, "sk-")
-			fund(t, l, from, 100)
-			fund(t, l, to, 0)
+			l, from, to := openApart(t, rdb, "sk", 100, 0)
 			_, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-sk", From: from, To: to, Currency: "USD", Amount: 30})
 			require.NoError(t, err)
 			msg := transferMessage(t, l, ledger.EventTransferCredited, to, "t-sk")
@@ -216,10 +221,7 @@ func TestTransferManagerWaitsForTheRequest(t *testing.T) {
 func TestCreditDecidesOnPreparedDestination(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.MustStart(t).Client()
-	l := MustOpen(t, rdb, ledger.Config{Prefix: "pd"})
-	from, to := apart(l, "pd-")
-	fund(t, l, from, 100)
-	fund(t, l, to, 0)
+	l, from, to := openApart(t, rdb, "pd", 100, 0)
 
 	before := redistest.CommandCalls(t, rdb)["hgetall"]
 	res, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-pd", From: from, To: to, Currency: "USD", Amount: 40})
@@ -239,11 +241,8 @@ func TestCreditOnStaleDestinationRetries(t *testing.T) {
 	for _, b := range backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			rdb := b.Start(t)
-			l := MustOpen(t, rdb, ledger.Config{Prefix: "sd"})
-			other := MustOpen(t, rdb, ledger.Config{Prefix: "sd"})
-			from, to := apart(l, "sd-")
-			fund(t, l, from, 100)
-			fund(t, l, to, 5)
+			l, from, to := openApart(t, rdb, "sd", 100, 5)
+			other := MustOpen(t, rdb, ledger.Config{Prefix: "sd"}) // another process
 
 			commits := 0
 			l.SetBeforeCommit(func() {
