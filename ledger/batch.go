@@ -416,7 +416,7 @@ func (l *Ledger) atomicBatch(ctx context.Context, ops []BatchOp, opts WriteOptio
 		}
 		l.keepTransferIDs(ctx, keep)
 	}
-	bodies, err := rawElements(rc.Body)
+	bodies, err := splitArray(rc.Body)
 	if err != nil || len(bodies) != len(ops) {
 		return nil, false, fmt.Errorf("%w: decode batch results: %d of %d, %v", ErrInternal, len(bodies), len(ops), err)
 	}

@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"time"
@@ -290,61 +289,6 @@ func encodeBody(body any) ([]byte, error) {
 		return append(b, ']'), nil
 	}
 	return json.Marshal(body)
-}
-
-// rawElements returns the elements of the JSON array b (as encodeBody writes a list of
-// responses) as slices of b, without decoding them. It relies on b being JSON, as what the
-// ledger wrote is: it finds the elements' boundaries (commas outside strings, objects and
-// arrays) and checks that brackets and strings are balanced, nothing more. A malformed b
-// is an error.
-func rawElements(b []byte) ([]json.RawMessage, error) {
-	if len(b) < 2 || b[0] != '[' || b[len(b)-1] != ']' {
-		return nil, errors.New("not a JSON array")
-	}
-	inner := b[1 : len(b)-1]
-	if len(inner) == 0 {
-		return []json.RawMessage{}, nil
-	}
-	var out []json.RawMessage
-	depth, start, inStr, esc := 0, 0, false, false
-	for i, c := range inner {
-		if inStr {
-			switch {
-			case esc:
-				esc = false
-			case c == '\\':
-				esc = true
-			case c == '"':
-				inStr = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inStr = true
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth--; depth < 0 {
-				return nil, errors.New("unbalanced brackets")
-			}
-		case ',':
-			if depth == 0 {
-				out = append(out, inner[start:i:i])
-				start = i + 1
-			}
-		}
-	}
-	if inStr || depth != 0 {
-		return nil, errors.New("unbalanced brackets or string")
-	}
-	out = append(out, inner[start:len(inner):len(inner)])
-	for _, e := range out {
-		if len(e) == 0 {
-			return nil, errors.New("empty element")
-		}
-	}
-	return out, nil
 }
 
 func (d *decision) moneyEvent(a *Account, typ, currency string, amount int64) (any, error) {

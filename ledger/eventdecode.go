@@ -28,6 +28,31 @@ func decodeEventJSON(b []byte) (Event, error) {
 	return e, err
 }
 
+// splitArray returns the elements of the JSON array b as slices of it, as json.Unmarshal(b,
+// &[]json.RawMessage{}) does (an atomic batch's responses, joined by encodeBody): without
+// decoding them when they are in the canonical subset, through encoding/json otherwise.
+func splitArray(b []byte) ([]json.RawMessage, error) {
+	c := scan{b: b}
+	out := []json.RawMessage{}
+	ok := c.lit("[")
+	for first := true; ok && !c.lit("]"); first = false {
+		if !first && !c.lit(",") {
+			ok = false
+			break
+		}
+		var v []byte
+		if v, ok = c.value(0); ok {
+			out = append(out, v[:len(v):len(v)])
+		}
+	}
+	if ok && c.i == len(b) {
+		return out, nil
+	}
+	out = nil
+	err := json.Unmarshal(b, &out)
+	return out, err
+}
+
 // decodeDataJSON decodes an event's data into v as json.Unmarshal(data, v) does.
 func decodeDataJSON(data []byte, v any) error {
 	if fastData(data, v) {
