@@ -406,13 +406,11 @@ func (l *Ledger) CreateTransfer(ctx context.Context, req TransferRequest) (Trans
 // being made again by another source.
 func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (claimed bool, toErr, err error) {
 	pr := &transferPrep{id: id, from: from, to: to}
-	pipe := l.store.rdb.Pipeline()
-	take := pr.queue(ctx, pipe, l.store.keys, l.cfg.Clock())
-	if _, err := pipe.Exec(ctx); err != nil {
-		return false, nil, storeErr(ctx, err)
+	err = l.claimTransferIDs(ctx, []*transferPrep{pr})
+	if err == nil {
+		err = pr.verdict()
 	}
-	take()
-	if err := pr.verdict(); err != nil {
+	if err != nil {
 		if pr.claimed {
 			l.releaseTransferID(ctx, id, from, true)
 		}
@@ -421,10 +419,10 @@ func (l *Ledger) prepareTransfer(ctx context.Context, id, from, to string) (clai
 	return pr.claimed, pr.toErr, nil
 }
 
-// claimTransferIDs makes the claims of preps (each with its from, and no destination to
-// read) in one round trip, setting each one's results as prepareTransfer's read does; see
-// transferPrep.verdict for what each found. On a store error the claims that were made
-// are marked claimed all the same, for the caller to release.
+// claimTransferIDs makes the claims of preps, and their destination reads, in one round
+// trip, setting each one's results; see transferPrep.verdict for what each found. On a
+// store error the claims that were made are marked claimed all the same, for the caller to
+// release.
 func (l *Ledger) claimTransferIDs(ctx context.Context, preps []*transferPrep) error {
 	pipe := l.store.rdb.Pipeline()
 	takes := make([]func(), len(preps))
