@@ -525,31 +525,19 @@ func (l *Ledger) releaseTransferIDs(ctx context.Context, claims []transferClaim)
 	l.keepTransferIDs(ctx, keep)
 }
 
-// runEach runs script once per call ({key, args...}) in one pipeline, loading the script
-// first when Redis does not have it. It reports whether every call ran without an error.
+// runEach runs script once per call ({key, args...}) in one pipeline and reports whether
+// every call ran without an error. It sends EVAL, which needs no script cache: these are
+// the rare paths (a refused or failed transfer, a retried one), where the script's few
+// hundred bytes cost nothing worth a second round trip on NOSCRIPT.
 func (l *Ledger) runEach(ctx context.Context, script *redis.Script, calls [][]any) bool {
 	if len(calls) == 0 {
 		return true
 	}
-	send := func() ([]*redis.Cmd, error) {
-		pipe := l.store.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(calls))
-		for i, c := range calls {
-			cmds[i] = script.EvalSha(ctx, pipe, []string{c[0].(string)}, c[1:]...)
-		}
-		_, err := pipe.Exec(ctx)
-		return cmds, err
+	pipe := l.store.rdb.Pipeline()
+	for _, c := range calls {
+		script.Eval(ctx, pipe, []string{c[0].(string)}, c[1:]...)
 	}
-	cmds, err := send()
-	for _, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			if err := script.Load(ctx, l.store.rdb).Err(); err != nil {
-				return false
-			}
-			cmds, err = send()
-			break
-		}
-	}
+	_, err := pipe.Exec(ctx)
 	return err == nil || errors.Is(err, redis.Nil) // Exec reports the first command's error
 }
 
