@@ -139,8 +139,8 @@ func (m *TransferManager) Deliver(ctx context.Context, msgs []outbox.Message) er
 		switch msg.Type {
 		case EventTransferDebited, EventHoldCaptured: // see transferOf
 		case EventTransferCredited:
-			if m.l.store.single {
-				continue // the credit's commit completed the transfer (transferCredit.Complete)
+			if m.l.creditCompletes() {
+				continue // the credit's commit completed the transfer
 			}
 		default:
 			continue // no transfer to drive: no need to decode the payload

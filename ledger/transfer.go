@@ -652,7 +652,7 @@ func (l *Ledger) drive(ctx context.Context, t Transfer, to *snapshot) (Transfer,
 	if to != nil {
 		pre = map[string]snapshot{t.To: *to}
 	}
-	rc, err := l.submitPre(ctx, transferCredit{T: t, Complete: l.store.single}, credit, "credit", pre)
+	rc, err := l.submitPre(ctx, transferCredit{T: t, Complete: l.creditCompletes()}, credit, "credit", pre)
 	if err != nil {
 		return t, err
 	}
@@ -693,6 +693,12 @@ func (l *Ledger) drive(ctx context.Context, t Transfer, to *snapshot) (Transfer,
 	}
 	return done, nil
 }
+
+// creditCompletes reports whether a cross-partition transfer's credit also completes it in
+// the same commit (transferCredit.Complete): on a single Redis, where one script may write
+// the source partition's record; never on Cluster. The process manager relies on it too: a
+// TransferCredited then needs no completion step.
+func (l *Ledger) creditCompletes() bool { return l.store.single }
 
 // captureTransferID is the ID of the transfer a capture with a destination makes.
 func captureTransferID(account, hold string) string {
