@@ -112,3 +112,9 @@ func (l *Ledger) MetadataIndexKey(transfers bool, account, key, value string) st
 	}
 	return l.store.keys.metadataIndex(l.store.keys.partition(account), kind, key, value)
 }
+
+// Prereads returns how many attempts decided on snapshots their callers had read, and how
+// many of those a version or record check sent back to read.
+func (l *Ledger) Prereads() (used, stale int64) {
+	return l.stats.prereads.Load(), l.stats.stalePrereads.Load()
+}

@@ -419,6 +419,9 @@ type Stats struct {
 
 type counters struct {
 	commits, operations, conflicts, retries, replays, lockFailures, overloaded, transfersStuck atomic.Int64
+	// prereads counts attempts decided on snapshots their callers read (request.pre), and
+	// stalePrereads those of them a version or record check sent back (tests read them).
+	prereads, stalePrereads atomic.Int64
 }
 
 // Stats returns a copy of the counters.

@@ -377,9 +377,19 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 	for a, n := range want {
 		require.Equal(t, n, posted(t, ls[0], a), "%s: the late retries moved money", a)
 	}
-	t.Logf("%d transfer IDs (%d completed, %d refunded), %d requests: %v; %d closed; stats %+v / %+v",
-		len(ids), completed, refunded, len(answers), outcomes, len(closed), ls[0].Stats(), ls[1].Stats())
+	var used, stale int64
+	for _, l := range ls {
+		u, s := l.Prereads()
+		used, stale = used+u, stale+s
+	}
+	t.Logf("%d transfer IDs (%d completed, %d refunded), %d requests: %v; %d closed; stats %+v / %+v; credits on the request's read %d (%d stale)",
+		len(ids), completed, refunded, len(answers), outcomes, len(closed), ls[0].Stats(), ls[1].Stats(), used, stale)
 	require.Positive(t, completed)
+	// The credits took the path that decides on the request's own read of the destination,
+	// and some of them found it stale (a deposit, a close or another credit came between)
+	// and were read and decided again: the checks above held on both paths.
+	require.Positive(t, used, "credits decided on the request's read")
+	require.Positive(t, stale, "stale reads sent back")
 }
 
 // otherSource reports whether the bodies sent under one ID name more than one source.

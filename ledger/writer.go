@@ -357,11 +357,13 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		placed map[string]bool
 		err    error
 	)
-	if pre := prereads(pending, accounts, probes, preps); pre != nil {
+	pre := prereads(pending, accounts, probes, preps)
+	if pre != nil {
 		// Read before by the requests' callers; the records cannot be known, so they count
 		// as absent: the commit refuses one that exists (out.existing) and the next
 		// attempt reads.
 		snaps, recs = pre, make([]record, len(refs))
+		l.stats.prereads.Add(1)
 	} else if snaps, recs, placed, err = l.store.readProbed(ctx, accounts, refs, probes, preps, now); err != nil {
 		return pending, err
 	}
@@ -527,6 +529,9 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		// A record written since the read: another process committed that request. The
 		// versions moved with it; read again.
 		l.stats.conflicts.Add(1)
+		if pre != nil {
+			l.stats.stalePrereads.Add(1)
+		}
 		return live, errRetry
 	}
 
@@ -580,6 +585,9 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	}
 	if len(retry) > 0 {
 		l.stats.conflicts.Add(1)
+		if pre != nil {
+			l.stats.stalePrereads.Add(1)
+		}
 		return inOrder(live, retry), errRetry
 	}
 	return nil, nil
