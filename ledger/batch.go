@@ -266,9 +266,10 @@ func (c batchCmd) decide(d *decision) (any, error) {
 // (written by the same script): the record the operation sent alone would write.
 func (c batchCmd) decideOp(d *decision, op BatchOp) (json.RawMessage, error) {
 	p := d.keys.partition(c.accs[0])
-	// recorded encodes body once; with a key it also records it there under fp, with the
-	// lifetime of an idempotency key when ttl is set.
-	recorded := func(body any, err error, key, fp string, ttl bool) (json.RawMessage, error) {
+	// recorded encodes body once; with a key it also records it there under the
+	// fingerprint of what (the request sent alone), with the lifetime of an idempotency key
+	// when ttl is set.
+	recorded := func(body any, err error, key string, what any, ttl bool) (json.RawMessage, error) {
 		if err != nil {
 			return nil, err
 		}
@@ -277,11 +278,16 @@ func (c batchCmd) decideOp(d *decision, op BatchOp) (json.RawMessage, error) {
 			return raw, err
 		}
 		d.guard(key)
-		d.write("HSET", key, "fp", fp, "body", string(raw))
+		d.write("HSET", key, "fp", fingerprint(what), "body", string(raw))
 		if ttl {
 			d.write("PEXPIRE", key, d.idemTTL.Milliseconds())
 		}
 		return raw, nil
+	}
+	// idem is the record of the operation's idempotency key, or "" without one.
+	idem := ""
+	if op.ID != "" {
+		idem = d.keys.idem(p, op.Account, op.ID)
 	}
 	switch op.Type {
 	case OpDeposit, OpWithdrawal:
@@ -290,27 +296,21 @@ func (c batchCmd) decideOp(d *decision, op BatchOp) (json.RawMessage, error) {
 			cmd = Withdraw{Account: op.Account, Currency: op.Currency, Amount: op.Amount}
 		}
 		body, err := cmd.decide(d)
-		if op.ID == "" {
-			return recorded(body, err, "", "", false)
-		}
-		return recorded(body, err, d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), true)
+		return recorded(body, err, idem, cmd, true)
 	case OpHold:
 		cmd := PlaceHold{Account: op.Account, ID: op.ID, Currency: op.Currency, Amount: op.Amount, Timeout: op.Timeout}
 		body, err := cmd.decide(d)
-		return recorded(body, err, d.keys.hold(p, op.Account, op.ID), fingerprint(cmd), false)
+		return recorded(body, err, d.keys.hold(p, op.Account, op.ID), cmd, false)
 	case OpCapture, OpVoid:
+		// With a key: the record a capture or void sent alone with it writes, so that one
+		// sent later with the key replays this answer.
 		cmd := op.resolveCmd()
 		body, err := cmd.decide(d)
-		if op.ID == "" {
-			return recorded(body, err, "", "", false)
-		}
-		// The record a capture or void sent alone with this key writes, so that one sent
-		// later with the key replays this answer.
-		return recorded(body, err, d.keys.idem(p, op.Account, op.ID), fingerprint(cmd), true)
+		return recorded(body, err, idem, cmd, true)
 	default: // OpTransfer
 		t := Transfer{ID: op.ID, From: op.From, To: op.To, Currency: op.Currency, Amount: op.Amount, Metadata: op.Metadata}
 		body, err := transferCmd{T: t, SameTo: true}.decide(d)
-		return recorded(body, err, d.keys.transfer(p, op.ID), fingerprint(t), false)
+		return recorded(body, err, d.keys.transfer(p, op.ID), t, false)
 	}
 }
 
