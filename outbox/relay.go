@@ -41,6 +41,7 @@ const (
 	DefaultGroup            = "relay"
 	DefaultBatchSize        = 256
 	DefaultPollInterval     = 50 * time.Millisecond
+	DefaultLinger           = 10 * time.Millisecond
 	DefaultBlockTimeout     = time.Second
 	DefaultMaxAttempts      = 10
 	DefaultRetryBackoff     = 100 * time.Millisecond
@@ -76,6 +77,14 @@ type Config struct {
 	// partition is busy, so that entries arriving meanwhile go out as one batch.
 	// Default 50ms.
 	PollInterval time.Duration
+	// Linger is the pause between batches while a partition is busy: after delivering a
+	// batch of fewer than BatchSize entries the owner waits Linger before reading again, so
+	// that the entries written meanwhile go out as one batch. Larger batches cost fewer
+	// round trips and script calls per entry (the relay shares Redis and CPU with the
+	// writes it delivers); an entry waits at most Linger more. A full batch is followed by
+	// the next read at once, and the first entry after a quiet spell is delivered at once.
+	// Default 10ms; negative: no pause.
+	Linger time.Duration
 	// BlockTimeout bounds how long an owner waits inside Redis (XREADGROUP BLOCK) for new
 	// entries once two reads in a row found none: an idle partition costs one command per
 	// BlockTimeout, and the first entry after a quiet spell is delivered at once. Entries
@@ -150,6 +159,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts

@@ -181,6 +181,7 @@ func TestServeConfigErrorsBeforeAnything(t *testing.T) {
 		{"relay lease TTL below the minimum", []string{"--relay-lease-ttl", "5ms"}, "lock: config"},
 		{"zero relay attempts", []string{"--relay-max-attempts", "0"}, "--relay-max-attempts must be positive"},
 		{"zero outbox retention", []string{"--outbox-retention", "0s"}, "--outbox-retention must be positive"},
+		{"negative relay linger", []string{"--relay-linger", "-1ms"}, "--relay-linger must not be negative"},
 		{"webhook without secret", []string{"--webhook", "http://127.0.0.1:1/hook"}, "outbox"},
 	} {
 		for _, variant := range []string{"embedded", "redis"} {

@@ -133,6 +133,7 @@ type relayFlags struct {
 	maxAttempts     int
 	retention       time.Duration
 	leaseTTL        time.Duration
+	linger          time.Duration
 	deadLetterMax   int64
 }
 
@@ -151,6 +152,7 @@ func (f *relayFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxAttempts, "relay-max-attempts", outbox.DefaultMaxAttempts, "failed deliveries of one event before it moves to the dead-letter stream")
 	fs.DurationVar(&f.retention, "outbox-retention", outbox.DefaultRetention, "how long acknowledged outbox entries are kept")
 	fs.DurationVar(&f.leaseTTL, "relay-lease-ttl", 10*time.Second, "partition lease validity: how long a dead relay's partitions wait for a new owner")
+	fs.DurationVar(&f.linger, "relay-linger", outbox.DefaultLinger, "pause between the batches of a busy partition, so that more events go out per batch (0: none)")
 	fs.Int64Var(&f.deadLetterMax, "dead-letter-max", outbox.DefaultDeadLetterMaxLen, "keep about this many dead letters per partition; the oldest are dropped beyond (logged, counted in tally_outbox_dead_letters_dropped_total; negative: no bound)")
 }
 
@@ -201,8 +203,26 @@ func (f *relayFlags) newRelay(rdb redis.UniversalClient, leaser outbox.Leaser, p
 		// A dead relay's partitions are free once both its leases and its owner records
 		// expired: give them the same lifetime (the default BlockTimeout follows it).
 		OwnerTTL: f.leaseTTL,
+		Linger:   f.lingerConfig(),
 		Logger:   log, Registerer: reg,
 	})
+}
+
+// checkLinger refuses a negative --relay-linger (serve and relay check it at start-up).
+func (f *relayFlags) checkLinger() error {
+	if f.linger < 0 {
+		return errors.New("--relay-linger must not be negative (0: no pause)")
+	}
+	return nil
+}
+
+// lingerConfig is --relay-linger as outbox.Config.Linger, where 0 is the default: no pause
+// is a negative Linger.
+func (f *relayFlags) lingerConfig() time.Duration {
+	if f.linger == 0 {
+		return -1
+	}
+	return f.linger
 }
 
 // relayClient returns a client for the relay with a connection pool of its own: an owner

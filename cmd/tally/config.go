@@ -398,6 +398,9 @@ func (f *serveFlags) validate() error {
 			return fmt.Errorf("%s must be positive", p.flag)
 		}
 	}
+	if err := f.relay.checkLinger(); err != nil {
+		return err
+	}
 	if !isLoopback(f.addr) && f.keysFile == "" {
 		return fmt.Errorf("refusing to listen on non-loopback address %s without API keys: give --api-keys-file (docs/security.md)", f.addr)
 	}

@@ -51,6 +51,9 @@ func parseRelay(args []string, stderr io.Writer) (*relayCmdFlags, *slog.Logger, 
 	if err := f.relay.checkSinks(); err != nil {
 		return nil, nil, err
 	}
+	if err := f.relay.checkLinger(); err != nil {
+		return nil, nil, err
+	}
 	return f, log, nil
 }
 
