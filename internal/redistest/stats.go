@@ -2,8 +2,10 @@ package redistest
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,26 +46,44 @@ func (s *Server) CommandRate(window time.Duration) float64 {
 
 // CommandCalls returns the calls per command (lower case, e.g. "evalsha", "hset",
 // "config|resetstat") the server rdb talks to has counted since its start or its last
-// CONFIG RESETSTAT (INFO commandstats; commands scripts run are counted too). It fails the
-// test when the server cannot be read.
+// CONFIG RESETSTAT (INFO commandstats; commands scripts run are counted too); for a Cluster
+// client, the sum over its masters. It fails the test when a server cannot be read.
 func CommandCalls(tb testing.TB, rdb redis.UniversalClient) map[string]int {
 	tb.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	out := map[string]int{}
+	var mu sync.Mutex
+	add := func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "commandstats").Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, line := range strings.Split(info, "\n") {
+			name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+			if !ok || !strings.HasPrefix(name, "cmdstat_") {
+				continue
+			}
+			calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+			n, err := strconv.Atoi(calls)
+			if err != nil {
+				return fmt.Errorf("line %q: %w", line, err)
+			}
+			out[strings.TrimPrefix(name, "cmdstat_")] += n
+		}
+		return nil
+	}
+	var err error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(context.Background(), add)
+	case *redis.Client:
+		err = add(context.Background(), c)
+	default:
+		tb.Fatalf("redistest: CommandCalls of a %T", rdb)
+	}
 	if err != nil {
 		tb.Fatalf("redistest: INFO commandstats: %v", err)
-	}
-	out := map[string]int{}
-	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(name, "cmdstat_") {
-			continue
-		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
-		n, err := strconv.Atoi(calls)
-		if err != nil {
-			tb.Fatalf("redistest: INFO commandstats line %q: %v", line, err)
-		}
-		out[strings.TrimPrefix(name, "cmdstat_")] = n
 	}
 	return out
 }
