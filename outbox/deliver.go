@@ -229,32 +229,11 @@ func (o *partition) drainPending(ctx context.Context) error {
 // block inside Redis for one to arrive (no waiting when block is negative). It returns how
 // many entries it read. Entries read after ctx was done (the lease was lost while the read
 // was blocked) are not delivered: they stay pending for the next owner.
-//
-// Entries older than the batch may be pending without having been delivered: the reply of
-// an earlier read of ours lost on a broken connection (go-redis retried the read, and the
-// retry returned the next entries), or a read an earlier owner left blocked in Redis,
-// served after we took over. Delivering the batch first would put later versions of a key
-// before earlier ones, so then it delivers everything pending in stream order instead (the
-// batch is pending too). The pending summary that tells is read right behind a read that
-// does not block, in the same round trip.
 func (o *partition) readNew(ctx context.Context, block time.Duration) (int, error) {
-	args := &redis.XReadGroupArgs{
+	res, err := o.r.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: o.r.cfg.Group, Consumer: o.r.cfg.Owner,
 		Streams: []string{o.stream, ">"}, Count: int64(o.r.cfg.BatchSize), Block: block,
-	}
-	var (
-		read    *redis.XStreamSliceCmd
-		pending *redis.XPendingCmd
-	)
-	if block < 0 {
-		pipe := o.r.rdb.Pipeline()
-		read = pipe.XReadGroup(ctx, args)
-		pending = pipe.XPending(ctx, o.stream, o.r.cfg.Group)
-		_, _ = pipe.Exec(ctx) // each command's error is looked at below
-	} else {
-		read = o.r.rdb.XReadGroup(ctx, args)
-	}
-	res, err := read.Result()
+	}).Result()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
 	}
@@ -265,10 +244,13 @@ func (o *partition) readNew(ctx context.Context, block time.Duration) (int, erro
 		return 0, nil
 	}
 	msgs := res[0].Messages
-	if pending == nil {
-		pending = o.r.rdb.XPending(ctx, o.stream, o.r.cfg.Group)
-	}
-	sum, err := pending.Result()
+	// Entries older than this batch may be pending without having been delivered: the reply
+	// of an earlier read of ours lost on a broken connection (go-redis retried the read, and
+	// the retry returned the next entries), or a read an earlier owner left blocked in Redis,
+	// served after we took over. Delivering this batch first would put later versions of a
+	// key before earlier ones, so deliver everything pending in stream order instead (this
+	// batch is pending too).
+	sum, err := o.r.rdb.XPending(ctx, o.stream, o.r.cfg.Group).Result()
 	if err != nil {
 		return 0, fmt.Errorf("outbox: pending summary of %s: %w", o.stream, err)
 	}
