@@ -9,7 +9,17 @@ import (
 
 // SetBeforeCommit installs a hook that runs after the read and before the commit script of
 // every attempt (tests use it to cut connections or let other writers in).
-func (l *Ledger) SetBeforeCommit(fn func()) { l.beforeCommit = fn }
+func (l *Ledger) SetBeforeCommit(fn func()) {
+	if fn == nil {
+		l.beforeCommit = nil
+		return
+	}
+	l.beforeCommit = func(string) { fn() }
+}
+
+// SetBeforeCommitIn is SetBeforeCommit with a hook that learns one account of the batch
+// (for Waiting: its partition's queue).
+func (l *Ledger) SetBeforeCommitIn(fn func(account string)) { l.beforeCommit = fn }
 
 // BreakVersionCheck replaces the commit script with the real one minus the version check
 // and with stream IDs chosen by Redis instead of derived from the version: the lost-update
@@ -118,3 +128,7 @@ func (l *Ledger) MetadataIndexKey(transfers bool, account, key, value string) st
 func (l *Ledger) Prereads() (used, stale int64) {
 	return l.stats.prereads.Load(), l.stats.stalePrereads.Load()
 }
+
+// MixedPrereads returns how many attempts decided on snapshots their callers had read while
+// reading for the other requests of their batch.
+func (l *Ledger) MixedPrereads() int64 { return l.stats.mixedPrereads.Load() }

@@ -163,7 +163,7 @@ type Ledger struct {
 	stats     counters
 	metrics   *metrics // nil without Config.Registerer
 
-	beforeCommit func() // test hook: runs between read and commit
+	beforeCommit func(account string) // test hook: runs between read and commit, with an account of the batch
 }
 
 // Open checks cfg, records or verifies the partition count in Redis and returns a Ledger.
@@ -419,9 +419,10 @@ type Stats struct {
 
 type counters struct {
 	commits, operations, conflicts, retries, replays, lockFailures, overloaded, transfersStuck atomic.Int64
-	// prereads counts attempts decided on snapshots their callers read (request.pre), and
-	// stalePrereads those of them a version or record check sent back (tests read them).
-	prereads, stalePrereads atomic.Int64
+	// prereads counts attempts decided on snapshots their callers read (request.pre),
+	// mixedPrereads those of them that also read for other requests of their batch, and
+	// stalePrereads those a version or record check sent back (tests read them).
+	prereads, mixedPrereads, stalePrereads atomic.Int64
 }
 
 // Stats returns a copy of the counters.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,6 +232,73 @@ func TestCreditDecidesOnPreparedDestination(t *testing.T) {
 	assert.Equal(t, int64(60), posted(t, l, from))
 	assert.Equal(t, int64(40), posted(t, l, to))
 	requireVerified(t, l)
+}
+
+// A credit that waits in its partition's queue behind other requests still decides on the
+// destination its request read: the batch it joins reads only what the others need (here
+// a keyless deposit's account), not the credit's destination or record. The deposit that
+// leads the partition is held before its commit until the credit and a second deposit
+// queue behind it, so the two form one batch.
+func TestQueuedCreditDecidesOnPreparedDestination(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			l, from, to := openApart(t, rdb, "qc", 100, 0)
+			y := "qc-y"
+			for i := 0; l.Partition(y) != l.Partition(to); i++ {
+				y = "qc-y" + strconv.Itoa(i)
+			}
+			fund(t, l, y, 0)
+			counted := b.Name != "embedded" // miniredis has no INFO commandstats
+			reads := func() int {
+				if !counted {
+					return 0
+				}
+				return redistest.CommandCalls(t, rdb)["hgetall"]
+			}
+
+			var held atomic.Bool
+			release := make(chan struct{})
+			l.SetBeforeCommit(func() {
+				if held.CompareAndSwap(false, true) {
+					<-release // the first commit: the deposit that leads to's partition
+				}
+			})
+			deposit := func(amount int64) {
+				_, err := l.Deposit(ctx, ledger.Deposit{Account: y, Currency: "USD", Amount: amount}, ledger.WriteOptions{})
+				assert.NoError(t, err)
+			}
+			var wg sync.WaitGroup
+			wg.Go(func() { deposit(1) })
+			require.Eventually(t, held.Load, 5*time.Second, time.Millisecond)
+			before := reads()
+			used, _ := l.Prereads()
+			wg.Go(func() {
+				res, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-qc", From: from, To: to, Currency: "USD", Amount: 40})
+				if assert.NoError(t, err) {
+					assert.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
+				}
+			})
+			require.Eventually(t, func() bool { return l.Waiting(to) == 1 }, 5*time.Second, time.Millisecond, "the credit queues")
+			wg.Go(func() { deposit(2) })
+			require.Eventually(t, func() bool { return l.Waiting(to) == 2 }, 5*time.Second, time.Millisecond, "the second deposit queues")
+			close(release)
+			wg.Wait()
+
+			nowUsed, _ := l.Prereads()
+			assert.Greater(t, nowUsed, used, "a batch decided on a snapshot its request brought")
+			if counted {
+				// the debit's read: source, destination, transfer record; the batch of the
+				// credit and the second deposit: the deposit's account only
+				assert.Equal(t, 4, reads()-before, "hashes read")
+			}
+			assert.Equal(t, int64(60), posted(t, l, from))
+			assert.Equal(t, int64(40), posted(t, l, to))
+			assert.Equal(t, int64(3), posted(t, l, y))
+			requireVerified(t, l)
+		})
+	}
 }
 
 // A destination written after the request read it (here by another process, between the

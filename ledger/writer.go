@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime/debug"
 	"sort"
 
@@ -328,10 +329,13 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	accounts := touched(pending)
 	// The records to read: every client-named one (another request may have written it),
 	// and an internal token only once a commit carrying it was sent (its outcome unknown).
+	// A request that brought snapshots (request.pre) decides on them without reading its
+	// record: it counts as absent, the commit refuses one that exists (out.existing) and
+	// the next attempt reads.
 	refs := make([]recordRef, 0, len(pending))
 	at := make([]int, len(pending)) // index into refs, or -1
 	for i, r := range pending {
-		if r.recordKind() == "op-new" {
+		if r.recordKind() == "op-new" || r.pre != nil {
 			at[i] = -1
 			continue
 		}
@@ -357,15 +361,17 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		placed map[string]bool
 		err    error
 	)
-	pre := prereads(pending, accounts, probes, preps)
-	if pre != nil {
-		// Read before by the requests' callers; the records cannot be known, so they count
-		// as absent: the commit refuses one that exists (out.existing) and the next
-		// attempt reads.
-		snaps, recs = pre, make([]record, len(refs))
+	pre, unread := prereads(pending, accounts)
+	if len(pre) > 0 {
 		l.stats.prereads.Add(1)
-	} else if snaps, recs, placed, err = l.store.readProbed(ctx, accounts, refs, probes, preps, now); err != nil {
+	}
+	if len(unread) == 0 && len(refs) == 0 && len(probes) == 0 && len(preps) == 0 {
+		snaps, recs = pre, nil // nothing to read: no round trip
+	} else if snaps, recs, placed, err = l.store.readProbed(ctx, unread, refs, probes, preps, now); err != nil {
 		return pending, err
+	} else if len(pre) > 0 {
+		maps.Copy(snaps, pre)
+		l.stats.mixedPrereads.Add(1)
 	}
 	for _, r := range pending {
 		r.pre = nil // for the first attempt only
@@ -501,7 +507,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		pl.writes = append(pl.writes, w)
 	}
 	if l.beforeCommit != nil {
-		l.beforeCommit()
+		l.beforeCommit(accounts[0])
 	}
 	for _, r := range accepted {
 		r.sent = true
@@ -529,7 +535,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		// A record written since the read: another process committed that request. The
 		// versions moved with it; read again.
 		l.stats.conflicts.Add(1)
-		if pre != nil {
+		if len(pre) > 0 {
 			l.stats.stalePrereads.Add(1)
 		}
 		return live, errRetry
@@ -585,7 +591,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	}
 	if len(retry) > 0 {
 		l.stats.conflicts.Add(1)
-		if pre != nil {
+		if len(pre) > 0 {
 			l.stats.stalePrereads.Add(1)
 		}
 		return inOrder(live, retry), errRetry
@@ -593,30 +599,42 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	return nil, nil
 }
 
-// prereads returns the snapshots the requests brought (request.pre) when every request
-// brought one of each of its accounts and nothing else has to be read (no probes, no
-// transfer preparations), or nil. Of two snapshots of one account it keeps the newer.
-func prereads(pending []*request, accounts, probes []string, preps []*transferPrep) map[string]snapshot {
-	if len(probes) > 0 || len(preps) > 0 {
-		return nil
-	}
-	out := make(map[string]snapshot, len(accounts))
+// prereads splits the accounts of pending (sorted) into those the requests brought
+// snapshots of (request.pre) and those to read: an account is read when a request that
+// touches it brought none (its fresh read then serves the whole batch). Of two snapshots of
+// one account it keeps the newer.
+func prereads(pending []*request, accounts []string) (pre map[string]snapshot, unread []string) {
+	var fresh map[string]bool // accounts of requests that brought no snapshots
 	for _, r := range pending {
 		if r.pre == nil {
-			return nil
+			if fresh == nil {
+				fresh = map[string]bool{}
+			}
+			for _, id := range r.cmd.accounts() {
+				fresh[id] = true
+			}
+			continue
+		}
+		if pre == nil {
+			pre = make(map[string]snapshot, len(r.pre))
 		}
 		for id, s := range r.pre {
-			if have, ok := out[id]; !ok || s.acc.Version > have.acc.Version {
-				out[id] = s
+			if have, ok := pre[id]; !ok || s.acc.Version > have.acc.Version {
+				pre[id] = s
 			}
 		}
 	}
-	for _, id := range accounts {
-		if _, ok := out[id]; !ok {
-			return nil
-		}
+	if pre == nil {
+		return nil, accounts
 	}
-	return out
+	for _, id := range accounts {
+		if _, ok := pre[id]; ok && !fresh[id] {
+			continue
+		}
+		delete(pre, id)
+		unread = append(unread, id)
+	}
+	return pre, unread
 }
 
 // inOrder returns the requests of some in the order they have in all.
