@@ -24,6 +24,18 @@ func scriptCalls(t *testing.T, rdb redis.UniversalClient) int64 {
 	return int64(calls["eval"] + calls["evalsha"])
 }
 
+// hashReads returns a counter of the hashes (HGETALL) the servers of rdb read, and whether
+// it counts: miniredis (the embedded backend) has no INFO commandstats, its counter stays 0.
+func hashReads(t *testing.T, backend string, rdb redis.UniversalClient) (reads func() int, counted bool) {
+	counted = backend != "embedded"
+	return func() int {
+		if !counted {
+			return 0
+		}
+		return redistest.CommandCalls(t, rdb)["hgetall"]
+	}, counted
+}
+
 // openApart opens a ledger with prefix on rdb and two accounts in different partitions,
 // funded with the given USD amounts.
 func openApart(t *testing.T, rdb redis.UniversalClient, prefix string, fromFunds, toFunds int64) (l *ledger.Ledger, from, to string) {
@@ -98,13 +110,7 @@ func TestTransferManagerSkipsCompletedCredits(t *testing.T) {
 			require.NoError(t, err)
 			msg := transferMessage(t, l, ledger.EventTransferCredited, to, "t-sk")
 
-			counted := b.Name != "embedded" // miniredis has no INFO commandstats
-			reads := func() int {
-				if !counted {
-					return 0
-				}
-				return redistest.CommandCalls(t, rdb)["hgetall"]
-			}
+			reads, _ := hashReads(t, b.Name, rdb)
 			before := reads()
 			require.NoError(t, l.TransferManager().Deliver(ctx, []outbox.Message{msg}))
 			switch b.Name {
@@ -250,13 +256,7 @@ func TestQueuedCreditDecidesOnPreparedDestination(t *testing.T) {
 				y = "qc-y" + strconv.Itoa(i)
 			}
 			fund(t, l, y, 0)
-			counted := b.Name != "embedded" // miniredis has no INFO commandstats
-			reads := func() int {
-				if !counted {
-					return 0
-				}
-				return redistest.CommandCalls(t, rdb)["hgetall"]
-			}
+			reads, counted := hashReads(t, b.Name, rdb)
 
 			var held atomic.Bool
 			release := make(chan struct{})
