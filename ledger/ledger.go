@@ -163,7 +163,9 @@ type Ledger struct {
 	stats     counters
 	metrics   *metrics // nil without Config.Registerer
 
-	beforeCommit func(account string) // test hook: runs between read and commit, with an account of the batch
+	// beforeCommit is a test hook: it runs between read and commit, with an account of the
+	// batch.
+	beforeCommit func(account string)
 }
 
 // Open checks cfg, records or verifies the partition count in Redis and returns a Ledger.
