@@ -25,8 +25,10 @@ import (
 // destinations closed while transfers are on their way to them; keyless deposits and
 // withdrawals on the same accounts. Each ledger's transfer process manager is fed by a
 // relay (the two relays share the partitions) and a sweeper drives whatever is pending for
-// a millisecond. Afterwards every transfer must have exactly one debit and exactly one of
-// credit or refund, its record must say which (completed ⇔ credited, refunded ⇔ refunded,
+// a millisecond. Half the commits wait up to 3ms for two more requests to queue in their
+// partition, so that credits share batches with the writes around them. Afterwards every
+// transfer must have exactly one debit and exactly one of credit or refund, its record must
+// say which (completed ⇔ credited, refunded ⇔ refunded,
 // at the time every answer gave), each ID must have applied at most one of its requests,
 // every answer must agree with the record, each balance must be its funding plus what
 // moved, and Verify must be clean with nothing in flight and no dead letters.
@@ -96,10 +98,11 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 	stopSweeper := runSweeper(t, ls[1], ledger.SweeperConfig{TransferInterval: 5 * time.Millisecond, StuckAfter: time.Millisecond})
 	defer stopSweeper()
 
-	// Funded accounts send and receive (two share a partition: same-partition transfers
-	// too); empty ones only receive, and each is closed in some round while transfers head
-	// for it.
-	funded := []string{"a0", "a1", "a2", "a3", "g..a", "g..b"}
+	// Funded accounts send and receive, in pairs that share a partition (placement tags):
+	// same-partition transfers too, and the partitions the credits go to are busy with
+	// other writes. Empty ones only receive, and each is closed in some round while
+	// transfers head for it.
+	funded := []string{"f..a0", "f..a1", "h..a2", "h..a3", "g..a", "g..b"}
 	initial := map[string]int64{}
 	for _, a := range funded {
 		initial[a] = int64(300 + rng.IntN(300))
@@ -107,7 +110,7 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 	}
 	closable := []string{"c0", "c1", "c2", "c3", "c4", "c5"}
 	closeIn := map[string]int{}
-	const rounds = 5
+	const rounds = 8
 	for _, c := range closable {
 		fund(t, ls[0], c, 0)
 		closeIn[c] = rng.IntN(rounds)
@@ -413,11 +416,11 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 		len(ids), completed, refunded, len(answers), outcomes, len(closed), ls[0].Stats(), ls[1].Stats(), used, mixed, stale)
 	require.Positive(t, completed)
 	// The credits took the path that decides on the request's own read of the destination,
-	// and some of them found it stale (a deposit, a close or another credit came between)
-	// and were read and decided again: the checks above held on both paths. (Credits in
-	// batches that read for their other requests come in most runs, logged above, not in
-	// every one; TestQueuedCreditDecidesOnPreparedDestination makes one.)
+	// alone and in batches that read for their other requests, and some of them found it
+	// stale (a deposit, a close or another credit came between) and were read and decided
+	// again: the checks above held on every path.
 	require.Positive(t, used, "credits decided on the request's read")
+	require.Positive(t, mixed, "credits decided on the request's read in batches that read for others")
 	require.Positive(t, stale, "stale reads sent back")
 }
 
