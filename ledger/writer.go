@@ -21,8 +21,9 @@ type request struct {
 	fp   string
 	sent bool // a commit carrying this request's record went to Redis (see recordKind)
 	// pre holds snapshots of the command's accounts the caller read before: the first
-	// attempt of a batch whose every request brings them decides on them instead of reading
-	// (the commit checks their versions and the records' absence like any read's). Later
+	// attempt decides on them instead of reading them and the request's record, unless
+	// another request of the batch that brought none touches the account (see prereads);
+	// the commit checks their versions and the record's absence like any read's. Later
 	// attempts read.
 	pre  map[string]snapshot
 	lead chan struct{} // receives when this request becomes its partition's leader
@@ -355,23 +356,24 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 	}
 	now := l.cfg.Clock()
+	pre, unread := prereads(pending, accounts)
+	snaps := pre // when nothing else is to be read: no round trip
 	var (
-		snaps  map[string]snapshot
 		recs   []record
 		placed map[string]bool
-		err    error
 	)
-	pre, unread := prereads(pending, accounts)
+	if len(unread) > 0 || len(refs) > 0 || len(probes) > 0 || len(preps) > 0 {
+		var err error
+		if snaps, recs, placed, err = l.store.readProbed(ctx, unread, refs, probes, preps, now); err != nil {
+			return pending, err
+		}
+		if len(pre) > 0 {
+			maps.Copy(snaps, pre)
+			l.stats.mixedPrereads.Add(1)
+		}
+	}
 	if len(pre) > 0 {
 		l.stats.prereads.Add(1)
-	}
-	if len(unread) == 0 && len(refs) == 0 && len(probes) == 0 && len(preps) == 0 {
-		snaps, recs = pre, nil // nothing to read: no round trip
-	} else if snaps, recs, placed, err = l.store.readProbed(ctx, unread, refs, probes, preps, now); err != nil {
-		return pending, err
-	} else if len(pre) > 0 {
-		maps.Copy(snaps, pre)
-		l.stats.mixedPrereads.Add(1)
 	}
 	for _, r := range pending {
 		r.pre = nil // for the first attempt only
