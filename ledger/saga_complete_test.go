@@ -251,10 +251,7 @@ func TestQueuedCreditDecidesOnPreparedDestination(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			rdb := b.Start(t)
 			l, from, to := openApart(t, rdb, "qc", 100, 0)
-			y := "qc-y"
-			for i := 0; l.Partition(y) != l.Partition(to); i++ {
-				y = "qc-y" + strconv.Itoa(i)
-			}
+			y := to + ledger.PlacementSeparator + "y" // placed with to (to has no tag)
 			fund(t, l, y, 0)
 			reads, counted := hashReads(t, b.Name, rdb)
 
