@@ -416,11 +416,13 @@ func runSagaRandom(t *testing.T, rdb redis.UniversalClient) {
 		len(ids), completed, refunded, len(answers), outcomes, len(closed), ls[0].Stats(), ls[1].Stats(), used, mixed, stale)
 	require.Positive(t, completed)
 	// The credits took the path that decides on the request's own read of the destination,
-	// alone and in batches that read for their other requests, and some of them found it
-	// stale (a deposit, a close or another credit came between) and were read and decided
-	// again: the checks above held on every path.
+	// and some of them found it stale (a deposit, a close or another credit came between)
+	// and were read and decided again: the checks above held on both paths. Credits in
+	// batches that read for their other requests come in nearly every run (logged above),
+	// but not in every one under a loaded machine's timing (the full suite in CI had a run
+	// without), so that path is required by TestQueuedCreditDecidesOnPreparedDestination,
+	// which makes one.
 	require.Positive(t, used, "credits decided on the request's read")
-	require.Positive(t, mixed, "credits decided on the request's read in batches that read for others")
 	require.Positive(t, stale, "stale reads sent back")
 }
 
