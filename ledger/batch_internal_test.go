@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"encoding/json"
 	"math/rand/v2"
 	"testing"
@@ -83,4 +84,28 @@ func TestSplitArrayRefusesMalformed(t *testing.T) {
 	got, err := splitArray([]byte("[]"))
 	require.NoError(t, err)
 	require.Empty(t, got)
+}
+
+// absorb takes waiting requests into a batch under way only where that keeps each
+// account's order: a request whose accounts are not all held stays, and so does every later
+// request of any of its accounts. A request whose caller gave up is finished, not taken.
+func TestAbsorbKeepsEachAccountsOrder(t *testing.T) {
+	req := func(accs ...string) *request {
+		return &request{ctx: context.Background(), cmd: batchCmd{accs: accs}, done: make(chan struct{})}
+	}
+	a1, ab, a2, c, b, cl := req("a"), req("a", "b"), req("a"), req("c"), req("b"), req("c")
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	cl.ctx = gone
+	l := &Ledger{}
+	aq := &partitionQueue{waiting: []*request{a1, ab, a2, cl, c, b}}
+
+	took := l.absorb(aq, []string{"a", "c"}, 10)
+	require.Equal(t, []*request{a1, c}, took, "a2 waits behind ab, which needs b's lease")
+	require.Equal(t, []*request{ab, a2, b}, aq.waiting)
+	require.ErrorIs(t, cl.err, context.Canceled)
+
+	took = l.absorb(aq, nil, 2) // any account, room for two
+	require.Equal(t, []*request{ab, a2}, took)
+	require.Equal(t, []*request{b}, aq.waiting)
 }

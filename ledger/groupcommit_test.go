@@ -123,7 +123,7 @@ func TestGroupCommit(t *testing.T) {
 	t.Run("a batch whose commit outcome is lost applies all or nothing, once", func(t *testing.T) {
 		cut := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, ReadTimeout: 300 * time.Millisecond})
 		t.Cleanup(func() { cut.Close() })
-		l := MustOpen(t, cut, ledger.Config{Prefix: "gc3", RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond, MaxRetries: 100})
+		l := MustOpen(t, cut, ledger.Config{Prefix: "gc3", RetryBackoff: 50 * time.Millisecond, GroupRetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond, MaxRetries: 100})
 		MustOpenAccount(t, l, "acct", false)
 		release := make(chan struct{})
 		var calls atomic.Int64

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"runtime/debug"
+	"slices"
 	"sort"
 
 	"github.com/tally-ledger/tally/internal/backoff"
@@ -88,7 +89,7 @@ func (l *Ledger) submitPre(ctx context.Context, cmd command, ref recordRef, fp s
 	}
 	defer l.leave(account)
 	if l.cfg.DisableGroupCommit {
-		l.execute(ctx, []*request{req})
+		l.execute(ctx, []*request{req}, nil)
 		return req.receipt, req.err
 	}
 	return l.enqueue(ctx, l.store.keys.partition(account), req)
@@ -197,40 +198,61 @@ func (l *Ledger) lead(p int, aq *partitionQueue, first *request) {
 	// by the leader's context.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(first.ctx), l.cfg.BatchTimeout)
 	defer cancel()
-	l.execute(ctx, batch)
+	l.execute(ctx, batch, aq)
 }
 
 // execute runs read → decide → commit for a batch of requests of one partition, retrying on
-// version conflicts and store errors, and finishes every request of the batch.
+// version conflicts and store errors, and finishes every request of the batch. With the
+// partition's queue (aq, nil without group commit), requests that arrived since the batch
+// was formed join it where they cost no extra round: once its leases are held (lock mode:
+// those of the accounts already leased), and before a retry (optimistic mode), which reads
+// again anyway. So a batch that waited for a lease, or lost a race to another process,
+// carries what queued meanwhile instead of leaving it for a batch that waits again.
 //
 // A panic while deciding or committing fails the whole batch with a *PanicError (every
 // request the batch had not finished yet), so no caller waits forever.
-func (l *Ledger) execute(ctx context.Context, batch []*request) {
+func (l *Ledger) execute(ctx context.Context, batch []*request, aq *partitionQueue) {
+	all := batch // every request the batch carries, those that joined it too
 	defer func() {
 		if v := recover(); v != nil {
 			err := &PanicError{Value: v, Stack: debug.Stack()}
-			for _, r := range batch {
+			for _, r := range all {
 				r.finish(Receipt{}, err)
 			}
 		}
 	}()
 	pending := batch
+	join := func(held []string) {
+		if aq == nil {
+			return
+		}
+		if more := l.absorb(aq, held, l.cfg.MaxBatch-len(pending)); len(more) > 0 {
+			l.stats.joined.Add(int64(len(more)))
+			pending = slices.Concat(pending, more)
+			all = slices.Concat(all, more)
+		}
+	}
 	var lastErr error
 	for attempt := 0; attempt <= l.cfg.MaxRetries; attempt++ {
 		if attempt > 0 {
 			l.stats.retries.Add(1)
-			if err := l.backoff(ctx, attempt); err != nil {
+			if err := l.backoff(ctx, attempt, aq != nil); err != nil {
 				lastErr = err
 				break
 			}
 		}
 		var err error
 		if l.cfg.Mode == ModeLock {
-			err = l.withLeases(ctx, touched(pending), func(ctx context.Context) error {
+			held := touched(pending)
+			err = l.withLeases(ctx, held, func(ctx context.Context) error {
+				join(held)
 				pending, err = l.attempt(ctx, pending)
 				return err
 			})
 		} else {
+			if attempt > 0 {
+				join(nil)
+			}
 			pending, err = l.attempt(ctx, pending)
 		}
 		if err == nil {
@@ -247,6 +269,51 @@ func (l *Ledger) execute(ctx context.Context, batch []*request) {
 	for _, r := range pending {
 		r.finish(Receipt{}, lastErr)
 	}
+}
+
+// absorb moves into a batch under way up to room of aq's waiting requests, in arrival
+// order: those whose accounts are all in held (sorted; nil: any account of the partition),
+// except a request of an account whose earlier request stays behind — each account's writes
+// keep their order. A waiting request whose caller gave up is finished as lead does.
+func (l *Ledger) absorb(aq *partitionQueue, held []string, room int) []*request {
+	q := &l.queue
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var (
+		took    []*request
+		blocked map[string]bool
+	)
+	joins := func(r *request) bool {
+		for _, id := range r.cmd.accounts() {
+			if blocked[id] {
+				return false
+			}
+			if _, ok := slices.BinarySearch(held, id); held != nil && !ok {
+				return false
+			}
+		}
+		return true
+	}
+	keep := aq.waiting[:0]
+	for _, r := range aq.waiting {
+		switch {
+		case len(took) < room && r.ctx.Err() != nil:
+			r.finish(Receipt{}, r.ctx.Err())
+		case len(took) < room && joins(r):
+			took = append(took, r)
+		default:
+			if blocked == nil {
+				blocked = map[string]bool{}
+			}
+			for _, id := range r.cmd.accounts() {
+				blocked[id] = true
+			}
+			keep = append(keep, r)
+		}
+	}
+	clear(aq.waiting[len(keep):])
+	aq.waiting = keep
+	return took
 }
 
 // touched returns every account the requests name, sorted: the order leases are taken in,
@@ -707,10 +774,13 @@ func (s *sliceSet) number() int {
 func (s *sliceSet) of(id string) int { return s.ids[s.root(id)] }
 
 // backoff waits before retry attempt (1-based) a jittered exponential delay: RetryBackoff
-// doubling up to RetryBackoffMax, at least half of it ("equal jitter"). It returns ctx's
-// error when ctx ends first.
-func (l *Ledger) backoff(ctx context.Context, attempt int) error {
+// doubling up to RetryBackoffMax, at least half of it ("equal jitter"); for a group commit
+// from GroupRetryBackoff. It returns ctx's error if ctx ends first.
+func (l *Ledger) backoff(ctx context.Context, attempt int, group bool) error {
 	p := backoff.Policy{Base: l.cfg.RetryBackoff, Max: l.cfg.RetryBackoffMax, Jitter: 0.5}
+	if group {
+		p.Base = l.cfg.GroupRetryBackoff
+	}
 	return backoff.Wait(ctx, p.Delay(attempt))
 }
 

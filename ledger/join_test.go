@@ -1,0 +1,132 @@
+package ledger_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/lock"
+)
+
+// depositsInBackground starts n deposits of 1 on account and returns a function that waits
+// for them and requires each to have succeeded.
+func depositsInBackground(t *testing.T, l *ledger.Ledger, account string, n int) (wait func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = l.Deposit(context.Background(), ledger.Deposit{Account: account, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+		}()
+	}
+	return func() {
+		wg.Wait()
+		for _, err := range errs {
+			require.NoError(t, err)
+		}
+	}
+}
+
+// TestRequestsJoinABatchWaitingForItsLease: in lock mode, while a group commit waits for an
+// account's lease that another process holds, the requests that queue behind it join it once
+// the lease is taken: one script call for all of them, not one for the batch that waited
+// and another, which would wait for the lease again, for those that queued meanwhile.
+func TestRequestsJoinABatchWaitingForItsLease(t *testing.T) {
+	rdb := redistest.MustStart(t).Client()
+	masters := redistest.MustStartN(t, 3)
+	ctx := context.Background()
+	l := MustOpen(t, rdb, ledger.Config{Prefix: fmt.Sprintf("join%d", time.Now().UnixNano()), Mode: ledger.ModeLock,
+		Locker: mustLocker(t, masters, lock.Config{TTL: 5 * time.Second, WaitTimeout: 10 * time.Second})})
+	MustOpenAccount(t, l, "hot", false)
+
+	// Another process holds the account's lease.
+	other := mustLocker(t, masters, lock.Config{TTL: 5 * time.Second})
+	lease, err := other.Acquire(ctx, "acct:hot")
+	require.NoError(t, err)
+
+	before := l.Stats()
+	wait := depositsInBackground(t, l, "hot", 6)
+	// One of them leads and waits for the lease; the other five queue behind it.
+	require.Eventually(t, func() bool { return l.Waiting("hot") == 5 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, before.Commits, l.Stats().Commits, "nothing commits while the lease is held elsewhere")
+	require.NoError(t, lease.Release(ctx))
+	wait()
+
+	st := l.Stats()
+	assert.Equal(t, int64(1), st.Commits-before.Commits, "the five that queued joined the batch that waited")
+	assert.Equal(t, int64(6), st.Operations-before.Operations)
+	assert.Equal(t, int64(5), st.Joined-before.Joined)
+	acc := requireWhole(t, rdb, l, "hot")
+	assert.Equal(t, int64(6), acc.Balances["USD"].Posted)
+	assert.Equal(t, int64(7), acc.Version)
+}
+
+// TestRequestsJoinARetry: in optimistic mode, a group commit that lost the race for its
+// account to another process reads again before its retry; the requests that queued behind
+// it meanwhile join that retry instead of waiting for it and then racing on their own. The
+// retry waits GroupRetryBackoff, not RetryBackoff (here longer than the batch may take).
+func TestRequestsJoinARetry(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			ctx := context.Background()
+			prefix := fmt.Sprintf("joinretry%d", time.Now().UnixNano())
+			l := MustOpen(t, rdb, ledger.Config{Prefix: prefix, BatchTimeout: 5 * time.Second,
+				RetryBackoff: 10 * time.Second, RetryBackoffMax: 10 * time.Second})
+			other := MustOpen(t, rdb, ledger.Config{Prefix: prefix, DisableGroupCommit: true})
+			MustOpenAccount(t, l, "hot", false)
+
+			var (
+				calls atomic.Int64
+				wait  func()
+			)
+			l.SetBeforeCommit(func() {
+				if calls.Add(1) != 1 {
+					return
+				}
+				// Between the batch's read and its commit: the other process writes the
+				// account, and five more requests queue behind the batch.
+				_, err := other.Deposit(ctx, ledger.Deposit{Account: "hot", Currency: "USD", Amount: 100}, ledger.WriteOptions{})
+				require.NoError(t, err)
+				wait = depositsInBackground(t, l, "hot", 5)
+				require.Eventually(t, func() bool { return l.Waiting("hot") == 5 }, 5*time.Second, time.Millisecond)
+			})
+			before := l.Stats()
+			_, err := l.Deposit(ctx, ledger.Deposit{Account: "hot", Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+			require.NoError(t, err)
+			wait()
+
+			st := l.Stats()
+			assert.Equal(t, int64(1), st.Conflicts-before.Conflicts)
+			assert.Equal(t, int64(1), st.Commits-before.Commits, "the retry carried the five that queued")
+			assert.Equal(t, int64(6), st.Operations-before.Operations)
+			assert.Equal(t, int64(5), st.Joined-before.Joined)
+			acc := requireWhole(t, rdb, l, "hot")
+			assert.Equal(t, int64(106), acc.Balances["USD"].Posted)
+			assert.Equal(t, int64(8), acc.Version)
+		})
+	}
+}
+
+func TestRetryBackoffValidated(t *testing.T) {
+	rdb := redistest.MustStart(t).Client()
+	for _, cfg := range []ledger.Config{
+		{RetryBackoff: -time.Millisecond},
+		{RetryBackoff: time.Second, RetryBackoffMax: time.Millisecond},
+		{GroupRetryBackoff: -time.Millisecond},
+		{GroupRetryBackoff: time.Second, RetryBackoffMax: time.Millisecond},
+	} {
+		_, err := ledger.Open(context.Background(), rdb, cfg)
+		require.ErrorContains(t, err, "retry backoff", "%+v", cfg)
+	}
+}
