@@ -236,6 +236,7 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown mode", func(c *bench.Config) { c.Modes = []ledger.Mode{"fast"} }, "unknown mode", "Modes"},
 		{"zero accounts", func(c *bench.Config) { c.Modes, c.Accounts = []ledger.Mode{"optimistic"}, []int{0} }, "positive", "Accounts"},
 		{"bad prefix", func(c *bench.Config) { c.Modes, c.Prefix = []ledger.Mode{"optimistic"}, "a:b" }, "prefix", "Prefix"},
+		{"bad spread", func(c *bench.Config) { c.Modes, c.Spread = []ledger.Mode{"optimistic"}, "random" }, "request or worker", "Spread"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

@@ -28,6 +28,11 @@ type Config struct {
 	// (a hot account written through every replica). Empty: the bench drives the library on
 	// Redis.
 	Target string
+	// Spread is how the operations go to several Target replicas: SpreadRequest (the
+	// default) sends each request to the next replica in turn, as a per-request (L7)
+	// balancer does; SpreadWorker keeps each worker on one replica (worker i on replica
+	// i mod n), as a client's keep-alive connection through a connection (L4) balancer stays.
+	Spread string
 	// APIKey is sent as "Authorization: Bearer" to Target.
 	APIKey string
 	// HTTPTimeout bounds one request to Target. Default 60s.
@@ -150,6 +155,7 @@ func (c Config) withDefaults() Config {
 	orDefault(&c.CeilingDuration, 3*time.Second)
 	orDefault(&c.CeilingConns, 64)
 	orDefault(&c.HTTPTimeout, DefaultHTTPTimeout)
+	orDefault(&c.Spread, SpreadRequest)
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
@@ -193,6 +199,12 @@ func checkPrefix(p string) error {
 	}
 	return nil
 }
+
+// How operations are spread over several Target replicas (Config.Spread).
+const (
+	SpreadRequest = "request"
+	SpreadWorker  = "worker"
+)
 
 // Validate returns an error describing the first invalid field of c (after defaults): a
 // *FieldError, or an error saying that neither Redis nor Target is given.
@@ -244,6 +256,8 @@ func (c Config) Validate() error {
 		return invalid("CeilingConns", "must be positive")
 	case c.HTTPTimeout < 0:
 		return invalid("HTTPTimeout", "must not be negative")
+	case c.Spread != SpreadRequest && c.Spread != SpreadWorker:
+		return invalid("Spread", "must be %s or %s, got %q", SpreadRequest, SpreadWorker, c.Spread)
 	}
 	return checkPrefix(c.Prefix)
 }

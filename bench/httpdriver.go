@@ -24,13 +24,14 @@ type httpDriver struct {
 	bases   []string         // one per replica, without a trailing slash
 	clients []*client.Client // one per base
 	next    atomic.Uint64
+	pin     bool         // a worker's requests go to one replica (Config.Spread "worker")
 	http    *http.Client // shared by the clients, and for /metrics
 }
 
 // newHTTPDriver returns a driver of the comma-separated targets with room for conns
 // keep-alive connections, or an error for a target that is not an http(s) URL.
-func newHTTPDriver(target, apiKey string, conns int, timeout time.Duration) (*httpDriver, error) {
-	d := &httpDriver{bases: targets(target), http: newHTTPClient(conns, timeout)}
+func newHTTPDriver(target, apiKey string, conns int, timeout time.Duration, pin bool) (*httpDriver, error) {
+	d := &httpDriver{bases: targets(target), http: newHTTPClient(conns, timeout), pin: pin}
 	for _, b := range d.bases {
 		c, err := client.New(b, client.WithHTTPClient(d.http), client.WithAPIKey(apiKey),
 			client.WithRetry(client.RetryPolicy{MaxAttempts: 1}), client.WithUserAgent("tally-bench"))
@@ -45,12 +46,25 @@ func newHTTPDriver(target, apiKey string, conns int, timeout time.Duration) (*ht
 // close releases the driver's idle connections.
 func (d *httpDriver) close() { d.http.CloseIdleConnections() }
 
-// api returns the client of the replica the next request goes to (in turn).
-func (d *httpDriver) api() *client.Client {
-	if len(d.clients) == 1 {
+// api returns the client of the replica the next request goes to: in turn, or with pin
+// the replica of the worker ctx names (withWorker).
+func (d *httpDriver) api(ctx context.Context) *client.Client {
+	n := uint64(len(d.clients))
+	if n == 1 {
 		return d.clients[0]
 	}
-	return d.clients[(d.next.Add(1)-1)%uint64(len(d.clients))]
+	if w, ok := ctx.Value(workerKey{}).(int); ok && d.pin {
+		return d.clients[uint64(w)%n]
+	}
+	return d.clients[(d.next.Add(1)-1)%n]
+}
+
+// workerKey is the context key of the worker an operation runs for.
+type workerKey struct{}
+
+// withWorker returns ctx naming worker w, for drivers that keep a worker on one replica.
+func withWorker(ctx context.Context, w int) context.Context {
+	return context.WithValue(ctx, workerKey{}, w)
 }
 
 // answerErr turns a client error into what Classify reads: a *ProblemError for an answer
@@ -89,7 +103,7 @@ func status(err error, ok int) int {
 }
 
 func (d *httpDriver) open(ctx context.Context, id string, seed int64) error {
-	c := d.api()
+	c := d.api(ctx)
 	if _, err := c.OpenAccount(ctx, client.OpenAccountRequest{ID: id}, client.WithIdempotencyKey("open")); err != nil {
 		return answerErr(ctx, err)
 	}
@@ -101,18 +115,18 @@ func (d *httpDriver) open(ctx context.Context, id string, seed int64) error {
 }
 
 func (d *httpDriver) deposit(ctx context.Context, account string, amount int64) error {
-	_, err := d.api().Deposit(ctx, account, currency, amount, client.WithoutIdempotencyKey())
+	_, err := d.api(ctx).Deposit(ctx, account, currency, amount, client.WithoutIdempotencyKey())
 	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) withdraw(ctx context.Context, account string, amount int64) error {
-	_, err := d.api().Withdraw(ctx, account, currency, amount, client.WithoutIdempotencyKey())
+	_, err := d.api(ctx).Withdraw(ctx, account, currency, amount, client.WithoutIdempotencyKey())
 	return answerErr(ctx, err)
 }
 
 // transfer creates a transfer and returns its status: completed, refunded or pending.
 func (d *httpDriver) transfer(ctx context.Context, id, from, to string, amount int64) (string, error) {
-	t, err := d.api().CreateTransfer(ctx, client.TransferRequest{ID: id, From: from, To: to, Currency: currency, Amount: amount})
+	t, err := d.api(ctx).CreateTransfer(ctx, client.TransferRequest{ID: id, From: from, To: to, Currency: currency, Amount: amount})
 	if err != nil {
 		return "", answerErr(ctx, err)
 	}
@@ -124,7 +138,7 @@ func (d *httpDriver) transfer(ctx context.Context, id, from, to string, amount i
 
 // getTransfer returns a transfer's status.
 func (d *httpDriver) getTransfer(ctx context.Context, id string) (string, error) {
-	t, err := d.api().Transfer(ctx, id)
+	t, err := d.api(ctx).Transfer(ctx, id)
 	if err != nil {
 		return "", answerErr(ctx, err)
 	}
@@ -133,7 +147,7 @@ func (d *httpDriver) getTransfer(ctx context.Context, id string) (string, error)
 
 // batch sends a batch and returns its per-operation statuses.
 func (d *httpDriver) batch(ctx context.Context, req client.BatchRequest) ([]int, error) {
-	b, err := d.api().Batch(ctx, req, client.WithoutIdempotencyKey())
+	b, err := d.api(ctx).Batch(ctx, req, client.WithoutIdempotencyKey())
 	if err != nil {
 		return nil, answerErr(ctx, err)
 	}
@@ -145,22 +159,22 @@ func (d *httpDriver) batch(ctx context.Context, req client.BatchRequest) ([]int,
 }
 
 func (d *httpDriver) placeHold(ctx context.Context, account, id string, amount int64) error {
-	_, err := d.api().PlaceHold(ctx, account, client.HoldRequest{ID: id, Currency: currency, Amount: amount, TimeoutSeconds: int64(holdTimeout / time.Second)})
+	_, err := d.api(ctx).PlaceHold(ctx, account, client.HoldRequest{ID: id, Currency: currency, Amount: amount, TimeoutSeconds: int64(holdTimeout / time.Second)})
 	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) captureHold(ctx context.Context, account, id string) error {
-	_, err := d.api().CaptureHold(ctx, account, id, client.CaptureRequest{}, client.WithoutIdempotencyKey())
+	_, err := d.api(ctx).CaptureHold(ctx, account, id, client.CaptureRequest{}, client.WithoutIdempotencyKey())
 	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) voidHold(ctx context.Context, account, id string) error {
-	_, err := d.api().VoidHold(ctx, account, id, client.WithoutIdempotencyKey())
+	_, err := d.api(ctx).VoidHold(ctx, account, id, client.WithoutIdempotencyKey())
 	return answerErr(ctx, err)
 }
 
 func (d *httpDriver) hold(ctx context.Context, account, id string) (string, error) {
-	h, err := d.api().Hold(ctx, account, id)
+	h, err := d.api(ctx).Hold(ctx, account, id)
 	if err != nil {
 		return "", answerErr(ctx, err)
 	}
@@ -168,7 +182,7 @@ func (d *httpDriver) hold(ctx context.Context, account, id string) (string, erro
 }
 
 func (d *httpDriver) account(ctx context.Context, id string) (*ledger.Account, error) {
-	a, err := d.api().Account(ctx, id)
+	a, err := d.api(ctx).Account(ctx, id)
 	if err != nil {
 		return nil, answerErr(ctx, err)
 	}
@@ -183,7 +197,7 @@ func (d *httpDriver) account(ctx context.Context, id string) (*ledger.Account, e
 // replay reads the account's whole event stream over HTTP and adds up its money events.
 func (d *httpDriver) replay(ctx context.Context, id string) (*ledger.Account, error) {
 	var all []ledger.Event
-	for e, err := range d.api().AllEvents(ctx, id, 0, ledger.MaxEventsPage) {
+	for e, err := range d.api(ctx).AllEvents(ctx, id, 0, ledger.MaxEventsPage) {
 		if err != nil {
 			return nil, answerErr(ctx, err)
 		}

@@ -152,7 +152,7 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	}
 	cfg = cfg.withDefaults()
 	stdout := cfg.Out
-	d, err := newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Clients, cfg.HTTPTimeout)
+	d, err := newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Clients, cfg.HTTPTimeout, false)
 	if err != nil {
 		return err
 	}

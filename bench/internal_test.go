@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -153,4 +156,41 @@ func TestReplayMoney(t *testing.T) {
 	assert.Equal(t, ledger.Balance{Posted: 56, Held: 5, Available: 51}, a.Balances["USD"])
 	_, err = replayMoney("a", []ledger.Event{ev(2, ledger.EventDeposited, `{}`)})
 	assert.Error(t, err, "a gap")
+}
+
+// TestSpreadOverReplicas: with several targets, requests go to the replicas in turn; with
+// pin (Spread "worker") every request of a worker goes to one replica, worker i to i mod n.
+func TestSpreadOverReplicas(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		got  map[string][]int // account (one per worker) → the replicas its requests reached
+		urls []string
+	)
+	for i := range 2 {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			account := strings.Split(r.URL.Path, "/")[3] // /v1/accounts/{id}/deposits
+			got[account] = append(got[account], i)
+			mu.Unlock()
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}))
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	for _, pin := range []bool{false, true} {
+		got = map[string][]int{}
+		d, err := newHTTPDriver(strings.Join(urls, ","), "", 4, 5*time.Second, pin)
+		require.NoError(t, err)
+		for range 3 {
+			for w := range 3 {
+				require.Error(t, d.deposit(withWorker(t.Context(), w), fmt.Sprintf("w%d", w), 1))
+			}
+		}
+		d.close()
+		if pin {
+			assert.Equal(t, map[string][]int{"w0": {0, 0, 0}, "w1": {1, 1, 1}, "w2": {0, 0, 0}}, got)
+		} else {
+			assert.Equal(t, map[string][]int{"w0": {0, 1, 0}, "w1": {1, 0, 1}, "w2": {0, 1, 0}}, got, "in turn")
+		}
+	}
 }

@@ -70,6 +70,7 @@ func (ld *load) run(ctx context.Context, label string) *loadOutcome {
 		w := &worker{rng: rngFor(i), w: i, loadOutcome: loadOutcome{lat: NewLatencies(), errors: map[string]int64{}}}
 		workers[i] = w
 		wg.Go(func() {
+			ctx := withWorker(ctx, i)
 			for next() {
 				t0 := cfg.Now()
 				k := ld.mix.pick(w.rng)

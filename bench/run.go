@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	r := &runner{cfg: cfg, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
 		var err error
-		if r.http, err = newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Workers, cfg.HTTPTimeout); err != nil {
+		if r.http, err = newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Workers, cfg.HTTPTimeout, cfg.Spread == SpreadWorker); err != nil {
 			return Report{}, err
 		}
 		defer r.http.close()

@@ -188,7 +188,7 @@ func benchFlagError(err error) error {
 		"Scenario": "--scenario", "Target": "--target", "Accounts": "--accounts", "Modes": "--modes", "Mix": "--mix",
 		"Workers": "--workers", "Clients": "--clients", "Duration": "--duration", "Ops": "--ops",
 		"Partitions": "--partitions", "MaxBatch": "--max-batch", "SeedBalance": "--seed-balance", "Prefix": "--prefix",
-		"CheckSample": "--check-sample", "CeilingConns": "--ceiling-conns", "HTTPTimeout": "--http-timeout",
+		"CheckSample": "--check-sample", "CeilingConns": "--ceiling-conns", "HTTPTimeout": "--http-timeout", "Spread": "--spread",
 		"GroupSize": "--group-size", "BatchSize": "--batch-size", "Placements": "--placement",
 		"SettleTimeout": "--settle-timeout", "Rate": "--rate", "WithdrawEvery": "--withdraw-every",
 		"PollInterval": "--poll-interval", "DrainTimeout": "--drain-timeout",
@@ -203,7 +203,7 @@ func benchFlagError(err error) error {
 // anything, runs it and writes the requested files.
 func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *slog.Logger, stdout, stderr io.Writer) error {
 	cfg := bench.Config{
-		Target: hf.target, APIKey: hf.apiKey, HTTPTimeout: hf.timeout,
+		Target: hf.target, Spread: hf.spread, APIKey: hf.apiKey, HTTPTimeout: hf.timeout,
 		Workers: f.workers, Duration: f.duration, Ops: f.ops, Partitions: f.partitions, MaxBatch: f.maxBatch,
 		SeedBalance: f.seed, Prefix: f.prefix, KeepKeys: !f.cleanup, CheckSample: f.checkSample,
 		CeilingDuration: f.ceilingDuration, CeilingConns: f.ceilingConns, Out: stdout, Progress: progressTo(stderr),

@@ -15,6 +15,7 @@ import (
 // --http-timeout also serve the modes scenario over HTTP.
 type httpBenchFlags struct {
 	target        string
+	spread        string
 	clients       int
 	placement     string
 	batchAtomic   bool
@@ -30,6 +31,7 @@ type httpBenchFlags struct {
 func registerHTTPBenchFlags(fs *flag.FlagSet) *httpBenchFlags {
 	h := &httpBenchFlags{}
 	fs.StringVar(&h.target, "target", "", "base URL of a running tally serve to load over HTTP, e.g. http://127.0.0.1:8080, or several comma-separated replicas of one deployment, used in turn (--redis is then optional: given, it must be the server's data Redis; bench measures its ceiling and runs tally verify on it)")
+	fs.StringVar(&h.spread, "spread", bench.SpreadRequest, "with several --target replicas (modes scenario): request sends each request to the next replica in turn, as a per-request (L7) balancer does; worker keeps each worker on one replica, as a keep-alive connection through a connection (L4) balancer stays")
 	fs.IntVar(&h.clients, "clients", bench.DefaultWorkers, "transfers, batch: concurrent HTTP clients, each with its own keep-alive connection")
 	fs.StringVar(&h.placement, "placement", "same,cross", "transfers: comma-separated placements: same (both accounts share a placement tag: one script) | cross (different partitions: the saga)")
 	fs.IntVar(&h.groupSize, "group-size", 10, "transfers, placement same; batch with --batch-atomic: accounts per placement tag")

@@ -99,6 +99,7 @@ func TestBenchFlags(t *testing.T) {
 		{"target sweeps modes", []string{"bench", "--target", "http://127.0.0.1:1", "--modes", "lock,optimistic"}, "--target"},
 		{"no workers", []string{"bench", "--workers", "0", "--redis", "127.0.0.1:1"}, "--workers"},
 		{"bad prefix", []string{"bench", "--prefix", "a:b", "--redis", "127.0.0.1:1"}, "--prefix"},
+		{"bad spread", []string{"bench", "--spread", "random", "--redis", "127.0.0.1:1"}, "--spread must be request or worker"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
