@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -62,13 +63,20 @@ func TestRequestsJoinABatchWaitingForItsLease(t *testing.T) {
 	require.NoError(t, lease.Release(ctx))
 	wait()
 
+	requireJoined(t, rdb, l, before, 6, 7)
+}
+
+// requireJoined checks that l committed six deposits on "hot" since before in one script
+// call that five of them joined, and the account's balance and version after them.
+func requireJoined(t *testing.T, rdb redis.UniversalClient, l *ledger.Ledger, before ledger.Stats, posted, version int64) {
+	t.Helper()
 	st := l.Stats()
-	assert.Equal(t, int64(1), st.Commits-before.Commits, "the five that queued joined the batch that waited")
+	assert.Equal(t, int64(1), st.Commits-before.Commits, "one script call: the five that queued joined the batch")
 	assert.Equal(t, int64(6), st.Operations-before.Operations)
 	assert.Equal(t, int64(5), st.Joined-before.Joined)
 	acc := requireWhole(t, rdb, l, "hot")
-	assert.Equal(t, int64(6), acc.Balances["USD"].Posted)
-	assert.Equal(t, int64(7), acc.Version)
+	assert.Equal(t, posted, acc.Balances["USD"].Posted)
+	assert.Equal(t, version, acc.Version)
 }
 
 // TestRequestsJoinARetry: in optimistic mode, a group commit that lost the race for its
@@ -106,18 +114,14 @@ func TestRequestsJoinARetry(t *testing.T) {
 			require.NoError(t, err)
 			wait()
 
-			st := l.Stats()
-			assert.Equal(t, int64(1), st.Conflicts-before.Conflicts)
-			assert.Equal(t, int64(1), st.Commits-before.Commits, "the retry carried the five that queued")
-			assert.Equal(t, int64(6), st.Operations-before.Operations)
-			assert.Equal(t, int64(5), st.Joined-before.Joined)
-			acc := requireWhole(t, rdb, l, "hot")
-			assert.Equal(t, int64(106), acc.Balances["USD"].Posted)
-			assert.Equal(t, int64(8), acc.Version)
+			assert.Equal(t, int64(1), l.Stats().Conflicts-before.Conflicts)
+			requireJoined(t, rdb, l, before, 106, 8)
 		})
 	}
 }
 
+// TestRetryBackoffValidated: Open refuses a negative backoff base and one above the cap,
+// for requests alone and for group commits.
 func TestRetryBackoffValidated(t *testing.T) {
 	rdb := redistest.MustStart(t).Client()
 	for _, cfg := range []ledger.Config{
