@@ -134,3 +134,41 @@ func TestRetryBackoffValidated(t *testing.T) {
 		require.ErrorContains(t, err, "retry backoff", "%+v", cfg)
 	}
 }
+
+// TestNothingJoinsABatchAfterAStoreError: when a group commit's commit fails for want of the
+// store (here a timeout: the server stalls), the requests that queued behind it do not join
+// its retry — during an outage they keep their own batch, with all of its retries ahead.
+func TestNothingJoinsABatchAfterAStoreError(t *testing.T) {
+	srv := redistest.MustStart(t)
+	cut := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, ReadTimeout: 300 * time.Millisecond})
+	t.Cleanup(func() { cut.Close() })
+	ctx := context.Background()
+	l := MustOpen(t, cut, ledger.Config{Prefix: fmt.Sprintf("nojoin%d", time.Now().UnixNano()), MaxRetries: 100,
+		GroupRetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond})
+	MustOpenAccount(t, l, "hot", false)
+
+	var (
+		calls atomic.Int64
+		wait  func()
+	)
+	l.SetBeforeCommit(func() {
+		if calls.Add(1) != 1 {
+			return
+		}
+		wait = depositsInBackground(t, l, "hot", 5)
+		require.Eventually(t, func() bool { return l.Waiting("hot") == 5 }, 5*time.Second, time.Millisecond)
+		srv.Pause() // the commit times out: its outcome is unknown, the retry reads
+		time.AfterFunc(time.Second, srv.Resume)
+	})
+	before := l.Stats()
+	_, err := l.Deposit(ctx, ledger.Deposit{Account: "hot", Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+	require.NoError(t, err)
+	wait()
+
+	st := l.Stats()
+	require.Positive(t, st.Retries-before.Retries, "the first commit timed out")
+	assert.Zero(t, st.Joined-before.Joined, "the five waited for their own batch")
+	acc := requireWhole(t, cut, l, "hot")
+	assert.Equal(t, int64(6), acc.Balances["USD"].Posted)
+	assert.Equal(t, int64(7), acc.Version)
+}

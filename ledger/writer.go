@@ -205,8 +205,8 @@ func (l *Ledger) lead(p int, aq *partitionQueue, first *request) {
 // version conflicts and store errors, and finishes every request of the batch. With the
 // partition's queue (aq, nil without group commit), requests that arrived since the batch
 // was formed join it where they cost no extra round: once its leases are held (lock mode:
-// those of the accounts already leased), and before a retry (optimistic mode), which reads
-// again anyway. So a batch that waited for a lease, or lost a race to another process,
+// those of the accounts already leased), and before a retry after a conflict (optimistic
+// mode), which reads again anyway. So a batch that waited for a lease, or lost a race to another process,
 // carries what queued meanwhile instead of leaving it for a batch that waits again.
 //
 // A panic while deciding or committing fails the whole batch with a *PanicError (every
@@ -222,8 +222,11 @@ func (l *Ledger) execute(ctx context.Context, batch []*request, aq *partitionQue
 		}
 	}()
 	pending := batch
+	var lastErr error
+	// join takes in requests that queued since, unless a store error sent the batch back:
+	// during an outage they keep their own batch, with every retry still ahead of them.
 	join := func(held []string) {
-		if aq == nil {
+		if aq == nil || (lastErr != nil && !errors.Is(lastErr, errRetry)) {
 			return
 		}
 		if more := l.absorb(aq, held, l.cfg.MaxBatch-len(pending)); len(more) > 0 {
@@ -232,7 +235,6 @@ func (l *Ledger) execute(ctx context.Context, batch []*request, aq *partitionQue
 			all = slices.Concat(all, more)
 		}
 	}
-	var lastErr error
 	for attempt := 0; attempt <= l.cfg.MaxRetries; attempt++ {
 		if attempt > 0 {
 			l.stats.retries.Add(1)
