@@ -181,18 +181,7 @@ func (l *Ledger) lead(p int, aq *partitionQueue, first *request) {
 		}
 		q.mu.Unlock()
 	}()
-	batch := []*request{first}
-	q.mu.Lock()
-	for len(batch) < l.cfg.MaxBatch && len(aq.waiting) > 0 {
-		r := aq.waiting[0]
-		aq.waiting = aq.waiting[1:]
-		if r.ctx.Err() != nil {
-			r.finish(Receipt{}, r.ctx.Err())
-			continue
-		}
-		batch = append(batch, r)
-	}
-	q.mu.Unlock()
+	batch := append([]*request{first}, l.absorb(aq, nil, l.cfg.MaxBatch-1)...)
 
 	// The batch runs for several callers, so it is bounded by its own timeout rather than
 	// by the leader's context.
@@ -206,8 +195,9 @@ func (l *Ledger) lead(p int, aq *partitionQueue, first *request) {
 // partition's queue (aq, nil without group commit), requests that arrived since the batch
 // was formed join it where they cost no extra round: once its leases are held (lock mode:
 // those of the accounts already leased), and before a retry after a conflict (optimistic
-// mode), which reads again anyway. So a batch that waited for a lease, or lost a race to another process,
-// carries what queued meanwhile instead of leaving it for a batch that waits again.
+// mode), which reads again anyway. So a batch that waited for a lease, or lost a race to
+// another process, carries what queued meanwhile instead of leaving it for a batch that
+// waits again.
 //
 // A panic while deciding or committing fails the whole batch with a *PanicError (every
 // request the batch had not finished yet), so no caller waits forever.
@@ -273,10 +263,11 @@ func (l *Ledger) execute(ctx context.Context, batch []*request, aq *partitionQue
 	}
 }
 
-// absorb moves into a batch under way up to room of aq's waiting requests, in arrival
-// order: those whose accounts are all in held (sorted; nil: any account of the partition),
-// except a request of an account whose earlier request stays behind — each account's writes
-// keep their order. A waiting request whose caller gave up is finished as lead does.
+// absorb takes out of aq's queue, for a batch, up to room waiting requests in arrival order:
+// those whose accounts are all in held (sorted; nil: any account of the partition), except
+// a request of an account whose earlier request stays behind — each account's writes keep
+// their order. A waiting request whose caller gave up is finished on the way. lead forms a
+// batch with it, execute adds to one under way.
 func (l *Ledger) absorb(aq *partitionQueue, held []string, room int) []*request {
 	q := &l.queue
 	q.mu.Lock()
@@ -290,8 +281,10 @@ func (l *Ledger) absorb(aq *partitionQueue, held []string, room int) []*request 
 			if blocked[id] {
 				return false
 			}
-			if _, ok := slices.BinarySearch(held, id); held != nil && !ok {
-				return false
+			if held != nil {
+				if _, ok := slices.BinarySearch(held, id); !ok {
+					return false
+				}
 			}
 		}
 		return true
