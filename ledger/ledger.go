@@ -423,8 +423,8 @@ type Stats struct {
 	Replays      int64 // requests answered from an idempotency record
 	LockFailures int64 // attempts that could not take or keep the lease
 	Overloaded   int64 // requests refused because their account's queue was full
-	// Joined counts requests that joined a group commit already under way: after its lease
-	// wait (lock mode) or before its retry (optimistic mode).
+	// Joined counts requests that joined a group commit already under way: once its leases
+	// were held (lock mode) or before its retry after a conflict (optimistic mode).
 	Joined int64
 	// TransfersStuck counts cross-partition transfers the sweep found pending for longer
 	// than SweeperConfig.StuckAfter (each time it found one).
