@@ -340,7 +340,7 @@ func registerLedgerMetrics(reg prometheus.Registerer, l *ledger.Ledger) error {
 		stat("tally_ledger_idempotent_replays_total", "Requests answered from an idempotency record.", func(s ledger.Stats) int64 { return s.Replays }),
 		stat("tally_ledger_lock_failures_total", "Attempts that could not take or keep the lease.", func(s ledger.Stats) int64 { return s.LockFailures }),
 		stat("tally_ledger_overloaded_total", "Requests refused with 503 overloaded: their account already had --max-queue requests in this process.", func(s ledger.Stats) int64 { return s.Overloaded }),
-		stat("tally_ledger_joined_total", "Requests that joined a group commit already under way (after its lease wait, or before its retry).", func(s ledger.Stats) int64 { return s.Joined }),
+		stat("tally_ledger_joined_total", "Requests that joined a group commit already under way (once its leases were held, or before its retry after a conflict).", func(s ledger.Stats) int64 { return s.Joined }),
 		stat("tally_ledger_transfers_stuck_total", "Cross-partition transfers the sweep found pending longer than --sweep-stuck-after (and finished).", func(s ledger.Stats) int64 { return s.TransfersStuck }),
 	)
 }
