@@ -17,9 +17,10 @@ import (
 	"github.com/tally-ledger/tally/lock"
 )
 
-// depositsInBackground starts n deposits of 1 on account and returns a function that waits
-// for them and requires each to have succeeded.
-func depositsInBackground(t *testing.T, l *ledger.Ledger, account string, n int) (wait func()) {
+// queueDeposits starts n deposits of 1 on account, returns once queued of them wait behind
+// the partition's leader, and returns a function that waits for all of them and requires
+// each to have succeeded.
+func queueDeposits(t *testing.T, l *ledger.Ledger, account string, n, queued int) (wait func()) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -30,12 +31,33 @@ func depositsInBackground(t *testing.T, l *ledger.Ledger, account string, n int)
 			_, errs[i] = l.Deposit(context.Background(), ledger.Deposit{Account: account, Currency: "USD", Amount: 1}, ledger.WriteOptions{})
 		}()
 	}
+	require.Eventually(t, func() bool { return l.Waiting(account) == queued }, 5*time.Second, time.Millisecond)
 	return func() {
 		wg.Wait()
 		for _, err := range errs {
 			require.NoError(t, err)
 		}
 	}
+}
+
+// queueAtFirstCommit makes l's first commit, between its read and its script call, run
+// first (when given) and then queue five deposits of 1 on account behind it. The returned
+// function waits for the five.
+func queueAtFirstCommit(t *testing.T, l *ledger.Ledger, account string, first func()) (wait func()) {
+	var (
+		calls  atomic.Int64
+		queued func()
+	)
+	l.SetBeforeCommit(func() {
+		if calls.Add(1) != 1 {
+			return
+		}
+		if first != nil {
+			first()
+		}
+		queued = queueDeposits(t, l, account, 5, 5)
+	})
+	return func() { queued() }
 }
 
 // TestRequestsJoinABatchWaitingForItsLease: in lock mode, while a group commit waits for an
@@ -56,9 +78,8 @@ func TestRequestsJoinABatchWaitingForItsLease(t *testing.T) {
 	require.NoError(t, err)
 
 	before := l.Stats()
-	wait := depositsInBackground(t, l, "hot", 6)
 	// One of them leads and waits for the lease; the other five queue behind it.
-	require.Eventually(t, func() bool { return l.Waiting("hot") == 5 }, 5*time.Second, time.Millisecond)
+	wait := queueDeposits(t, l, "hot", 6, 5)
 	require.Equal(t, before.Commits, l.Stats().Commits, "nothing commits while the lease is held elsewhere")
 	require.NoError(t, lease.Release(ctx))
 	wait()
@@ -94,20 +115,11 @@ func TestRequestsJoinARetry(t *testing.T) {
 			other := MustOpen(t, rdb, ledger.Config{Prefix: prefix, DisableGroupCommit: true})
 			MustOpenAccount(t, l, "hot", false)
 
-			var (
-				calls atomic.Int64
-				wait  func()
-			)
-			l.SetBeforeCommit(func() {
-				if calls.Add(1) != 1 {
-					return
-				}
-				// Between the batch's read and its commit: the other process writes the
-				// account, and five more requests queue behind the batch.
+			// Between the batch's read and its commit: the other process writes the account,
+			// and five more requests queue behind the batch.
+			wait := queueAtFirstCommit(t, l, "hot", func() {
 				_, err := other.Deposit(ctx, ledger.Deposit{Account: "hot", Currency: "USD", Amount: 100}, ledger.WriteOptions{})
 				require.NoError(t, err)
-				wait = depositsInBackground(t, l, "hot", 5)
-				require.Eventually(t, func() bool { return l.Waiting("hot") == 5 }, 5*time.Second, time.Millisecond)
 			})
 			before := l.Stats()
 			_, err := l.Deposit(ctx, ledger.Deposit{Account: "hot", Currency: "USD", Amount: 1}, ledger.WriteOptions{})
@@ -147,16 +159,7 @@ func TestNothingJoinsABatchAfterAStoreError(t *testing.T) {
 		GroupRetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond})
 	MustOpenAccount(t, l, "hot", false)
 
-	var (
-		calls atomic.Int64
-		wait  func()
-	)
-	l.SetBeforeCommit(func() {
-		if calls.Add(1) != 1 {
-			return
-		}
-		wait = depositsInBackground(t, l, "hot", 5)
-		require.Eventually(t, func() bool { return l.Waiting("hot") == 5 }, 5*time.Second, time.Millisecond)
+	wait := queueAtFirstCommit(t, l, "hot", func() {
 		srv.Pause() // the commit times out: its outcome is unknown, the retry reads
 		time.AfterFunc(time.Second, srv.Resume)
 	})
