@@ -87,8 +87,10 @@ func TestCrossAccountBatchesUnderContention(t *testing.T) {
 					require.NoError(t, err)
 					// The batches did carry several accounts: fewer script calls than writes.
 					require.Less(t, stats[0].Commits+stats[1].Commits, stats[0].Operations+stats[1].Operations)
+					// And requests joined batches once their leases were held (20-140 a run,
+					// also under load). Optimistic joins, before a retry after the other
+					// process won, are fewer (down to 4 a run under load): only logged.
 					if mode == ledger.ModeLock {
-						// And requests joined batches once their leases were held.
 						require.Positive(t, stats[0].Joined+stats[1].Joined)
 					}
 				})
