@@ -45,6 +45,9 @@ type MultiLocker interface {
 	DoAll(ctx context.Context, keys []string, fn func(ctx context.Context) error) error
 }
 
+// DefaultSnapshotCache is Config.SnapshotCache's default.
+const DefaultSnapshotCache = 16_384
+
 // Config configures a Ledger. The zero value of every field but Locker has a usable default.
 type Config struct {
 	// Prefix starts every Redis key. Default "tally".
@@ -81,6 +84,12 @@ type Config struct {
 	// short pause is enough (the backoff still doubles up to RetryBackoffMax). Without group
 	// commit every request contends, and RetryBackoff spreads them.
 	GroupRetryBackoff time.Duration
+	// SnapshotCache is how many account snapshots the Ledger remembers from its own commits
+	// (spread evenly over the partitions), so that the next batch on those accounts decides
+	// without reading them: one round trip per batch instead of two. The commit checks every
+	// version, so a snapshot another process moved on costs a skipped slice and a fresh
+	// read (Stats.StaleSnapshots), never a wrong write. Default 16,384; -1 turns it off.
+	SnapshotCache int
 	// IdempotencyTTL is how long a client Idempotency-Key is remembered. Default 24h.
 	IdempotencyTTL time.Duration
 	// OperationTokenTTL is how long the internal record of a request without an
@@ -125,6 +134,9 @@ func (c Config) withDefaults() Config {
 	if c.GroupRetryBackoff == 0 {
 		c.GroupRetryBackoff = min(100*time.Microsecond, c.RetryBackoffMax)
 	}
+	if c.SnapshotCache == 0 {
+		c.SnapshotCache = DefaultSnapshotCache
+	}
 	if c.IdempotencyTTL == 0 {
 		c.IdempotencyTTL = 24 * time.Hour
 	}
@@ -151,6 +163,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("ledger: max batch must be 1..1024, got %d", c.MaxBatch)
 	case c.MaxQueue < 1:
 		return fmt.Errorf("ledger: max queue must be positive, got %d", c.MaxQueue)
+	case c.SnapshotCache < -1:
+		return fmt.Errorf("ledger: snapshot cache must be -1 (off) or positive, got %d", c.SnapshotCache)
 	case c.MaxRetries < 1:
 		return errors.New("ledger: max retries must be positive")
 	case c.RetryBackoff < 0 || c.RetryBackoffMax < c.RetryBackoff || c.GroupRetryBackoff < 0 || c.RetryBackoffMax < c.GroupRetryBackoff:
@@ -166,6 +180,7 @@ func (c Config) Validate() error {
 type Ledger struct {
 	cfg       Config
 	store     *store
+	snaps     *snapCache // nil when off
 	queue     groupQueue
 	admission admission
 	driving   driving
@@ -203,6 +218,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Ledger, error) {
 	l := &Ledger{
 		cfg:       cfg,
 		store:     newStore(rdb, ks),
+		snaps:     newSnapCache(cfg.Partitions, cfg.SnapshotCache),
 		queue:     groupQueue{partitions: map[int]*partitionQueue{}},
 		admission: admission{inflight: map[string]int{}},
 		driving:   driving{ids: map[string]chan struct{}{}},
@@ -418,7 +434,7 @@ func (l *Ledger) replay(ctx context.Context, id string, until int64, visit func(
 type Stats struct {
 	Commits      int64 // script calls that committed
 	Operations   int64 // requests committed (>= Commits with group commit)
-	Conflicts    int64 // commits rejected by the version check (or a record race)
+	Conflicts    int64 // commits rejected by the version check (or a record race), StaleSnapshots included
 	Retries      int64 // attempts repeated after a conflict or store error
 	Replays      int64 // requests answered from an idempotency record
 	LockFailures int64 // attempts that could not take or keep the lease
@@ -426,6 +442,12 @@ type Stats struct {
 	// Joined counts requests that joined a group commit already under way: once its leases
 	// were held (lock mode) or before its retry after a conflict (optimistic mode).
 	Joined int64
+	// SnapshotHits counts attempts that decided on the snapshot cache alone, without a
+	// read (Config.SnapshotCache); StaleSnapshots the conflicts among them (counted in
+	// Conflicts too) where every request sent back was decided on a cached snapshot: another
+	// process wrote the account since this one cached it (or while it decided). They are
+	// decided again at once on a fresh read, without a backoff or a retry.
+	SnapshotHits, StaleSnapshots int64
 	// TransfersStuck counts cross-partition transfers the sweep found pending for longer
 	// than SweeperConfig.StuckAfter (each time it found one).
 	TransfersStuck int64
@@ -437,6 +459,9 @@ type counters struct {
 	// mixedPrereads those of them that also read for other requests of their batch, and
 	// stalePrereads those a version or record check sent back (tests read them).
 	prereads, mixedPrereads, stalePrereads atomic.Int64
+	// cached counts attempts whose accounts were all in the snapshot cache (no read), stale
+	// those sent back because a cached snapshot was out of date.
+	cached, stale atomic.Int64
 }
 
 // Stats returns a copy of the counters.
@@ -446,7 +471,8 @@ func (l *Ledger) Stats() Stats {
 		Conflicts: l.stats.conflicts.Load(), Retries: l.stats.retries.Load(),
 		Replays: l.stats.replays.Load(), LockFailures: l.stats.lockFailures.Load(),
 		Overloaded: l.stats.overloaded.Load(), TransfersStuck: l.stats.transfersStuck.Load(),
-		Joined: l.stats.joined.Load(),
+		Joined:       l.stats.joined.Load(),
+		SnapshotHits: l.stats.cached.Load(), StaleSnapshots: l.stats.stale.Load(),
 	}
 }
 

@@ -176,7 +176,10 @@ func TestLockModeHotAccount(t *testing.T) {
 	assert.Equal(t, res.acknowledged, acc.Balances["USD"].Posted)
 	assert.Equal(t, int64(res.applied+1), acc.Version)
 	for _, l := range ledgers {
-		assert.Zero(t, l.Stats().Conflicts, "lease holders never race each other's version")
+		// a batch decided on the snapshot cache after the other process held the lease
+		// conflicts (a stale snapshot); one decided on a fresh read under the lease never
+		st := l.Stats()
+		assert.Equal(t, st.StaleSnapshots, st.Conflicts, "lease holders never race each other's version")
 	}
 	result := porcupine.CheckOperationsTimeout(balanceModel, res.hist.ops, 60*time.Second)
 	require.Equal(t, porcupine.Ok, result, "lock-mode history is linearizable")

@@ -359,6 +359,9 @@ type commitOutcome struct {
 	skipped  map[int]bool // slices not committed because an account's version moved
 	existing int          // index into the plan's records of one that already exists, or -1
 	taken    int          // index into the plan's guards of a key that exists, or -1
+	// fields holds, per account of the plan, the snapshot hash's fields after the commit
+	// (nil for an account without events: its fields did not change).
+	fields []map[string]bool
 }
 
 // write commits a plan in one script call.
@@ -375,7 +378,8 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 	}
 	slices := max(pl.slices, 1)
 	args := []any{len(pl.accounts), len(pl.records), len(pl.guards), len(pl.writes), ttls[0], ttls[1], slices}
-	for _, aw := range pl.accounts {
+	after := make([]map[string]bool, len(pl.accounts))
+	for i, aw := range pl.accounts {
 		id := aw.after.ID
 		if p := s.keys.partition(id); p != pl.partition {
 			return commitOutcome{}, fmt.Errorf("%w: account %s (partition %d) in a commit of partition %d", ErrInternal, id, p, pl.partition)
@@ -396,6 +400,7 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 					deleted = append(deleted, f)
 				}
 			}
+			after[i] = keep
 		}
 		args = append(args, aw.slice+1, key(s.keys.snapshot(pl.partition, id)), key(s.keys.events(pl.partition, id)),
 			aw.before.acc.Version, id, len(aw.events), len(fields)/2, len(deleted))
@@ -423,7 +428,7 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 	if err != nil {
 		return commitOutcome{}, storeErr(ctx, err)
 	}
-	out := commitOutcome{existing: -1, taken: -1}
+	out := commitOutcome{existing: -1, taken: -1, fields: after}
 	index1 := func() int { i, _ := strconv.Atoi(res[1]); return i - 1 }
 	switch {
 	case len(res) == 1 && res[0] == "OK":

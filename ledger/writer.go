@@ -233,19 +233,27 @@ func (l *Ledger) execute(ctx context.Context, batch []*request, aq *partitionQue
 				break
 			}
 		}
+		// run is the attempt, first on the snapshot cache and, when that was stale, once
+		// more at once on a fresh read: no backoff, not counted as a retry, and (like a
+		// retry) with the requests that queued meanwhile joining.
+		run := func(ctx context.Context, held []string) error {
+			for cache := true; ; cache = false {
+				if l.cfg.Mode == ModeLock || attempt > 0 || !cache {
+					join(held)
+				}
+				var stale bool
+				var err error
+				if pending, stale, err = l.attempt(ctx, pending, cache); !stale || !cache {
+					return err
+				}
+			}
+		}
 		var err error
 		if l.cfg.Mode == ModeLock {
 			held := touched(pending)
-			err = l.withLeases(ctx, held, func(ctx context.Context) error {
-				join(held)
-				pending, err = l.attempt(ctx, pending)
-				return err
-			})
+			err = l.withLeases(ctx, held, func(ctx context.Context) error { return run(ctx, held) })
 		} else {
-			if attempt > 0 {
-				join(nil)
-			}
-			pending, err = l.attempt(ctx, pending)
+			err = run(ctx, nil)
 		}
 		if err == nil {
 			return
@@ -385,9 +393,13 @@ func isCtxErr(err error) bool {
 // attempt does one read → decide → commit for the pending requests. It finishes the
 // requests it settles and returns those still pending with errRetry (or a store error), or
 // nil when all are settled.
-func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, error) {
+//
+// With cache set it decides on the snapshot cache where it can. stale then reports that
+// every request it sends back (with errRetry) was decided on a cached snapshot: they need a
+// fresh read, not a backoff.
+func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (rest []*request, stale bool, err error) {
 	if len(pending) == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	accounts := touched(pending)
 	// The records to read: every client-named one (another request may have written it),
@@ -418,7 +430,21 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		}
 	}
 	now := l.cfg.Clock()
+	part := l.store.keys.partition(accounts[0])
 	pre, unread := prereads(pending, accounts)
+	// Accounts this process committed last need no read when nothing else is to be read
+	// (see snapCache): the commit checks their versions like any read's.
+	var cached map[string]snapshot
+	if cache && len(refs) == 0 && len(probes) == 0 && len(preps) == 0 {
+		if cached = l.snaps.take(part, unread, now); cached != nil {
+			if pre == nil {
+				pre = make(map[string]snapshot, len(cached))
+			}
+			maps.Copy(pre, cached)
+			unread = nil
+			l.stats.cached.Add(1)
+		}
+	}
 	snaps := pre // when nothing else is to be read: no round trip
 	var (
 		recs   []record
@@ -427,14 +453,14 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	if len(unread) > 0 || len(refs) > 0 || len(probes) > 0 || len(preps) > 0 {
 		var err error
 		if snaps, recs, placed, err = l.store.readProbed(ctx, unread, refs, probes, preps, now); err != nil {
-			return pending, err
+			return pending, false, err
 		}
 		if len(pre) > 0 {
 			maps.Copy(snaps, pre)
 			l.stats.mixedPrereads.Add(1)
 		}
 	}
-	if len(pre) > 0 {
+	if len(pre) > len(cached) {
 		l.stats.prereads.Add(1)
 	}
 	for _, r := range pending {
@@ -542,11 +568,34 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
 	}
+	// A refusal without a record is final without a version check: one decided on a cached
+	// snapshot stands only if that account committed in this call; otherwise it is decided
+	// again on a fresh read.
+	var committedOK func(id string) bool
+	unchecked := func(r *request) bool {
+		for _, id := range r.cmd.accounts() {
+			if _, ok := cached[id]; ok && (committedOK == nil || !committedOK(id)) {
+				return true
+			}
+		}
+		return false
+	}
 	if len(accepted) == 0 {
+		var again []*request
 		for i, r := range rejected {
+			if cached != nil && unchecked(r) {
+				l.snaps.drop(part, r.cmd.accounts())
+				again = append(again, r)
+				continue
+			}
 			r.finish(Receipt{}, rejections[i])
 		}
-		return nil, nil
+		if len(again) > 0 {
+			l.stats.conflicts.Add(1)
+			l.stats.stale.Add(1)
+			return again, true, errRetry
+		}
+		return nil, false, nil
 	}
 
 	// One slice per group of accounts that accepted requests share: the script commits or
@@ -580,7 +629,8 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 	if err != nil {
 		// The commit may or may not have run; every request carries a record, so the
 		// retry's read tells which.
-		return live, err
+		l.snaps.drop(part, accounts)
+		return live, false, err
 	}
 	if out.taken >= 0 {
 		// A resource ID one request claims exists already: that request fails, the others
@@ -593,21 +643,38 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 				rest = append(rest, r)
 			}
 		}
-		return rest, errRetry
+		return rest, false, errRetry
 	}
 	if out.existing >= 0 {
 		// A record written since the read: another process committed that request. The
 		// versions moved with it; read again.
+		l.snaps.drop(part, accounts)
 		l.stats.conflicts.Add(1)
-		if len(pre) > 0 {
+		if len(pre) > len(cached) {
 			l.stats.stalePrereads.Add(1)
 		}
-		return live, errRetry
+		return live, false, errRetry
 	}
 
 	// Requests of skipped slices are decided again on a fresh read, and so are the
 	// rejections that read a skipped slice's accounts (decided on a stale snapshot) or
 	// collided with a skipped request's record.
+	cachedSlice := map[int]bool{}
+	for i, aw := range pl.accounts {
+		id := aw.after.ID
+		if _, ok := cached[id]; ok {
+			cachedSlice[aw.slice] = true
+		}
+		switch {
+		case out.skipped[aw.slice]:
+			l.snaps.drop(part, []string{id})
+		case out.fields[i] != nil:
+			l.snaps.put(part, id, snapshot{acc: aw.after, fields: out.fields[i]})
+		default:
+			l.snaps.put(part, id, aw.before)
+		}
+	}
+	committedOK = func(id string) bool { return groups.has(id) && !out.skipped[groups.of(id)] }
 	var retry []*request
 	skipped := func(i int) bool { return out.skipped[sliceOf(i)] }
 	committed := 0
@@ -642,6 +709,10 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		for _, id := range r.cmd.accounts() {
 			stale = stale || (groups.has(id) && out.skipped[groups.of(id)])
 		}
+		if cached != nil && unchecked(r) {
+			l.snaps.drop(part, r.cmd.accounts())
+			stale = true
+		}
 		if stale {
 			retry = append(retry, r)
 			continue
@@ -654,13 +725,22 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request) ([]*request, e
 		l.metrics.committed(pl, out.skipped, committed, committedTr)
 	}
 	if len(retry) > 0 {
+		// Stale when every skipped slice holds an account decided on a cached snapshot
+		// (refusals sent back otherwise are only those of cached accounts).
+		stale = cached != nil
+		for sl := range out.skipped {
+			stale = stale && cachedSlice[sl]
+		}
 		l.stats.conflicts.Add(1)
-		if len(pre) > 0 {
+		if stale {
+			l.stats.stale.Add(1)
+		}
+		if len(pre) > len(cached) {
 			l.stats.stalePrereads.Add(1)
 		}
-		return inOrder(live, retry), errRetry
+		return inOrder(live, retry), stale, errRetry
 	}
-	return nil, nil
+	return nil, false, nil
 }
 
 // prereads splits the accounts of pending (sorted) into those the requests brought
