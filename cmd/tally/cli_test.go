@@ -163,6 +163,7 @@ func TestServeConfigErrorsBeforeAnything(t *testing.T) {
 		{"too many partitions", []string{"--partitions", "20000"}, "ledger: partitions must be 1..16384"},
 		{"zero max batch", []string{"--max-batch", "0"}, "--max-batch must be positive"},
 		{"huge max batch", []string{"--max-batch", "5000"}, "ledger: max batch must be 1..1024"},
+		{"negative snapshot cache", []string{"--snapshot-cache", "-1"}, "--snapshot-cache must be 0 (off) or positive"},
 		{"short idempotency TTL", []string{"--idempotency-ttl", "100ms"}, "TTLs at least 1s"},
 		{"non-loopback without keys", []string{"--addr", "0.0.0.0:0"}, "non-loopback address 0.0.0.0:0 without API keys: give --api-keys-file"},
 		{"non-loopback with --insecure-admin", []string{"--addr", "0.0.0.0:0", "--insecure-admin"}, "without API keys"},

@@ -376,6 +376,9 @@ func (f *serveFlags) validate() error {
 	if err := f.relay.checkSinks(); err != nil {
 		return err
 	}
+	if f.snapCache < 0 {
+		return errors.New("--snapshot-cache must be 0 (off) or positive")
+	}
 	for _, p := range []struct {
 		flag string
 		ok   bool

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,7 @@ type serveFlags struct {
 	idemTTL     time.Duration
 	reqTimeout  time.Duration
 	maxQueue    int
+	snapCache   int
 	stuckAfter  time.Duration
 	pprof       string
 }
@@ -62,6 +64,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *slog.Logger, err
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", 10*time.Second, "graceful shutdown deadline")
 	fs.DurationVar(&f.idemTTL, "idempotency-ttl", 24*time.Hour, "how long Idempotency-Keys are remembered")
 	fs.IntVar(&f.maxQueue, "max-queue", 10_000, "requests of one account this process holds at once; beyond it: 503 overloaded")
+	fs.IntVar(&f.snapCache, "snapshot-cache", ledger.DefaultSnapshotCache, "account snapshots remembered from this process's own commits, so that the next write of a hot account skips its read (0: off)")
 	fs.DurationVar(&f.stuckAfter, "sweep-stuck-after", 30*time.Second, "a cross-partition transfer pending this long is logged, counted and finished by the sweep")
 	fs.DurationVar(&f.reqTimeout, "request-timeout", handlers.DefaultRequestTimeout, "deadline of one API request; a request that outlives it is answered 503 with Retry-After")
 	fs.StringVar(&f.pprof, "pprof", "", "serve Go's profiler (/debug/pprof/) on this separate loopback address, e.g. 127.0.0.1:6060 (default: off)")
@@ -120,6 +123,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		DisableGroupCommit: !f.groupCommit,
 		MaxBatch:           f.maxBatch,
 		MaxQueue:           f.maxQueue,
+		SnapshotCache:      cmp.Or(f.snapCache, -1),
 		IdempotencyTTL:     f.idemTTL,
 		BatchTimeout:       groupCommitTimeout,
 		Registerer:         reg,
