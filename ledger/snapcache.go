@@ -1,6 +1,9 @@
 package ledger
 
 import (
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -9,32 +12,53 @@ import (
 // that the next batch on the same accounts decides without reading them again: one round
 // trip per batch instead of two. It is only ever a guess. The commit checks every version a
 // decision was made on, so a snapshot that another process (or a restarted Redis) made
-// stale costs a skipped slice and a read, never a wrong write; and a request refused on a
-// cached snapshot without a record (no version check) is decided again on a fresh read
-// unless its accounts committed in the same call (see attempt).
+// stale costs a skipped slice and a fresh read, never a wrong write; and a request refused
+// on a cached snapshot without a record (no version check) is decided again on a fresh
+// read unless its accounts committed in the same call (see attempt).
 //
-// Each partition holds at most max/partitions snapshots; a partition that is full is
-// emptied before it takes another, which keeps hot accounts cached and costs spread
-// workloads one read per account and turn.
+// Each partition holds at most size/partitions snapshots; a full partition forgets an
+// arbitrary one for each it takes in.
 type snapCache struct {
 	parts []snapPart
 	per   int // snapshots per partition
+
+	// sets holds one copy of each set of snapshot fields (most accounts have the same few
+	// field names), shared read-only by the cached snapshots.
+	setsMu sync.Mutex
+	sets   map[string]map[string]bool
 }
+
+// maxFieldSets bounds snapCache.sets; past it a snapshot keeps its own set.
+const maxFieldSets = 1024
 
 type snapPart struct {
 	mu sync.Mutex
-	m  map[string]snapshot
+	m  map[string]cachedSnapshot
+}
+
+// cachedSnapshot is a snapshot kept small: its account without the balances map (a map
+// costs ~400 bytes even for one currency), the posted balances beside it.
+type cachedSnapshot struct {
+	acc    *Account // Balances nil; its other maps shared read-only
+	posted []postedBalance
+	fields map[string]bool // shared read-only (snapCache.sets)
+}
+
+type postedBalance struct {
+	currency string
+	amount   int64
 }
 
 func newSnapCache(partitions, size int) *snapCache {
 	if size <= 0 {
 		return nil
 	}
-	return &snapCache{parts: make([]snapPart, partitions), per: max(1, size/partitions)}
+	return &snapCache{parts: make([]snapPart, partitions), per: max(1, size/partitions), sets: map[string]map[string]bool{}}
 }
 
-// take returns copies of the snapshots of accounts (all of one partition p), settled for
-// now, when every one of them is cached; nil otherwise.
+// take returns the snapshots of accounts (all of one partition p), settled for now, when
+// every one of them is cached; nil otherwise. Like a read's snapshots they must not be
+// changed (decisions work on clones).
 func (c *snapCache) take(p int, accounts []string, now time.Time) map[string]snapshot {
 	if c == nil || len(accounts) == 0 {
 		return nil
@@ -49,30 +73,47 @@ func (c *snapCache) take(p int, accounts []string, now time.Time) map[string]sna
 	}
 	out := make(map[string]snapshot, len(accounts))
 	for _, id := range accounts {
-		s := sp.m[id]
-		acc := s.acc.clone()
+		cs := sp.m[id]
+		acc := *cs.acc
+		acc.Balances = make(map[string]Balance, len(cs.posted))
+		for _, b := range cs.posted {
+			acc.Balances[b.currency] = Balance{Posted: b.amount}
+		}
 		acc.settle(now)
-		out[id] = snapshot{acc: acc, fields: s.fields}
+		out[id] = snapshot{acc: &acc, fields: cs.fields}
 	}
 	return out
 }
 
-// put remembers s as account id's snapshot unless a newer one is cached. s and its maps
-// must not change afterwards.
+// put remembers s as account id's snapshot unless a newer one is cached. s's account and
+// maps must not change afterwards.
 func (c *snapCache) put(p int, id string, s snapshot) {
 	if c == nil {
 		return
 	}
+	acc := *s.acc
+	acc.Balances = nil
+	cs := cachedSnapshot{acc: &acc, fields: c.shared(s.fields), posted: make([]postedBalance, 0, len(s.acc.Balances))}
+	for cur, b := range s.acc.Balances {
+		cs.posted = append(cs.posted, postedBalance{cur, b.Posted})
+	}
 	sp := &c.parts[p]
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	if have, ok := sp.m[id]; ok && have.acc.Version > s.acc.Version {
+	have, cached := sp.m[id]
+	if cached && have.acc.Version > s.acc.Version {
 		return
 	}
-	if sp.m == nil || (len(sp.m) >= c.per && !hasKey(sp.m, id)) {
-		sp.m = make(map[string]snapshot, min(c.per, 64))
+	if sp.m == nil {
+		sp.m = make(map[string]cachedSnapshot, min(c.per, 64))
 	}
-	sp.m[id] = s
+	if !cached && len(sp.m) >= c.per {
+		for k := range sp.m {
+			delete(sp.m, k)
+			break
+		}
+	}
+	sp.m[id] = cs
 }
 
 // drop forgets the snapshots of accounts: the next batch reads them.
@@ -88,4 +129,17 @@ func (c *snapCache) drop(p int, accounts []string) {
 	}
 }
 
-func hasKey(m map[string]snapshot, k string) bool { _, ok := m[k]; return ok }
+// shared returns the cache's copy of the field set f (f itself when it is new), so that
+// accounts with the same field names share one map. Neither may change afterwards.
+func (c *snapCache) shared(f map[string]bool) map[string]bool {
+	key := strings.Join(slices.Sorted(maps.Keys(f)), "\x00")
+	c.setsMu.Lock()
+	defer c.setsMu.Unlock()
+	if have, ok := c.sets[key]; ok {
+		return have
+	}
+	if len(c.sets) < maxFieldSets {
+		c.sets[key] = f
+	}
+	return f
+}

@@ -30,7 +30,10 @@ func TestSnapCache(t *testing.T) {
 	require.Len(t, got, 2)
 	assert.Equal(t, int64(10), got["a"].acc.Balances["USD"].Available, "settled")
 	got["a"].acc.Balances["USD"] = Balance{Posted: -1}
-	assert.Equal(t, int64(10), c.take(0, []string{"a"}, now)["a"].acc.Balances["USD"].Posted, "a copy")
+	got["a"].acc.Version = 99
+	again := c.take(0, []string{"a"}, now)["a"].acc
+	assert.Equal(t, int64(10), again.Balances["USD"].Posted, "a copy")
+	assert.Equal(t, int64(2), again.Version, "a copy")
 
 	c.put(0, "a", cachedAccount("a", 1, 99))
 	assert.Equal(t, int64(2), c.take(0, []string{"a"}, now)["a"].acc.Version, "an older snapshot does not replace a newer one")
@@ -41,9 +44,23 @@ func TestSnapCache(t *testing.T) {
 	c.put(0, "c", cachedAccount("c", 1, 1))
 	c.put(0, "d", cachedAccount("d", 1, 1))
 	require.NotNil(t, c.take(0, []string{"b", "c", "d"}, now))
-	c.put(0, "e", cachedAccount("e", 1, 1)) // full: the partition starts over
-	assert.Nil(t, c.take(0, []string{"b"}, now))
+	c.put(0, "e", cachedAccount("e", 1, 1)) // full: one of the others goes
 	assert.NotNil(t, c.take(0, []string{"e"}, now))
-	c.put(0, "e", cachedAccount("e", 2, 1)) // a newer snapshot of a cached account fits
+	gone := 0
+	for _, id := range []string{"b", "c", "d"} {
+		if c.take(0, []string{id}, now) == nil {
+			gone++
+		}
+	}
+	assert.Equal(t, 1, gone, "a full partition forgets one snapshot for each it takes in")
+	c.put(0, "e", cachedAccount("e", 2, 1)) // a newer snapshot of a cached account replaces it
 	assert.Equal(t, int64(2), c.take(0, []string{"e"}, now)["e"].acc.Version)
+	assert.Equal(t, 3, len(c.parts[0].m))
+
+	first := c.shared(map[string]bool{"v": true, "b:USD": true})
+	second := c.shared(map[string]bool{"b:USD": true, "v": true})
+	first["probe"] = true // only to tell whether the two are one map
+	assert.True(t, second["probe"], "accounts with the same field names share one set")
+	other := c.shared(map[string]bool{"v": true})
+	assert.False(t, other["probe"])
 }
