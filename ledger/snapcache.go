@@ -16,6 +16,10 @@ import (
 // on a cached snapshot without a record (no version check) is decided again on a fresh
 // read unless its accounts committed in the same call (see attempt).
 //
+// An account whose version check failed (another process writes it too) is not cached for
+// sharedFor afterwards: replicas taking turns on a hot account would otherwise pay a failed
+// commit at each turn, on top of the read and commit they pay without the cache.
+//
 // Each partition holds at most size/partitions snapshots; a full partition forgets an
 // arbitrary one for each it takes in.
 type snapCache struct {
@@ -32,9 +36,13 @@ type snapCache struct {
 const maxFieldSets = 1024
 
 type snapPart struct {
-	mu sync.Mutex
-	m  map[string]cachedSnapshot
+	mu     sync.Mutex
+	m      map[string]cachedSnapshot
+	shared map[string]time.Time // accounts not cached until then (see conflicted)
 }
+
+// sharedFor is how long an account whose version check failed is not cached.
+const sharedFor = 5 * time.Second
 
 // cachedSnapshot is a snapshot kept small: its account without the balances map (a map
 // costs ~400 bytes even for one currency), the posted balances beside it.
@@ -100,6 +108,12 @@ func (c *snapCache) put(p int, id string, s snapshot) {
 	sp := &c.parts[p]
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	if until, ok := sp.shared[id]; ok {
+		if time.Now().Before(until) {
+			return
+		}
+		delete(sp.shared, id)
+	}
 	have, cached := sp.m[id]
 	if cached && have.acc.Version > s.acc.Version {
 		return
@@ -126,6 +140,25 @@ func (c *snapCache) drop(p int, accounts []string) {
 	defer sp.mu.Unlock()
 	for _, id := range accounts {
 		delete(sp.m, id)
+	}
+}
+
+// conflicted forgets the snapshots of accounts whose version check failed, and keeps them
+// out of the cache for sharedFor: another process writes them too.
+func (c *snapCache) conflicted(p int, accounts []string) {
+	if c == nil {
+		return
+	}
+	until := time.Now().Add(sharedFor)
+	sp := &c.parts[p]
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.shared == nil || len(sp.shared) >= c.per {
+		sp.shared = map[string]time.Time{}
+	}
+	for _, id := range accounts {
+		delete(sp.m, id)
+		sp.shared[id] = until
 	}
 }
 

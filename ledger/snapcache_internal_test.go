@@ -64,3 +64,21 @@ func TestSnapCache(t *testing.T) {
 	other := c.shared(map[string]bool{"v": true})
 	assert.False(t, other["probe"])
 }
+
+// An account whose version check failed is kept out of the cache for sharedFor: another
+// process writes it too, and a cached snapshot of it would mostly be stale.
+func TestSnapCacheSkipsSharedAccounts(t *testing.T) {
+	now := time.Now()
+	c := newSnapCache(1, 8)
+	c.put(0, "a", cachedAccount("a", 1, 1))
+	c.put(0, "b", cachedAccount("b", 1, 1))
+	c.conflicted(0, []string{"a"})
+	assert.Nil(t, c.take(0, []string{"a"}, now), "forgotten")
+	c.put(0, "a", cachedAccount("a", 2, 1))
+	assert.Nil(t, c.take(0, []string{"a"}, now), "not cached again while shared")
+	assert.NotNil(t, c.take(0, []string{"b"}, now), "other accounts stay")
+
+	c.parts[0].shared["a"] = now.Add(-time.Millisecond) // the window has passed
+	c.put(0, "a", cachedAccount("a", 3, 1))
+	assert.Equal(t, int64(3), c.take(0, []string{"a"}, now)["a"].acc.Version)
+}

@@ -667,7 +667,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		}
 		switch {
 		case out.skipped[aw.slice]:
-			l.snaps.drop(part, []string{id})
+			l.snaps.conflicted(part, []string{id})
 		case out.fields[i] != nil:
 			l.snaps.put(part, id, snapshot{acc: aw.after, fields: out.fields[i]})
 		default:
