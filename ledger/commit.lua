@@ -14,7 +14,10 @@
 -- ARGV[5] record TTL (ms) of client idempotency keys   ARGV[6] record TTL (ms) of internal tokens
 -- ARGV[7] slices S
 -- then per account: slice, snapshot key index, events key index, expected version, account ID,
---   events n, snapshot fields m, deleted fields k, then n x (version, type, event JSON),
+--   events n, snapshot fields m, deleted fields k, expected last event time ("" or the
+--   snapshot's field t: checked for a decision on a cached snapshot, so that the same
+--   version written by another history — after a failover lost writes — is a conflict too),
+--   then n x (version, type, event JSON),
 --   m x (field, value), k x field
 -- then per record: slice, key index, kind ("idem" | "op" | "op-new" | "mark" | "refusal"),
 --   fingerprint, response body (of a refusal: the encoded refusal). "op" records (internal
@@ -43,9 +46,13 @@ for i = 1, A do
   local acc = {
     slice = ARGV[a], snap = KEYS[tonumber(ARGV[a + 1])], events = KEYS[tonumber(ARGV[a + 2])],
     expected = tonumber(ARGV[a + 3]), id = ARGV[a + 4],
-    n = tonumber(ARGV[a + 5]), m = tonumber(ARGV[a + 6]), k = tonumber(ARGV[a + 7]), at = a + 8,
+    n = tonumber(ARGV[a + 5]), m = tonumber(ARGV[a + 6]), k = tonumber(ARGV[a + 7]),
+    last = ARGV[a + 8], at = a + 9,
   }
   local cur = tonumber(redis.call('HGET', acc.snap, 'v') or '0')
+  if acc.last ~= '' and cur == acc.expected and (redis.call('HGET', acc.snap, 't') or '') ~= acc.last then
+    cur = -1 -- this version, but not the history the decision was made on
+  end
   if cur ~= acc.expected and not skip[acc.slice] then
     skip[acc.slice] = true
     skipped = skipped + 1

@@ -338,6 +338,9 @@ type accountWrite struct {
 	before snapshot
 	after  *Account
 	events []Event
+	// cached: before came from the snapshot cache, so the commit checks its last event time
+	// besides its version.
+	cached bool
 }
 
 // plan is everything one commit script call writes, all in one partition (but for the
@@ -402,8 +405,12 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 			}
 			after[i] = keep
 		}
+		last := ""
+		if aw.cached && aw.before.acc.last != 0 {
+			last = strconv.FormatInt(aw.before.acc.last, 10)
+		}
 		args = append(args, aw.slice+1, key(s.keys.snapshot(pl.partition, id)), key(s.keys.events(pl.partition, id)),
-			aw.before.acc.Version, id, len(aw.events), len(fields)/2, len(deleted))
+			aw.before.acc.Version, id, len(aw.events), len(fields)/2, len(deleted), last)
 		for _, e := range aw.events {
 			raw, err := e.appendJSON(make([]byte, 0, 256))
 			if err != nil {

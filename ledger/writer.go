@@ -605,7 +605,8 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	pl := plan{partition: l.store.keys.partition(accounts[0]), slices: groups.number()}
 	for _, id := range accounts {
 		if groups.has(id) {
-			pl.accounts = append(pl.accounts, accountWrite{slice: groups.of(id), before: snaps[id], after: d.accs[id], events: d.events[id]})
+			_, fromCache := cached[id]
+			pl.accounts = append(pl.accounts, accountWrite{slice: groups.of(id), before: snaps[id], after: d.accs[id], events: d.events[id], cached: fromCache})
 		}
 	}
 	for i, rw := range records {
