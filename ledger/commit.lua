@@ -49,9 +49,15 @@ for i = 1, A do
     n = tonumber(ARGV[a + 5]), m = tonumber(ARGV[a + 6]), k = tonumber(ARGV[a + 7]),
     last = ARGV[a + 8], at = a + 9,
   }
-  local cur = tonumber(redis.call('HGET', acc.snap, 'v') or '0')
-  if acc.last ~= '' and cur == acc.expected and (redis.call('HGET', acc.snap, 't') or '') ~= acc.last then
-    cur = -1 -- this version, but not the history the decision was made on
+  local cur
+  if acc.last == '' then
+    cur = tonumber(redis.call('HGET', acc.snap, 'v') or '0')
+  else
+    local vt = redis.call('HMGET', acc.snap, 'v', 't')
+    cur = tonumber(vt[1] or '0')
+    if cur == acc.expected and (vt[2] or '') ~= acc.last then
+      cur = -1 -- this version, but not the history the decision was made on
+    end
   end
   if cur ~= acc.expected and not skip[acc.slice] then
     skip[acc.slice] = true
