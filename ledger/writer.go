@@ -569,12 +569,11 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		tr = append(tr, f.tr)
 	}
 	// A refusal without a record is final without a version check: one decided on a cached
-	// snapshot stands only if that account committed in this call; otherwise it is decided
-	// again on a fresh read.
-	var committedOK func(id string) bool
-	unchecked := func(r *request) bool {
+	// snapshot stands only if that account committed in this call (committed; nil: none
+	// did); otherwise it is decided again on a fresh read.
+	unchecked := func(r *request, committed func(id string) bool) bool {
 		for _, id := range r.cmd.accounts() {
-			if _, ok := cached[id]; ok && (committedOK == nil || !committedOK(id)) {
+			if _, ok := cached[id]; ok && (committed == nil || !committed(id)) {
 				return true
 			}
 		}
@@ -583,7 +582,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	if len(accepted) == 0 {
 		var again []*request
 		for i, r := range rejected {
-			if cached != nil && unchecked(r) {
+			if unchecked(r, nil) {
 				l.snaps.drop(part, r.cmd.accounts())
 				again = append(again, r)
 				continue
@@ -657,13 +656,14 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		return live, false, errRetry
 	}
 
-	// Requests of skipped slices are decided again on a fresh read, and so are the
-	// rejections that read a skipped slice's accounts (decided on a stale snapshot) or
-	// collided with a skipped request's record.
-	cachedSlice := map[int]bool{}
+	// The cache learns what this call left, or that another process writes an account.
+	var cachedSlice map[int]bool // slices with an account decided on a cached snapshot
 	for i, aw := range pl.accounts {
 		id := aw.after.ID
-		if _, ok := cached[id]; ok {
+		if aw.cached {
+			if cachedSlice == nil {
+				cachedSlice = map[int]bool{}
+			}
 			cachedSlice[aw.slice] = true
 		}
 		switch {
@@ -675,7 +675,12 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 			l.snaps.put(part, id, aw.before)
 		}
 	}
-	committedOK = func(id string) bool { return groups.has(id) && !out.skipped[groups.of(id)] }
+	committedHere := func(id string) bool { return groups.has(id) && !out.skipped[groups.of(id)] }
+
+	// Requests of skipped slices are decided again on a fresh read, and so are the
+	// rejections that read a skipped slice's accounts (decided on a stale snapshot) or
+	// collided with a skipped request's record, or were decided on a cached snapshot of an
+	// account that did not commit here.
 	var retry []*request
 	skipped := func(i int) bool { return out.skipped[sliceOf(i)] }
 	committed := 0
@@ -710,7 +715,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		for _, id := range r.cmd.accounts() {
 			stale = stale || (groups.has(id) && out.skipped[groups.of(id)])
 		}
-		if cached != nil && unchecked(r) {
+		if unchecked(r, committedHere) {
 			l.snaps.drop(part, r.cmd.accounts())
 			stale = true
 		}
