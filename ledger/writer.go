@@ -568,12 +568,13 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
 	}
-	// A refusal without a record is final without a version check: one decided on a cached
-	// snapshot stands only if that account committed in this call (committed; nil: none
-	// did); otherwise it is decided again on a fresh read.
+	// A refusal without a record is final without a version check: one decided on a snapshot
+	// this attempt did not read (cached, or brought by its request) stands only if that
+	// account committed in this call (committed; nil: none did); otherwise it is decided
+	// again on a fresh read.
 	unchecked := func(r *request, committed func(id string) bool) bool {
 		for _, id := range r.cmd.accounts() {
-			if _, ok := cached[id]; ok && (committed == nil || !committed(id)) {
+			if _, ok := pre[id]; ok && (committed == nil || !committed(id)) {
 				return true
 			}
 		}
@@ -591,7 +592,9 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		}
 		if len(again) > 0 {
 			l.stats.conflicts.Add(1)
-			l.stats.stale.Add(1)
+			if cached != nil {
+				l.stats.stale.Add(1)
+			}
 			return again, true, errRetry
 		}
 		return nil, false, nil
@@ -601,7 +604,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	// skips each whole, so a conflict on one account holds back only the requests that
 	// touch it.
 	sliceOf := func(i int) int { return groups.of(accepted[i].cmd.accounts()[0]) }
-	pl := plan{partition: l.store.keys.partition(accounts[0]), slices: groups.number()}
+	pl := plan{partition: part, slices: groups.number()}
 	for _, id := range accounts {
 		if groups.has(id) {
 			_, fromCache := cached[id]
@@ -657,7 +660,10 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	}
 
 	// The cache learns what this call left, or that another process writes an account.
-	var cachedSlice map[int]bool // slices with an account decided on a cached snapshot
+	var (
+		cachedSlice map[int]bool // slices with an account decided on a cached snapshot
+		moved       []string     // accounts of skipped slices
+	)
 	for i, aw := range pl.accounts {
 		id := aw.after.ID
 		if aw.cached {
@@ -668,12 +674,15 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		}
 		switch {
 		case out.skipped[aw.slice]:
-			l.snaps.conflicted(part, []string{id})
+			moved = append(moved, id)
 		case out.fields[i] != nil:
 			l.snaps.put(part, id, snapshot{acc: aw.after, fields: out.fields[i]})
 		default:
 			l.snaps.put(part, id, aw.before)
 		}
+	}
+	if len(moved) > 0 {
+		l.snaps.conflicted(part, moved)
 	}
 	committedHere := func(id string) bool { return groups.has(id) && !out.skipped[groups.of(id)] }
 
