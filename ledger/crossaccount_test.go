@@ -68,6 +68,9 @@ func TestCrossAccountBatchesUnderContention(t *testing.T) {
 							cfg.Locker = mustLocker(t, masters, lock.Config{TTL: 5 * time.Second, WaitTimeout: 20 * time.Second})
 						}
 						target.ls[i] = MustOpen(t, rdb, cfg)
+						// every batch that can decides on the snapshot cache, however often
+						// the other process made it stale
+						target.ls[i].CacheEverySnapshot()
 					}
 					seed := uint64(time.Now().UnixNano())
 					t.Logf("seed %d", seed)

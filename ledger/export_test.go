@@ -132,3 +132,12 @@ func (l *Ledger) Prereads() (used, stale int64) {
 // MixedPrereads returns how many attempts decided on snapshots their callers had read while
 // reading for the other requests of their batch.
 func (l *Ledger) MixedPrereads() int64 { return l.stats.mixedPrereads.Load() }
+
+// CacheEverySnapshot keeps accounts whose version check failed in the snapshot cache (no
+// pause; see snapCache.conflicted), so that randomized tests with several processes on few
+// accounts decide on stale cached snapshots over and over instead of once per account.
+func (l *Ledger) CacheEverySnapshot() {
+	if l.snaps != nil {
+		l.snaps.sharedFor = 0
+	}
+}

@@ -71,9 +71,16 @@ type hammerResult struct {
 	conflicts    int
 }
 
-// hammer runs workers × opsEach mixed deposits/withdrawals on one account, spreading the
-// workers over the given ledgers (each standing for one process), and records the history.
+// hammer runs workers × opsEach mixed deposits/withdrawals (half each) on one account,
+// spreading the workers over the given ledgers (each standing for one process), and records
+// the history.
 func hammer(t *testing.T, ledgers []*ledger.Ledger, account string, workers, opsEach int) hammerResult {
+	t.Helper()
+	return hammerMix(t, ledgers, account, workers, opsEach, 5)
+}
+
+// hammerMix is hammer with withdrawTenths operations in ten withdrawals.
+func hammerMix(t *testing.T, ledgers []*ledger.Ledger, account string, workers, opsEach, withdrawTenths int) hammerResult {
 	t.Helper()
 	ctx := context.Background()
 	res := hammerResult{hist: &history{start: time.Now()}}
@@ -86,7 +93,7 @@ func hammer(t *testing.T, ledgers []*ledger.Ledger, account string, workers, ops
 			l := ledgers[w%len(ledgers)]
 			rng := rand.New(rand.NewPCG(uint64(w), 42))
 			for i := 0; i < opsEach; i++ {
-				in := balanceInput{withdraw: rng.IntN(2) == 0, amount: 1 + rng.Int64N(100)}
+				in := balanceInput{withdraw: rng.IntN(10) < withdrawTenths, amount: 1 + rng.Int64N(100)}
 				call := time.Now()
 				var rc ledger.Receipt
 				var err error
@@ -137,17 +144,28 @@ func TestConcurrentOneAccount(t *testing.T) {
 		name      string
 		processes int
 		cfg       ledger.Config
+		cacheAll  bool // decide on stale cached snapshots over and over (CacheEverySnapshot)
+		withdraws int  // withdrawals in ten operations
 	}{
-		{"group commit, 2 processes", 2, ledger.Config{Prefix: "gc"}},
-		{"optimistic only, 4 processes", 4, ledger.Config{Prefix: "opt", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}},
+		{"group commit, 2 processes", 2, ledger.Config{Prefix: "gc"}, false, 5},
+		{"optimistic only, 4 processes", 4, ledger.Config{Prefix: "opt", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, false, 5},
+		{"group commit, 3 processes, every snapshot cached", 3, ledger.Config{Prefix: "cache"}, true, 5},
+		// Every request alone, and withdrawals keeping the balance near zero: refusals
+		// decided on stale cached snapshots are common, and one taken as final (no version
+		// check) is a wrong answer porcupine sees.
+		{"optimistic only, 4 processes, every snapshot cached", 4, ledger.Config{Prefix: "optcache", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, true, 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ledgers []*ledger.Ledger
 			for i := 0; i < tc.processes; i++ {
-				ledgers = append(ledgers, MustOpen(t, rdb, tc.cfg))
+				l := MustOpen(t, rdb, tc.cfg)
+				if tc.cacheAll {
+					l.CacheEverySnapshot()
+				}
+				ledgers = append(ledgers, l)
 			}
 			MustOpenAccount(t, ledgers[0], "hot", false)
-			res := hammer(t, ledgers, "hot", 32, 200)
+			res := hammerMix(t, ledgers, "hot", 32, 200, tc.withdraws)
 
 			acc := requireConsistent(t, ledgers[0], "hot")
 			bal := acc.Balances["USD"]
@@ -161,12 +179,16 @@ func TestConcurrentOneAccount(t *testing.T) {
 				_ = porcupine.VisualizePath(balanceModel, info, path)
 				t.Fatalf("history is not linearizable (%v); see %s", result, path)
 			}
-			var conflicts int64
+			var conflicts, stale int64
 			for _, l := range ledgers {
 				conflicts += l.Stats().Conflicts
+				stale += l.Stats().StaleSnapshots
 			}
-			t.Logf("%d operations applied, %d rejected by the retry bound, %d version conflicts retried",
-				res.applied, res.conflicts, conflicts)
+			t.Logf("%d operations applied, %d rejected by the retry bound, %d version conflicts retried (%d on stale cached snapshots)",
+				res.applied, res.conflicts, conflicts, stale)
+			if tc.cacheAll {
+				require.Positive(t, stale, "the history covered decisions on stale cached snapshots")
+			}
 		})
 	}
 }

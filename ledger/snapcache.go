@@ -23,8 +23,9 @@ import (
 // Each partition holds at most size/partitions snapshots; a full partition forgets an
 // arbitrary one for each it takes in.
 type snapCache struct {
-	parts []snapPart
-	per   int // snapshots per partition
+	parts     []snapPart
+	per       int           // snapshots per partition
+	sharedFor time.Duration // see conflicted
 
 	// sets holds one copy of each set of snapshot fields (most accounts have the same few
 	// field names), shared read-only by the cached snapshots.
@@ -61,7 +62,8 @@ func newSnapCache(partitions, size int) *snapCache {
 	if size <= 0 {
 		return nil
 	}
-	return &snapCache{parts: make([]snapPart, partitions), per: max(1, size/partitions), sets: map[string]map[string]bool{}}
+	return &snapCache{parts: make([]snapPart, partitions), per: max(1, size/partitions), sharedFor: sharedFor,
+		sets: map[string]map[string]bool{}}
 }
 
 // take returns the snapshots of accounts (all of one partition p), settled for now, when
@@ -149,7 +151,7 @@ func (c *snapCache) conflicted(p int, accounts []string) {
 	if c == nil {
 		return
 	}
-	until := time.Now().Add(sharedFor)
+	until := time.Now().Add(c.sharedFor)
 	sp := &c.parts[p]
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
