@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,6 +46,7 @@ type benchFlags struct {
 	jsonOut         string
 	csvOut          string
 	svgOut          string
+	cpuProfile      string
 	rate            int
 	backlog         int
 	pollInterval    time.Duration
@@ -69,7 +71,7 @@ on --target).
 // runBench parses the flags and runs the chosen scenario. It returns an error for invalid
 // flags, an unreachable Redis or server, a failed setup, or a run whose correctness check
 // failed (after writing every output).
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	var f benchFlags
 	fs := newFlagSet("bench", stderr)
 	fs.Usage = func() {
@@ -98,6 +100,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.jsonOut, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&f.csvOut, "csv", "", "also write the results as CSV to this file")
 	fs.StringVar(&f.svgOut, "svg", "", "also draw throughput and p99 against accounts, a line per mode, as SVG to this file")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the load generator and, without --target, the ledger it drives) to this file, for go tool pprof")
 	fs.IntVar(&f.rate, "rate", 5000, "relay: steady ledger write rate in operations/s")
 	fs.IntVar(&f.backlog, "backlog", 50_000, "relay: operations written before the relay starts, to measure its throughput on a backlog")
 	fs.DurationVar(&f.pollInterval, "poll-interval", outbox.DefaultPollInterval, "relay: wait after a read found nothing new")
@@ -113,6 +116,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log, err := newLogger(stderr, f.logLevel, "text")
 	if err != nil {
 		return err
+	}
+	if f.cpuProfile != "" {
+		stop, perr := startCPUProfile(f.cpuProfile)
+		if perr != nil {
+			return perr
+		}
+		defer func() { err = errors.Join(err, stop()) }()
 	}
 	switch f.scenario {
 	case "relay":
@@ -380,4 +390,24 @@ func parseOnOff(s string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%q is neither true nor false", s)
+}
+
+// startCPUProfile starts Go's CPU profiler writing to path; stop ends the profile and closes
+// the file.
+func startCPUProfile(path string) (stop func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		return nil
+	}, nil
 }

@@ -2,6 +2,10 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -54,6 +58,33 @@ func TestBenchModes(t *testing.T) {
 	n, err := data.Client().DBSize(t.Context()).Result()
 	require.NoError(t, err)
 	assert.Zero(t, n, "every scenario deletes its keys")
+}
+
+// TestBenchCPUProfile checks that --cpuprofile writes a CPU profile of the run (a gzipped
+// pprof protobuf), and that a file it cannot create fails the command before any load.
+func TestBenchCPUProfile(t *testing.T) {
+	data := redistest.MustStart(t)
+	path := filepath.Join(t.TempDir(), "bench.prof")
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"bench", "--redis", data.Addr(), "--duration", "200ms", "--workers", "4",
+		"--accounts", "10", "--modes", "optimistic", "--group-commit", "true", "--ceiling-duration", "0",
+		"--cpuprofile", path}, &out, &errOut)
+	require.NoError(t, err, errOut.String())
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	require.NoError(t, err, "a pprof profile is gzipped")
+	raw, err := io.ReadAll(zr)
+	require.NoError(t, err)
+	assert.NotEmpty(t, raw)
+
+	out.Reset()
+	err = run(t.Context(), []string{"bench", "--redis", data.Addr(), "--duration", "200ms",
+		"--cpuprofile", filepath.Join(t.TempDir(), "missing", "bench.prof")}, &out, &errOut)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--cpuprofile")
+	assert.NotContains(t, out.String(), "| mode |", "no load ran")
 }
 
 // TestBenchRelay runs a short relay scenario and checks that it reports throughput and lag
