@@ -62,6 +62,23 @@ func TestRunOnEveryRedis(t *testing.T) {
 				assert.Contains(t, r.Check, "verify: ", "ledger.Verify ran")
 				require.NotNil(t, r.CeilingFraction)
 				assert.InDelta(t, r.OpsPerSec / *rep.CeilingOpsPerSec, *r.CeilingFraction, 1e-9)
+				// CPU per operation: this process's always, no server's without a
+				// target, the data Redis's where INFO cpu reports it (not the embedded).
+				require.NotNil(t, r.ClientCPUUs)
+				assert.Positive(t, *r.ClientCPUUs)
+				assert.Nil(t, r.ServerCPUUs)
+				if b.Name == "embedded" {
+					assert.Nil(t, r.RedisCPUUs)
+				} else {
+					require.NotNil(t, r.RedisCPUUs)
+					assert.Positive(t, *r.RedisCPUUs)
+				}
+			}
+			if b.Name == "embedded" {
+				assert.Nil(t, rep.CeilingRedisCPUUs)
+			} else {
+				require.NotNil(t, rep.CeilingRedisCPUUs, "Redis CPU per ceiling call")
+				assert.Positive(t, *rep.CeilingRedisCPUUs)
 			}
 			assert.NotContains(t, rep.Runs[0].OpsByKind, "transfer", "one account: no transfers")
 			for _, k := range []string{"deposit", "withdrawal", "transfer", "hold"} {
@@ -154,7 +171,7 @@ func TestReportFiles(t *testing.T) {
 		require.NoError(t, rep.WriteJSON(&buf))
 		var doc map[string]json.RawMessage
 		require.NoError(t, json.Unmarshal(buf.Bytes(), &doc))
-		assert.ElementsMatch(t, []string{"ceiling_ops_per_sec", "runs"}, keys(doc))
+		assert.ElementsMatch(t, []string{"ceiling_ops_per_sec", "ceiling_redis_cpu_us_per_op", "runs"}, keys(doc))
 		var ceiling float64
 		require.NoError(t, json.Unmarshal(doc["ceiling_ops_per_sec"], &ceiling))
 		assert.Positive(t, ceiling)
@@ -163,7 +180,8 @@ func TestReportFiles(t *testing.T) {
 		require.Len(t, runs, 4)
 		for _, r := range runs {
 			for field, kind := range map[string]string{"mode": "string", "group_commit": "bool", "accounts": "number",
-				"workers": "number", "ops_per_sec": "number", "p50_ms": "number", "p99_ms": "number", "errors": "number", "correct": "bool"} {
+				"workers": "number", "ops_per_sec": "number", "p50_ms": "number", "p99_ms": "number", "errors": "number", "correct": "bool",
+				"client_cpu_us_per_op": "number", "redis_cpu_us_per_op": "number"} {
 				require.Contains(t, r, field)
 				switch kind {
 				case "string":

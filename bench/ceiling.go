@@ -23,15 +23,22 @@ redis.call('XADD', KEYS[2], (v + 1) .. '-0', 'e', ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
 return v + 1`)
 
+// ceilingResult is what measureCeiling measured: script calls per second, and the data Redis's
+// CPU time per call in microseconds (nil when Redis does not report it).
+type ceilingResult struct {
+	opsPerSec  float64
+	redisCPUUs *float64
+}
+
 // measureCeiling runs the ceiling script in closed loops from conns connections, each on
-// keys of its own (one hash tag per connection, so it works on a Cluster), for d, and
-// returns the script calls per second. Its keys live under prefix and are deleted after.
-func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix string, conns int, d time.Duration, now func() time.Time) (float64, error) {
+// keys of its own (one hash tag per connection, so it works on a Cluster), for d. Its keys
+// live under prefix and are deleted after.
+func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix string, conns int, d time.Duration, now func() time.Time) (ceilingResult, error) {
 	c, closeC := redisx.Pooled(rdb, conns)
 	defer closeC()
 	defer func() { _ = deletePrefix(context.WithoutCancel(ctx), rdb, prefix) }()
 	if err := ceilingScript.Load(ctx, c).Err(); err != nil {
-		return 0, fmt.Errorf("ceiling: load script: %w", err)
+		return ceilingResult{}, fmt.Errorf("ceiling: load script: %w", err)
 	}
 	// Warm the pool so that dialing is not measured.
 	var wg sync.WaitGroup
@@ -43,6 +50,7 @@ func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix strin
 	counts := make([]int64, conns)
 	errs := make([]error, conns)
 	event := `{"type":"Deposited","data":{"currency":"USD","amount":42}}`
+	cpuBefore, cpuOK := redisCPU(ctx, rdb)
 	start := now()
 	deadline := start.Add(d)
 	for i := range conns {
@@ -64,15 +72,21 @@ func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix strin
 	}
 	wg.Wait()
 	elapsed := now().Sub(start)
+	cpuAfter, cpuOK2 := redisCPU(ctx, rdb)
 	var total int64
 	for i, n := range counts {
 		if errs[i] != nil && ctx.Err() == nil {
-			return 0, errs[i]
+			return ceilingResult{}, errs[i]
 		}
 		total += n
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return ceilingResult{}, err
 	}
-	return float64(total) / elapsed.Seconds(), nil
+	out := ceilingResult{opsPerSec: float64(total) / elapsed.Seconds()}
+	if cpuOK && cpuOK2 && total > 0 && cpuAfter >= cpuBefore {
+		v := float64((cpuAfter - cpuBefore).Nanoseconds()) / 1e3 / float64(total)
+		out.redisCPUUs = &v
+	}
+	return out, nil
 }

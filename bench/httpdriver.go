@@ -301,10 +301,32 @@ func (d *httpDriver) stats(ctx context.Context) (ledger.Stats, bool) {
 	return s, found == len(fields)
 }
 
-// metrics reads the first replica's /metrics page (not part of the API, so not in the
-// client).
+// serverCPU returns the CPU time the servers used so far: the sum of every replica's
+// process_cpu_seconds_total. ok is false when a replica's cannot be read.
+func (d *httpDriver) serverCPU(ctx context.Context) (total time.Duration, ok bool) {
+	for _, base := range d.bases {
+		b, err := d.metricsOf(ctx, base)
+		if err != nil {
+			return 0, false
+		}
+		v, found := promCPU(b)
+		if !found {
+			return 0, false
+		}
+		total += v
+	}
+	return total, true
+}
+
+// metrics reads the first replica's /metrics page.
 func (d *httpDriver) metrics(ctx context.Context) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.bases[0]+"/metrics", nil)
+	return d.metricsOf(ctx, d.bases[0])
+}
+
+// metricsOf reads the /metrics page of the replica at base (not part of the API, so not
+// in the client).
+func (d *httpDriver) metricsOf(ctx context.Context, base string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}

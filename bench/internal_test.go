@@ -194,3 +194,30 @@ func TestSpreadOverReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestCPUParsing reads Redis's INFO cpu and a Prometheus page's process CPU, and refuses
+// replies without them.
+func TestCPUParsing(t *testing.T) {
+	d, ok := infoCPU("# CPU\r\nused_cpu_sys:1.325622\r\nused_cpu_user:4.693204\r\nused_cpu_sys_children:0.000000\r\n")
+	require.True(t, ok)
+	assert.Equal(t, 6018826*time.Microsecond, d)
+	_, ok = infoCPU("# CPU\r\nused_cpu_sys:1.5\r\n")
+	assert.False(t, ok, "user time missing")
+	_, ok = infoCPU("used_cpu_sys:x\r\nused_cpu_user:1\r\n")
+	assert.False(t, ok, "not a number")
+
+	page := "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.34\n"
+	d, ok = promCPU([]byte(page))
+	require.True(t, ok)
+	assert.Equal(t, 12340*time.Millisecond, d)
+	_, ok = promCPU([]byte("go_goroutines 12\n"))
+	assert.False(t, ok)
+
+	a, b := 10*time.Millisecond, 30*time.Millisecond
+	got := perOpCPU(cpuSample{client: &a, redis: &b}, cpuSample{client: &b, redis: &a}, 1000)
+	require.NotNil(t, got.client)
+	assert.InDelta(t, 20.0, *got.client, 1e-9, "20 ms over 1,000 operations")
+	assert.Nil(t, got.server, "not sampled")
+	assert.Nil(t, got.redis, "went backwards (a restarted Redis): unknown")
+	assert.Nil(t, perOpCPU(cpuSample{client: &a}, cpuSample{client: &b}, 0).client, "no operations")
+}

@@ -27,7 +27,12 @@ type Report struct {
 	// CeilingOpsPerSec is the raw commit ceiling of the data Redis (ceiling script calls per
 	// second), or nil when it was not measured (no Redis, or skipped).
 	CeilingOpsPerSec *float64 `json:"ceiling_ops_per_sec"`
-	Runs             []Result `json:"runs"`
+	// CeilingRedisCPUUs is the data Redis's CPU time per ceiling script call, in
+	// microseconds (INFO cpu; nil when not measured): what one operation may cost Redis
+	// for a run to reach the ceiling with Redis on one core. Compare it with each run's
+	// redis_cpu_us_per_op.
+	CeilingRedisCPUUs *float64 `json:"ceiling_redis_cpu_us_per_op"`
+	Runs              []Result `json:"runs"`
 }
 
 // OK reports whether every run passed its correctness check.
@@ -78,8 +83,16 @@ type Result struct {
 	LeaseWaitP99Ms *float64 `json:"lease_wait_p99_ms"`
 	DataCmdsPerOp  *float64 `json:"data_cmds_per_op"` // commands the data Redis executed per answered operation
 	LockCmdsPerOp  *float64 `json:"lock_cmds_per_op"` // the same, summed over the lock masters
-	Check          string   `json:"check"`            // what the correctness check compared
-	Problems       []string `json:"problems,omitempty"`
+	// CPU time per answered operation, in microseconds, of each side of the run (nil when
+	// not measured): ClientCPUUs this process's (the load generator, and without --target
+	// the ledger it drives: getrusage), ServerCPUUs the servers' under --target (the sum of
+	// every replica's process_cpu_seconds_total on /metrics), RedisCPUUs the data Redis's
+	// (INFO cpu, summed over a Cluster's masters).
+	ClientCPUUs *float64 `json:"client_cpu_us_per_op"`
+	ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
+	RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
+	Check       string   `json:"check"` // what the correctness check compared
+	Problems    []string `json:"problems,omitempty"`
 }
 
 // Run measures the ceiling (when it has a Redis), then runs every combination of
@@ -116,10 +129,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		if err != nil {
 			return Report{}, err
 		}
-		rep.CeilingOpsPerSec = &c
+		rep.CeilingOpsPerSec, rep.CeilingRedisCPUUs = &c.opsPerSec, c.redisCPUUs
 	}
 	r.ceiling = rep.CeilingOpsPerSec
-	writeHeader(cfg, rep.CeilingOpsPerSec)
+	writeHeader(cfg, rep)
 	for _, n := range cfg.Accounts {
 		for _, mode := range cfg.Modes {
 			for _, gc := range cfg.GroupCommit {
@@ -242,10 +255,13 @@ func (r *runner) one(ctx context.Context, sp spec) (Result, error) {
 		cfg.LeaseWaits.take()
 	}
 	before, statsOK := stats(ctx)
+	cpuBefore := r.sampleCPU(ctx)
 
 	ld := &load{r: r, d: d, st: st, mix: mix, tag: strings.ReplaceAll(prefix, "-", "")}
 	out := ld.run(ctx, label)
 	res.DurationSec = out.elapsed.Seconds()
+	cpu := perOpCPU(cpuBefore, r.sampleCPU(ctx), out.applied+out.rejected)
+	res.ClientCPUUs, res.ServerCPUUs, res.RedisCPUUs = cpu.client, cpu.server, cpu.redis
 
 	after, statsOK2 := stats(ctx)
 	dataAfter, mastersAfter, countOK2 := counter.count(ctx)
@@ -384,8 +400,26 @@ func rngFor(w int) *mrand.Rand {
 	return mrand.New(mrand.NewPCG(mrand.Uint64(), uint64(w)))
 }
 
+// sampleCPU reads the CPU time each side of a run used so far (see cpuSample).
+func (r *runner) sampleCPU(ctx context.Context) cpuSample {
+	var s cpuSample
+	if d, ok := processCPU(); ok {
+		s.client = &d
+	}
+	if r.http != nil {
+		if d, ok := r.http.serverCPU(ctx); ok {
+			s.server = &d
+		}
+	}
+	if d, ok := redisCPU(ctx, r.cfg.Redis); ok {
+		s.redis = &d
+	}
+	return s
+}
+
 // writeHeader describes the load and the ceiling, and starts the table.
-func writeHeader(cfg Config, ceiling *float64) {
+func writeHeader(cfg Config, rep Report) {
+	ceiling := rep.CeilingOpsPerSec
 	limit := cfg.Duration.String()
 	if cfg.Ops > 0 {
 		limit += fmt.Sprintf(" or %d operations, whichever comes first", cfg.Ops)
@@ -397,8 +431,12 @@ func writeHeader(cfg Config, ceiling *float64) {
 	fmt.Fprintf(cfg.Out, "Load on %s: mix %s, %d workers, %s per run, %d partitions, max batch %d, seed balance %d; GOMAXPROCS %d, %s.\n",
 		target, cfg.Mix, cfg.Workers, limit, cfg.Partitions, cfg.MaxBatch, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
 	if ceiling != nil {
-		fmt.Fprintf(cfg.Out, "Raw commit ceiling of the data Redis: %.0f ops/s (one 5-step compare-and-append script call per operation, %d connections, %v).\n",
-			*ceiling, cfg.CeilingConns, cfg.CeilingDuration)
+		cpu := ""
+		if rep.CeilingRedisCPUUs != nil {
+			cpu = fmt.Sprintf("; Redis CPU %.1f µs per call", *rep.CeilingRedisCPUUs)
+		}
+		fmt.Fprintf(cfg.Out, "Raw commit ceiling of the data Redis: %.0f ops/s (one 5-step compare-and-append script call per operation, %d connections, %v%s).\n",
+			*ceiling, cfg.CeilingConns, cfg.CeilingDuration, cpu)
 	} else {
 		fmt.Fprintln(cfg.Out, "Raw commit ceiling: not measured (no data Redis given, or skipped).")
 	}

@@ -32,6 +32,9 @@ type benchJSON struct {
 		P50Ms       float64  `json:"p50_ms"`
 		P99Ms       float64  `json:"p99_ms"`
 		Errors      int64    `json:"errors"`
+		ClientCPUUs *float64 `json:"client_cpu_us_per_op"`
+		ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
+		RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
 		Correct     bool     `json:"correct"`
 		Check       string   `json:"check"`
 		Problems    []string `json:"problems"`
@@ -129,9 +132,15 @@ func TestBenchTarget(t *testing.T) {
 		assert.Zero(t, r.Errors)
 		assert.Contains(t, r.Check, "replay = snapshot")
 		assert.Contains(t, r.Check, "verify: ")
+		for side, v := range map[string]*float64{"client": r.ClientCPUUs, "server (/metrics)": r.ServerCPUUs, "Redis": r.RedisCPUUs} {
+			if assert.NotNil(t, v, "%s CPU per operation", side) {
+				assert.Positive(t, *v, "%s CPU per operation", side)
+			}
+		}
 	}
 	rows := benchTable(t, out.String(), "| mode |")
 	require.Len(t, rows, 2)
+	assert.NotContains(t, rows[1]["CPU µs/op client / server / Redis"], "-", "every side measured")
 	assert.NotEqual(t, "-", rows[1]["conflicts"], "the server's counters, from /metrics")
 }
 

@@ -1,0 +1,101 @@
+package bench
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
+)
+
+// cpuSample is the CPU time used so far by each side of a run: this process (the load
+// generator, and the ledger it drives without --target), the servers under --target, and
+// the data Redis. A side is nil when it cannot be measured.
+type cpuSample struct {
+	client, server, redis *time.Duration
+}
+
+// cpuPerOp is CPU time per operation between two samples, in microseconds.
+type cpuPerOp struct {
+	client, server, redis *float64
+}
+
+// perOp divides the CPU each side used between a and b by ops.
+func perOpCPU(a, b cpuSample, ops int64) cpuPerOp {
+	div := func(x, y *time.Duration) *float64 {
+		if x == nil || y == nil || ops <= 0 || *y < *x {
+			return nil
+		}
+		v := float64((*y - *x).Nanoseconds()) / 1e3 / float64(ops)
+		return &v
+	}
+	return cpuPerOp{client: div(a.client, b.client), server: div(a.server, b.server), redis: div(a.redis, b.redis)}
+}
+
+// redisCPU returns the CPU time the data Redis used since it started (INFO cpu:
+// used_cpu_sys + used_cpu_user, summed over a Cluster's masters). ok is false when a
+// server does not report it (the embedded Redis).
+func redisCPU(ctx context.Context, rdb redis.UniversalClient) (time.Duration, bool) {
+	if rdb == nil {
+		return 0, false
+	}
+	var (
+		mu    sync.Mutex
+		total time.Duration
+	)
+	err := redisx.ForEachMaster(ctx, rdb, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "cpu").Result()
+		if err != nil {
+			return err
+		}
+		d, ok := infoCPU(info)
+		if !ok {
+			return errNoStats
+		}
+		mu.Lock()
+		total += d
+		mu.Unlock()
+		return nil
+	})
+	return total, err == nil
+}
+
+// infoCPU reads used_cpu_sys and used_cpu_user (seconds) from an INFO cpu reply; found is
+// false unless both are there.
+func infoCPU(info string) (d time.Duration, found bool) {
+	n := 0
+	for _, line := range strings.Split(info, "\n") {
+		name, val, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (name != "used_cpu_sys" && name != "used_cpu_user") {
+			continue
+		}
+		s, err := strconv.ParseFloat(val, 64)
+		if err != nil || s < 0 {
+			return 0, false
+		}
+		d += time.Duration(s * float64(time.Second))
+		n++
+	}
+	return d, n == 2
+}
+
+// promCPU reads process_cpu_seconds_total from a Prometheus text page; found is false
+// without it.
+func promCPU(page []byte) (time.Duration, bool) {
+	for _, line := range strings.Split(string(page), "\n") {
+		name, val, ok := strings.Cut(line, " ")
+		if !ok || name != "process_cpu_seconds_total" {
+			continue
+		}
+		s, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil || s < 0 {
+			return 0, false
+		}
+		return time.Duration(s * float64(time.Second)), true
+	}
+	return 0, false
+}
