@@ -67,6 +67,7 @@ func TestRunOnEveryRedis(t *testing.T) {
 				require.NotNil(t, r.ClientCPUUs)
 				assert.Positive(t, *r.ClientCPUUs)
 				assert.Nil(t, r.ServerCPUUs)
+				assert.Nil(t, r.LockCPUUs, "no lock masters")
 				if b.Name == "embedded" {
 					assert.Nil(t, r.RedisCPUUs)
 				} else {
@@ -148,6 +149,8 @@ func TestRunLockMode(t *testing.T) {
 		require.NotNil(t, r.LeaseWaitP99Ms, "group commit %v", r.GroupCommit)
 		require.NotNil(t, r.LockCmdsPerOp)
 		assert.Positive(t, *r.LockCmdsPerOp)
+		require.NotNil(t, r.LockCPUUs, "the lock masters' CPU per operation")
+		assert.Positive(t, *r.LockCPUUs)
 		require.NotNil(t, r.DataCmdsPerOp)
 		assert.Positive(t, *r.DataCmdsPerOp)
 		require.NotNil(t, r.CommitsPerOp)

@@ -13,15 +13,15 @@ import (
 )
 
 // cpuSample is the CPU time used so far by each side of a run: this process (the load
-// generator, and the ledger it drives without --target), the servers under --target, and
-// the data Redis. A side is nil when it cannot be measured.
+// generator, and the ledger it drives without --target), the servers under --target, the
+// data Redis and the lock masters. A side is nil when it cannot be measured.
 type cpuSample struct {
-	client, server, redis *time.Duration
+	client, server, redis, lock *time.Duration
 }
 
 // cpuPerOp is CPU time per operation between two samples, in microseconds.
 type cpuPerOp struct {
-	client, server, redis *float64
+	client, server, redis, lock *float64
 }
 
 // perOp divides the CPU each side used between a and b by ops.
@@ -33,12 +33,28 @@ func perOpCPU(a, b cpuSample, ops int64) cpuPerOp {
 		v := float64((*y - *x).Nanoseconds()) / 1e3 / float64(ops)
 		return &v
 	}
-	return cpuPerOp{client: div(a.client, b.client), server: div(a.server, b.server), redis: div(a.redis, b.redis)}
+	return cpuPerOp{client: div(a.client, b.client), server: div(a.server, b.server), redis: div(a.redis, b.redis), lock: div(a.lock, b.lock)}
 }
 
-// redisCPU returns the CPU time the data Redis used since it started (INFO cpu:
-// used_cpu_sys + used_cpu_user, summed over a Cluster's masters). ok is false when a
-// server does not report it (the embedded Redis).
+// lockCPU returns the CPU time the lock masters used since they started, summed (see
+// redisCPU); ok is false without lock masters.
+func lockCPU(ctx context.Context, masters []*redis.Client) (total time.Duration, ok bool) {
+	if len(masters) == 0 {
+		return 0, false
+	}
+	for _, m := range masters {
+		d, ok := redisCPU(ctx, m)
+		if !ok {
+			return 0, false
+		}
+		total += d
+	}
+	return total, true
+}
+
+// redisCPU returns the CPU time a Redis used since it started (INFO cpu: used_cpu_sys +
+// used_cpu_user, summed over a Cluster's masters). ok is false when a server does not
+// report it (the embedded Redis).
 func redisCPU(ctx context.Context, rdb redis.UniversalClient) (time.Duration, bool) {
 	if rdb == nil {
 		return 0, false

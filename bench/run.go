@@ -87,10 +87,12 @@ type Result struct {
 	// not measured): ClientCPUUs this process's (the load generator, and without --target
 	// the ledger it drives: getrusage), ServerCPUUs the servers' under --target (the sum of
 	// every replica's process_cpu_seconds_total on /metrics), RedisCPUUs the data Redis's
-	// (INFO cpu, summed over a Cluster's masters).
+	// (INFO cpu, summed over a Cluster's masters), LockCPUUs the lock masters' (INFO cpu,
+	// summed; nil without --lock-redis).
 	ClientCPUUs *float64 `json:"client_cpu_us_per_op"`
 	ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
 	RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
+	LockCPUUs   *float64 `json:"lock_cpu_us_per_op"`
 	Check       string   `json:"check"` // what the correctness check compared
 	Problems    []string `json:"problems,omitempty"`
 }
@@ -261,7 +263,7 @@ func (r *runner) one(ctx context.Context, sp spec) (Result, error) {
 	out := ld.run(ctx, label)
 	res.DurationSec = out.elapsed.Seconds()
 	cpu := perOpCPU(cpuBefore, r.sampleCPU(ctx), out.applied+out.rejected)
-	res.ClientCPUUs, res.ServerCPUUs, res.RedisCPUUs = cpu.client, cpu.server, cpu.redis
+	res.ClientCPUUs, res.ServerCPUUs, res.RedisCPUUs, res.LockCPUUs = cpu.client, cpu.server, cpu.redis, cpu.lock
 
 	after, statsOK2 := stats(ctx)
 	dataAfter, mastersAfter, countOK2 := counter.count(ctx)
@@ -413,6 +415,9 @@ func (r *runner) sampleCPU(ctx context.Context) cpuSample {
 	}
 	if d, ok := redisCPU(ctx, r.cfg.Redis); ok {
 		s.redis = &d
+	}
+	if d, ok := lockCPU(ctx, r.cfg.LockMasters); ok {
+		s.lock = &d
 	}
 	return s
 }

@@ -140,7 +140,10 @@ func TestBenchTarget(t *testing.T) {
 	}
 	rows := benchTable(t, out.String(), "| mode |")
 	require.Len(t, rows, 2)
-	assert.NotContains(t, rows[1]["CPU µs/op client / server / Redis"], "-", "every side measured")
+	cpu := strings.Split(rows[1]["CPU µs/op client / server / Redis / lock"], " / ")
+	require.Len(t, cpu, 4)
+	assert.NotContains(t, cpu[:3], "-", "client, server and Redis measured")
+	assert.Equal(t, "-", cpu[3], "no lock masters")
 	assert.NotEqual(t, "-", rows[1]["conflicts"], "the server's counters, from /metrics")
 }
 
