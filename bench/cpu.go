@@ -24,7 +24,40 @@ type cpuPerOp struct {
 	client, server, redis, lock *float64
 }
 
-// perOp divides the CPU each side used between a and b by ops.
+// sampleCPU reads the CPU time each side of a run used so far: this process, the
+// servers behind d (nil: none), the data Redis (nil: none) and the lock masters.
+func sampleCPU(ctx context.Context, d *httpDriver, data redis.UniversalClient, masters []*redis.Client) cpuSample {
+	var s cpuSample
+	if v, ok := processCPU(); ok {
+		s.client = &v
+	}
+	if d != nil {
+		if v, ok := d.serverCPU(ctx); ok {
+			s.server = &v
+		}
+	}
+	if v, ok := redisCPU(ctx, data); ok {
+		s.redis = &v
+	}
+	if v, ok := lockCPU(ctx, masters); ok {
+		s.lock = &v
+	}
+	return s
+}
+
+// String formats the sides as "client / server / Redis / lock", in µs with one decimal,
+// "-" for a side not measured.
+func (c cpuPerOp) String() string {
+	f := func(p *float64) string {
+		if p == nil {
+			return "-"
+		}
+		return strconv.FormatFloat(*p, 'f', 1, 64)
+	}
+	return f(c.client) + " / " + f(c.server) + " / " + f(c.redis) + " / " + f(c.lock)
+}
+
+// perOpCPU divides the CPU each side used between a and b by ops.
 func perOpCPU(a, b cpuSample, ops int64) cpuPerOp {
 	div := func(x, y *time.Duration) *float64 {
 		if x == nil || y == nil || ops <= 0 || *y < *x {

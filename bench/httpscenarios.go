@@ -174,8 +174,8 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	}
 	fmt.Fprintf(stdout, "Target %s, %d clients, %s per row, %d partitions, seed balance %d; GOMAXPROCS %d, %s.\n\n",
 		hb.d.bases[0], cfg.Clients, cfg.Duration, cfg.Partitions, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
-	fmt.Fprintln(stdout, "| label | scenario | accounts | ops | ops/s | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Redis cmds/op data / lock | HTTP statuses | operation statuses | check |")
-	fmt.Fprintln(stdout, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+	fmt.Fprintln(stdout, "| label | scenario | accounts | ops | ops/s | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Redis cmds/op data / lock | CPU µs/op client / server / Redis / lock | HTTP statuses | operation statuses | check |")
+	fmt.Fprintln(stdout, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
 	var failed []string
 	for _, n := range counts {
 		for _, p := range placements {
@@ -192,7 +192,9 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 		"batch: deposits answered 201 inside the batch), per second of the run; requests/s counts HTTP requests. "+
 		"Latencies are per HTTP request (a whole batch for the batch scenario), over every request that got an answer, "+
 		"from HDR histograms (3 significant digits). Redis cmds/op: commands the data Redis and the --lock-redis masters "+
-		"executed during the load (INFO commandstats, including those scripts run, and the server's relay) per op; \"-\" without --redis or --lock-redis.\n")
+		"executed during the load (INFO commandstats, including those scripts run, and the server's relay) per op; \"-\" without --redis or --lock-redis. "+
+		"CPU µs/op: CPU time per op of this process, of the server (process_cpu_seconds_total on its /metrics), of the data Redis "+
+		"and of the lock masters (INFO cpu).\n")
 	if len(failed) > 0 {
 		fmt.Fprintf(stdout, "\nCheck failures:\n%s\n", strings.Join(failed, "\n"))
 		return fmt.Errorf("bench: %d of the rows failed their correctness check", len(failed))
@@ -299,6 +301,7 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 	}
 	hb.prog.status("%s, %d accounts: %d clients for %v", name, n, hb.cfg.Clients, hb.cfg.Duration)
 	dataBefore, lockBefore, countedBefore := hb.counter.count(ctx)
+	cpuBefore := sampleCPU(ctx, hb.d, hb.counter.data, hb.counter.masters)
 	var (
 		st  *loadStats
 		err error
@@ -311,6 +314,7 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 	if err != nil {
 		return rowResult{}, err
 	}
+	cpu := perOpCPU(cpuBefore, sampleCPU(ctx, hb.d, hb.counter.data, hb.counter.masters), st.ops)
 	dataAfter, lockAfter, countedAfter := hb.counter.count(ctx)
 	counted := countedBefore && countedAfter
 	perOp := func(before, after int64, ok bool) string {
@@ -330,9 +334,9 @@ func (hb *httpBench) runRow(ctx context.Context, n int, placement string) (rowRe
 		verdict = "FAILED"
 	}
 	q := func(p float64) string { return fmtMs(st.lat.Quantile(p)) }
-	fmt.Fprintf(hb.cfg.Out, "| %s | %s | %d | %d | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+	fmt.Fprintf(hb.cfg.Out, "| %s | %s | %d | %d | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 		hb.cfg.Label, name, n, st.ops, float64(st.ops)/st.elapsed.Seconds(), float64(st.requests)/st.elapsed.Seconds(),
-		q(0.50), q(0.90), q(0.99), q(0.999), fmtMs(st.lat.Max()), cmds,
+		q(0.50), q(0.90), q(0.99), q(0.999), fmtMs(st.lat.Max()), cmds, cpu,
 		countsSummary(st.httpStatus), countsSummary(st.opStatus), verdict)
 	return rowResult{name: name, check: check}, nil
 }

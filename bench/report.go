@@ -37,7 +37,7 @@ func writeRow(w io.Writer, r Result) {
 	if !r.Correct {
 		correct = "NO"
 	}
-	cpu := dash(r.ClientCPUUs, 1) + " / " + dash(r.ServerCPUUs, 1) + " / " + dash(r.RedisCPUUs, 1) + " / " + dash(r.LockCPUUs, 1)
+	cpu := cpuPerOp{client: r.ClientCPUUs, server: r.ServerCPUUs, redis: r.RedisCPUUs, lock: r.LockCPUUs}.String()
 	fmt.Fprintf(w, "| %s | %s | %d | %d | %d | %.0f | %s | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 		r.Mode, onOff(r.GroupCommit), r.Accounts, r.Workers, r.Ops, r.OpsPerSec, dash(r.CeilingFraction, 2),
 		r.P50Ms, r.P90Ms, r.P99Ms, r.P999Ms, r.Errors, count(r.Conflicts), count(r.Retries), count(r.LockFailures),

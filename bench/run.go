@@ -404,22 +404,7 @@ func rngFor(w int) *mrand.Rand {
 
 // sampleCPU reads the CPU time each side of a run used so far (see cpuSample).
 func (r *runner) sampleCPU(ctx context.Context) cpuSample {
-	var s cpuSample
-	if d, ok := processCPU(); ok {
-		s.client = &d
-	}
-	if r.http != nil {
-		if d, ok := r.http.serverCPU(ctx); ok {
-			s.server = &d
-		}
-	}
-	if d, ok := redisCPU(ctx, r.cfg.Redis); ok {
-		s.redis = &d
-	}
-	if d, ok := lockCPU(ctx, r.cfg.LockMasters); ok {
-		s.lock = &d
-	}
-	return s
+	return sampleCPU(ctx, r.http, r.cfg.Redis, r.cfg.LockMasters)
 }
 
 // writeHeader describes the load and the ceiling, and starts the table.

@@ -48,6 +48,10 @@ func TestBenchHTTP(t *testing.T) {
 						assert.Contains(t, r["check"], "verify: ", "%s: ledger.Verify ran", r["scenario"])
 						assert.NotEqual(t, "0.00", r["p99 ms"], "%s: latencies recorded", r["scenario"])
 						assert.NotContains(t, r["Redis cmds/op data / lock"], "- /", "%s: data Redis commands counted", r["scenario"])
+						cpu := strings.Split(r["CPU µs/op client / server / Redis / lock"], " / ")
+						if assert.Len(t, cpu, 4, "%s: CPU column", r["scenario"]) {
+							assert.NotContains(t, cpu[:3], "-", "%s: client, server and Redis CPU measured", r["scenario"])
+						}
 						assert.NotContains(t, r["operation statuses"], "rejected", "%s: no batch refused", r["scenario"])
 						// The status lines the server sent: a batch is 200; a transfer 201, or 202
 						// while pending (the bench infers them from the transfer's status).
