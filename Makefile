@@ -17,7 +17,7 @@ test: deps lint
 # Each fuzz target for FUZZTIME (the seed corpora in testdata/fuzz also run in every go test).
 # A failure writes the input to testdata/fuzz/<target>/: commit it as a regression seed.
 FUZZTIME ?= 15s
-FUZZ_TARGETS = ./ledger:FuzzDecide ./ledger:FuzzDecodeEvent ./handlers:FuzzRequests ./handlers:FuzzAmount
+FUZZ_TARGETS = ./ledger:FuzzDecide ./ledger:FuzzDecodeEvent ./ledger:FuzzValidators ./handlers:FuzzRequests ./handlers:FuzzAmount
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
