@@ -28,9 +28,9 @@ type Report struct {
 	// second), or nil when it was not measured (no Redis, or skipped).
 	CeilingOpsPerSec *float64 `json:"ceiling_ops_per_sec"`
 	// CeilingRedisCPUUs is the data Redis's CPU time per ceiling script call, in
-	// microseconds (INFO cpu; nil when not measured): what one operation may cost Redis
-	// for a run to reach the ceiling with Redis on one core. Compare it with each run's
-	// redis_cpu_us_per_op.
+	// microseconds (INFO cpu; nil when not measured). A run whose redis_cpu_us_per_op is k
+	// times it reaches about 1/k of the ceiling when Redis is as busy as it was while the
+	// ceiling was measured.
 	CeilingRedisCPUUs *float64 `json:"ceiling_redis_cpu_us_per_op"`
 	Runs              []Result `json:"runs"`
 }
