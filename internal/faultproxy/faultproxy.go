@@ -1,6 +1,7 @@
 // Package faultproxy is a TCP proxy for tests that injects network faults between a client
 // and a server: Cut closes every connection and refuses new ones until Heal; Slow delays
-// every chunk of bytes in both directions. Tests put it in front of a redis-server so
+// every chunk of bytes in both directions; LoseNextReply drops the next answer the server
+// sends, so that a request runs but its client never learns it did. Tests put it in front of a redis-server so
 // that the processes under test lose or crawl through their connection while the test's
 // own checks talk to the server directly.
 package faultproxy
@@ -21,8 +22,9 @@ type Proxy struct {
 	conns map[net.Conn]struct{} // both ends of every live pair
 	cut   bool
 	delay time.Duration
+	lose  bool // the next chunk from the server is dropped (LoseNextReply)
 
-	cuts, refused atomic.Int64
+	cuts, refused, lost atomic.Int64
 	wg            sync.WaitGroup
 }
 
@@ -62,12 +64,25 @@ func (p *Proxy) Slow(d time.Duration) {
 	p.mu.Unlock()
 }
 
-// Heal ends a Cut and a Slow: new connections are forwarded again without delay.
-func (p *Proxy) Heal() {
+// LoseNextReply drops the next chunk of bytes any server connection sends back, and closes
+// that connection: the request it answered ran on the server, but its client sees the
+// connection fail instead of the reply. Only that one chunk is lost; Heal also disarms it.
+func (p *Proxy) LoseNextReply() {
 	p.mu.Lock()
-	p.cut, p.delay = false, 0
+	p.lose = true
 	p.mu.Unlock()
 }
+
+// Heal ends a Cut and a Slow and disarms LoseNextReply: new connections are forwarded
+// again without delay.
+func (p *Proxy) Heal() {
+	p.mu.Lock()
+	p.cut, p.delay, p.lose = false, 0, false
+	p.mu.Unlock()
+}
+
+// Lost returns how many replies LoseNextReply dropped.
+func (p *Proxy) Lost() int64 { return p.lost.Load() }
 
 // Cuts returns how many times Cut was called.
 func (p *Proxy) Cuts() int64 { return p.cuts.Load() }
@@ -118,14 +133,15 @@ func (p *Proxy) accept() {
 		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(out, in)
-		go p.pipe(in, out)
+		go p.pipe(out, in, false)
+		go p.pipe(in, out, true)
 	}
 }
 
-// pipe copies src to dst chunk by chunk, each after the current delay. When either side
-// ends, both are closed: a half-open Redis connection is of no use to anybody.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst chunk by chunk, each after the current delay; fromServer marks the
+// direction LoseNextReply drops a chunk of. When either side ends, both are closed: a
+// half-open Redis connection is of no use to anybody.
+func (p *Proxy) pipe(dst, src net.Conn, fromServer bool) {
 	defer p.wg.Done()
 	defer p.drop(dst, src)
 	buf := make([]byte, 32<<10)
@@ -134,7 +150,15 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		if n > 0 {
 			p.mu.Lock()
 			d := p.delay
+			lose := fromServer && p.lose
+			if lose {
+				p.lose = false
+			}
 			p.mu.Unlock()
+			if lose {
+				p.lost.Add(1)
+				return // the reply is gone, and the connection with it
+			}
 			if d > 0 {
 				time.Sleep(d) // the injected latency itself
 			}

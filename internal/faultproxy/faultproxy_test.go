@@ -51,3 +51,23 @@ func TestProxyForwardsCutsSlowsAndHeals(t *testing.T) {
 	require.Equal(t, "v", c.Get(ctx, "k").Val())
 	require.Less(t, time.Since(start), delay, "healed: neither direction waits")
 }
+
+// TestProxyLosesOneReply checks that after LoseNextReply a command runs on the server while
+// its client sees an error, and that only that one reply is lost.
+func TestProxyLosesOneReply(t *testing.T) {
+	srv := redistest.MustStart(t)
+	p, err := faultproxy.New(srv.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, p.Close()) })
+	c := redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	require.NoError(t, c.Ping(ctx).Err())
+
+	p.LoseNextReply()
+	require.Error(t, c.Incr(ctx, "n").Err(), "the reply was lost")
+	require.Equal(t, "1", srv.Client().Get(ctx, "n").Val(), "but the command ran")
+	require.Equal(t, int64(1), p.Lost())
+	require.Equal(t, int64(2), c.Incr(ctx, "n").Val(), "the next reply arrives")
+	require.Equal(t, int64(1), p.Lost())
+}
