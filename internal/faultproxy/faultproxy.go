@@ -25,7 +25,7 @@ type Proxy struct {
 	lose  bool // the next chunk from the server is dropped (LoseNextReply)
 
 	cuts, refused, lost atomic.Int64
-	wg            sync.WaitGroup
+	wg                  sync.WaitGroup
 }
 
 // New listens on a free loopback port and forwards every connection to target. Close
