@@ -21,8 +21,10 @@
 --   m x (field, value), k x field
 -- then per record: slice, key index, kind ("idem" | "op" | "op-new" | "mark" | "refusal"),
 --   fingerprint, response body (of a refusal: the encoded refusal). "op" records (internal
---   tokens) are one string "<fingerprint> <body>"; "op-new" is a token never sent before,
---   which cannot exist, so it is not checked.
+--   tokens) are fields of a hash of the partition's tokens of a tenth of a second: for them the
+--   fingerprint's place holds the field (the token) and the body's "<fingerprint> <body>";
+--   a call writes each such hash with one HSET and one PEXPIRE. "op-new" is a token never
+--   sent before, which cannot exist, so it is not checked.
 -- then per guard: slice, key index (a key that must not exist: a resource ID already taken)
 -- then per write: slice, command (HSET | HDEL | ZADD | ZREM | PEXPIRE), key index,
 --   argument count c, c x argument
@@ -77,13 +79,26 @@ end
 local records = a
 local seen = {}
 for i = 1, R do
-  local key = KEYS[tonumber(ARGV[a + 1])]
-  if seen[key] then
+  local key, kind = KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2]
+  local token = kind == 'op' or kind == 'op-new'
+  local id = key
+  if token then
+    id = key .. '\0' .. ARGV[a + 3]
+  end
+  if seen[id] then
     return {'DUPLICATE', tostring(i)}
   end
-  seen[key] = true
-  if not skip[ARGV[a]] and ARGV[a + 2] ~= 'op-new' and redis.call('EXISTS', key) == 1 then
-    return {'IDEM', tostring(i)}
+  seen[id] = true
+  if not skip[ARGV[a]] and kind ~= 'op-new' then
+    local exists
+    if token then
+      exists = redis.call('HEXISTS', key, ARGV[a + 3])
+    else
+      exists = redis.call('EXISTS', key)
+    end
+    if exists == 1 then
+      return {'IDEM', tostring(i)}
+    end
   end
   a = a + 5
 end
@@ -134,11 +149,19 @@ for _, acc in ipairs(accounts) do
   end
 end
 a = records
+local tokens, tokenKeys = {}, {} -- per hash of tokens: field, value, field, value, ...
 for _ = 1, R do
   if not skip[ARGV[a]] then
     local key, kind = KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2]
     if kind == 'op' or kind == 'op-new' then
-      redis.call('SET', key, ARGV[a + 3] .. ' ' .. ARGV[a + 4], 'PX', ARGV[6])
+      local t = tokens[key]
+      if not t then
+        t = {}
+        tokens[key] = t
+        tokenKeys[#tokenKeys + 1] = key
+      end
+      t[#t + 1] = ARGV[a + 3]
+      t[#t + 1] = ARGV[a + 4]
     elseif kind == 'refusal' then
       -- A refused request with a client's key or resource ID: kept as long as a client key.
       redis.call('HSET', key, 'fp', ARGV[a + 3], 'body', ARGV[a + 4], 'refused', '1')
@@ -151,6 +174,14 @@ for _ = 1, R do
     end
   end
   a = a + 5
+end
+for _, key in ipairs(tokenKeys) do
+  local t = tokens[key]
+  -- in slices: unpack has a stack limit
+  for i = 1, #t, 1000 do
+    redis.call('HSET', key, unpack(t, i, math.min(i + 999, #t)))
+  end
+  redis.call('PEXPIRE', key, ARGV[6]) -- each token lives at least the TTL after its write
 end
 a = writes
 for _ = 1, X do

@@ -62,14 +62,25 @@ type record struct {
 // keepsRefusals is set for records named by a client (its Idempotency-Key, a hold's or
 // transfer's ID): a refusal is recorded under them too, kept as long as a client key.
 //
-// An internal token's record is one string, "<fingerprint> <body>", written with its
-// lifetime in one SET: every keyless write carries one, so it costs one command, not a
-// hash, a PEXPIRE and an EXISTS. A token is random and new: until a commit carrying it has
-// been sent once it is neither read nor checked (kind "op-new", see request.recordKind).
+// An internal token's record is field (the random token) of the hash key (keyspace.ops:
+// the partition's tokens of a tenth of a second), its value "<fingerprint> <body>". Every keyless
+// write carries one, so a commit writes all of its tokens in one HSET, with one PEXPIRE
+// that keeps the hash for OperationTokenTTL after its last write. A token is random and
+// new: until a commit carrying it has been sent once it is neither read nor checked (kind
+// "op-new", see request.recordKind).
 type recordRef struct {
 	key           string
+	field         string // an internal token's field of key; "" for the other kinds
 	kind          string
 	keepsRefusals bool
+}
+
+// id identifies the record: requests with the same id share it.
+func (r recordRef) id() string {
+	if r.field == "" {
+		return r.key
+	}
+	return r.key + "\x00" + r.field
 }
 
 // snapshot is an account as read, with the hash fields it was read from (to know which
@@ -107,7 +118,7 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 	ops := make([]*redis.StringCmd, len(refs))
 	for i, r := range refs {
 		if r.kind == "op" {
-			ops[i] = pipe.Get(ctx, r.key) // a string: see recordRef
+			ops[i] = pipe.HGet(ctx, r.key, r.field) // a field of a hash of tokens: see recordRef
 		} else {
 			recs[i] = pipe.HGetAll(ctx, r.key)
 		}
@@ -135,7 +146,7 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 			if v, err := ops[i].Result(); err == nil {
 				fp, body, ok := strings.Cut(v, " ")
 				if !ok {
-					return nil, nil, nil, fmt.Errorf("%w: corrupt operation record %s", ErrInternal, refs[i].key)
+					return nil, nil, nil, fmt.Errorf("%w: corrupt operation record %s %s", ErrInternal, refs[i].key, refs[i].field)
 				}
 				found[i] = record{found: true, fingerprint: fp, body: []byte(body)}
 			}
@@ -422,6 +433,10 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		args = append(args, deleted...)
 	}
 	for _, r := range pl.records {
+		if r.kind == "op" || r.kind == "op-new" {
+			args = append(args, r.slice+1, key(r.ref.key), r.kind, r.ref.field, r.fingerprint+" "+string(r.body))
+			continue
+		}
 		args = append(args, r.slice+1, key(r.ref.key), r.kind, r.fingerprint, string(r.body))
 	}
 	for _, g := range pl.guards {

@@ -64,7 +64,7 @@ var errRetry = errors.New("ledger: retry")
 func (l *Ledger) submit(ctx context.Context, cmd command, opts WriteOptions) (Receipt, error) {
 	account := cmd.accounts()[0]
 	p := l.store.keys.partition(account)
-	ref := recordRef{key: l.store.keys.op(p, account, newToken()), kind: "op"}
+	ref := recordRef{key: l.store.keys.ops(p, l.cfg.Clock()), field: newToken(), kind: "op"}
 	if opts.IdempotencyKey != "" {
 		if err := ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
 			return Receipt{}, err
@@ -512,7 +512,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	// later one with the same fingerprint follows it (same response or refusal, replayed,
 	// applied once), one with another fingerprint is a reuse of the key. A refusal without
 	// a record (a keyless request's) claims nothing, as it would alone.
-	claimed := map[string]int{} // record key → index into accepted
+	claimed := map[string]int{} // record (recordRef.id) → index into accepted
 	type follower struct {
 		r  *request
 		of int
@@ -520,7 +520,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	var followers []follower
 	groups := newSliceSet() // accounts an accepted command read, grouped: their versions are checked
 	for _, r := range live {
-		if i, ok := claimed[r.ref.key]; ok {
+		if i, ok := claimed[r.ref.id()]; ok {
 			if accepted[i].fp == r.fp {
 				followers = append(followers, follower{r, i})
 			} else {
@@ -546,7 +546,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 				// if it was decided on the current state.
 				groups.join(r.cmd.accounts())
 				records = append(records, recordWrite{ref: r.ref, kind: "refusal", fingerprint: r.fp, body: rec})
-				claimed[r.ref.key] = len(accepted)
+				claimed[r.ref.id()] = len(accepted)
 				accepted, refusals, bodies = append(accepted, r), append(refusals, err), append(bodies, nil)
 				tr = append(tr, transitions{})
 				continue
@@ -564,7 +564,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		}
 		groups.join(r.cmd.accounts())
 		records = append(records, recordWrite{ref: r.ref, kind: r.recordKind(), fingerprint: r.fp, body: raw})
-		claimed[r.ref.key] = len(accepted)
+		claimed[r.ref.id()] = len(accepted)
 		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
 	}
