@@ -12,16 +12,24 @@ import (
 	"github.com/tally-ledger/tally/internal/redistest"
 )
 
-// TestProxyForwardsCutsSlowsAndHeals drives a real redis-server through the proxy: commands
-// pass; Cut breaks the open connection and refuses new ones (errors, not hangs); Heal
-// restores service; Slow adds at least its delay to a round trip.
-func TestProxyForwardsCutsSlowsAndHeals(t *testing.T) {
+// proxied starts a redis-server and a proxy in front of it, and returns them with a client
+// that talks through the proxy and never retries on its own.
+func proxied(t *testing.T) (*redistest.Server, *faultproxy.Proxy, *redis.Client) {
+	t.Helper()
 	srv := redistest.MustStart(t)
 	p, err := faultproxy.New(srv.Addr())
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, p.Close()) })
 	c := redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
 	t.Cleanup(func() { c.Close() })
+	return srv, p, c
+}
+
+// TestProxyForwardsCutsSlowsAndHeals drives a real redis-server through the proxy: commands
+// pass; Cut breaks the open connection and refuses new ones (errors, not hangs); Heal
+// restores service; Slow adds at least its delay to a round trip.
+func TestProxyForwardsCutsSlowsAndHeals(t *testing.T) {
+	srv, p, c := proxied(t)
 	ctx := context.Background()
 
 	require.NoError(t, c.Set(ctx, "k", "v", 0).Err())
@@ -55,12 +63,7 @@ func TestProxyForwardsCutsSlowsAndHeals(t *testing.T) {
 // TestProxyLosesOneReply checks that after LoseNextReply a command runs on the server while
 // its client sees an error, and that only that one reply is lost.
 func TestProxyLosesOneReply(t *testing.T) {
-	srv := redistest.MustStart(t)
-	p, err := faultproxy.New(srv.Addr())
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, p.Close()) })
-	c := redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
-	t.Cleanup(func() { c.Close() })
+	srv, p, c := proxied(t)
 	ctx := context.Background()
 	require.NoError(t, c.Ping(ctx).Err())
 
