@@ -103,7 +103,7 @@ func (c *snapCache) put(p int, id string, s snapshot) {
 	}
 	acc := *s.acc
 	acc.Balances = nil
-	cs := cachedSnapshot{acc: &acc, fields: c.shared(s.fields), posted: make([]postedBalance, 0, len(s.acc.Balances))}
+	cs := cachedSnapshot{acc: &acc, posted: make([]postedBalance, 0, len(s.acc.Balances))}
 	for cur, b := range s.acc.Balances {
 		cs.posted = append(cs.posted, postedBalance{cur, b.Posted})
 	}
@@ -119,6 +119,13 @@ func (c *snapCache) put(p int, id string, s snapshot) {
 	have, cached := sp.m[id]
 	if cached && have.acc.Version > s.acc.Version {
 		return
+	}
+	// An account's field names rarely change between its commits: keep the set it has
+	// rather than sorting the names again to find the shared copy.
+	if cached && sameKeys(have.fields, s.fields) {
+		cs.fields = have.fields
+	} else {
+		cs.fields = c.shared(s.fields)
 	}
 	if sp.m == nil {
 		sp.m = make(map[string]cachedSnapshot, min(c.per, 64))
@@ -162,6 +169,19 @@ func (c *snapCache) conflicted(p int, accounts []string) {
 		delete(sp.m, id)
 		sp.shared[id] = until
 	}
+}
+
+// sameKeys reports whether a and b hold the same keys.
+func sameKeys(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range b {
+		if !a[k] {
+			return false
+		}
+	}
+	return true
 }
 
 // shared returns the cache's copy of the field set f (f itself when it is new), so that

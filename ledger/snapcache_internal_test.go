@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -81,4 +82,23 @@ func TestSnapCacheSkipsSharedAccounts(t *testing.T) {
 	c.parts[0].shared["a"] = now.Add(-time.Millisecond) // the window has passed
 	c.put(0, "a", cachedAccount("a", 3, 1))
 	assert.Equal(t, int64(3), c.take(0, []string{"a"}, now)["a"].acc.Version)
+}
+
+// A commit that leaves an account with the field names it had keeps the cached set (no
+// lookup of the shared copy); one that changes them gets the shared copy of the new set.
+func TestSnapCacheKeepsAnAccountsFieldSet(t *testing.T) {
+	c := newSnapCache(1, 8)
+	c.put(0, "a", cachedAccount("a", 1, 10))
+	first := c.parts[0].m["a"].fields
+	c.sets = map[string]map[string]bool{} // a lookup now would store and return the new map
+	next := cachedAccount("a", 2, 20)
+	c.put(0, "a", next)
+	assert.Equal(t, reflect.ValueOf(first).Pointer(), reflect.ValueOf(c.parts[0].m["a"].fields).Pointer(), "the same names: the set it had")
+	assert.Empty(t, c.sets, "no lookup")
+
+	grown := cachedAccount("a", 3, 30)
+	grown.fields[prefixPosted+"EUR"] = true
+	c.put(0, "a", grown)
+	assert.Len(t, c.parts[0].m["a"].fields, 3, "new names: the new set")
+	assert.Len(t, c.sets, 1, "looked up (and stored) as the shared copy")
 }
