@@ -3,15 +3,18 @@ package ledger_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/internal/faultproxy"
 	"github.com/tally-ledger/tally/internal/redistest"
+	"github.com/tally-ledger/tally/internal/redisx"
 	"github.com/tally-ledger/tally/internal/workload"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/lock"
@@ -79,5 +82,70 @@ func TestLostCommitReplies(t *testing.T) {
 				require.Positive(t, l.Stats().Retries, "a lost reply is an error the ledger retries")
 			})
 		}
+	}
+}
+
+// TestOperationTokensShareOneHash checks where keyless writes keep their operation tokens:
+// as fields of one hash per partition and tenth of a second, which expires
+// OperationTokenTTL after its last write — not as a key per write, and never kept for good.
+// The clock stands still, so every token of the account's partition lands in one hash; a
+// held commit gathers the deposits queued behind it into one batch.
+func TestOperationTokensShareOneHash(t *testing.T) {
+	ctx := context.Background()
+	const n = 20
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			rdb := b.Start(t)
+			at := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+			l := MustOpen(t, rdb, ledger.Config{Prefix: "tok", OperationTokenTTL: time.Minute, Clock: func() time.Time { return at }})
+			fund(t, l, "a", 0)
+			entered, release := holdCommit(t, l, 1)
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				_, err := l.Deposit(ctx, ledger.Deposit{Account: "a", Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+				assert.NoError(t, err)
+			})
+			<-entered
+			for range n {
+				wg.Go(func() {
+					_, err := l.Deposit(ctx, ledger.Deposit{Account: "a", Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+					assert.NoError(t, err)
+				})
+			}
+			require.Eventually(t, func() bool { return l.Waiting("a") >= n }, 10*time.Second, time.Millisecond, "the deposits wait behind the held commit")
+			release()
+			wg.Wait()
+			require.Equal(t, int64(n+1), posted(t, l, "a"))
+
+			var mu sync.Mutex
+			fields := map[string]int64{}
+			ttls := map[string]time.Duration{}
+			require.NoError(t, redisx.ForEachMaster(ctx, rdb, func(ctx context.Context, c *redis.Client) error {
+				keys, err := c.Keys(ctx, "tok:*:ops:*").Result()
+				if err != nil {
+					return err
+				}
+				for _, k := range keys {
+					f, err := c.HLen(ctx, k).Result()
+					if err != nil {
+						return err
+					}
+					ttl, err := c.PTTL(ctx, k).Result()
+					if err != nil {
+						return err
+					}
+					mu.Lock()
+					fields[k], ttls[k] = f, ttl
+					mu.Unlock()
+				}
+				return nil
+			}))
+			require.Len(t, fields, 1, "one hash for the partition's tenth of a second: %v", fields)
+			for k, f := range fields {
+				assert.GreaterOrEqual(t, f, int64(n+1), "%s: a field per keyless deposit", k)
+				assert.Positive(t, ttls[k], "%s expires", k)
+				assert.LessOrEqual(t, ttls[k], time.Minute, "%s: OperationTokenTTL after its last write", k)
+			}
+		})
 	}
 }
