@@ -1,9 +1,9 @@
 // Package faultproxy is a TCP proxy for tests that injects network faults between a client
 // and a server: Cut closes every connection and refuses new ones until Heal; Slow delays
 // every chunk of bytes in both directions; LoseNextReply drops the next answer the server
-// sends, so that a request runs but its client never learns it did. Tests put it in front of a redis-server so
-// that the processes under test lose or crawl through their connection while the test's
-// own checks talk to the server directly.
+// sends, so that a request runs but its client never learns it did. Tests put it in front
+// of a redis-server so that the processes under test lose or crawl through their
+// connection while the test's own checks talk to the server directly.
 package faultproxy
 
 import (
