@@ -30,6 +30,15 @@ type DedupConfig struct {
 	Window int
 	// MaxGaps bounds the skipped sequence numbers remembered per key (see Dedup). Default 100.
 	MaxGaps int
+	// WatermarkOnly deduplicates versioned messages (Seq > 0) by their key's watermark and
+	// gaps alone: they leave no ID in the window, and one at or below the watermark that is
+	// not a recorded gap is a Duplicate (Stale is then never returned for them). Which
+	// messages apply is the same either way (see Dedup); the window only tells an old
+	// redelivery (Stale) from a recent one (Duplicate). It saves the window's Redis memory,
+	// ~110 B per ID (~11 MB per partition at the default Window), and a ZADD per message.
+	// Unversioned messages (Seq 0) still use the window. Every message the Relay delivers is
+	// versioned.
+	WatermarkOnly bool
 }
 
 func (c DedupConfig) withDefaults() DedupConfig {
@@ -111,14 +120,14 @@ func NewEffect(body string) *Effect {
 
 // The dedup script handles a batch of messages of one partition.
 // KEYS: ids (zset), seq (counter), watermarks (hash); then per message: gaps (zset), its
-// effect keys. ARGV: window, maxgaps, count; then per message: message id, key,
-// sequence, #effect keys, #effect args, effect args.
+// effect keys. ARGV: window, maxgaps, count, watermark only ("1" or "0"); then per
+// message: message id, key, sequence, #effect keys, #effect args, effect args.
 // It returns one outcome per message: 1 applied, 2 duplicate, 3 stale.
 //
 // It is written for few Redis calls per message (Redis is what replicas do not scale):
 //   - a versioned message reads its key's watermark first (once per key and batch) and
 //     checks the ID window only when its Seq is at or below it: a Seq above the watermark
-//     was never applied (see Dedup on why);
+//     was never applied (see Dedup on why); with watermark only it never uses the window;
 //   - the marks of the batch (window IDs and watermarks) are written together, one ZADD
 //     and one HSET, after the loop or before the script returns or raises an effect's
 //     error, so that the messages before a failing one are marked as before; the messages
@@ -131,9 +140,10 @@ func NewEffect(body string) *Effect {
 //   - the new gaps of a message are added in one ZADD and trimmed without a ZCARD.
 const dedupScriptHead = `
 local window, maxgaps, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local wmOnly = ARGV[4] == '1'
 local ids, seq, wms = KEYS[1], KEYS[2], KEYS[3]
 local out = {}
-local ki, ai = 4, 4
+local ki, ai = 4, 5
 local headLines = %d -- the script's lines before the effect's body: errors name body lines
 local effect = function(KEYS, ARGV)
 `
@@ -155,20 +165,22 @@ local inWindow = function(id)
 end
 -- write the batch's marks: the IDs with growing scores, then the window trim; the watermarks
 local flush = function()
-  if #marked == 0 then return end
-  local base = redis.call('INCRBY', seq, #marked) - #marked
-  local zs, hs = {}, {}
-  for i, id in ipairs(marked) do
-    zs[#zs + 1] = base + i
-    zs[#zs + 1] = id
+  if #marked > 0 then
+    local base = redis.call('INCRBY', seq, #marked) - #marked
+    local zs = {}
+    for i, id in ipairs(marked) do
+      zs[#zs + 1] = base + i
+      zs[#zs + 1] = id
+    end
+    -- in slices: unpack has a stack limit
+    for i = 1, #zs, 1000 do redis.call('ZADD', ids, unpack(zs, i, math.min(i + 999, #zs))) end
+    redis.call('ZREMRANGEBYRANK', ids, 0, -window - 1)
   end
+  local hs = {}
   for _, k in ipairs(wmSet) do
     hs[#hs + 1] = k
     hs[#hs + 1] = wmOf[k]
   end
-  -- in slices: unpack has a stack limit
-  for i = 1, #zs, 1000 do redis.call('ZADD', ids, unpack(zs, i, math.min(i + 999, #zs))) end
-  redis.call('ZREMRANGEBYRANK', ids, 0, -window - 1)
   for i = 1, #hs, 1000 do redis.call('HSET', wms, unpack(hs, i, math.min(i + 999, #hs))) end
 end
 for m = 1, count do
@@ -190,8 +202,9 @@ for m = 1, count do
     end
     -- above the watermark: never applied, no window check
     if v <= wm then
-      if inWindow(id) then outcome = 2
+      if not wmOnly and inWindow(id) then outcome = 2
       elseif redis.call('ZSCORE', gaps, v) then gap = true
+      elseif wmOnly then outcome = 2
       else outcome = 3 end
     end
   elseif inWindow(id) then
@@ -216,8 +229,10 @@ for m = 1, count do
       return r
     end
     -- the mark, only after the effect succeeded
-    marked[#marked + 1] = id
-    markOf[id] = #marked
+    if v == 0 or not wmOnly then
+      marked[#marked + 1] = id
+      markOf[id] = #marked
+    end
     if gap then
       redis.call('ZREM', gaps, v)
     elseif v > 0 then
@@ -272,7 +287,10 @@ type DedupStats struct {
 // it to skip the window for a message whose Seq is above its key's watermark: the
 // watermark only grows and every applied message leaves it at or above its Seq, so such a
 // message was never applied. A consumer that gives one ID to messages of other keys or
-// sequences gets wrong outcomes.
+// sequences gets wrong outcomes. For the same reason a versioned message at or below the
+// watermark applies exactly when its Seq is a recorded gap, whether or not its ID is in the
+// window: the window only sorts the others into Duplicate and Stale, and
+// DedupConfig.WatermarkOnly does without it.
 //
 // An ApplyBatch writes its marks together when it ends (or an effect fails) and trims the
 // window then; within the batch the duplicate check counts the batch's marks in front of
@@ -337,7 +355,11 @@ func (d *Dedup) ApplyBatch(ctx context.Context, eff *Effect, ops []Op) ([]Outcom
 	}
 	p := ops[0].Msg.Partition
 	keys := []string{d.idsKey(p), d.seqKey(p), d.watermarkKey(p)}
-	args := []any{d.cfg.Window, d.cfg.MaxGaps, len(ops)}
+	wmOnly := "0"
+	if d.cfg.WatermarkOnly {
+		wmOnly = "1"
+	}
+	args := []any{d.cfg.Window, d.cfg.MaxGaps, len(ops), wmOnly}
 	for _, op := range ops {
 		if op.Msg.Partition != p {
 			return nil, ErrMixedPartitions
