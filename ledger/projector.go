@@ -37,7 +37,8 @@ type ProjectorConfig struct {
 	// Partitions is the partition count P, used by Totals. Default 16.
 	Partitions int
 	// DedupWindow and DedupMaxGaps configure the projector's Dedup (see
-	// outbox.DedupConfig).
+	// outbox.DedupConfig). Its Dedup is WatermarkOnly: every event is versioned, so the
+	// window stays empty and DedupWindow only matters for a message without a version.
 	DedupWindow, DedupMaxGaps int
 }
 
@@ -66,7 +67,7 @@ func (c ProjectorConfig) Validate() error {
 }
 
 func (c ProjectorConfig) dedupConfig() outbox.DedupConfig {
-	return outbox.DedupConfig{Prefix: c.Prefix, Name: c.Name, Window: c.DedupWindow, MaxGaps: c.DedupMaxGaps}
+	return outbox.DedupConfig{Prefix: c.Prefix, Name: c.Name, Window: c.DedupWindow, MaxGaps: c.DedupMaxGaps, WatermarkOnly: true}
 }
 
 // AccountSummary is the projector's view of one account.

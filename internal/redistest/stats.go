@@ -87,3 +87,34 @@ func CommandCalls(tb testing.TB, rdb redis.UniversalClient) map[string]int {
 	}
 	return out
 }
+
+// InfoFloat returns the numeric field of an INFO section of the server (for example
+// "cpu", "used_cpu_user" or "memory", "used_memory"). It fails the test when the server
+// cannot be read or has no such number.
+func (s *Server) InfoFloat(section, field string) float64 {
+	s.tb.Helper()
+	c := redis.NewClient(s.options(&redis.Options{}))
+	defer c.Close()
+	info, err := c.Info(context.Background(), section).Result()
+	if err != nil {
+		s.tb.Fatalf("redistest: INFO %s of %s: %v", section, s.Addr(), err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				s.tb.Fatalf("redistest: %s %q: %v", field, v, err)
+			}
+			return f
+		}
+	}
+	s.tb.Fatalf("redistest: no %s in INFO %s of %s", field, section, s.Addr())
+	return 0
+}
+
+// CPUSeconds returns the CPU time the server used since it started (used_cpu_sys +
+// used_cpu_user).
+func (s *Server) CPUSeconds() float64 {
+	s.tb.Helper()
+	return s.InfoFloat("cpu", "used_cpu_sys") + s.InfoFloat("cpu", "used_cpu_user")
+}
