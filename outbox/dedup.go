@@ -106,6 +106,15 @@ func (o Outcome) String() string {
 // error()) or returns redis.error_reply(...), the script stops before the mark is written.
 // Redis does not roll back writes a script made before an error, so a body should check
 // before it writes. A Lua error names the line of the body ("effect line 3: ...").
+//
+// An effect made by NewBatchEffect also has a finish: Lua that runs once per ApplyBatch
+// call, after the bodies of the applied messages and before their marks are written, also
+// when a later message's body failed (the messages before it are marked, so what they
+// left for the finish must be written). Bodies and finish share the table BATCH, empty at
+// the start of each call: a body can gather its writes there (sums of counters, the last
+// value of a field) and the finish write them once per call instead of once per message.
+// A body should then check before it gathers. If the finish fails, no mark is written
+// and what it wrote stays ("finish line 2: ...").
 type Effect struct {
 	script *redis.Script
 }
@@ -114,8 +123,15 @@ type Effect struct {
 var NoEffect = NewEffect("return nil")
 
 // NewEffect compiles an effect body (see Effect).
-func NewEffect(body string) *Effect {
-	return &Effect{script: redis.NewScript(dedupHead + body + dedupScriptTail)}
+func NewEffect(body string) *Effect { return NewBatchEffect(body, "") }
+
+// NewBatchEffect compiles an effect body and its finish (see Effect).
+func NewBatchEffect(body, finish string) *Effect {
+	before := dedupHead + body + "\nend\n"
+	finishLines := strings.Count(before, "\n") + 2 // and the two lines below
+	script := before + "local finishLines = " + strconv.Itoa(finishLines) + "\nlocal finish = function()\n" +
+		finish + "\nend" + dedupScriptTail
+	return &Effect{script: redis.NewScript(script)}
 }
 
 // The dedup script handles a batch of messages of one partition.
@@ -144,6 +160,7 @@ local wmOnly = ARGV[4] == '1'
 local ids, seq, wms = KEYS[1], KEYS[2], KEYS[3]
 local out = {}
 local ki, ai = 4, 5
+local BATCH = {} -- what the effects of this call leave for the finish
 local headLines = %d -- the script's lines before the effect's body: errors name body lines
 local effect = function(KEYS, ARGV)
 `
@@ -151,7 +168,18 @@ local effect = function(KEYS, ARGV)
 // dedupHead is dedupScriptHead with its line count filled in.
 var dedupHead = fmt.Sprintf(dedupScriptHead, strings.Count(dedupScriptHead, "\n"))
 
+// dedupScriptTail follows the finish (see NewBatchEffect).
 const dedupScriptTail = `
+-- raise an error of the effect's body or of the finish as it came, naming their own line:
+-- a Lua error names the line of the whole script ("user_script:9: ..."; an embedded Redis
+-- leaves the name out); a failed redis.call's error starts with its error code (WRONGTYPE
+-- ...), which a table keeps; Redis prefixes other errors with ERR
+local raise = function(r, lines, what)
+  if type(r) == 'string' then
+    r = string.gsub(r, '^[^:]*:(%d+): ', function(n) return what .. ' line ' .. (tonumber(n) - lines) .. ': ' end, 1)
+    if string.find(r, '^%u+ ') then error({err = r}) end
+  end
+  error(r, 0)
 end
 local marked, markOf = {}, {} -- IDs marked in this batch, in order, not written yet; index by ID
 local wmOf = {} -- watermarks read or set in this batch, by key
@@ -163,8 +191,12 @@ local inWindow = function(id)
   local r = redis.call('ZREVRANK', ids, id)
   return r ~= false and r ~= nil and r + #marked < window
 end
--- write the batch's marks: the IDs with growing scores, then the window trim; the watermarks
+-- run the finish, then write the batch's marks: the IDs with growing scores, then the
+-- window trim; the watermarks
 local flush = function()
+  local ok, r = pcall(finish)
+  if not ok then raise(r, finishLines, 'finish') end
+  if type(r) == 'table' and r.err then error(r) end
   if #marked > 0 then
     local base = redis.call('INCRBY', seq, #marked) - #marked
     local zs = {}
@@ -214,15 +246,7 @@ for m = 1, count do
     local ok, r = pcall(effect, ek, ea)
     if not ok then
       flush()
-      if type(r) == 'string' then
-        -- a Lua error names the line of the whole script ("user_script:9: ..."; an
-        -- embedded Redis leaves the name out): name the effect's own line instead
-        r = string.gsub(r, '^[^:]*:(%d+): ', function(n) return 'effect line ' .. (tonumber(n) - headLines) .. ': ' end, 1)
-        -- raise it again as it came: a failed redis.call's error starts with its error
-        -- code (WRONGTYPE ...), which a table keeps; Redis prefixes other errors with ERR
-        if string.find(r, '^%u+ ') then error({err = r}) end
-      end
-      error(r, 0)
+      raise(r, headLines, 'effect')
     end
     if type(r) == 'table' and r.err then
       flush()

@@ -19,12 +19,30 @@ import (
 
 // modelEffect counts its runs per message ID (ARGV[1]) in a hash (KEYS[1]). Before writing
 // anything, it fails when ARGV[2] says so: "fail" returns an error reply, "raise" raises a
-// Lua error and "wrongtype" a failing redis.call.
+// Lua error and "wrongtype" a failing redis.call (a hash command on KEYS[2], a string: not on
+// KEYS[1], which a list command would create as a list when nothing was counted yet).
 var modelEffect = NewEffect(`
 if ARGV[2] == 'fail' then return redis.error_reply('effect refused') end
 if ARGV[2] == 'raise' then error('effect raised') end
-if ARGV[2] == 'wrongtype' then redis.call('LPUSH', KEYS[1], 'x') end
+if ARGV[2] == 'wrongtype' then redis.call('HINCRBY', KEYS[2], 'x', 1) end
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)`)
+
+// modelBatchEffect is modelEffect as a batch effect: the bodies fail as modelEffect's do,
+// before they gather; they count their runs in BATCH, and the finish writes the counts with
+// one HINCRBY per message ID and call.
+var modelBatchEffect = NewBatchEffect(`
+if ARGV[2] == 'fail' then return redis.error_reply('effect refused') end
+if ARGV[2] == 'raise' then error('effect raised') end
+if ARGV[2] == 'wrongtype' then redis.call('HINCRBY', KEYS[2], 'x', 1) end
+if not BATCH.key then BATCH.key, BATCH.ids, BATCH.runs = KEYS[1], {}, {} end
+if not BATCH.runs[ARGV[1]] then
+  BATCH.ids[#BATCH.ids + 1] = ARGV[1]
+  BATCH.runs[ARGV[1]] = 0
+end
+BATCH.runs[ARGV[1]] = BATCH.runs[ARGV[1]] + 1
+return BATCH.runs[ARGV[1]]`, `
+if not BATCH.key then return end
+for _, id in ipairs(BATCH.ids) do redis.call('HINCRBY', BATCH.key, id, BATCH.runs[id]) end`)
 
 // modelFailures are modelEffect's failures and what their errors say.
 var modelFailures = map[string]string{"fail": "effect refused", "raise": "effect raised", "wrongtype": "WRONGTYPE"}
@@ -151,25 +169,30 @@ func TestDedupModel(t *testing.T) {
 			})
 			for _, wmOnly := range []bool{false, true} {
 				t.Run(fmt.Sprintf("random, watermark only %v", wmOnly), func(t *testing.T) {
-					dedupModelWalk(t, rdb, wmOnly, b.Name == "embedded")
+					dedupModelWalk(t, rdb, fmt.Sprintf("model-%v", wmOnly), modelEffect, wmOnly, b.Name == "embedded")
 				})
 			}
+			t.Run("random, batch effect, watermark only", func(t *testing.T) {
+				dedupModelWalk(t, rdb, "model-batch", modelBatchEffect, true, b.Name == "embedded")
+			})
 		})
 	}
 }
 
-// dedupModelWalk is TestDedupModel's random walk, on a Dedup of its own.
-func dedupModelWalk(t *testing.T, rdb redis.UniversalClient, wmOnly, embedded bool) {
+// dedupModelWalk is TestDedupModel's random walk with eff (modelEffect or
+// modelBatchEffect), on a Dedup of its own called name.
+func dedupModelWalk(t *testing.T, rdb redis.UniversalClient, name string, eff *Effect, wmOnly, embedded bool) {
 	ctx := context.Background()
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 7))
 	const window, maxGaps, part = 8, 3, 5
-	d, err := NewDedup(rdb, DedupConfig{Name: fmt.Sprintf("model-%v", wmOnly), Window: window, MaxGaps: maxGaps,
+	d, err := NewDedup(rdb, DedupConfig{Name: name, Window: window, MaxGaps: maxGaps,
 		WatermarkOnly: wmOnly})
 	require.NoError(t, err)
 	model := newDedupModel(window, maxGaps, wmOnly)
-	runsKey := d.Key(part, "runs")
+	runsKey, stringKey := d.Key(part, "runs"), d.Key(part, "string")
+	require.NoError(t, rdb.Set(ctx, stringKey, "not a hash", 0).Err())
 	keys := []string{"a", "b", "c"}
 	produced := map[string]int64{} // the highest Seq produced per key
 	var sent []Message             // every message sent so far
@@ -222,7 +245,7 @@ func dedupModelWalk(t *testing.T, rdb redis.UniversalClient, wmOnly, embedded bo
 			if j == fail {
 				arg = failure
 			}
-			ops[j] = Op{Msg: m, Keys: []string{runsKey}, Args: []any{m.ID, arg}}
+			ops[j] = Op{Msg: m, Keys: []string{runsKey, stringKey}, Args: []any{m.ID, arg}}
 		}
 		// What the model says, message by message; a failing effect stops the batch.
 		want := make([]Outcome, 0, n)
@@ -234,7 +257,7 @@ func dedupModelWalk(t *testing.T, rdb redis.UniversalClient, wmOnly, embedded bo
 			}
 			want = append(want, model.apply(op.Msg))
 		}
-		got, err := d.ApplyBatch(ctx, modelEffect, ops)
+		got, err := d.ApplyBatch(ctx, eff, ops)
 		if failed {
 			failures[failure]++
 			require.ErrorContains(t, err, modelFailures[failure], "batch %d: %v", i, opIDs(ops))
