@@ -55,19 +55,26 @@ func BenchmarkModes(b *testing.B) {
 
 // BenchmarkProjectorDeliver measures the projector's cost in Redis: deposits of 10,000
 // accounts of one partition delivered in batches of 14 (the size the relay hands over at
-// ~10,000 writes/s on 16 partitions), after 120,000 events, so that a dedup window of the
-// default 100,000 IDs would be full. It reports Redis's CPU per event and its used memory
-// at the end.
+// ~10,000 writes/s on 16 partitions), and of one hot account in batches of 128, each after
+// 120,000 events, so that a dedup window of the default 100,000 IDs would be full. It
+// reports Redis's CPU per event and its used memory at the end.
 //
 //	go test -run '^$' -bench ProjectorDeliver -benchtime 20000x ./ledger
 func BenchmarkProjectorDeliver(b *testing.B) {
+	for _, c := range []struct{ accounts, batch int }{{10_000, 14}, {1, 128}} {
+		b.Run(fmt.Sprintf("accounts=%d/batch=%d", c.accounts, c.batch), func(b *testing.B) {
+			benchProjector(b, c.accounts, c.batch)
+		})
+	}
+}
+
+func benchProjector(b *testing.B, accounts, batch int) {
 	ctx := context.Background()
 	srv := redistest.MustStart(b)
 	pr, err := ledger.NewProjector(srv.Client(), ledger.ProjectorConfig{Partitions: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
-	const accounts, batch = 10_000, 14
 	version := make([]int64, accounts)
 	next := 0
 	events := func() []outbox.Message {

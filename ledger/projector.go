@@ -123,21 +123,49 @@ func (pr *Projector) summaryKey(p int, account string) string {
 func (pr *Projector) totalsKey(p int) string   { return pr.dedup.Key(p, "totals") }
 func (pr *Projector) accountsKey(p int) string { return pr.dedup.Key(p, "accounts") }
 
-// projectEffect applies one event's projection.
+// projectEffect applies the projection of the events of one Dedup call.
 // KEYS: summary, totals, accounts. ARGV: account, version, then three lists each led by its
 // length: summary increments (field, delta), totals increments, summary sets (field, value).
-// It runs once per event under the Dedup script, so it saves calls: the account joins the
-// partition's accounts set only with the first event applied for it (the summary has no
-// version yet; later SADDs would not change the set), and the version and the summary sets
-// are written in one HSET.
-var projectEffect = outbox.NewEffect(`
+// Each applied event's body only gathers its projection in BATCH: per summary its version
+// (read once per call), its events and its increments; per call the totals. The finish
+// writes them: per account of the call one HINCRBY per field, one HSET of the version and
+// the sets, and the SADD to the partition's accounts set when the account had no version
+// yet; and the totals once. A hot account's batch of 256 events thus costs a few commands
+// instead of 6 per event. Sums stay exact: Lua's numbers are doubles, so a sum that would
+// reach 2^53 is not gathered: that increment goes to Redis at once (HINCRBY adds the
+// integer itself).
+var projectEffect = outbox.NewBatchEffect(`
+local b = BATCH
+if not b.order then
+  b.order, b.of = {}, {}
+  b.totals = {key = KEYS[2], events = 0, sums = {}, fields = {}}
+  -- add x (a decimal string) to field f of the sums of hash key: gathered while exact
+  b.add = function(key, t, f, x)
+    local n, cur = tonumber(x), t.sums[f]
+    if cur == nil then
+      cur = 0
+      t.fields[#t.fields + 1] = f
+    end
+    if math.abs(n) < 2^53 and math.abs(cur + n) < 2^53 then
+      t.sums[f] = cur + n
+    else
+      t.sums[f] = cur
+      redis.call('HINCRBY', key, f, x)
+    end
+  end
+end
+local s = b.of[KEYS[1]]
+if not s then
+  local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+  s = {key = KEYS[1], accounts = KEYS[3], id = ARGV[1], cur = cur, v = cur, version = nil,
+       events = 0, sums = {}, fields = {}, set = {}, sets = {}}
+  b.of[KEYS[1]] = s
+  b.order[#b.order + 1] = s
+end
 local v = tonumber(ARGV[2])
-local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if cur == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
-local set = {}
-if v > cur then set = {'version', ARGV[2]} end
-redis.call('HINCRBY', KEYS[1], 'events', 1)
-redis.call('HINCRBY', KEYS[2], 'events', 1)
+if v > s.v then s.v, s.version = v, ARGV[2] end
+s.events = s.events + 1
+b.totals.events = b.totals.events + 1
 local i = 3
 for k = 1, 3 do
   local n = tonumber(ARGV[i])
@@ -145,13 +173,33 @@ for k = 1, 3 do
   for j = 1, n do
     local f, x = ARGV[i], ARGV[i + 1]
     i = i + 2
-    if k == 1 then redis.call('HINCRBY', KEYS[1], f, x)
-    elseif k == 2 then redis.call('HINCRBY', KEYS[2], f, x)
-    else set[#set + 1] = f; set[#set + 1] = x end
+    if k == 1 then b.add(s.key, s, f, x)
+    elseif k == 2 then b.add(b.totals.key, b.totals, f, x)
+    else
+      if s.set[f] == nil then s.sets[#s.sets + 1] = f end
+      s.set[f] = x
+    end
   end
 end
-if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
-return 1`)
+return 1`, `
+local b = BATCH
+if not b.order then return end
+local write = function(t)
+  redis.call('HINCRBY', t.key, 'events', t.events)
+  for _, f in ipairs(t.fields) do redis.call('HINCRBY', t.key, f, string.format('%.0f', t.sums[f])) end
+end
+for _, s in ipairs(b.order) do
+  if s.cur == 0 then redis.call('SADD', s.accounts, s.id) end
+  write(s)
+  local set = {}
+  if s.version then set = {'version', s.version} end
+  for _, f in ipairs(s.sets) do
+    set[#set + 1] = f
+    set[#set + 1] = s.set[f]
+  end
+  if #set > 0 then redis.call('HSET', s.key, unpack(set)) end
+end
+write(b.totals)`)
 
 // Deliver projects msgs in order (outbox.Sink). Runs of messages of one partition are
 // applied in one script call each. It returns outbox.Permanent wrapping ErrMalformedEvent

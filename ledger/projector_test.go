@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,6 +311,188 @@ func TestProjectorBackends(t *testing.T) {
 				require.Equal(t, v, tot.Posted[c])
 			}
 			require.Equal(t, int64(len(evs)), pr.Dedup().Stats().Duplicates)
+		})
+	}
+}
+
+// TestProjectorBatchSums: the projector gathers a call's events per account and writes
+// each summary and the totals once per call, with exact sums beyond Lua's 2^53 (amounts
+// that a double cannot hold, and sums that cross it); when an event's effect fails mid-call,
+// the events before it are projected and marked, and a redelivery of the call projects
+// the rest once.
+func TestProjectorBatchSums(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := b.Start(t)
+			pr, err := ledger.NewProjector(rdb, ledger.ProjectorConfig{Partitions: 1})
+			require.NoError(t, err)
+			version := map[string]int64{}
+			event := func(account, typ string, amount int64) outbox.Message {
+				version[account]++
+				e := ledger.Event{Account: account, Version: version[account], Type: typ, Time: time.Unix(0, 0).UTC(),
+					Data: json.RawMessage(fmt.Sprintf(`{"currency":"USD","amount":%d}`, amount))}
+				if typ == ledger.EventAccountOpened {
+					e.Data = json.RawMessage(`{"allow_negative":true}`)
+				}
+				e.ID = ledger.EventID(account, e.Version)
+				return projectorMessage(0, e)
+			}
+
+			t.Run("exact sums", func(t *testing.T) {
+				const p53 = int64(1) << 53
+				amounts := map[string][]int64{
+					"big":   {p53 + 1, p53/2 + 3, p53/2 + 5, 7},   // not doubles; the sum crosses 2^53
+					"huge":  {1<<62 + 1, -(1<<62 - 1), 1<<61 + 3}, // far beyond, back, and beyond again
+					"small": {5, -2},
+				}
+				var msgs []outbox.Message
+				want := map[string]int64{}
+				var total int64
+				for _, a := range []string{"big", "huge", "small"} {
+					msgs = append(msgs, event(a, ledger.EventAccountOpened, 0))
+					for _, x := range amounts[a] {
+						typ := ledger.EventDeposited
+						if x < 0 {
+							typ = ledger.EventWithdrawn
+						}
+						msgs = append(msgs, event(a, typ, max(x, -x)))
+						want[a] += x
+						total += x
+					}
+				}
+				require.NoError(t, pr.Deliver(ctx, msgs), "one call")
+				for a, w := range want {
+					s, err := pr.Account(ctx, 0, a)
+					require.NoError(t, err)
+					require.Equal(t, w, s.Posted["USD"], "account %s", a)
+					require.Equal(t, int64(len(amounts[a])+1), s.Events, "account %s", a)
+					require.Equal(t, version[a], s.Version, "account %s", a)
+					require.True(t, s.AllowNegative)
+				}
+				tot, err := pr.Totals(ctx)
+				require.NoError(t, err)
+				require.Equal(t, total, tot.Posted["USD"])
+				require.Equal(t, int64(len(msgs)), tot.Events)
+				require.Equal(t, int64(3), tot.Accounts)
+			})
+
+			t.Run("an effect fails mid-call", func(t *testing.T) {
+				msgs := []outbox.Message{event("a", ledger.EventAccountOpened, 0), event("a", ledger.EventDeposited, 5),
+					event("b", ledger.EventAccountOpened, 0), event("c", ledger.EventAccountOpened, 0),
+					event("a", ledger.EventDeposited, 7)}
+				before, err := pr.Totals(ctx)
+				require.NoError(t, err)
+				corrupt := pr.Dedup().Key(0, "acct:b")
+				require.NoError(t, rdb.Set(ctx, corrupt, "not a hash", 0).Err())
+				require.ErrorContains(t, pr.Deliver(ctx, msgs), "WRONGTYPE")
+				s, err := pr.Account(ctx, 0, "a")
+				require.NoError(t, err)
+				require.Equal(t, int64(2), s.Events, "the events before b's were projected")
+				require.Equal(t, int64(5), s.Posted["USD"])
+				tot, err := pr.Totals(ctx)
+				require.NoError(t, err)
+				require.Equal(t, before.Events+2, tot.Events)
+
+				require.NoError(t, rdb.Del(ctx, corrupt).Err())
+				require.NoError(t, pr.Deliver(ctx, msgs), "the relay delivers the call again")
+				s, err = pr.Account(ctx, 0, "a")
+				require.NoError(t, err)
+				require.Equal(t, int64(3), s.Events, "a's first two once")
+				require.Equal(t, int64(12), s.Posted["USD"])
+				for _, a := range []string{"b", "c"} {
+					s, err := pr.Account(ctx, 0, a)
+					require.NoError(t, err)
+					require.Equal(t, int64(1), s.Events, "account %s", a)
+				}
+				tot, err = pr.Totals(ctx)
+				require.NoError(t, err)
+				require.Equal(t, before.Events+int64(len(msgs)), tot.Events)
+				require.Equal(t, before.Accounts+3, tot.Accounts)
+				require.Equal(t, before.Posted["USD"]+12, tot.Posted["USD"])
+			})
+		})
+	}
+}
+
+// TestProjectorConcurrentRedeliveries: three consumers (projectors of one name, as relays
+// that took over each other's partitions would be) deliver the whole history of every
+// partition at the same time, each mostly in order (local swaps make gaps that later events
+// fill, as replayed dead letters do) and in its own random batches, now and then giving a
+// call up mid-flight (a deadline of a few microseconds: the script may or may not have run)
+// and delivering that batch again. Every event is applied exactly once over the three, and the
+// projection is the model's.
+func TestProjectorConcurrentRedeliveries(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := b.Start(t)
+			const partitions, workers = 2, 3
+			model := newLedgerModel(partitions)
+			model.generate([]string{"r0", "r1", "r2", "r3", "r4"}, 300)
+			evs := model.evs[:len(model.evs)-1] // without the unusable one
+			byP := make([][]outbox.Message, partitions)
+			for _, e := range evs {
+				p := projectorPartition(e.Account, partitions)
+				byP[p] = append(byP[p], projectorMessage(p, e))
+			}
+			prs := make([]*ledger.Projector, workers)
+			var wg sync.WaitGroup
+			var abandoned atomic.Int64
+			for w := range prs {
+				pr, err := ledger.NewProjector(rdb, ledger.ProjectorConfig{Partitions: partitions})
+				require.NoError(t, err)
+				prs[w] = pr
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+					for p := range byP {
+						// Mostly in order, with local swaps: gaps, and late events that fill
+						// them (as replayed dead letters do).
+						msgs := slices.Clone(byP[(p+w)%partitions])
+						for i := range msgs {
+							j := min(len(msgs)-1, i+rng.IntN(6))
+							msgs[i], msgs[j] = msgs[j], msgs[i]
+						}
+						for len(msgs) > 0 {
+							n := min(len(msgs), 1+rng.IntN(40))
+							cctx, cancel := ctx, context.CancelFunc(func() {})
+							if rng.IntN(4) == 0 {
+								cctx, cancel = context.WithTimeout(ctx, time.Duration(1+rng.IntN(200))*time.Microsecond)
+							}
+							err := pr.Deliver(cctx, msgs[:n])
+							cancel()
+							if err != nil {
+								if cctx.Err() == nil {
+									t.Errorf("worker %d: %v", w, err)
+									return
+								}
+								abandoned.Add(1)
+								continue // as the relay does: the batch again
+							}
+							msgs = msgs[n:]
+						}
+					}
+				})
+			}
+			wg.Wait()
+			var applied, dup int64
+			for _, pr := range prs {
+				st := pr.Dedup().Stats()
+				applied += st.Applied
+				dup += st.Duplicates + st.Stale
+			}
+			t.Logf("%d events, %d calls given up; applied %d, duplicates %d", len(evs), abandoned.Load(), applied, dup)
+			require.Equal(t, int64(len(evs)), applied, "every event applied exactly once over the consumers")
+			got, tot := readProjection(t, prs[0], partitions)
+			require.Len(t, got, len(model.want))
+			for id, want := range model.want {
+				w := *want
+				withoutZeros(w.Posted, w.Held)
+				require.Equal(t, w, got[id], "account %s", id)
+			}
+			wantTot := model.totals
+			withoutZeros(wantTot.Posted, wantTot.Held)
+			require.Equal(t, wantTot, tot)
 		})
 	}
 }
