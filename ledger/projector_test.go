@@ -219,6 +219,23 @@ func readProjection(t *testing.T, pr *ledger.Projector, partitions int) (map[str
 	return out, tot
 }
 
+// requireModelProjection reads pr's projection of the model's partitions and requires it to
+// be the model's; it returns what it read.
+func requireModelProjection(t *testing.T, model *ledgerModel, pr *ledger.Projector) (map[string]ledger.AccountSummary, ledger.Totals) {
+	t.Helper()
+	got, tot := readProjection(t, pr, model.partitions)
+	require.Len(t, got, len(model.want))
+	for id, want := range model.want {
+		w := *want
+		withoutZeros(w.Posted, w.Held)
+		require.Equal(t, w, got[id], "account %s", id)
+	}
+	wantTot := model.totals
+	withoutZeros(wantTot.Posted, wantTot.Held)
+	require.Equal(t, wantTot, tot)
+	return got, tot
+}
+
 // TestProjector: the live projector matches an independent model of the history; a rebuild
 // from the start of the outbox into fresh keys (another group, another name) equals the
 // live projection; delivering everything again to the live projector changes nothing.
@@ -242,16 +259,7 @@ func TestProjector(t *testing.T) {
 
 	live := newProjector("projector")
 	r := runProjectorRelay(t, rdb, partitions, "relay", live)
-	got, tot := readProjection(t, live, partitions)
-	require.Len(t, got, len(model.want))
-	for id, want := range model.want {
-		w := *want
-		withoutZeros(w.Posted, w.Held)
-		require.Equal(t, w, got[id], "account %s", id)
-	}
-	wantTot := model.totals
-	withoutZeros(wantTot.Posted, wantTot.Held)
-	require.Equal(t, wantTot, tot)
+	got, tot := requireModelProjection(t, model, live)
 	require.Equal(t, int64(len(model.evs)-model.bad), live.Dedup().Stats().Applied)
 	var dead int64
 	for p := 0; p < partitions; p++ {
@@ -483,16 +491,7 @@ func TestProjectorConcurrentRedeliveries(t *testing.T) {
 			}
 			t.Logf("%d events, %d calls given up; applied %d, duplicates %d", len(evs), abandoned.Load(), applied, dup)
 			require.Equal(t, int64(len(evs)), applied, "every event applied exactly once over the consumers")
-			got, tot := readProjection(t, prs[0], partitions)
-			require.Len(t, got, len(model.want))
-			for id, want := range model.want {
-				w := *want
-				withoutZeros(w.Posted, w.Held)
-				require.Equal(t, w, got[id], "account %s", id)
-			}
-			wantTot := model.totals
-			withoutZeros(wantTot.Posted, wantTot.Held)
-			require.Equal(t, wantTot, tot)
+			requireModelProjection(t, model, prs[0])
 		})
 	}
 }
