@@ -50,7 +50,7 @@ func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix strin
 	counts := make([]int64, conns)
 	errs := make([]error, conns)
 	event := `{"type":"Deposited","data":{"currency":"USD","amount":42}}`
-	cpuBefore, cpuOK := redisCPU(ctx, rdb)
+	cpuBefore := reading(redisCPU(ctx, rdb))
 	start := now()
 	deadline := start.Add(d)
 	for i := range conns {
@@ -72,7 +72,7 @@ func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix strin
 	}
 	wg.Wait()
 	elapsed := now().Sub(start)
-	cpuAfter, cpuOK2 := redisCPU(ctx, rdb)
+	cpuAfter := reading(redisCPU(ctx, rdb))
 	var total int64
 	for i, n := range counts {
 		if errs[i] != nil && ctx.Err() == nil {
@@ -83,10 +83,5 @@ func measureCeiling(ctx context.Context, rdb redis.UniversalClient, prefix strin
 	if err := ctx.Err(); err != nil {
 		return ceilingResult{}, err
 	}
-	out := ceilingResult{opsPerSec: float64(total) / elapsed.Seconds()}
-	if cpuOK && cpuOK2 && total > 0 && cpuAfter >= cpuBefore {
-		v := float64((cpuAfter - cpuBefore).Nanoseconds()) / 1e3 / float64(total)
-		out.redisCPUUs = &v
-	}
-	return out, nil
+	return ceilingResult{opsPerSec: float64(total) / elapsed.Seconds(), redisCPUUs: usPerOp(cpuBefore, cpuAfter, total)}, nil
 }

@@ -27,22 +27,29 @@ type cpuPerOp struct {
 // sampleCPU reads the CPU time each side of a run used so far: this process, the
 // servers behind d (nil: none), the data Redis (nil: none) and the lock masters.
 func sampleCPU(ctx context.Context, d *httpDriver, data redis.UniversalClient, masters []*redis.Client) cpuSample {
-	var s cpuSample
-	if v, ok := processCPU(); ok {
-		s.client = &v
-	}
+	s := cpuSample{client: reading(processCPU()), redis: reading(redisCPU(ctx, data)), lock: reading(lockCPU(ctx, masters))}
 	if d != nil {
-		if v, ok := d.serverCPU(ctx); ok {
-			s.server = &v
-		}
-	}
-	if v, ok := redisCPU(ctx, data); ok {
-		s.redis = &v
-	}
-	if v, ok := lockCPU(ctx, masters); ok {
-		s.lock = &v
+		s.server = reading(d.serverCPU(ctx))
 	}
 	return s
+}
+
+// reading is a CPU time read, or nil when it could not be read.
+func reading(d time.Duration, ok bool) *time.Duration {
+	if !ok {
+		return nil
+	}
+	return &d
+}
+
+// usPerOp is the CPU time between two readings per operation, in microseconds; nil when a
+// reading is missing, there were no operations, or the counter went back (a restart).
+func usPerOp(before, after *time.Duration, ops int64) *float64 {
+	if before == nil || after == nil || ops <= 0 || *after < *before {
+		return nil
+	}
+	v := float64((*after - *before).Nanoseconds()) / 1e3 / float64(ops)
+	return &v
 }
 
 // String formats the sides as "client / server / Redis / lock", in µs with one decimal,
@@ -59,14 +66,8 @@ func (c cpuPerOp) String() string {
 
 // perOpCPU divides the CPU each side used between a and b by ops.
 func perOpCPU(a, b cpuSample, ops int64) cpuPerOp {
-	div := func(x, y *time.Duration) *float64 {
-		if x == nil || y == nil || ops <= 0 || *y < *x {
-			return nil
-		}
-		v := float64((*y - *x).Nanoseconds()) / 1e3 / float64(ops)
-		return &v
-	}
-	return cpuPerOp{client: div(a.client, b.client), server: div(a.server, b.server), redis: div(a.redis, b.redis), lock: div(a.lock, b.lock)}
+	return cpuPerOp{client: usPerOp(a.client, b.client, ops), server: usPerOp(a.server, b.server, ops),
+		redis: usPerOp(a.redis, b.redis, ops), lock: usPerOp(a.lock, b.lock, ops)}
 }
 
 // lockCPU returns the CPU time the lock masters used since they started, summed (see
