@@ -127,10 +127,12 @@ func (pr *Projector) accountsKey(p int) string { return pr.dedup.Key(p, "account
 // KEYS: summary, totals, accounts. ARGV: account, version, then three lists each led by its
 // length: summary increments (field, delta), totals increments, summary sets (field, value).
 // Each applied event's body only gathers its projection in BATCH: per summary its version
-// (read once per call), its events and its increments; per call the totals. The finish
-// writes them: per account of the call one HINCRBY per field, one HSET of the version and
-// the sets, and the SADD to the partition's accounts set when the account had no version
-// yet; and the totals once. A hot account's batch of 256 events thus costs a few commands
+// (read once per call: the same number as the dedup's watermark of the account, but the
+// read is also the check that the summary is a hash before anything of the call is
+// written), its events and its increments; per call the totals. The finish writes them:
+// per account of the call one HINCRBY per field, one HSET of the version and the sets, and
+// the SADD to the partition's accounts set when the account had no version yet; and the
+// totals once. A hot account's batch of 256 events thus costs a few commands
 // instead of 6 per event. Sums stay exact: Lua's numbers are doubles, so a sum that would
 // reach 2^53 is not gathered: that increment goes to Redis at once (HINCRBY adds the
 // integer itself).
@@ -138,27 +140,27 @@ var projectEffect = outbox.NewBatchEffect(`
 local b = BATCH
 if not b.order then
   b.order, b.of = {}, {}
-  b.totals = {key = KEYS[2], events = 0, sums = {}, fields = {}}
-  -- add x (a decimal string) to field f of the sums of hash key: gathered while exact
-  b.add = function(key, t, f, x)
+  b.totals = {key = KEYS[2], events = 0, sums = {}, sumFields = {}}
+  -- add x (a decimal string) to field f of t's sums (of the hash t.key): gathered while exact
+  b.add = function(t, f, x)
     local n, cur = tonumber(x), t.sums[f]
     if cur == nil then
       cur = 0
-      t.fields[#t.fields + 1] = f
+      t.sumFields[#t.sumFields + 1] = f
     end
     if math.abs(n) < 2^53 and math.abs(cur + n) < 2^53 then
       t.sums[f] = cur + n
     else
       t.sums[f] = cur
-      redis.call('HINCRBY', key, f, x)
+      redis.call('HINCRBY', t.key, f, x)
     end
   end
 end
 local s = b.of[KEYS[1]]
 if not s then
   local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-  s = {key = KEYS[1], accounts = KEYS[3], id = ARGV[1], cur = cur, v = cur, version = nil,
-       events = 0, sums = {}, fields = {}, set = {}, sets = {}}
+  s = {key = KEYS[1], accounts = KEYS[3], id = ARGV[1], cur = cur, v = cur,
+       events = 0, sums = {}, sumFields = {}, set = {}, setFields = {}}
   b.of[KEYS[1]] = s
   b.order[#b.order + 1] = s
 end
@@ -173,10 +175,10 @@ for k = 1, 3 do
   for j = 1, n do
     local f, x = ARGV[i], ARGV[i + 1]
     i = i + 2
-    if k == 1 then b.add(s.key, s, f, x)
-    elseif k == 2 then b.add(b.totals.key, b.totals, f, x)
+    if k == 1 then b.add(s, f, x)
+    elseif k == 2 then b.add(b.totals, f, x)
     else
-      if s.set[f] == nil then s.sets[#s.sets + 1] = f end
+      if s.set[f] == nil then s.setFields[#s.setFields + 1] = f end
       s.set[f] = x
     end
   end
@@ -186,14 +188,14 @@ local b = BATCH
 if not b.order then return end
 local write = function(t)
   redis.call('HINCRBY', t.key, 'events', t.events)
-  for _, f in ipairs(t.fields) do redis.call('HINCRBY', t.key, f, string.format('%.0f', t.sums[f])) end
+  for _, f in ipairs(t.sumFields) do redis.call('HINCRBY', t.key, f, string.format('%.0f', t.sums[f])) end
 end
 for _, s in ipairs(b.order) do
   if s.cur == 0 then redis.call('SADD', s.accounts, s.id) end
   write(s)
   local set = {}
   if s.version then set = {'version', s.version} end
-  for _, f in ipairs(s.sets) do
+  for _, f in ipairs(s.setFields) do
     set[#set + 1] = f
     set[#set + 1] = s.set[f]
   end
