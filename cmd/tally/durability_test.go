@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -96,12 +95,11 @@ func runDurability(t *testing.T, p *proc, data *redistest.Server, mayLose bool) 
 	}
 	// The set-up is in the AOF file (the kernel's page cache at least) before the load starts,
 	// so that only the load's writes can be in the window a kill may lose.
-	setup := redis.NewClient(&redis.Options{Addr: data.Addr()})
+	setup := data.Client()
 	require.Eventually(t, func() bool {
 		info, err := setup.Info(ctx, "persistence").Result()
 		return err == nil && strings.Contains(info, "aof_buffer_length:0\r\n")
 	}, 10*time.Second, 5*time.Millisecond, "Redis wrote its AOF buffer")
-	require.NoError(t, setup.Close())
 
 	const clients, perClient = 8, 40
 	var (
@@ -161,8 +159,7 @@ func runDurability(t *testing.T, p *proc, data *redistest.Server, mayLose bool) 
 	t.Logf("%d operations acknowledged (%d before the SIGKILL), %d attempts without an answer", len(acked), before, failed.Load())
 	require.Greater(t, len(acked), before, "operations were acknowledged after the restart too")
 
-	rdb := redis.NewClient(&redis.Options{Addr: data.Addr()})
-	defer rdb.Close()
+	rdb := data.Client()
 	l, err := ledger.Open(ctx, rdb, ledger.Config{})
 	require.NoError(t, err)
 	var rep ledger.VerifyReport
