@@ -345,6 +345,8 @@ func TestDedupConcurrent(t *testing.T) {
 	}
 }
 
+// dedupConcurrent is TestDedupConcurrent's run on a Dedup of its own, with or without
+// WatermarkOnly.
 func dedupConcurrent(t *testing.T, rdb redis.UniversalClient, wmOnly bool) {
 	ctx := context.Background()
 	const part, perKey, workers = 2, 60, 4
