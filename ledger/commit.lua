@@ -22,7 +22,8 @@
 -- then per record: slice, key index, kind ("idem" | "op" | "op-new" | "mark" | "refusal"),
 --   fingerprint, response body (of a refusal: the encoded refusal). "op" records (internal
 --   tokens) are fields of a hash of the partition's tokens of a tenth of a second: for them the
---   fingerprint's place holds the field (the token) and the body's "<fingerprint> <body>";
+--   fingerprint's place holds the field (the token) and the body's the number of the
+--   request's commit (its response stays in the process that sent it);
 --   a call writes each such hash with one HSET and one PEXPIRE. "op-new" is a token never
 --   sent before, which cannot exist, so it is not checked.
 -- then per guard: slice, key index (a key that must not exist: a resource ID already taken)

@@ -87,7 +87,8 @@ func TestLostCommitReplies(t *testing.T) {
 
 // TestOperationTokensShareOneHash checks where keyless writes keep their operation tokens:
 // as fields of one hash per partition and tenth of a second, which expires
-// OperationTokenTTL after its last write — not as a key per write, and never kept for good.
+// OperationTokenTTL after its last write — not as a key per write, and never kept for good —
+// each holding only the number of its request's commit.
 // The clock stands still, so every token of the account's partition lands in one hash; a
 // held commit gathers the deposits queued behind it into one batch.
 func TestOperationTokensShareOneHash(t *testing.T) {
@@ -118,7 +119,7 @@ func TestOperationTokensShareOneHash(t *testing.T) {
 			require.Equal(t, int64(n+1), posted(t, l, "a"))
 
 			var mu sync.Mutex
-			fields := map[string]int64{}
+			fields := map[string]map[string]string{}
 			ttls := map[string]time.Duration{}
 			require.NoError(t, redisx.ForEachMaster(ctx, rdb, func(ctx context.Context, c *redis.Client) error {
 				keys, err := c.Keys(ctx, "tok:*:ops:*").Result()
@@ -126,7 +127,7 @@ func TestOperationTokensShareOneHash(t *testing.T) {
 					return err
 				}
 				for _, k := range keys {
-					f, err := c.HLen(ctx, k).Result()
+					f, err := c.HGetAll(ctx, k).Result()
 					if err != nil {
 						return err
 					}
@@ -142,7 +143,12 @@ func TestOperationTokensShareOneHash(t *testing.T) {
 			}))
 			require.Len(t, fields, 1, "one hash for the partition's tenth of a second: %v", fields)
 			for k, f := range fields {
-				assert.GreaterOrEqual(t, f, int64(n+1), "%s: a field per keyless deposit", k)
+				assert.GreaterOrEqual(t, len(f), n+1, "%s: a field per keyless deposit", k)
+				for token, v := range f {
+					// Each commit was the deposit's first: the token holds its number, not
+					// a copy of the response (which only the request itself ever reads).
+					assert.Equal(t, "0", v, "%s %s", k, token)
+				}
 				assert.Positive(t, ttls[k], "%s expires", k)
 				assert.LessOrEqual(t, ttls[k], time.Minute, "%s: OperationTokenTTL after its last write", k)
 			}

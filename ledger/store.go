@@ -55,6 +55,7 @@ type record struct {
 	fingerprint string
 	body        []byte
 	refused     bool // body is a recorded refusal (see rejection.go)
+	attempt     int  // an internal token's: which of its request's commits wrote it (request.tokenBodies)
 }
 
 // recordRef names the record a request writes: its key and kind ("idem" for a client's
@@ -63,7 +64,10 @@ type record struct {
 // transfer's ID): a refusal is recorded under them too, kept as long as a client key.
 //
 // An internal token's record is field (the random token) of the hash key (keyspace.ops:
-// the partition's tokens of a tenth of a second), its value "<fingerprint> <body>". Every keyless
+// the partition's tokens of a tenth of a second), its value the number of the request's
+// commit that wrote it. Only its own request ever reads a token, after a commit's outcome
+// was lost, and that request keeps the response of each commit it sent
+// (request.tokenBodies): the number tells which one stands. Every keyless
 // write carries one, so a commit writes all of its tokens in one HSET, with one PEXPIRE
 // that keeps the hash for OperationTokenTTL after its last write. A token is random and
 // new: until a commit carrying it has been sent once it is neither read nor checked (kind
@@ -144,11 +148,11 @@ func (s *store) readProbed(ctx context.Context, accounts []string, refs []record
 	for i, c := range recs {
 		if c == nil {
 			if v, err := ops[i].Result(); err == nil {
-				fp, body, ok := strings.Cut(v, " ")
-				if !ok {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 0 {
 					return nil, nil, nil, fmt.Errorf("%w: corrupt operation record %s %s", ErrInternal, refs[i].key, refs[i].field)
 				}
-				found[i] = record{found: true, fingerprint: fp, body: []byte(body)}
+				found[i] = record{found: true, attempt: n}
 			}
 			continue
 		}
@@ -323,6 +327,7 @@ type recordWrite struct {
 	kind        string
 	fingerprint string
 	body        []byte
+	attempt     int // an internal token's value: the index of body in request.tokenBodies
 }
 
 // write is one extra write of a commit (HSET, HDEL, ZADD or ZREM on a key of the
@@ -434,7 +439,7 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 	}
 	for _, r := range pl.records {
 		if r.kind == "op" || r.kind == "op-new" {
-			args = append(args, r.slice+1, key(r.ref.key), r.kind, r.ref.field, r.fingerprint+" "+string(r.body))
+			args = append(args, r.slice+1, key(r.ref.key), r.kind, r.ref.field, r.attempt)
 			continue
 		}
 		args = append(args, r.slice+1, key(r.ref.key), r.kind, r.fingerprint, string(r.body))

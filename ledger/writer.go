@@ -21,6 +21,10 @@ type request struct {
 	ref  recordRef
 	fp   string
 	sent bool // a commit carrying this request's record went to Redis (see recordKind)
+	// tokenBodies are the responses of the commits decided with this request's internal
+	// token, in order. The token's value in Redis is the index of the one that wrote it:
+	// after a lost reply the request answers with that commit's response.
+	tokenBodies [][]byte
 	// pre holds snapshots of the command's accounts the caller read before: the first
 	// attempt decides on them instead of reading them and the request's record, unless
 	// another request of the batch that brought none touches the account (see prereads);
@@ -477,6 +481,13 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		switch {
 		case !rec.found:
 			live = append(live, r)
+		case r.ref.kind == "op":
+			if rec.attempt >= len(r.tokenBodies) {
+				r.finish(Receipt{}, fmt.Errorf("%w: operation record %s names commit %d of %d", ErrInternal, r.ref.field, rec.attempt, len(r.tokenBodies)))
+				continue
+			}
+			l.stats.replays.Add(1)
+			r.finish(Receipt{Body: r.tokenBodies[rec.attempt]}, nil)
 		case rec.fingerprint != r.fp:
 			r.finish(Receipt{}, ErrIdempotencyKeyReused)
 		case rec.refused:
@@ -484,7 +495,7 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 			r.finish(Receipt{}, decodeRefusal(rec.body))
 		default:
 			l.stats.replays.Add(1)
-			r.finish(Receipt{Body: rec.body, Replayed: r.ref.kind != "op"}, nil)
+			r.finish(Receipt{Body: rec.body, Replayed: true}, nil)
 		}
 	}
 
@@ -563,7 +574,12 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 			writeOwner = append(writeOwner, len(accepted))
 		}
 		groups.join(r.cmd.accounts())
-		records = append(records, recordWrite{ref: r.ref, kind: r.recordKind(), fingerprint: r.fp, body: raw})
+		rw := recordWrite{ref: r.ref, kind: r.recordKind(), fingerprint: r.fp, body: raw}
+		if r.ref.kind == "op" {
+			rw.attempt = len(r.tokenBodies)
+			r.tokenBodies = append(r.tokenBodies, raw)
+		}
+		records = append(records, rw)
 		claimed[r.ref.id()] = len(accepted)
 		accepted, refusals, bodies = append(accepted, r), append(refusals, nil), append(bodies, raw)
 		tr = append(tr, f.tr)
