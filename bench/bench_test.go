@@ -67,6 +67,7 @@ func TestRunOnEveryRedis(t *testing.T) {
 				require.NotNil(t, r.ClientCPUUs)
 				assert.Positive(t, *r.ClientCPUUs)
 				assert.Nil(t, r.ServerCPUUs)
+				assert.Nil(t, r.ServerRSSMaxMB, "no server")
 				assert.Nil(t, r.LockCPUUs, "no lock masters")
 				if b.Name == "embedded" {
 					assert.Nil(t, r.RedisCPUUs)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -136,16 +137,23 @@ func infoCPU(info string) (d time.Duration, found bool) {
 // promCPU reads process_cpu_seconds_total from a Prometheus text page; found is false
 // without it.
 func promCPU(page []byte) (time.Duration, bool) {
+	s, ok := promValue(page, "process_cpu_seconds_total")
+	return time.Duration(s * float64(time.Second)), ok
+}
+
+// promValue reads the unlabelled, finite, non-negative sample name from a Prometheus text page;
+// found is false without it.
+func promValue(page []byte, name string) (v float64, found bool) {
 	for _, line := range strings.Split(string(page), "\n") {
-		name, val, ok := strings.Cut(line, " ")
-		if !ok || name != "process_cpu_seconds_total" {
+		n, val, ok := strings.Cut(line, " ")
+		if !ok || n != name {
 			continue
 		}
-		s, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-		if err != nil || s < 0 {
+		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil || !(v >= 0) || math.IsInf(v, 1) { // NaN fails v >= 0
 			return 0, false
 		}
-		return time.Duration(s * float64(time.Second)), true
+		return v, true
 	}
 	return 0, false
 }

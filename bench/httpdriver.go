@@ -304,18 +304,39 @@ func (d *httpDriver) stats(ctx context.Context) (ledger.Stats, bool) {
 // serverCPU returns the CPU time the servers used so far: the sum of every replica's
 // process_cpu_seconds_total. ok is false when a replica's cannot be read.
 func (d *httpDriver) serverCPU(ctx context.Context) (total time.Duration, ok bool) {
+	vs, ok := d.replicaValues(ctx, "process_cpu_seconds_total")
+	for _, v := range vs {
+		total += time.Duration(v * float64(time.Second))
+	}
+	return total, ok
+}
+
+// serverRSS returns the largest resident set of the replicas now, in bytes
+// (process_resident_memory_bytes). ok is false when a replica's cannot be read.
+func (d *httpDriver) serverRSS(ctx context.Context) (largest float64, ok bool) {
+	vs, ok := d.replicaValues(ctx, "process_resident_memory_bytes")
+	for _, v := range vs {
+		largest = max(largest, v)
+	}
+	return largest, ok
+}
+
+// replicaValues reads the sample name from every replica's /metrics; ok is false (and
+// the values nil) when one cannot be read.
+func (d *httpDriver) replicaValues(ctx context.Context, name string) ([]float64, bool) {
+	vs := make([]float64, 0, len(d.bases))
 	for _, base := range d.bases {
 		b, err := d.metricsOf(ctx, base)
 		if err != nil {
-			return 0, false
+			return nil, false
 		}
-		v, found := promCPU(b)
+		v, found := promValue(b, name)
 		if !found {
-			return 0, false
+			return nil, false
 		}
-		total += v
+		vs = append(vs, v)
 	}
-	return total, true
+	return vs, true
 }
 
 // metrics reads the first replica's /metrics page.

@@ -212,6 +212,11 @@ func TestCPUParsing(t *testing.T) {
 	assert.Equal(t, 12340*time.Millisecond, d)
 	_, ok = promCPU([]byte("go_goroutines 12\n"))
 	assert.False(t, ok)
+	rss, ok := promValue([]byte("process_resident_memory_bytes_x 1\nprocess_resident_memory_bytes 4.4736512e+07\n"), "process_resident_memory_bytes")
+	require.True(t, ok, "the Prometheus client writes large values in exponent form")
+	assert.Equal(t, 44736512.0, rss)
+	_, ok = promValue([]byte("process_resident_memory_bytes NaN\n"), "process_resident_memory_bytes")
+	assert.False(t, ok)
 
 	a, b := 10*time.Millisecond, 30*time.Millisecond
 	got := perOpCPU(cpuSample{client: &a, redis: &b}, cpuSample{client: &b, redis: &a}, 1000)
@@ -220,4 +225,56 @@ func TestCPUParsing(t *testing.T) {
 	assert.Nil(t, got.server, "not sampled")
 	assert.Nil(t, got.redis, "went backwards (a restarted Redis): unknown")
 	assert.Nil(t, perOpCPU(cpuSample{client: &a}, cpuSample{client: &b}, 0).client, "no operations")
+}
+
+// A run's server RSS is the largest any replica reported while the load went on, not the
+// last: two replicas behind fake /metrics pages, one of them peaking at its second sample
+// and falling back.
+func TestServerRSSPeak(t *testing.T) {
+	page := func(mib float64) string {
+		return fmt.Sprintf("process_cpu_seconds_total 1\nprocess_resident_memory_bytes %g\n", mib*(1<<20))
+	}
+	var mu sync.Mutex
+	asked := 0
+	peaking := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked++
+		mib := 20.0
+		switch asked {
+		case 1:
+			mib = 10
+		case 2:
+			mib = 90
+		}
+		fmt.Fprint(w, page(mib))
+	}))
+	t.Cleanup(peaking.Close)
+	steady := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, page(40))
+	}))
+	t.Cleanup(steady.Close)
+
+	d, err := newHTTPDriver(peaking.URL+","+steady.URL, "", 2, 5*time.Second, false)
+	require.NoError(t, err)
+	t.Cleanup(d.close)
+	w := watchRSS(t.Context(), d, time.Millisecond)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return asked >= 3
+	}, 10*time.Second, time.Millisecond, "sampled while the load runs")
+	got := w.stop(t.Context())
+	require.NotNil(t, got)
+	assert.InDelta(t, 90.0, *got, 1e-9, "the peak of either replica, not the last sample (20 and 40)")
+
+	// A server without process metrics: unknown, not zero.
+	bare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "go_goroutines 12\n")
+	}))
+	t.Cleanup(bare.Close)
+	d2, err := newHTTPDriver(bare.URL, "", 1, 5*time.Second, false)
+	require.NoError(t, err)
+	t.Cleanup(d2.close)
+	assert.Nil(t, watchRSS(t.Context(), d2, time.Millisecond).stop(t.Context()))
 }

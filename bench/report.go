@@ -12,8 +12,8 @@ import (
 )
 
 // tableHeader is the results table's header; writeRow prints rows in its column order.
-const tableHeader = "| mode | group commit | accounts | workers | ops | ops/s | × ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | conflicts | retries | lock failures | commits/op | lease wait p50 / p99 ms | data cmds/op | lock cmds/op | CPU µs/op client / server / Redis / lock | correct |\n" +
-	"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+const tableHeader = "| mode | group commit | accounts | workers | ops | ops/s | × ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | conflicts | retries | lock failures | commits/op | lease wait p50 / p99 ms | data cmds/op | lock cmds/op | CPU µs/op client / server / Redis / lock | server RSS MB | correct |\n" +
+	"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
 
 // writeRow prints one run as a table row.
 func writeRow(w io.Writer, r Result) {
@@ -38,10 +38,10 @@ func writeRow(w io.Writer, r Result) {
 		correct = "NO"
 	}
 	cpu := cpuPerOp{client: r.ClientCPUUs, server: r.ServerCPUUs, redis: r.RedisCPUUs, lock: r.LockCPUUs}.String()
-	fmt.Fprintf(w, "| %s | %s | %d | %d | %d | %.0f | %s | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+	fmt.Fprintf(w, "| %s | %s | %d | %d | %d | %.0f | %s | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 		r.Mode, onOff(r.GroupCommit), r.Accounts, r.Workers, r.Ops, r.OpsPerSec, dash(r.CeilingFraction, 2),
 		r.P50Ms, r.P90Ms, r.P99Ms, r.P999Ms, r.Errors, count(r.Conflicts), count(r.Retries), count(r.LockFailures),
-		dash(r.CommitsPerOp, 3), wait, dash(r.DataCmdsPerOp, 1), dash(r.LockCmdsPerOp, 1), cpu, correct)
+		dash(r.CommitsPerOp, 3), wait, dash(r.DataCmdsPerOp, 1), dash(r.LockCmdsPerOp, 1), cpu, dash(r.ServerRSSMaxMB, 0), correct)
 }
 
 // writeFooter explains the columns and lists errors and check failures.
@@ -56,7 +56,8 @@ func writeFooter(w io.Writer, rep Report) {
 		"without --target), server the --target replicas (process_cpu_seconds_total), Redis the data Redis and lock the lock masters "+
 		"(INFO cpu, summed); "+
 		"ops/s × µs/op / 10^6 is the cores a side kept busy, and Redis's µs/op against the ceiling's µs per call is how much "+
-		"of the ceiling Redis alone allows. "+
+		"of the ceiling Redis alone allows. server RSS MB is the largest resident set of any --target replica during the load "+
+		"(process_resident_memory_bytes, sampled every 250 ms). "+
 		"correct: the end-of-run check (conservation, no negative balance, replay = snapshot) passed.\n")
 	var errs, fails []string
 	for _, r := range rep.Runs {
@@ -94,7 +95,7 @@ func (r Report) WriteJSON(w io.Writer) error {
 var csvHeader = []string{"mode", "group_commit", "accounts", "workers", "ops", "ops_per_sec", "ceiling_ops_per_sec", "ceiling_fraction",
 	"p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "errors", "rejected", "conflicts", "retries", "lock_failures",
 	"commits_per_op", "lease_wait_p50_ms", "lease_wait_p99_ms", "data_cmds_per_op", "lock_cmds_per_op",
-	"client_cpu_us_per_op", "server_cpu_us_per_op", "redis_cpu_us_per_op", "lock_cpu_us_per_op", "ceiling_redis_cpu_us_per_op", "correct", "mix", "target", "errors_by_code"}
+	"client_cpu_us_per_op", "server_cpu_us_per_op", "redis_cpu_us_per_op", "lock_cpu_us_per_op", "ceiling_redis_cpu_us_per_op", "server_rss_max_mb", "correct", "mix", "target", "errors_by_code"}
 
 // WriteCSV writes one line per run, with a header line; unknown values are empty.
 func (r Report) WriteCSV(w io.Writer) error {
@@ -125,7 +126,7 @@ func (r Report) WriteCSV(w io.Writer) error {
 			f(x.P50Ms, 3), f(x.P90Ms, 3), f(x.P99Ms, 3), f(x.P999Ms, 3), f(x.MaxMs, 3),
 			strconv.FormatInt(x.Errors, 10), strconv.FormatInt(x.Rejected, 10), pi(x.Conflicts), pi(x.Retries), pi(x.LockFailures),
 			pf(x.CommitsPerOp, 4), pf(x.LeaseWaitP50Ms, 3), pf(x.LeaseWaitP99Ms, 3), pf(x.DataCmdsPerOp, 2), pf(x.LockCmdsPerOp, 2),
-			pf(x.ClientCPUUs, 2), pf(x.ServerCPUUs, 2), pf(x.RedisCPUUs, 2), pf(x.LockCPUUs, 2), pf(r.CeilingRedisCPUUs, 2),
+			pf(x.ClientCPUUs, 2), pf(x.ServerCPUUs, 2), pf(x.RedisCPUUs, 2), pf(x.LockCPUUs, 2), pf(r.CeilingRedisCPUUs, 2), pf(x.ServerRSSMaxMB, 1),
 			strconv.FormatBool(x.Correct), x.Mix, x.Target, strings.Join(codes, " ")}
 		if err := cw.Write(rec); err != nil {
 			return err

@@ -93,8 +93,12 @@ type Result struct {
 	ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
 	RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
 	LockCPUUs   *float64 `json:"lock_cpu_us_per_op"`
-	Check       string   `json:"check"` // what the correctness check compared
-	Problems    []string `json:"problems,omitempty"`
+	// ServerRSSMaxMB is the largest resident set of any --target replica during the load,
+	// in MiB: process_resident_memory_bytes on its /metrics, sampled every 250 ms (nil
+	// without --target, or when the server does not report it).
+	ServerRSSMaxMB *float64 `json:"server_rss_max_mb"`
+	Check          string   `json:"check"` // what the correctness check compared
+	Problems       []string `json:"problems,omitempty"`
 }
 
 // Run measures the ceiling (when it has a Redis), then runs every combination of
@@ -260,7 +264,14 @@ func (r *runner) one(ctx context.Context, sp spec) (Result, error) {
 	cpuBefore := r.sampleCPU(ctx)
 
 	ld := &load{r: r, d: d, st: st, mix: mix, tag: strings.ReplaceAll(prefix, "-", "")}
+	var rss *rssWatch
+	if r.http != nil {
+		rss = watchRSS(ctx, r.http, rssEvery)
+	}
 	out := ld.run(ctx, label)
+	if rss != nil {
+		res.ServerRSSMaxMB = rss.stop(ctx)
+	}
 	res.DurationSec = out.elapsed.Seconds()
 	cpu := perOpCPU(cpuBefore, r.sampleCPU(ctx), out.applied+out.rejected)
 	res.ClientCPUUs, res.ServerCPUUs, res.RedisCPUUs, res.LockCPUUs = cpu.client, cpu.server, cpu.redis, cpu.lock

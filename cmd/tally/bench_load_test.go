@@ -35,6 +35,7 @@ type benchJSON struct {
 		ClientCPUUs *float64 `json:"client_cpu_us_per_op"`
 		ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
 		RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
+		ServerRSS   *float64 `json:"server_rss_max_mb"`
 		Correct     bool     `json:"correct"`
 		Check       string   `json:"check"`
 		Problems    []string `json:"problems"`
@@ -137,9 +138,14 @@ func TestBenchTarget(t *testing.T) {
 				assert.Positive(t, *v, "%s CPU per operation", side)
 			}
 		}
+		if assert.NotNil(t, r.ServerRSS, "the server's resident set, from /metrics") {
+			assert.Greater(t, *r.ServerRSS, 5.0, "MiB: a Go server's RSS, not bytes or GiB")
+			assert.Less(t, *r.ServerRSS, 1024.0, "MiB: a Go server's RSS, not bytes or GiB")
+		}
 	}
 	rows := benchTable(t, out.String(), "| mode |")
 	require.Len(t, rows, 2)
+	assert.NotEqual(t, "-", rows[1]["server RSS MB"])
 	cpu := strings.Split(rows[1]["CPU µs/op client / server / Redis / lock"], " / ")
 	require.Len(t, cpu, 4)
 	assert.NotContains(t, cpu[:3], "-", "client, server and Redis measured")
