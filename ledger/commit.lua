@@ -119,6 +119,17 @@ for _ = 1, X do
 end
 
 -- Pass 2: writes, of the slices not skipped.
+
+-- inSlices calls cmd on key with list[from..to] (nothing when from > to), a thousand
+-- arguments at a time: unpack has a stack limit (~8,000), and a write can carry more than
+-- that (a commit's tokens; an account's pending holds, a snapshot field each). A thousand
+-- keeps HSET's field, value pairs whole.
+local function inSlices(cmd, key, list, from, to)
+  for i = from, to, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, to)))
+  end
+end
+
 local outbox = KEYS[1]
 for _, acc in ipairs(accounts) do
   if not skip[acc.slice] then
@@ -130,23 +141,8 @@ for _, acc in ipairs(accounts) do
       redis.call('XADD', outbox, '*', 'event', event, 'account', acc.id, 'version', version, 'type', typ)
       p = p + 3
     end
-    if acc.m > 0 then
-      local fields = {}
-      for _ = 1, acc.m do
-        fields[#fields + 1] = ARGV[p]
-        fields[#fields + 1] = ARGV[p + 1]
-        p = p + 2
-      end
-      redis.call('HSET', acc.snap, unpack(fields))
-    end
-    if acc.k > 0 then
-      local gone = {}
-      for _ = 1, acc.k do
-        gone[#gone + 1] = ARGV[p]
-        p = p + 1
-      end
-      redis.call('HDEL', acc.snap, unpack(gone))
-    end
+    inSlices('HSET', acc.snap, ARGV, p, p + 2 * acc.m - 1)
+    inSlices('HDEL', acc.snap, ARGV, p + 2 * acc.m, p + 2 * acc.m + acc.k - 1)
   end
 end
 a = records
@@ -177,11 +173,7 @@ for _ = 1, R do
   a = a + 5
 end
 for _, key in ipairs(tokenKeys) do
-  local t = tokens[key]
-  -- in slices: unpack has a stack limit
-  for i = 1, #t, 1000 do
-    redis.call('HSET', key, unpack(t, i, math.min(i + 999, #t)))
-  end
+  inSlices('HSET', key, tokens[key], 1, #tokens[key])
   redis.call('PEXPIRE', key, ARGV[6]) -- each token lives at least the TTL after its write
 end
 a = writes

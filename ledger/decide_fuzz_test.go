@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/big"
 	"sort"
@@ -18,7 +19,8 @@ import (
 //   - each command succeeds or fails with the same error as the model;
 //   - after every batch, each account's posted, held and available balances equal the model's;
 //   - a rejected command leaves no trace (its batch's other commands still apply);
-//   - the snapshot encoding round-trips (snapshotFields → parseSnapshot), as Redis stores it;
+//   - the snapshot encoding round-trips (snapshotFields → parseSnapshot), as Redis stores it,
+//     and a commit that writes only the fields it changes leaves the hash a full write would;
 //   - replaying an account's events (through JSON, as they are stored) yields its snapshot.
 //
 // Commands of one batch decide one after another on one decision, each on a fork merged only
@@ -83,18 +85,17 @@ func runProgram(t *testing.T, input []byte) {
 	p := &program{b: input}
 	m := newModel(ids)
 	now := time.UnixMilli(1_700_000_000_000).UTC()
-	committed := map[string]*Account{}
-	streams := map[string][]Event{} // per account, every event as stored (JSON)
-	for _, id := range ids {
-		committed[id] = &Account{ID: id, Balances: map[string]Balance{}}
-	}
+	hashes := map[string]map[string]string{} // per account, its snapshot hash as Redis holds it
+	streams := map[string][]Event{}          // per account, every event as stored (JSON)
 	transfers := 0
 
 	for steps := 0; len(p.b) > 0 && steps < 400; {
 		// A batch: read every account as the store reads it at now, then up to 8 commands.
+		before := map[string]snapshot{}
 		work := map[string]*Account{}
 		for _, id := range ids {
-			work[id] = roundTrip(t, committed[id], now)
+			before[id] = readHash(t, id, hashes[id], now)
+			work[id] = before[id].acc.clone()
 		}
 		d := newDecision(fuzzKeys, now, time.Hour, work)
 		d.placed = m.placedKeys() // as the write path probes them
@@ -123,10 +124,10 @@ func runProgram(t *testing.T, input []byte) {
 			d.merge(f)
 			want.apply()
 		}
-		for id, a := range d.accs {
-			committed[id] = a
-		}
 		for id, evs := range d.events {
+			if len(evs) > 0 {
+				hashes[id] = commitHash(t, hashes[id], before[id], d.accs[id])
+			}
 			for _, e := range evs {
 				raw, err := json.Marshal(e)
 				if err != nil {
@@ -140,7 +141,7 @@ func runProgram(t *testing.T, input []byte) {
 			}
 		}
 		for _, id := range ids {
-			a := roundTrip(t, committed[id], now)
+			a := readHash(t, id, hashes[id], now).acc
 			m.compare(t, a, now)
 			r := &Account{ID: id, Balances: map[string]Balance{}}
 			for _, e := range streams[id] {
@@ -156,27 +157,51 @@ func runProgram(t *testing.T, input []byte) {
 	}
 }
 
-// roundTrip returns a as a commit stores it and a read parses it at now.
-func roundTrip(t *testing.T, a *Account, now time.Time) *Account {
-	if !a.exists() {
-		return &Account{ID: a.ID, Balances: map[string]Balance{}}
+// readHash returns account id's snapshot as a read parses its hash h at now.
+func readHash(t *testing.T, id string, h map[string]string, now time.Time) snapshot {
+	if len(h) == 0 {
+		return snapshot{acc: &Account{ID: id, Balances: map[string]Balance{}}}
 	}
-	fields, err := snapshotFields(a)
+	s, err := newSnapshot(id, h, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := map[string]string{}
-	for i := 0; i+1 < len(fields); i += 2 {
-		h[fmt.Sprint(fields[i])] = fmt.Sprint(fields[i+1])
-	}
-	back, err := parseSnapshot(a.ID, h, now)
+	return s
+}
+
+// commitHash returns the hash h after a commit of after decided on before, as the commit
+// script writes it (snapshotWrite's fields set, the fields after lacks deleted), and checks
+// that it holds every field of after's snapshot with its value and nothing else: writing
+// only what changed must leave the hash a full write would.
+func commitHash(t *testing.T, h map[string]string, before snapshot, after *Account) map[string]string {
+	write, keep, err := snapshotWrite(after, before)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fieldsOf(t, back), fieldsOf(t, a); got != want {
-		t.Fatalf("snapshot of %s does not round-trip: %s, stored %s", a.ID, got, want)
+	out := maps.Clone(h)
+	if out == nil {
+		out = map[string]string{}
 	}
-	return back
+	for i := 0; i+1 < len(write); i += 2 {
+		out[fmt.Sprint(write[i])] = fmt.Sprint(write[i+1])
+	}
+	for f := range before.fields {
+		if !keep[f] {
+			delete(out, f)
+		}
+	}
+	full, err := snapshotFields(after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for i := 0; i+1 < len(full); i += 2 {
+		want[fmt.Sprint(full[i])] = fmt.Sprint(full[i+1])
+	}
+	if !maps.Equal(out, want) {
+		t.Fatalf("a commit of %s over %v writes %v and leaves %v; its snapshot is %v", after.ID, h, write, out, want)
+	}
+	return out
 }
 
 func fieldsOf(t *testing.T, a *Account) string {

@@ -282,33 +282,90 @@ func parseSnapshot(id string, h map[string]string, now time.Time) (*Account, err
 
 // snapshotFields returns the hash fields (name, value, ...) that describe acc.
 func snapshotFields(acc *Account) ([]any, error) {
-	out := []any{fieldVersion, strconv.FormatInt(acc.Version, 10), fieldAllowNegative, boolString(acc.AllowNegative),
-		fieldLast, strconv.FormatInt(acc.last, 10)}
-	if acc.closed() {
+	out, _, err := snapshotWrite(acc, snapshot{})
+	return out, err
+}
+
+// snapshotWrite returns the hash fields (name, value, ...) a commit writes so that the
+// snapshot hash describes acc, and the names of every field that hash then has. before is
+// the snapshot the decision was made on, which the commit's version check makes sure is
+// what the hash holds: a field the hash has whose value acc keeps is left alone, so a
+// write costs what it changes, not what the account holds (an account's pending holds are
+// a field each). With a zero before every field is written.
+func snapshotWrite(acc *Account, before snapshot) ([]any, map[string]bool, error) {
+	b := before.acc
+	names := make(map[string]bool, max(len(before.fields), 4))
+	out := make([]any, 0, 8)
+	// kept reports whether field f of acc's snapshot stays as the hash has it: the hash
+	// has f and same says acc encodes it as before does.
+	kept := func(f string, same bool) bool {
+		names[f] = true
+		return same && before.fields[f]
+	}
+	if !kept(fieldVersion, b != nil && b.Version == acc.Version) {
+		out = append(out, fieldVersion, strconv.FormatInt(acc.Version, 10))
+	}
+	if !kept(fieldAllowNegative, b != nil && b.AllowNegative == acc.AllowNegative) {
+		out = append(out, fieldAllowNegative, boolString(acc.AllowNegative))
+	}
+	if !kept(fieldLast, b != nil && b.last == acc.last) {
+		out = append(out, fieldLast, strconv.FormatInt(acc.last, 10))
+	}
+	if acc.closed() && !kept(fieldStatus, b != nil && b.closed()) {
 		out = append(out, fieldStatus, StatusClosed)
 	}
-	if len(acc.Metadata) > 0 {
+	if len(acc.Metadata) > 0 && !kept(fieldMetadata, b != nil && maps.Equal(b.Metadata, acc.Metadata)) {
 		md, err := json.Marshal(acc.Metadata)
 		if err != nil {
-			return nil, fmt.Errorf("ledger: encode metadata: %w", err)
+			return nil, nil, fmt.Errorf("ledger: encode metadata: %w", err)
 		}
 		out = append(out, fieldMetadata, string(md))
 	}
 	for _, c := range acc.currencies() {
-		out = append(out, prefixPosted+c, strconv.FormatInt(acc.Balances[c].Posted, 10))
+		if !kept(prefixPosted+c, b != nil && b.Balances[c].Posted == acc.Balances[c].Posted) {
+			out = append(out, prefixPosted+c, strconv.FormatInt(acc.Balances[c].Posted, 10))
+		}
 	}
-	for _, id := range sortedHolds(acc) {
+	// A hold or an alert does not change once placed, only goes; its value is compared all
+	// the same, so a command that changed one could not leave the hash behind.
+	var holds []string // changed or new, written in order
+	for id, h := range acc.holds {
+		var was pendingHold
+		ok := false
+		if b != nil {
+			was, ok = b.holds[id]
+		}
+		same := ok && was.Currency == h.Currency && was.Amount == h.Amount &&
+			was.ExpiresAt.UnixMilli() == h.ExpiresAt.UnixMilli() && was.CreatedAt.UnixMilli() == h.CreatedAt.UnixMilli()
+		if !kept(prefixHold+id, same) {
+			holds = append(holds, id)
+		}
+	}
+	slices.Sort(holds)
+	for _, id := range holds {
 		h := acc.holds[id]
 		out = append(out, prefixHold+id, fmt.Sprintf("%s %d %d %d", h.Currency, h.Amount, h.ExpiresAt.UnixMilli(), h.CreatedAt.UnixMilli()))
 	}
 	for _, c := range slices.Sorted(maps.Keys(acc.OverdraftLimit)) {
-		out = append(out, prefixOverdraft+c, strconv.FormatInt(acc.OverdraftLimit[c], 10))
+		if !kept(prefixOverdraft+c, b != nil && b.OverdraftLimit[c] == acc.OverdraftLimit[c]) {
+			out = append(out, prefixOverdraft+c, strconv.FormatInt(acc.OverdraftLimit[c], 10))
+		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(acc.alerts)) {
-		dir, t := acc.alerts[id].direction()
-		out = append(out, prefixAlert+id, fmt.Sprintf("%s %s %d", acc.alerts[id].Currency, dir, t))
+		al := acc.alerts[id]
+		dir, t := al.direction()
+		same := false
+		if b != nil {
+			if was, ok := b.alerts[id]; ok {
+				wasDir, wasT := was.direction()
+				same = was.Currency == al.Currency && wasDir == dir && wasT == t
+			}
+		}
+		if !kept(prefixAlert+id, same) {
+			out = append(out, prefixAlert+id, fmt.Sprintf("%s %s %d", al.Currency, dir, t))
+		}
 	}
-	return out, nil
+	return out, names, nil
 }
 
 func boolString(b bool) string {
@@ -406,13 +463,10 @@ func (s *store) write(ctx context.Context, pl plan, ttls [2]int64) (commitOutcom
 		var fields []any
 		var deleted []any
 		if len(aw.events) > 0 {
+			var keep map[string]bool
 			var err error
-			if fields, err = snapshotFields(aw.after); err != nil {
+			if fields, keep, err = snapshotWrite(aw.after, aw.before); err != nil {
 				return commitOutcome{}, err
-			}
-			keep := make(map[string]bool, len(fields)/2)
-			for i := 0; i < len(fields); i += 2 {
-				keep[fields[i].(string)] = true
 			}
 			for f := range aw.before.fields {
 				if !keep[f] {
