@@ -3,7 +3,6 @@ package ledger_test
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/internal/redisx"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -101,16 +101,10 @@ func netInput(ctx context.Context, t *testing.T, rdb redis.UniversalClient) *int
 		if err != nil {
 			return err
 		}
-		v, ok := int64(0), false
-		for _, line := range strings.Split(info, "\n") {
-			if val, is := strings.CutPrefix(strings.TrimSpace(line), "total_net_input_bytes:"); is {
-				v, err = strconv.ParseInt(val, 10, 64)
-				ok = err == nil
-			}
-		}
+		v, ok := redistest.InfoNumber(info, "total_net_input_bytes")
 		mu.Lock()
 		defer mu.Unlock()
-		total += v
+		total += int64(v)
 		found = found && ok
 		return nil
 	}))

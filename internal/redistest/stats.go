@@ -83,17 +83,23 @@ func (s *Server) InfoFloat(section, field string) float64 {
 	if err != nil {
 		s.tb.Fatalf("redistest: INFO %s of %s: %v", section, s.Addr(), err)
 	}
+	f, ok := InfoNumber(info, field)
+	if !ok {
+		s.tb.Fatalf("redistest: no number %s in INFO %s of %s", field, section, s.Addr())
+	}
+	return f
+}
+
+// InfoNumber returns the numeric field of an INFO reply; ok is false when the reply has no
+// such field or it is not a number (the embedded Redis reports few).
+func InfoNumber(info, field string) (v float64, ok bool) {
 	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				s.tb.Fatalf("redistest: %s %q: %v", field, v, err)
-			}
-			return f
+		if s, found := strings.CutPrefix(strings.TrimSpace(line), field+":"); found {
+			f, err := strconv.ParseFloat(s, 64)
+			return f, err == nil
 		}
 	}
-	s.tb.Fatalf("redistest: no %s in INFO %s of %s", field, section, s.Addr())
-	return 0
+	return 0, false
 }
 
 // CPUSeconds returns the CPU time the server used since it started (used_cpu_sys +
