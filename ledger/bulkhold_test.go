@@ -40,17 +40,22 @@ func holdStatus(t *testing.T, l *ledger.Ledger, account, hold string) string {
 // HoldVoided events in order.
 func resolutions(t *testing.T, l *ledger.Ledger, account string) map[string][]string {
 	t.Helper()
-	events, _, err := l.Events(context.Background(), account, 0, ledger.MaxEventsPage)
-	require.NoError(t, err)
 	out := map[string][]string{}
-	for _, e := range events {
-		if e.Type == ledger.EventHoldCaptured || e.Type == ledger.EventHoldVoided {
-			var d ledger.HoldData
-			require.NoError(t, json.Unmarshal(e.Data, &d))
-			out[d.HoldID] = append(out[d.HoldID], e.Type)
+	for after := int64(0); ; {
+		events, next, err := l.Events(context.Background(), account, after, ledger.MaxEventsPage)
+		require.NoError(t, err)
+		for _, e := range events {
+			if e.Type == ledger.EventHoldCaptured || e.Type == ledger.EventHoldVoided {
+				var d ledger.HoldData
+				require.NoError(t, json.Unmarshal(e.Data, &d))
+				out[d.HoldID] = append(out[d.HoldID], e.Type)
+			}
 		}
+		if next == 0 {
+			return out
+		}
+		after = next
 	}
-	return out
 }
 
 // TestBulkHoldsAtomic resolves a list of holds of one partition all or nothing: one capture

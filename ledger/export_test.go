@@ -113,6 +113,19 @@ func (l *Ledger) EventsKey(account string) string {
 	return l.store.keys.events(l.store.keys.partition(account), account)
 }
 
+// HoldFields counts the pending-hold fields of an account's snapshot hash as Redis holds
+// it (one per pending hold, until a commit deletes it).
+func (l *Ledger) HoldFields(ctx context.Context, account string) (int, error) {
+	fields, err := l.store.rdb.HKeys(ctx, l.store.keys.snapshot(l.store.keys.partition(account), account)).Result()
+	n := 0
+	for _, f := range fields {
+		if strings.HasPrefix(f, prefixHold) {
+			n++
+		}
+	}
+	return n, err
+}
+
 // MetadataIndexKey returns the key of the metadata index of key=value for accounts
 // (transfers false) or transfers in the partition of account (a transfer's source).
 func (l *Ledger) MetadataIndexKey(transfers bool, account, key, value string) string {

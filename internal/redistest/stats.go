@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-ledger/tally/internal/redisx"
 )
 
 // CommandsProcessed returns the server's total_commands_processed (INFO stats), counting
@@ -57,16 +59,7 @@ func CommandCalls(tb testing.TB, rdb redis.UniversalClient) map[string]int {
 		}
 		return nil
 	}
-	var err error
-	switch c := rdb.(type) {
-	case *redis.ClusterClient:
-		err = c.ForEachMaster(context.Background(), add)
-	case *redis.Client:
-		err = add(context.Background(), c)
-	default:
-		tb.Fatalf("redistest: CommandCalls of a %T", rdb)
-	}
-	if err != nil {
+	if err := redisx.ForEachMaster(context.Background(), rdb, add); err != nil {
 		tb.Fatalf("redistest: INFO commandstats: %v", err)
 	}
 	return out
@@ -88,6 +81,31 @@ func (s *Server) InfoFloat(section, field string) float64 {
 		s.tb.Fatalf("redistest: no number %s in INFO %s of %s", field, section, s.Addr())
 	}
 	return f
+}
+
+// InfoSum returns the numeric field of an INFO section summed over the servers rdb talks
+// to (a Cluster client's masters); ok is false when one of them does not report it (the
+// embedded Redis reports few). It fails the test when a server cannot be read.
+func InfoSum(tb testing.TB, rdb redis.UniversalClient, section, field string) (sum float64, ok bool) {
+	tb.Helper()
+	var mu sync.Mutex
+	ok = true
+	err := redisx.ForEachMaster(context.Background(), rdb, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, section).Result()
+		if err != nil {
+			return err
+		}
+		v, found := InfoNumber(info, field)
+		mu.Lock()
+		defer mu.Unlock()
+		sum += v
+		ok = ok && found
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("redistest: INFO %s: %v", section, err)
+	}
+	return sum, ok
 }
 
 // InfoNumber returns the numeric field of an INFO reply; ok is false when the reply has no
