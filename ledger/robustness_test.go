@@ -264,7 +264,7 @@ func TestQueueCap(t *testing.T) {
 				<-release
 			})
 			var wg sync.WaitGroup
-			for i := 0; i < 3; i++ {
+			deposit := func() {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -272,8 +272,15 @@ func TestQueueCap(t *testing.T) {
 					assert.NoError(t, err)
 				}()
 			}
+			// The first deposit blocks in its commit before the other two arrive: started
+			// together, group commit may carry two of them in one batch, and the queue
+			// would hold one, not two.
+			deposit()
+			require.Eventually(t, func() bool { return blocked.Load() == 1 }, 5*time.Second, time.Millisecond)
+			deposit()
+			deposit()
 			if group {
-				require.Eventually(t, func() bool { return blocked.Load() == 1 && l.Waiting("acct") == 2 }, 5*time.Second, time.Millisecond)
+				require.Eventually(t, func() bool { return l.Waiting("acct") == 2 }, 5*time.Second, time.Millisecond)
 			} else {
 				require.Eventually(t, func() bool { return blocked.Load() == 3 }, 5*time.Second, time.Millisecond)
 			}
