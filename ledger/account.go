@@ -45,8 +45,8 @@ type Account struct {
 
 	// holds are the pending holds (placed, not yet captured, voided or swept), by ID. An
 	// expired hold stays here until the sweeper appends HoldExpired, but never counts as
-	// held and can never be captured.
-	holds map[string]pendingHold
+	// held and can never be captured. Copying an Account shares them safely (holdSet).
+	holds holdSet
 }
 
 // pendingHold is a hold as the account snapshot keeps it.
@@ -71,7 +71,6 @@ func (a *Account) clone() *Account {
 		c.Balances = map[string]Balance{}
 	}
 	c.Metadata = maps.Clone(a.Metadata)
-	c.holds = maps.Clone(a.holds)
 	c.OverdraftLimit = maps.Clone(a.OverdraftLimit)
 	c.alerts = maps.Clone(a.alerts)
 	return &c
@@ -80,19 +79,14 @@ func (a *Account) clone() *Account {
 // settle recomputes Held and Available of every currency for the moment now: a pending
 // hold whose expiry has passed no longer counts.
 func (a *Account) settle(now time.Time) {
-	held := map[string]int64{}
-	for _, h := range a.holds {
-		if now.Before(h.ExpiresAt) {
-			held[h.Currency] += h.Amount
-		}
-	}
-	for c := range held {
-		if _, ok := a.Balances[c]; !ok {
-			a.Balances[c] = Balance{}
+	held := a.holds.held(now)
+	for _, h := range held {
+		if _, ok := a.Balances[h.currency]; !ok {
+			a.Balances[h.currency] = Balance{}
 		}
 	}
 	for c, b := range a.Balances {
-		b.Held = held[c]
+		b.Held = heldIn(held, c)
 		b.Available = b.Posted - b.Held
 		a.Balances[c] = b
 	}
@@ -100,7 +94,7 @@ func (a *Account) settle(now time.Time) {
 
 // liveHold returns the pending hold id if it has not expired at now.
 func (a *Account) liveHold(id string, now time.Time) (pendingHold, bool) {
-	h, ok := a.holds[id]
+	h, ok := a.holds.get(id)
 	if !ok || !now.Before(h.ExpiresAt) {
 		return pendingHold{}, false
 	}
@@ -196,11 +190,8 @@ func (a *Account) applyData(e Event, data any) error {
 		if err := decodeData(e, &d); err != nil {
 			return err
 		}
-		if a.holds == nil {
-			a.holds = map[string]pendingHold{}
-		}
-		a.holds[d.HoldID] = pendingHold{Currency: d.Currency, Amount: d.Amount,
-			CreatedAt: time.UnixMilli(e.Time.UnixMilli()).UTC(), ExpiresAt: d.ExpiresAt.UTC()}
+		a.holds.set(d.HoldID, pendingHold{Currency: d.Currency, Amount: d.Amount,
+			CreatedAt: time.UnixMilli(e.Time.UnixMilli()).UTC(), ExpiresAt: d.ExpiresAt.UTC()})
 		if _, ok := a.Balances[d.Currency]; !ok {
 			a.Balances[d.Currency] = Balance{}
 		}
@@ -209,13 +200,10 @@ func (a *Account) applyData(e Event, data any) error {
 		if err := decodeData(e, &d); err != nil {
 			return err
 		}
-		if _, ok := a.holds[d.HoldID]; !ok {
+		if _, ok := a.holds.get(d.HoldID); !ok {
 			return fmt.Errorf("ledger: %s resolves hold %q, which is not pending", e.ID, d.HoldID)
 		}
-		delete(a.holds, d.HoldID)
-		if len(a.holds) == 0 {
-			a.holds = nil // as a snapshot without hold fields reads
-		}
+		a.holds.remove(d.HoldID)
 		if e.Type == EventHoldCaptured {
 			if err := post(d.Currency, -d.Captured); err != nil {
 				return err

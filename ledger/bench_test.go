@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -223,4 +224,66 @@ func benchLocker(b *testing.B, masters []*redistest.Server) *lock.Locker {
 	}
 	b.Cleanup(func() { l.Close() })
 	return l
+}
+
+// BenchmarkPendingHolds measures one writer on an account that keeps n pending holds,
+// against a real redis-server: what a merchant account with many open card
+// authorisations costs. op=deposit deposits; op=hold places a new hold and voids an old one
+// (two writes an operation, the number of holds stays n); op=read reads the account (as
+// GET /accounts/{id} does: from Redis, every hold). It reports the client's CPU per
+// operation beside the wall time (Redis's is not in it).
+//
+//	go test -run '^$' -bench PendingHolds -benchtime 2000x ./ledger
+func BenchmarkPendingHolds(b *testing.B) {
+	ctx := context.Background()
+	rdb := redistest.MustStart(b).Client()
+	for _, n := range []int{0, 100, 1_000, 5_000} {
+		for _, op := range []string{"deposit", "hold", "read"} {
+			l := MustOpen(b, rdb, ledger.Config{Prefix: fmt.Sprintf("holds%d%s", n, op)})
+			fund(b, l, "a", 1_000_000_000)
+			for placed := 0; placed < n; placed += 1_000 {
+				ops := make([]ledger.BatchOp, min(1_000, n-placed))
+				for i := range ops {
+					ops[i] = ledger.BatchOp{Type: ledger.OpHold, ID: fmt.Sprintf("h%d", placed+i), Account: "a", Currency: "USD", Amount: 1, Timeout: time.Hour}
+				}
+				if _, _, err := l.Batch(ctx, true, ops, ledger.WriteOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			next := 0 // holds h0..h(next-1) are voided, n0..n(next-1) placed
+			b.Run(fmt.Sprintf("holds=%d/op=%s", n, op), func(b *testing.B) {
+				start := cpuTime()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					var err error
+					switch op {
+					case "deposit":
+						_, err = l.Deposit(ctx, ledger.Deposit{Account: "a", Currency: "USD", Amount: 1}, ledger.WriteOptions{})
+					case "read":
+						_, err = l.Account(ctx, "a")
+					default:
+						_, err = l.PlaceHold(ctx, ledger.PlaceHold{Account: "a", ID: fmt.Sprintf("n%d", next), Currency: "USD", Amount: 1, Timeout: time.Hour})
+						if err == nil && next < n {
+							_, err = l.VoidHold(ctx, "a", fmt.Sprintf("h%d", next), ledger.WriteOptions{})
+						}
+						next++
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+			})
+		}
+	}
+}
+
+// cpuTime returns the CPU time (user and system) this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

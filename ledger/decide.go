@@ -330,7 +330,7 @@ func (c CloseAccount) decide(d *decision) (any, error) {
 			return nil, fmt.Errorf("%w: %s posted %d, held %d", ErrAccountNotEmpty, cur, b.Posted, b.Held)
 		}
 	}
-	for _, id := range sortedHolds(a) {
+	for _, id := range a.holds.ids() {
 		if err := d.expireHold(a, id); err != nil {
 			return nil, err
 		}

@@ -154,3 +154,8 @@ func (l *Ledger) CacheEverySnapshot() {
 		l.snaps.sharedFor = 0
 	}
 }
+
+// AccountDiff names what differs between two accounts ("" when nothing does), pending
+// holds included; tests compare accounts with it rather than with reflect.DeepEqual, which
+// would compare how their holds are laid out.
+func AccountDiff(a, b *Account) string { return a.diff(b) }

@@ -73,7 +73,7 @@ func (c PlaceHold) decide(d *decision) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := a.holds[c.ID]; ok {
+	if _, ok := a.holds.get(c.ID); ok {
 		return nil, ErrIdempotencyKeyReused
 	}
 	if err := requireAvailable(a, c.Currency, c.Amount); err != nil {
@@ -115,7 +115,7 @@ func holdFields(h Hold) []any {
 // resolveHold emits typ for the pending hold id of a and updates its record. captured is
 // the amount a capture takes (0 otherwise).
 func (d *decision) resolveHold(a *Account, id, typ, status string, captured int64, to, transferID string) (Hold, error) {
-	ph := a.holds[id]
+	ph, _ := a.holds.get(id)
 	if _, err := d.emit(a, typ, HoldData{HoldID: id, Currency: ph.Currency, Amount: ph.Amount, ExpiresAt: ph.ExpiresAt,
 		Captured: captured, To: to, TransferID: transferID}); err != nil {
 		return Hold{}, err
@@ -140,16 +140,6 @@ func (d *decision) resolveHold(a *Account, id, typ, status string, captured int6
 func (d *decision) expireHold(a *Account, id string) error {
 	_, err := d.resolveHold(a, id, EventHoldExpired, HoldExpired, 0, "", "")
 	return err
-}
-
-// sortedHolds returns the IDs of a's pending holds in order.
-func sortedHolds(a *Account) []string {
-	ids := make([]string, 0, len(a.holds))
-	for id := range a.holds {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
 }
 
 // CaptureHold takes all or part of a pending hold; the rest is released. With To, the
@@ -261,7 +251,7 @@ var errNotDue = errors.New("ledger: not due")
 
 func (c expireHoldCmd) decide(d *decision) (any, error) {
 	a := d.acc(c.Account)
-	h, ok := a.holds[c.HoldID]
+	h, ok := a.holds.get(c.HoldID)
 	switch {
 	case !ok:
 		return nil, errNothingToDo
@@ -423,7 +413,7 @@ func (l *Ledger) PendingHolds(ctx context.Context, account, after string, limit 
 	if !acc.exists() {
 		return nil, "", ErrAccountNotFound
 	}
-	ids := sortedHolds(acc)
+	ids := acc.holds.ids()
 	ids = ids[sort.SearchStrings(ids, after):]
 	if len(ids) > 0 && ids[0] == after {
 		ids = ids[1:]

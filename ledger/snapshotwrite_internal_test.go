@@ -51,17 +51,18 @@ func TestCommitWritesSnapshotsOfAnySize(t *testing.T) {
 			}
 
 			commit(func(a *Account) {
-				a.holds = map[string]pendingHold{}
+				m := map[string]pendingHold{}
 				for i := range holds {
-					a.holds[fmt.Sprintf("h%05d", i)] = pendingHold{Currency: "USD", Amount: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+					m[fmt.Sprintf("h%05d", i)] = pendingHold{Currency: "USD", Amount: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
 				}
+				a.holds = newHoldSet(m)
 			})
 			require.Equal(t, holds, holdFields())
 			acc, err := l.Account(ctx, "big")
 			require.NoError(t, err)
 			assert.Equal(t, int64(holds), acc.Balances["USD"].Held, "every hold read back")
 
-			commit(func(a *Account) { a.holds = nil })
+			commit(func(a *Account) { a.holds = holdSet{} })
 			assert.Zero(t, holdFields(), "one commit deleted every hold's field")
 		})
 	}

@@ -32,7 +32,7 @@ func apart(l *ledger.Ledger, prefix string) (string, string) {
 }
 
 // fund opens an account and deposits amount USD into it.
-func fund(t *testing.T, l *ledger.Ledger, id string, amount int64) {
+func fund(t testing.TB, l *ledger.Ledger, id string, amount int64) {
 	t.Helper()
 	MustOpenAccount(t, l, id, false)
 	if amount > 0 {
