@@ -76,11 +76,12 @@ type hammerResult struct {
 // the history.
 func hammer(t *testing.T, ledgers []*ledger.Ledger, account string, workers, opsEach int) hammerResult {
 	t.Helper()
-	return hammerMix(t, ledgers, account, workers, opsEach, 5)
+	return hammerMix(t, ledgers, account, workers, opsEach, 5, false)
 }
 
-// hammerMix is hammer with withdrawTenths operations in ten withdrawals.
-func hammerMix(t *testing.T, ledgers []*ledger.Ledger, account string, workers, opsEach, withdrawTenths int) hammerResult {
+// hammerMix is hammer with withdrawTenths operations in ten withdrawals; keyed gives every
+// operation an Idempotency-Key of its own (its record is read, and a refusal is recorded).
+func hammerMix(t *testing.T, ledgers []*ledger.Ledger, account string, workers, opsEach, withdrawTenths int, keyed bool) hammerResult {
 	t.Helper()
 	ctx := context.Background()
 	res := hammerResult{hist: &history{start: time.Now()}}
@@ -97,10 +98,14 @@ func hammerMix(t *testing.T, ledgers []*ledger.Ledger, account string, workers, 
 				call := time.Now()
 				var rc ledger.Receipt
 				var err error
+				var opts ledger.WriteOptions
+				if keyed {
+					opts.IdempotencyKey = fmt.Sprintf("w%d-%d", w, i)
+				}
 				if in.withdraw {
-					rc, err = l.Withdraw(ctx, ledger.Withdraw{Account: account, Currency: "USD", Amount: in.amount}, ledger.WriteOptions{})
+					rc, err = l.Withdraw(ctx, ledger.Withdraw{Account: account, Currency: "USD", Amount: in.amount}, opts)
 				} else {
-					rc, err = l.Deposit(ctx, ledger.Deposit{Account: account, Currency: "USD", Amount: in.amount}, ledger.WriteOptions{})
+					rc, err = l.Deposit(ctx, ledger.Deposit{Account: account, Currency: "USD", Amount: in.amount}, opts)
 				}
 				ret := time.Now()
 				switch {
@@ -146,14 +151,20 @@ func TestConcurrentOneAccount(t *testing.T) {
 		cfg       ledger.Config
 		cacheAll  bool // decide on stale cached snapshots over and over (CacheEverySnapshot)
 		withdraws int  // withdrawals in ten operations
+		keyed     bool // every operation with an Idempotency-Key of its own
 	}{
-		{"group commit, 2 processes", 2, ledger.Config{Prefix: "gc"}, false, 5},
-		{"optimistic only, 4 processes", 4, ledger.Config{Prefix: "opt", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, false, 5},
-		{"group commit, 3 processes, every snapshot cached", 3, ledger.Config{Prefix: "cache"}, true, 5},
+		{"group commit, 2 processes", 2, ledger.Config{Prefix: "gc"}, false, 5, false},
+		{"optimistic only, 4 processes", 4, ledger.Config{Prefix: "opt", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, false, 5, false},
+		{"group commit, 3 processes, every snapshot cached", 3, ledger.Config{Prefix: "cache"}, true, 5, false},
 		// Every request alone, and withdrawals keeping the balance near zero: refusals
 		// decided on stale cached snapshots are common, and one taken as final (no version
 		// check) is a wrong answer porcupine sees.
-		{"optimistic only, 4 processes, every snapshot cached", 4, ledger.Config{Prefix: "optcache", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, true, 6},
+		{"optimistic only, 4 processes, every snapshot cached", 4, ledger.Config{Prefix: "optcache", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, true, 6, false},
+		// The same with keys: a keyed request reads its record but decides on the cached
+		// snapshot, and its refusal is recorded; one recorded without the version check of
+		// what it read would be replayed to its client as final, a wrong answer.
+		{"optimistic only, 4 processes, every snapshot cached, keyed", 4, ledger.Config{Prefix: "keycache", DisableGroupCommit: true, MaxRetries: 200, RetryBackoffMax: 20 * time.Millisecond}, true, 6, true},
+		{"group commit, 3 processes, every snapshot cached, keyed", 3, ledger.Config{Prefix: "gckeycache"}, true, 6, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ledgers []*ledger.Ledger
@@ -165,7 +176,7 @@ func TestConcurrentOneAccount(t *testing.T) {
 				ledgers = append(ledgers, l)
 			}
 			MustOpenAccount(t, ledgers[0], "hot", false)
-			res := hammerMix(t, ledgers, "hot", 32, 200, tc.withdraws)
+			res := hammerMix(t, ledgers, "hot", 32, 200, tc.withdraws, tc.keyed)
 
 			acc := requireConsistent(t, ledgers[0], "hot")
 			bal := acc.Balances["USD"]

@@ -222,9 +222,9 @@ func TestTransferManagerWaitsForTheRequest(t *testing.T) {
 }
 
 // The credit of a transfer made by CreateTransfer decides on the destination the
-// request's read found: one cross-partition transfer reads three hashes (the source, the
-// transfer's record, the destination), not five (the credit's read of the destination and
-// of its record again).
+// request's read found: one cross-partition transfer reads two hashes (the transfer's
+// record and the destination; the source is in the snapshot cache its funding left), not
+// four (the credit's read of the destination and of its record again).
 func TestCreditDecidesOnPreparedDestination(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.MustStart(t).Client()
@@ -234,7 +234,7 @@ func TestCreditDecidesOnPreparedDestination(t *testing.T) {
 	res, err := l.CreateTransfer(ctx, ledger.TransferRequest{ID: "t-pd", From: from, To: to, Currency: "USD", Amount: 40})
 	require.NoError(t, err)
 	require.Equal(t, ledger.TransferCompleted, res.Transfer.Status)
-	assert.Equal(t, 3, redistest.CommandCalls(t, rdb)["hgetall"]-before, "hashes read for one cross-partition transfer")
+	assert.Equal(t, 2, redistest.CommandCalls(t, rdb)["hgetall"]-before, "hashes read for one cross-partition transfer")
 	assert.Equal(t, int64(60), posted(t, l, from))
 	assert.Equal(t, int64(40), posted(t, l, to))
 	requireVerified(t, l)
@@ -287,10 +287,11 @@ func TestQueuedCreditDecidesOnPreparedDestination(t *testing.T) {
 			nowUsed, _ := l.Prereads()
 			assert.Greater(t, nowUsed, used, "a batch decided on a snapshot its request brought")
 			if counted {
-				// the debit's read: source, destination, transfer record; the batch of the
-				// credit and the second deposit: nothing (the deposit's account is in the
-				// snapshot cache its first deposit's commit left)
-				assert.Equal(t, 3, reads()-before, "hashes read")
+				// the debit's read: destination, transfer record (the source is in the
+				// snapshot cache its funding left); the batch of the credit and the second
+				// deposit: nothing (the deposit's account is in the snapshot cache its first
+				// deposit's commit left)
+				assert.Equal(t, 2, reads()-before, "hashes read")
 			}
 			assert.Equal(t, int64(60), posted(t, l, from))
 			assert.Equal(t, int64(40), posted(t, l, to))

@@ -10,7 +10,9 @@ import (
 
 // snapCache remembers, per partition, the snapshots this process's commits left behind, so
 // that the next batch on the same accounts decides without reading them again: one round
-// trip per batch instead of two. It is only ever a guess. The commit checks every version a
+// trip per batch instead of two when nothing else is to be read, and a read of only the
+// records otherwise (an account's snapshot grows with its pending holds, a field each). It
+// is only ever a guess. The commit checks every version a
 // decision was made on, so a snapshot that another process (or a restarted Redis) made
 // stale costs a skipped slice and a fresh read, never a wrong write; and a request refused
 // on a cached snapshot without a record (no version check) is decided again on a fresh

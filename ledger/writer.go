@@ -436,10 +436,13 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 	now := l.cfg.Clock()
 	part := l.store.keys.partition(accounts[0])
 	pre, unread := prereads(pending, accounts)
-	// Accounts this process committed last need no read when nothing else is to be read
-	// (see snapCache): the commit checks their versions like any read's.
+	// Accounts this process committed last need no read (see snapCache): the commit checks
+	// their versions like any read's, and a refusal decided on them is recorded under that
+	// check or decided again (unchecked). Records, probes and transfer reads are still read:
+	// a round trip then, but without the snapshots, which for an account with thousands of
+	// pending holds are most of what a read would carry.
 	var cached map[string]snapshot
-	if cache && len(refs) == 0 && len(probes) == 0 && len(preps) == 0 {
+	if cache {
 		if cached = l.snaps.take(part, unread, now); cached != nil {
 			if pre == nil {
 				pre = make(map[string]snapshot, len(cached))
