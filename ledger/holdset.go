@@ -11,10 +11,11 @@ import (
 // holdSet is an account's pending holds by ID, built so that an account with thousands of
 // them costs about what one with a few does per write:
 //
-//   - Copying it costs nothing. A holdSet is a value that never changes in place: a base
-//     map, shared by every copy and never written once built, and the changes made since
-//     (put, gone), which each change replaces rather than writes. Past √n changes a change
-//     builds a new base, so a change costs O(√n) amortized.
+//   - Copying it costs nothing: a plain copy of the struct. Its maps and sums are never
+//     written once a set holds them: a base map, shared by every copy, and the changes
+//     made since (put, gone), which each change replaces with new maps. A change to one
+//     copy therefore never shows in another. Past √n changes a change builds a new base,
+//     so a change costs O(√n) amortized.
 //   - The difference between two sets that share a base is found from their changes alone
 //     (changedSince), which is what a commit writes.
 //   - It keeps the held amount per currency over a span of time in which no hold expires
