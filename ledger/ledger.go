@@ -442,8 +442,9 @@ type Stats struct {
 	// Joined counts requests that joined a group commit already under way: once its leases
 	// were held (lock mode) or before its retry after a conflict (optimistic mode).
 	Joined int64
-	// SnapshotHits counts attempts that decided on the snapshot cache alone, without a
-	// read (Config.SnapshotCache); StaleSnapshots the conflicts among them (counted in
+	// SnapshotHits counts attempts that decided on the snapshot cache without reading a
+	// snapshot (Config.SnapshotCache; idempotency and hold records are still read, in one
+	// round trip, when the attempt has some); StaleSnapshots the conflicts among them (counted in
 	// Conflicts too) where every request sent back was decided on a cached snapshot: another
 	// process wrote the account since this one cached it (or while it decided). They are
 	// decided again at once on a fresh read, without a backoff or a retry.
@@ -459,8 +460,8 @@ type counters struct {
 	// mixedPrereads those of them that also read for other requests of their batch, and
 	// stalePrereads those a version or record check sent back (tests read them).
 	prereads, mixedPrereads, stalePrereads atomic.Int64
-	// cached counts attempts whose accounts were all in the snapshot cache (no read), stale
-	// those sent back because a cached snapshot was out of date.
+	// cached counts attempts whose accounts were all in the snapshot cache (no snapshot
+	// read), stale those sent back because a cached snapshot was out of date.
 	cached, stale atomic.Int64
 }
 

@@ -64,8 +64,11 @@ func TestManyPendingHolds(t *testing.T) {
 				assert.Less(t, after-in, 10_000.0, "bytes Redis received for one deposit to an account with %d holds", holds)
 			}
 			out, _ := redistest.InfoSum(t, rdb, "stats", "total_net_output_bytes")
+			hits, mixed := l.Stats().SnapshotHits, l.MixedPrereads()
 			_, err = l.CaptureHold(ctx, "a", "h0", 0, "", ledger.WriteOptions{})
 			require.NoError(t, err)
+			assert.Equal(t, hits+1, l.Stats().SnapshotHits, "the capture decided on the cached snapshot")
+			assert.Equal(t, mixed, l.MixedPrereads(), "no request brought a snapshot of its own")
 			if reported {
 				// The capture reads its hold's record but decides on the snapshot its
 				// process's last commit left: reading the snapshot would send ~250 KB.

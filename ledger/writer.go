@@ -462,8 +462,8 @@ func (l *Ledger) attempt(ctx context.Context, pending []*request, cache bool) (r
 		if snaps, recs, placed, err = l.store.readProbed(ctx, unread, refs, probes, preps, now); err != nil {
 			return pending, false, err
 		}
-		if len(pre) > 0 {
-			maps.Copy(snaps, pre)
+		maps.Copy(snaps, pre)
+		if len(pre) > len(cached) {
 			l.stats.mixedPrereads.Add(1)
 		}
 	}

@@ -341,7 +341,7 @@ func registerLedgerMetrics(reg prometheus.Registerer, l *ledger.Ledger) error {
 		stat("tally_ledger_lock_failures_total", "Attempts that could not take or keep the lease.", func(s ledger.Stats) int64 { return s.LockFailures }),
 		stat("tally_ledger_overloaded_total", "Requests refused with 503 overloaded: their account already had --max-queue requests in this process.", func(s ledger.Stats) int64 { return s.Overloaded }),
 		stat("tally_ledger_joined_total", "Requests that joined a group commit already under way (once its leases were held, or before its retry after a conflict).", func(s ledger.Stats) int64 { return s.Joined }),
-		stat("tally_ledger_snapshot_cache_hits_total", "Attempts decided on snapshots this process's own commits left behind, without a read.", func(s ledger.Stats) int64 { return s.SnapshotHits }),
+		stat("tally_ledger_snapshot_cache_hits_total", "Attempts decided on snapshots this process's own commits left behind, without reading a snapshot.", func(s ledger.Stats) int64 { return s.SnapshotHits }),
 		stat("tally_ledger_stale_snapshots_total", "Version conflicts of attempts decided on cached snapshots: another process wrote the account since; decided again at once on a fresh read.", func(s ledger.Stats) int64 { return s.StaleSnapshots }),
 		stat("tally_ledger_transfers_stuck_total", "Cross-partition transfers the sweep found pending longer than --sweep-stuck-after (and finished).", func(s ledger.Stats) int64 { return s.TransfersStuck }),
 	)
