@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tally-ledger/tally/internal/cputime"
 	"github.com/tally-ledger/tally/internal/redisx"
 )
 
@@ -28,7 +29,7 @@ type cpuPerOp struct {
 // sampleCPU reads the CPU time each side of a run used so far: this process, the
 // servers behind d (nil: none), the data Redis (nil: none) and the lock masters.
 func sampleCPU(ctx context.Context, d *httpDriver, data redis.UniversalClient, masters []*redis.Client) cpuSample {
-	s := cpuSample{client: reading(processCPU()), redis: reading(redisCPU(ctx, data)), lock: reading(lockCPU(ctx, masters))}
+	s := cpuSample{client: reading(cputime.Process()), redis: reading(redisCPU(ctx, data)), lock: reading(lockCPU(ctx, masters))}
 	if d != nil {
 		s.server = reading(d.serverCPU(ctx))
 	}

@@ -8,12 +8,12 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tally-ledger/tally/internal/cputime"
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/lock"
@@ -252,7 +252,7 @@ func BenchmarkPendingHolds(b *testing.B) {
 			}
 			next := 0 // holds h0..h(next-1) are voided, n0..n(next-1) placed
 			b.Run(fmt.Sprintf("holds=%d/op=%s", n, op), func(b *testing.B) {
-				start := cpuTime()
+				start, measured := cputime.Process()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
 					var err error
@@ -273,17 +273,10 @@ func BenchmarkPendingHolds(b *testing.B) {
 					}
 				}
 				b.StopTimer()
-				b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+				if end, ok := cputime.Process(); ok && measured {
+					b.ReportMetric(float64((end-start).Microseconds())/float64(b.N), "cpu-µs/op")
+				}
 			})
 		}
 	}
-}
-
-// cpuTime returns the CPU time (user and system) this process used so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		panic(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
