@@ -105,10 +105,7 @@ func (s holdSet) ids() []string {
 // set places (or replaces) hold id.
 func (s *holdSet) set(id string, h pendingHold) {
 	old, had := s.get(id)
-	put := make(map[string]pendingHold, len(s.put)+1)
-	maps.Copy(put, s.put)
-	put[id] = h
-	s.put = put
+	s.put = with(s.put, id, h)
 	if _, ok := s.gone[id]; ok {
 		s.gone = without(s.gone, id)
 	}
@@ -128,7 +125,7 @@ func (s *holdSet) remove(id string) {
 		return
 	}
 	if s.n == 1 {
-		*s = holdSet{} // as a snapshot without hold fields reads
+		*s = holdSet{} // nothing left to share
 		return
 	}
 	if _, ok := s.put[id]; ok {
@@ -136,15 +133,20 @@ func (s *holdSet) remove(id string) {
 	}
 	if s.base != nil {
 		if _, ok := s.base.m[id]; ok {
-			gone := make(map[string]struct{}, len(s.gone)+1)
-			maps.Copy(gone, s.gone)
-			gone[id] = struct{}{}
-			s.gone = gone
+			s.gone = with(s.gone, id, struct{}{})
 		}
 	}
 	s.n--
 	s.unsum(old)
 	s.compact()
+}
+
+// with returns a copy of m with k set to v.
+func with[V any](m map[string]V, k string, v V) map[string]V {
+	out := make(map[string]V, len(m)+1)
+	maps.Copy(out, m)
+	out[k] = v
+	return out
 }
 
 // without returns a copy of m without k.
@@ -196,36 +198,9 @@ func sameHold(a, b pendingHold) bool {
 
 // changedSince returns the IDs of the holds of s that before does not hold as they are
 // (new or changed), and of those before holds that s does not, each in order. When the two
-// share a base only their changes are compared; otherwise every hold.
+// share a base only their changes can differ; otherwise every hold is compared.
 func (s holdSet) changedSince(before holdSet) (changed, removed []string) {
-	candidates := func(yield func(string) bool) {
-		if s.base != before.base {
-			for id := range s.all() {
-				if !yield(id) {
-					return
-				}
-			}
-			for id := range before.all() {
-				if !yield(id) {
-					return
-				}
-			}
-			return
-		}
-		for _, ids := range []iter.Seq[string]{maps.Keys(s.put), maps.Keys(s.gone), maps.Keys(before.put), maps.Keys(before.gone)} {
-			for id := range ids {
-				if !yield(id) {
-					return
-				}
-			}
-		}
-	}
-	seen := map[string]bool{}
-	for id := range candidates {
-		if seen[id] {
-			continue
-		}
-		seen[id] = true
+	compare := func(id string) {
 		h, now := s.get(id)
 		was, had := before.get(id)
 		switch {
@@ -233,6 +208,26 @@ func (s holdSet) changedSince(before holdSet) (changed, removed []string) {
 			changed = append(changed, id)
 		case !now && had:
 			removed = append(removed, id)
+		}
+	}
+	if s.base != before.base {
+		for id := range s.all() {
+			compare(id)
+		}
+		for id := range before.all() {
+			if _, ok := s.get(id); !ok {
+				removed = append(removed, id)
+			}
+		}
+	} else {
+		seen := map[string]bool{}
+		for _, ids := range []iter.Seq[string]{maps.Keys(s.put), maps.Keys(s.gone), maps.Keys(before.put), maps.Keys(before.gone)} {
+			for id := range ids {
+				if !seen[id] {
+					seen[id] = true
+					compare(id)
+				}
+			}
 		}
 	}
 	slices.Sort(changed)
