@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"math/big"
-	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -451,51 +450,6 @@ func (v *verifier) account(ctx context.Context, id string) error {
 			Detail: fmt.Sprintf("snapshot (version %d) differs from its replay (version %d): %s", snap.Version, replayed.Version, diff)})
 	}
 	return v.resolvedHolds(ctx, id, holds)
-}
-
-// diff names what differs between a snapshot (a) and its replay (b) ("" when nothing does). It
-// compares every field of Account (TestAccountDiffSeesEveryField); the pending holds by
-// content, not by how their holdSet is laid out.
-func (a *Account) diff(b *Account) string {
-	snap, replayed := a, b
-	var out []string
-	if snap.ID != replayed.ID {
-		out = append(out, fmt.Sprintf("id %s vs %s", snap.ID, replayed.ID))
-	}
-	if snap.Version != replayed.Version {
-		out = append(out, fmt.Sprintf("version %d vs %d", snap.Version, replayed.Version))
-	}
-	if snap.Status != replayed.Status || snap.AllowNegative != replayed.AllowNegative {
-		out = append(out, fmt.Sprintf("status %s/allow_negative %v vs %s/%v", snap.Status, snap.AllowNegative, replayed.Status, replayed.AllowNegative))
-	}
-	curs := map[string]bool{}
-	for c := range snap.Balances {
-		curs[c] = true
-	}
-	for c := range replayed.Balances {
-		curs[c] = true
-	}
-	for _, c := range slices.Sorted(maps.Keys(curs)) {
-		if a, b := snap.Balances[c], replayed.Balances[c]; a != b {
-			out = append(out, fmt.Sprintf("%s posted %d held %d vs %d held %d", c, a.Posted, a.Held, b.Posted, b.Held))
-		}
-	}
-	if !snap.holds.equal(replayed.holds) {
-		out = append(out, fmt.Sprintf("%d pending holds vs %d", snap.holds.len(), replayed.holds.len()))
-	}
-	if !reflect.DeepEqual(snap.Metadata, replayed.Metadata) {
-		out = append(out, "metadata")
-	}
-	if snap.last != replayed.last {
-		out = append(out, fmt.Sprintf("last event at %d ns vs %d", snap.last, replayed.last))
-	}
-	if !reflect.DeepEqual(snap.OverdraftLimit, replayed.OverdraftLimit) {
-		out = append(out, fmt.Sprintf("overdraft limits %v vs %v", snap.OverdraftLimit, replayed.OverdraftLimit))
-	}
-	if !reflect.DeepEqual(snap.alerts, replayed.alerts) {
-		out = append(out, fmt.Sprintf("%d alerts vs %d", len(snap.alerts), len(replayed.alerts)))
-	}
-	return strings.Join(out, "; ")
 }
 
 // events hands the events of account id with versions in (after, until] to visit, in
