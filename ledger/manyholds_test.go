@@ -24,7 +24,9 @@ import (
 // account from ~4,000 holds on ("too many results to unpack"): deposits, captures, voids and
 // the expiry that would have shrunk it. A commit now writes the fields it changes (and
 // in slices of a thousand: TestCommitWritesSnapshotsOfAnySize); closing the account
-// deletes the 4,998 fields left in one commit.
+// deletes the 4,998 fields left in one commit. A write also reads no more than it needs:
+// a capture decides on the snapshot its process's last commit left, and reads only its
+// hold's record.
 func TestManyPendingHolds(t *testing.T) {
 	const holds, perBatch = 5_000, 1_000
 	ctx := context.Background()

@@ -87,11 +87,13 @@ func (r recordRef) id() string {
 	return r.key + "\x00" + r.field
 }
 
-// snapshot is an account as read, with the hash fields it was read from (to know which
-// fields a commit must delete).
+// snapshot is an account as read, with the names of the hash fields it was read from (to
+// know which fields a commit must delete). The hold fields are not among them: the hash's
+// holds are acc's, and a commit diffs those (holdSet.changedSince), so that the set stays
+// the few fields most accounts share (snapCache.sets) however many holds an account has.
 type snapshot struct {
 	acc    *Account
-	fields map[string]bool
+	fields map[string]bool // but hold:<id>
 }
 
 // read returns the snapshots of accounts and the records of refs, in one round trip,
@@ -184,7 +186,7 @@ func newSnapshot(id string, h map[string]string, now time.Time) (snapshot, error
 	}
 	fields := make(map[string]bool, len(h))
 	for f := range h {
-		if !strings.HasPrefix(f, prefixHold) { // the holds are acc's (see snapshotWrite)
+		if !strings.HasPrefix(f, prefixHold) { // the holds are acc's (see snapshot)
 			fields[f] = true
 		}
 	}
