@@ -83,43 +83,42 @@ func (a *Account) clone() *Account {
 // compares every field of Account (TestAccountDiffSeesEveryField); the pending holds by
 // content, not by how their holdSet is laid out.
 func (a *Account) diff(b *Account) string {
-	snap, replayed := a, b
 	var out []string
-	if snap.ID != replayed.ID {
-		out = append(out, fmt.Sprintf("id %s vs %s", snap.ID, replayed.ID))
+	if a.ID != b.ID {
+		out = append(out, fmt.Sprintf("id %s vs %s", a.ID, b.ID))
 	}
-	if snap.Version != replayed.Version {
-		out = append(out, fmt.Sprintf("version %d vs %d", snap.Version, replayed.Version))
+	if a.Version != b.Version {
+		out = append(out, fmt.Sprintf("version %d vs %d", a.Version, b.Version))
 	}
-	if snap.Status != replayed.Status || snap.AllowNegative != replayed.AllowNegative {
-		out = append(out, fmt.Sprintf("status %s/allow_negative %v vs %s/%v", snap.Status, snap.AllowNegative, replayed.Status, replayed.AllowNegative))
+	if a.Status != b.Status || a.AllowNegative != b.AllowNegative {
+		out = append(out, fmt.Sprintf("status %s/allow_negative %v vs %s/%v", a.Status, a.AllowNegative, b.Status, b.AllowNegative))
 	}
 	curs := map[string]bool{}
-	for c := range snap.Balances {
+	for c := range a.Balances {
 		curs[c] = true
 	}
-	for c := range replayed.Balances {
+	for c := range b.Balances {
 		curs[c] = true
 	}
 	for _, c := range slices.Sorted(maps.Keys(curs)) {
-		if a, b := snap.Balances[c], replayed.Balances[c]; a != b {
-			out = append(out, fmt.Sprintf("%s posted %d held %d vs %d held %d", c, a.Posted, a.Held, b.Posted, b.Held))
+		if x, y := a.Balances[c], b.Balances[c]; x != y {
+			out = append(out, fmt.Sprintf("%s posted %d held %d vs %d held %d", c, x.Posted, x.Held, y.Posted, y.Held))
 		}
 	}
-	if !snap.holds.equal(replayed.holds) {
-		out = append(out, fmt.Sprintf("%d pending holds vs %d", snap.holds.len(), replayed.holds.len()))
+	if !a.holds.equal(b.holds) {
+		out = append(out, fmt.Sprintf("%d pending holds vs %d", a.holds.len(), b.holds.len()))
 	}
-	if !reflect.DeepEqual(snap.Metadata, replayed.Metadata) {
+	if !reflect.DeepEqual(a.Metadata, b.Metadata) {
 		out = append(out, "metadata")
 	}
-	if snap.last != replayed.last {
-		out = append(out, fmt.Sprintf("last event at %d ns vs %d", snap.last, replayed.last))
+	if a.last != b.last {
+		out = append(out, fmt.Sprintf("last event at %d ns vs %d", a.last, b.last))
 	}
-	if !reflect.DeepEqual(snap.OverdraftLimit, replayed.OverdraftLimit) {
-		out = append(out, fmt.Sprintf("overdraft limits %v vs %v", snap.OverdraftLimit, replayed.OverdraftLimit))
+	if !reflect.DeepEqual(a.OverdraftLimit, b.OverdraftLimit) {
+		out = append(out, fmt.Sprintf("overdraft limits %v vs %v", a.OverdraftLimit, b.OverdraftLimit))
 	}
-	if !reflect.DeepEqual(snap.alerts, replayed.alerts) {
-		out = append(out, fmt.Sprintf("%d alerts vs %d", len(snap.alerts), len(replayed.alerts)))
+	if !reflect.DeepEqual(a.alerts, b.alerts) {
+		out = append(out, fmt.Sprintf("%d alerts vs %d", len(a.alerts), len(b.alerts)))
 	}
 	return strings.Join(out, "; ")
 }
