@@ -105,7 +105,19 @@ func newMetrics(reg prometheus.Registerer, l *Ledger) (*metrics, error) {
 	m.transfersCreated = m.transfers.WithLabelValues(transitionCreated)
 	m.transfersCompleted = m.transfers.WithLabelValues(transitionCompleted)
 	m.transfersRefunded = m.transfers.WithLabelValues(transitionRefunded)
-	for _, c := range []prometheus.Collector{m.commitRequests, m.commitAccounts, m.events, m.transfers, m.holds, newPendingCollector(l)} {
+	// The configuration a load test or a dashboard needs to read the other series right;
+	// Prometheus's info-metric pattern: the value is 1, the facts are the labels.
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tally_ledger_info",
+		Help: "Always 1; the labels are this process's ledger configuration: concurrency mode, group commit, partition count.",
+		ConstLabels: prometheus.Labels{
+			"mode":         string(l.cfg.Mode),
+			"group_commit": strconv.FormatBool(!l.cfg.DisableGroupCommit),
+			"partitions":   strconv.Itoa(l.cfg.Partitions),
+		},
+	})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{info, m.commitRequests, m.commitAccounts, m.events, m.transfers, m.holds, newPendingCollector(l)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ledger: register metrics: %w", err)
 		}

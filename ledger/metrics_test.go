@@ -14,6 +14,7 @@ import (
 
 	"github.com/tally-ledger/tally/internal/redistest"
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/lock"
 )
 
 // gathered is one scrape of a registry: metric family by name.
@@ -259,4 +260,30 @@ func TestMetricsRegistration(t *testing.T) {
 	require.NoError(t, err)
 	_, err = ledger.New(rdb, ledger.Config{Registerer: reg})
 	require.ErrorContains(t, err, "register metrics")
+}
+
+// TestLedgerInfo: tally_ledger_info's labels say how the ledger was configured, so that a
+// load test labels its results with the server's mode rather than with what it was told.
+func TestLedgerInfo(t *testing.T) {
+	srv := redistest.MustStart(t)
+	rdb := srv.Client()
+	for _, tc := range []struct {
+		cfg                           ledger.Config
+		mode, groupCommit, partitions string
+	}{
+		{ledger.Config{}, "optimistic", "true", "16"},
+		{ledger.Config{Mode: ledger.ModeLock, Locker: mustLocker(t, []*redistest.Server{srv}, lock.Config{}), DisableGroupCommit: true, Partitions: 4}, "lock", "false", "4"},
+	} {
+		reg := prometheus.NewRegistry()
+		tc.cfg.Registerer = reg
+		_, err := ledger.New(rdb, tc.cfg)
+		require.NoError(t, err)
+		info := gather(t, reg).metric(t, "tally_ledger_info")
+		labels := map[string]string{}
+		for _, lp := range info.GetLabel() {
+			labels[lp.GetName()] = lp.GetValue()
+		}
+		assert.Equal(t, map[string]string{"mode": tc.mode, "group_commit": tc.groupCommit, "partitions": tc.partitions}, labels)
+		assert.Equal(t, 1.0, info.GetGauge().GetValue())
+	}
 }
