@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -53,11 +54,12 @@ type Config struct {
 	// Accounts lists the account counts to sweep. Default [1, 10000].
 	Accounts []int
 	// Modes lists the concurrency modes to sweep. Default [optimistic, lock]. With Target
-	// the server's mode cannot change: one entry, which only labels the results (default
-	// optimistic, serve's default).
+	// the server's mode cannot change: the results are labelled with the one its /metrics
+	// says (tally_ledger_info), and an entry given must be that one; from a serve without
+	// the metric, the entry given only labels them (default optimistic, serve's default).
 	Modes []ledger.Mode
 	// GroupCommit lists the group commit settings to sweep. Default [true, false]. With
-	// Target: one entry, a label like Modes (default true).
+	// Target: the server's, as for Modes (default true).
 	GroupCommit []bool
 	// Workers is the number of concurrent writers, each in a closed loop. Default 64.
 	Workers int
@@ -66,7 +68,8 @@ type Config struct {
 	// Ops, when positive, ends a run's load after this many operations (or Duration,
 	// whichever comes first).
 	Ops int64
-	// Partitions is the ledger's partition count (with Target: the server's). Default 16.
+	// Partitions is the ledger's partition count. Default 16; with Target the server's
+	// (from its /metrics, as for Modes), and a different value is an error.
 	Partitions int
 	// MaxBatch is the library's largest group commit. Default 64.
 	MaxBatch int
@@ -205,6 +208,28 @@ const (
 	SpreadRequest = "request"
 	SpreadWorker  = "worker"
 )
+
+// withServer labels a Target run with the server's mode and group commit and places its
+// accounts by the server's partition count, as the server's /metrics says
+// (tally_ledger_info): the bench cannot change them, and a label that guessed would
+// mislead. A value given in c (given: before defaults) that the server contradicts is an
+// error. A serve without the metric leaves c as it is.
+func (c Config) withServer(ctx context.Context, given Config, d *httpDriver) (Config, error) {
+	s, found, err := d.serverLedger(ctx)
+	if err != nil || !found {
+		return c, err
+	}
+	switch {
+	case len(given.Modes) > 0 && given.Modes[0] != s.mode:
+		return c, invalid("Modes", "says %s, but the server runs %s", given.Modes[0], s)
+	case len(given.GroupCommit) > 0 && given.GroupCommit[0] != s.groupCommit:
+		return c, invalid("GroupCommit", "says %v, but the server runs %s", given.GroupCommit[0], s)
+	case given.Partitions != 0 && given.Partitions != s.partitions:
+		return c, invalid("Partitions", "says %d, but the server runs %s", given.Partitions, s)
+	}
+	c.Modes, c.GroupCommit, c.Partitions = []ledger.Mode{s.mode}, []bool{s.groupCommit}, s.partitions
+	return c, nil
+}
 
 // Validate returns an error describing the first invalid field of c (after defaults): a
 // *FieldError, or an error saying that neither Redis nor Target is given.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -271,13 +270,9 @@ func replayMoney(id string, events []ledger.Event) (*ledger.Account, error) {
 	return a, nil
 }
 
-// stats reads the server's ledger counters from its /metrics (Prometheus text format, no
-// authentication). ok is false when they cannot be read.
+// stats reads the servers' ledger counters from their /metrics (Prometheus text format,
+// no authentication), summed over the replicas. ok is false when one cannot be read.
 func (d *httpDriver) stats(ctx context.Context) (ledger.Stats, bool) {
-	b, err := d.metrics(ctx)
-	if err != nil {
-		return ledger.Stats{}, false
-	}
 	var s ledger.Stats
 	fields := map[string]*int64{
 		"tally_ledger_commits_total":           &s.Commits,
@@ -286,19 +281,20 @@ func (d *httpDriver) stats(ctx context.Context) (ledger.Stats, bool) {
 		"tally_ledger_retries_total":           &s.Retries,
 		"tally_ledger_lock_failures_total":     &s.LockFailures,
 	}
-	found := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		name, val, ok := strings.Cut(line, " ")
-		if p := fields[name]; ok && p != nil {
-			v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-			if err != nil {
+	for _, base := range d.bases {
+		page, err := d.metricsOf(ctx, base)
+		if err != nil {
+			return ledger.Stats{}, false
+		}
+		for name, p := range fields {
+			v, found := promValue(page, name)
+			if !found {
 				return ledger.Stats{}, false
 			}
-			*p = int64(v)
-			found++
+			*p += int64(v)
 		}
 	}
-	return s, found == len(fields)
+	return s, true
 }
 
 // serverCPU returns the CPU time the servers used so far: the sum of every replica's
@@ -337,11 +333,6 @@ func (d *httpDriver) replicaValues(ctx context.Context, name string) ([]float64,
 		vs = append(vs, v)
 	}
 	return vs, true
-}
-
-// metrics reads the first replica's /metrics page.
-func (d *httpDriver) metrics(ctx context.Context) ([]byte, error) {
-	return d.metricsOf(ctx, d.bases[0])
 }
 
 // metricsOf reads the /metrics page of the replica at base (not part of the API, so not

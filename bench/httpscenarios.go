@@ -51,7 +51,8 @@ type HTTPConfig struct {
 	AtomicBatch bool
 	// APIKey is sent as Authorization: Bearer.
 	APIKey string
-	// Label fills the table's label column. Default "-".
+	// Label fills the table's label column. Default: the server's mode (from its
+	// /metrics), or "-".
 	Label string
 	// HTTPTimeout bounds one request (default 60s); SettleTimeout the wait for pending
 	// transfers to end before the check (default 30s).
@@ -60,7 +61,8 @@ type HTTPConfig struct {
 	Duration time.Duration
 	// SeedBalance is deposited into every account first. Default 1,000,000.
 	SeedBalance int64
-	// Partitions is the server's partition count. Default 16.
+	// Partitions is the server's partition count. Default: what the server's /metrics
+	// says, or 16; a different value is an error.
 	Partitions int
 	// Out receives the table; Progress, when set, a status line (a terminal).
 	Out, Progress io.Writer
@@ -92,6 +94,28 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 		c.Out = io.Discard
 	}
 	return c
+}
+
+// withServer places the accounts by the server's partition count and, unless given a
+// Label, labels the rows with the server's mode, as the server's /metrics says
+// (tally_ledger_info). A partition count given in c (given: before defaults) that the
+// server contradicts is an error. A serve without the metric leaves c as it is.
+func (c HTTPConfig) withServer(ctx context.Context, given HTTPConfig, d *httpDriver) (HTTPConfig, error) {
+	s, found, err := d.serverLedger(ctx)
+	if err != nil || !found {
+		return c, err
+	}
+	if given.Partitions != 0 && given.Partitions != s.partitions {
+		return c, invalid("Partitions", "says %d, but the server runs %s", given.Partitions, s)
+	}
+	c.Partitions = s.partitions
+	if given.Label == "" {
+		c.Label = string(s.mode)
+		if !s.groupCommit {
+			c.Label += ", group commit off"
+		}
+	}
+	return c, nil
 }
 
 // Validate returns a *FieldError describing the first invalid field of c (after
@@ -150,6 +174,7 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	given := cfg
 	cfg = cfg.withDefaults()
 	stdout := cfg.Out
 	d, err := newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Clients, cfg.HTTPTimeout, false)
@@ -157,6 +182,9 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig) error {
 		return err
 	}
 	defer d.close()
+	if cfg, err = cfg.withServer(ctx, given, d); err != nil {
+		return err
+	}
 	hb := &httpBench{cfg: cfg, runID: newRunID(), prog: newProgress(cfg.Progress, time.Now),
 		counter: commandCounter{data: cfg.Redis, masters: cfg.LockMasters}, d: d}
 	defer hb.prog.clear()

@@ -278,3 +278,54 @@ func TestServerRSSPeak(t *testing.T) {
 	t.Cleanup(d2.close)
 	assert.Nil(t, watchRSS(t.Context(), d2, time.Millisecond).stop(t.Context()))
 }
+
+// TestServerLedger reads tally_ledger_info from the replicas' /metrics: a page without it
+// is not an error (an older serve), labels it cannot read are, and so are replicas that
+// disagree.
+func TestServerLedger(t *testing.T) {
+	page := func(labels string) string {
+		return "# TYPE go_goroutines gauge\ngo_goroutines 12\n# TYPE tally_ledger_info gauge\ntally_ledger_info{" + labels + "} 1\n"
+	}
+	lock8 := page(`group_commit="false",mode="lock",partitions="8"`)
+	for _, tc := range []struct {
+		name  string
+		pages []string
+		want  serverLedger
+		found bool
+		err   string
+	}{
+		{"one replica", []string{lock8}, serverLedger{ledger.ModeLock, false, 8}, true, ""},
+		{"replicas that agree", []string{lock8, lock8}, serverLedger{ledger.ModeLock, false, 8}, true, ""},
+		{"an older serve", []string{"# TYPE go_goroutines gauge\ngo_goroutines 12\n"}, serverLedger{}, false, ""},
+		{"one older replica", []string{lock8, "go_goroutines 12\n"}, serverLedger{}, false, ""},
+		{"replicas that disagree", []string{lock8, page(`group_commit="true",mode="lock",partitions="8"`)}, serverLedger{}, false,
+			"the replicas are configured differently"},
+		{"an unknown mode", []string{page(`group_commit="true",mode="pessimistic",partitions="8"`)}, serverLedger{}, false, "tally_ledger_info has labels"},
+		{"no partitions", []string{page(`group_commit="true",mode="lock"`)}, serverLedger{}, false, "tally_ledger_info has labels"},
+		{"zero partitions", []string{page(`group_commit="true",mode="lock",partitions="0"`)}, serverLedger{}, false, "tally_ledger_info has labels"},
+		{"not Prometheus text", []string{"tally_ledger_info{mode=\"lock\" 1\n"}, serverLedger{}, false, "/metrics"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var urls []string
+			for _, p := range tc.pages {
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					require.Equal(t, "/metrics", r.URL.Path)
+					_, _ = w.Write([]byte(p))
+				}))
+				t.Cleanup(srv.Close)
+				urls = append(urls, srv.URL)
+			}
+			d, err := newHTTPDriver(strings.Join(urls, ","), "", 1, 5*time.Second, false)
+			require.NoError(t, err)
+			defer d.close()
+			got, found, err := d.serverLedger(t.Context())
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.found, found)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}

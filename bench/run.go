@@ -110,14 +110,18 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return Report{}, err
 	}
+	given := cfg
 	cfg = cfg.withDefaults()
-	r := &runner{cfg: cfg, runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
+	r := &runner{runID: newRunID(), progress: newProgress(cfg.Progress, cfg.Now)}
 	if cfg.Target != "" {
 		var err error
 		if r.http, err = newHTTPDriver(cfg.Target, cfg.APIKey, cfg.Workers, cfg.HTTPTimeout, cfg.Spread == SpreadWorker); err != nil {
 			return Report{}, err
 		}
 		defer r.http.close()
+		if cfg, err = cfg.withServer(ctx, given, r.http); err != nil {
+			return Report{}, err
+		}
 		if cfg.Redis != nil {
 			// The server's ledger, to verify it: the prefix serve uses; Open fails on a
 			// partition count other than the server's.
@@ -127,6 +131,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 	}
 
+	r.cfg = cfg
 	var rep Report
 	if cfg.Redis != nil && cfg.CeilingDuration > 0 {
 		r.progress.status("measuring the raw commit ceiling (%d connections, %v)", cfg.CeilingConns, cfg.CeilingDuration)

@@ -85,10 +85,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	fs.DurationVar(&f.duration, "duration", bench.DefaultDuration, "measured time per run (relay: the steady-rate phase)")
 	fs.Int64Var(&f.ops, "ops", 0, "modes: stop a run after this many operations (0: only --duration)")
 	fs.StringVar(&f.accounts, "accounts", "", "comma-separated account counts to sweep (default: modes 1,10000; relay 1000; transfers, batch 10000)")
-	fs.StringVar(&f.modes, "modes", "", "comma-separated concurrency modes: optimistic, lock (default both; with --target the server's mode, one value, only a label: default optimistic)")
-	fs.StringVar(&f.groupCommit, "group-commit", "", "comma-separated group commit settings: true, false (default both; with --target the server's setting, one value, only a label: default true)")
+	fs.StringVar(&f.modes, "modes", "", "comma-separated concurrency modes: optimistic, lock (default both; with --target the server's mode, read from its /metrics: one value at most, which must match it)")
+	fs.StringVar(&f.groupCommit, "group-commit", "", "comma-separated group commit settings: true, false (default both; with --target the server's setting, read from its /metrics: one value at most, which must match it)")
 	fs.StringVar(&f.mix, "mix", "", "operation mix, e.g. deposit=70,withdrawal=10,transfer=15,hold=5 (a hold is placed, then captured or voided); default: from --withdraw-every")
-	fs.IntVar(&f.partitions, "partitions", bench.DefaultPartitions, "partition count (with --target: the server's)")
+	fs.IntVar(&f.partitions, "partitions", 0, "partition count (default 16; with --target the server's, read from its /metrics)")
 	fs.IntVar(&f.maxBatch, "max-batch", bench.DefaultMaxBatch, "largest group commit")
 	fs.IntVar(&f.withdrawEvery, "withdraw-every", 10, "without --mix: one operation in this many is a withdrawal, the others deposits (0: deposits only)")
 	fs.Int64Var(&f.seed, "seed-balance", bench.DefaultSeedBalance, "amount deposited into every account during setup, so that withdrawals do not run dry")
@@ -153,7 +153,6 @@ func (f *benchFlags) validate(h *httpBenchFlags) error {
 	}{
 		{"--workers", f.workers > 0, true},
 		{"--duration", f.duration > 0, true},
-		{"--partitions", f.partitions > 0, true},
 		{"--max-batch", f.maxBatch > 0, true},
 		{"--seed-balance", f.seed > 0, true},
 		{"--ceiling-conns", f.ceilingConns > 0, true},
@@ -165,6 +164,7 @@ func (f *benchFlags) validate(h *httpBenchFlags) error {
 		{"--batch-size", h.batchSize > 0, true},
 		{"--http-timeout", h.timeout > 0, true},
 		{"--settle-timeout", h.settleTimeout > 0, true},
+		{"--partitions", f.partitions >= 0, false},
 		{"--backlog", f.backlog >= 0, false},
 		{"--withdraw-every", f.withdrawEvery >= 0, false},
 		{"--ceiling-duration", f.ceilingDuration >= 0, false},
@@ -195,7 +195,7 @@ func benchFlagError(err error) error {
 		return err
 	}
 	flag, ok := map[string]string{
-		"Scenario": "--scenario", "Target": "--target", "Accounts": "--accounts", "Modes": "--modes", "Mix": "--mix",
+		"Scenario": "--scenario", "Target": "--target", "Accounts": "--accounts", "Modes": "--modes", "GroupCommit": "--group-commit", "Mix": "--mix",
 		"Workers": "--workers", "Clients": "--clients", "Duration": "--duration", "Ops": "--ops",
 		"Partitions": "--partitions", "MaxBatch": "--max-batch", "SeedBalance": "--seed-balance", "Prefix": "--prefix",
 		"CheckSample": "--check-sample", "CeilingConns": "--ceiling-conns", "HTTPTimeout": "--http-timeout", "Spread": "--spread",
@@ -292,7 +292,7 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *sl
 
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
-		return err
+		return benchFlagError(err) // a flag the --target server contradicts
 	}
 	for _, out := range []struct {
 		path  string

@@ -38,7 +38,7 @@ func registerHTTPBenchFlags(fs *flag.FlagSet) *httpBenchFlags {
 	fs.BoolVar(&h.batchAtomic, "batch-atomic", false, "batch: each request is an atomic batch on the accounts of one placement tag (one script call), not a non-atomic batch on random accounts")
 	fs.IntVar(&h.batchSize, "batch-size", 100, "batch: deposits per request (1..1000)")
 	fs.StringVar(&h.apiKey, "api-key", "", "with --target: API key sent as Authorization: Bearer")
-	fs.StringVar(&h.label, "label", "", "transfers, batch: text for the table's label column (e.g. the server's --concurrency)")
+	fs.StringVar(&h.label, "label", "", "transfers, batch: text for the table's label column (default: the server's --concurrency, read from its /metrics)")
 	fs.DurationVar(&h.timeout, "http-timeout", bench.DefaultHTTPTimeout, "with --target: deadline of one HTTP request")
 	fs.DurationVar(&h.settleTimeout, "settle-timeout", 30*time.Second, "transfers: longest wait for 202 (pending) transfers to finish before the check")
 	return h
@@ -72,5 +72,5 @@ func runHTTPBench(ctx context.Context, f benchFlags, h *httpBenchFlags, log *slo
 		cfg.LockMasters, closeMasters = lockMasterClients(f.lock)
 		defer closeMasters()
 	}
-	return bench.RunHTTP(ctx, cfg)
+	return benchFlagError(bench.RunHTTP(ctx, cfg)) // a flag the server contradicts
 }

@@ -35,12 +35,13 @@ func TestBenchHTTP(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					var out, errOut bytes.Buffer
 					err := run(t.Context(), append([]string{"bench", "--target", base, "--redis", data.Addr(),
-						"--accounts", "20", "--clients", "8", "--duration", "1s", "--label", mode}, tc.args...), &out, &errOut)
+						"--accounts", "20", "--clients", "8", "--duration", "1s"}, tc.args...), &out, &errOut)
 					t.Log(errOut.String())
 					require.NoError(t, err, out.String())
 					rows := benchTable(t, out.String(), "| label |")
 					require.Len(t, rows, tc.rows, out.String())
 					for _, r := range rows {
+						assert.Equal(t, mode, r["label"], "no --label: the server's mode, from its /metrics")
 						ops, err := strconv.Atoi(r["ops"])
 						require.NoError(t, err)
 						assert.Positive(t, ops, "%s: operations", r["scenario"])

@@ -32,6 +32,8 @@ type benchJSON struct {
 		P50Ms       float64  `json:"p50_ms"`
 		P99Ms       float64  `json:"p99_ms"`
 		Errors      int64    `json:"errors"`
+		Conflicts   *int64   `json:"conflicts"`
+		Retries     *int64   `json:"retries"`
 		ClientCPUUs *float64 `json:"client_cpu_us_per_op"`
 		ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
 		RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
@@ -153,6 +155,51 @@ func TestBenchTarget(t *testing.T) {
 	assert.NotEqual(t, "-", rows[1]["conflicts"], "the server's counters, from /metrics")
 }
 
+// TestBenchTargetReadsTheServer: a --target run is labelled with the server's mode and
+// group commit and uses its partition count, as the server's /metrics says, and a flag
+// that contradicts the server is refused before any load. The partition count matters
+// beyond the label: the end-of-run check opens the server's ledger with it.
+func TestBenchTargetReadsTheServer(t *testing.T) {
+	data := redistest.MustStart(t)
+	base, _ := startServe(t, "--redis", data.Addr(), "--concurrency", "lock", "--group-commit=false",
+		"--partitions", "8", "--log-level", "warn")
+	bench := func(extra ...string) (benchJSON, error) {
+		dir := t.TempDir()
+		var out, errOut bytes.Buffer
+		err := run(t.Context(), append([]string{"bench", "--target", base, "--redis", data.Addr(), "--duration", "300ms",
+			"--workers", "4", "--accounts", "10", "--ceiling-duration", "0", "--json", filepath.Join(dir, "out.json")}, extra...), &out, &errOut)
+		t.Log(errOut.String())
+		if err != nil {
+			return benchJSON{}, err
+		}
+		return readBenchJSON(t, filepath.Join(dir, "out.json")), nil
+	}
+
+	doc, err := bench()
+	require.NoError(t, err)
+	require.Len(t, doc.Runs, 1)
+	assert.Equal(t, "lock", doc.Runs[0].Mode)
+	assert.False(t, doc.Runs[0].GroupCommit)
+	assert.True(t, doc.Runs[0].Correct, "%v", doc.Runs[0].Problems)
+	assert.Contains(t, doc.Runs[0].Check, "verify: ")
+
+	doc, err = bench("--modes", "lock", "--group-commit", "false", "--partitions", "8")
+	require.NoError(t, err, "flags that agree with the server")
+	assert.Equal(t, "lock", doc.Runs[0].Mode)
+
+	for _, tc := range []struct{ flags []string }{
+		{[]string{"--modes", "optimistic"}},
+		{[]string{"--group-commit", "true"}},
+		{[]string{"--partitions", "16"}},
+		{[]string{"--partitions", "16", "--scenario", "transfers"}},
+	} {
+		_, err := bench(tc.flags...)
+		require.Error(t, err, "%v", tc.flags)
+		assert.ErrorContains(t, err, tc.flags[0]+" says ")
+		assert.ErrorContains(t, err, "but the server runs lock mode, group commit false, 8 partitions")
+	}
+}
+
 // TestBenchTargetCatchesAWrongServer puts a proxy in front of a real serve that answers
 // one deposit in five 201 without passing it on: fast and wrong. Without --redis (HTTP
 // only), the bench must fail the run.
@@ -212,6 +259,18 @@ func TestBenchTargetReplicas(t *testing.T) {
 	assert.Zero(t, doc.Runs[0].Errors)
 	assert.NotContains(t, doc.Runs[0].Check, "replay = snapshot", "--check-sample 0: no replay over HTTP")
 	assert.Contains(t, doc.Runs[0].Check, "verify: ")
+	// The server's counters are the replicas' sums. Writing one account, both replicas
+	// meet version conflicts; seeding one account met none, so the run's are all there are.
+	var conflicts, retries float64
+	for _, u := range urls {
+		m := scrapeAll(t, u+"/metrics")
+		conflicts += m.sum("tally_ledger_version_conflicts_total")
+		retries += m.sum("tally_ledger_retries_total")
+	}
+	require.NotNil(t, doc.Runs[0].Conflicts)
+	require.NotNil(t, doc.Runs[0].Retries)
+	assert.Equal(t, conflicts, float64(*doc.Runs[0].Conflicts), "conflicts of both replicas")
+	assert.Equal(t, retries, float64(*doc.Runs[0].Retries), "retries of both replicas")
 	a, b := counts[0].Load(), counts[1].Load()
 	require.Positive(t, a)
 	require.Positive(t, b)
