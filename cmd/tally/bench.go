@@ -260,6 +260,9 @@ func runLoadBench(ctx context.Context, f benchFlags, hf *httpBenchFlags, log *sl
 		}
 		defer closeLocker()
 		cfg.Locker, cfg.LeaseWaits = locker, waits
+	}
+	if locker != nil || cfg.Target != "" {
+		// The masters' commands and CPU are counted, the server's leases too with --target.
 		var closeMasters func()
 		cfg.LockMasters, closeMasters = lockMasterClients(f.lock)
 		defer closeMasters()

@@ -37,6 +37,8 @@ type benchJSON struct {
 		ClientCPUUs *float64 `json:"client_cpu_us_per_op"`
 		ServerCPUUs *float64 `json:"server_cpu_us_per_op"`
 		RedisCPUUs  *float64 `json:"redis_cpu_us_per_op"`
+		LockCPUUs   *float64 `json:"lock_cpu_us_per_op"`
+		LockCmdsOp  *float64 `json:"lock_cmds_per_op"`
 		ServerRSS   *float64 `json:"server_rss_max_mb"`
 		Correct     bool     `json:"correct"`
 		Check       string   `json:"check"`
@@ -158,15 +160,16 @@ func TestBenchTarget(t *testing.T) {
 // TestBenchTargetReadsTheServer: a --target run is labelled with the server's mode and
 // group commit and uses its partition count, as the server's /metrics says, and a flag
 // that contradicts the server is refused before any load. The partition count matters
-// beyond the label: the end-of-run check opens the server's ledger with it.
+// beyond the label: the end-of-run check opens the server's ledger with it. The server's
+// lock master, given, is measured like the data Redis.
 func TestBenchTargetReadsTheServer(t *testing.T) {
-	data := redistest.MustStart(t)
-	base, _ := startServe(t, "--redis", data.Addr(), "--concurrency", "lock", "--group-commit=false",
-		"--partitions", "8", "--log-level", "warn")
+	data, master := redistest.MustStart(t), redistest.MustStart(t)
+	base, _ := startServe(t, "--redis", data.Addr(), "--lock-redis", master.Addr(), "--concurrency", "lock",
+		"--group-commit=false", "--partitions", "8", "--log-level", "warn")
 	bench := func(extra ...string) (benchJSON, error) {
 		dir := t.TempDir()
 		var out, errOut bytes.Buffer
-		err := run(t.Context(), append([]string{"bench", "--target", base, "--redis", data.Addr(), "--duration", "300ms",
+		err := run(t.Context(), append([]string{"bench", "--target", base, "--redis", data.Addr(), "--lock-redis", master.Addr(), "--duration", "300ms",
 			"--workers", "4", "--accounts", "10", "--ceiling-duration", "0", "--json", filepath.Join(dir, "out.json")}, extra...), &out, &errOut)
 		t.Log(errOut.String())
 		if err != nil {
@@ -182,6 +185,13 @@ func TestBenchTargetReadsTheServer(t *testing.T) {
 	assert.False(t, doc.Runs[0].GroupCommit)
 	assert.True(t, doc.Runs[0].Correct, "%v", doc.Runs[0].Problems)
 	assert.Contains(t, doc.Runs[0].Check, "verify: ")
+	// The server's lock master, given with --lock-redis, is measured.
+	if assert.NotNil(t, doc.Runs[0].LockCmdsOp, "the lock master's commands") {
+		assert.Positive(t, *doc.Runs[0].LockCmdsOp)
+	}
+	if assert.NotNil(t, doc.Runs[0].LockCPUUs, "the lock master's CPU") {
+		assert.Positive(t, *doc.Runs[0].LockCPUUs)
+	}
 
 	doc, err = bench("--modes", "lock", "--group-commit", "false", "--partitions", "8")
 	require.NoError(t, err, "flags that agree with the server")
