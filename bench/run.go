@@ -430,12 +430,12 @@ func writeHeader(cfg Config, rep Report) {
 	if cfg.Ops > 0 {
 		limit += fmt.Sprintf(" or %d operations, whichever comes first", cfg.Ops)
 	}
-	target := "the ledger library"
+	target := fmt.Sprintf("the ledger library: %d partitions, max batch %d", cfg.Partitions, cfg.MaxBatch)
 	if cfg.Target != "" {
-		target = "tally serve at " + cfg.Target + " over HTTP"
+		target = fmt.Sprintf("tally serve at %s over HTTP (%d partitions)", cfg.Target, cfg.Partitions)
 	}
-	fmt.Fprintf(cfg.Out, "Load on %s: mix %s, %d workers, %s per run, %d partitions, max batch %d, seed balance %d; GOMAXPROCS %d, %s.\n",
-		target, cfg.Mix, cfg.Workers, limit, cfg.Partitions, cfg.MaxBatch, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintf(cfg.Out, "Load on %s; mix %s, %d workers, %s per run, seed balance %d; GOMAXPROCS %d, %s.\n",
+		target, cfg.Mix, cfg.Workers, limit, cfg.SeedBalance, runtime.GOMAXPROCS(0), runtime.Version())
 	if ceiling != nil {
 		cpu := ""
 		if rep.CeilingRedisCPUUs != nil {

@@ -147,6 +147,8 @@ func TestBenchTarget(t *testing.T) {
 			assert.Less(t, *r.ServerRSS, 1024.0, "MiB: a Go server's RSS, not bytes or GiB")
 		}
 	}
+	assert.Contains(t, out.String(), "over HTTP (16 partitions);", "the server's partitions")
+	assert.NotContains(t, out.String(), "max batch", "the library's, not the server's")
 	rows := benchTable(t, out.String(), "| mode |")
 	require.Len(t, rows, 2)
 	assert.NotEqual(t, "-", rows[1]["server RSS MB"])

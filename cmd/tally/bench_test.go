@@ -30,6 +30,7 @@ func TestBenchModes(t *testing.T) {
 	t.Log(errOut.String())
 	require.NoError(t, err, out.String())
 
+	assert.Contains(t, out.String(), "Load on the ledger library: 16 partitions, max batch 64;")
 	rows := benchTable(t, out.String(), "| mode |")
 	require.Len(t, rows, 8, "2 account counts × 2 modes × group commit on/off:\n%s", out.String())
 	seen := map[string]bool{}
