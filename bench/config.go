@@ -221,11 +221,11 @@ func (c Config) withServer(ctx context.Context, given Config, d *httpDriver) (Co
 	}
 	switch {
 	case len(given.Modes) > 0 && given.Modes[0] != s.mode:
-		return c, invalid("Modes", "says %s, but the server runs %s", given.Modes[0], s)
+		return c, s.contradicted("Modes", given.Modes[0])
 	case len(given.GroupCommit) > 0 && given.GroupCommit[0] != s.groupCommit:
-		return c, invalid("GroupCommit", "says %v, but the server runs %s", given.GroupCommit[0], s)
+		return c, s.contradicted("GroupCommit", given.GroupCommit[0])
 	case given.Partitions != 0 && given.Partitions != s.partitions:
-		return c, invalid("Partitions", "says %d, but the server runs %s", given.Partitions, s)
+		return c, s.contradicted("Partitions", given.Partitions)
 	}
 	c.Modes, c.GroupCommit, c.Partitions = []ledger.Mode{s.mode}, []bool{s.groupCommit}, s.partitions
 	return c, nil

@@ -106,7 +106,7 @@ func (c HTTPConfig) withServer(ctx context.Context, given HTTPConfig, d *httpDri
 		return c, err
 	}
 	if given.Partitions != 0 && given.Partitions != s.partitions {
-		return c, invalid("Partitions", "says %d, but the server runs %s", given.Partitions, s)
+		return c, s.contradicted("Partitions", given.Partitions)
 	}
 	c.Partitions = s.partitions
 	if given.Label == "" {

@@ -25,6 +25,11 @@ func (s serverLedger) String() string {
 	return fmt.Sprintf("%s mode, group commit %v, %d partitions", s.mode, s.groupCommit, s.partitions)
 }
 
+// contradicted is the error for a value given for field that the server s does not run.
+func (s serverLedger) contradicted(field string, given any) error {
+	return invalid(field, "says %v, but the server runs %s", given, s)
+}
+
 // serverLedger reads tally_ledger_info from every replica. found is false when one does
 // not publish it (a serve older than the metric); replicas that disagree are an error.
 func (d *httpDriver) serverLedger(ctx context.Context) (s serverLedger, found bool, err error) {
