@@ -182,9 +182,7 @@ func commitHash(t *testing.T, h map[string]string, before snapshot, after *Accou
 	if out == nil {
 		out = map[string]string{}
 	}
-	for i := 0; i+1 < len(write); i += 2 {
-		out[fmt.Sprint(write[i])] = fmt.Sprint(write[i+1])
-	}
+	maps.Copy(out, hashOf(write))
 	for _, f := range del {
 		delete(out, fmt.Sprint(f))
 	}
@@ -192,14 +190,20 @@ func commitHash(t *testing.T, h map[string]string, before snapshot, after *Accou
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(full); i += 2 {
-		want[fmt.Sprint(full[i])] = fmt.Sprint(full[i+1])
-	}
+	want := hashOf(full)
 	if !maps.Equal(out, want) {
 		t.Fatalf("a commit of %s over %v writes %v and leaves %v; its snapshot is %v", after.ID, h, write, out, want)
 	}
 	return out
+}
+
+// hashOf returns the hash fields (name, value, ...) as a map, the way Redis stores them.
+func hashOf(fields []any) map[string]string {
+	h := make(map[string]string, len(fields)/2)
+	for i := 0; i+1 < len(fields); i += 2 {
+		h[fmt.Sprint(fields[i])] = fmt.Sprint(fields[i+1])
+	}
+	return h
 }
 
 func fieldsOf(t *testing.T, a *Account) string {

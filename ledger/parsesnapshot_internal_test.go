@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
@@ -22,11 +21,7 @@ func TestParseSnapshotHolds(t *testing.T) {
 	acc.settle(t0)
 	fields, err := snapshotFields(acc)
 	require.NoError(t, err)
-	h := map[string]string{}
-	for i := 0; i+1 < len(fields); i += 2 {
-		h[fmt.Sprint(fields[i])] = fmt.Sprint(fields[i+1])
-	}
-	got, err := parseSnapshot("a", h, t0)
+	got, err := parseSnapshot("a", hashOf(fields), t0)
 	require.NoError(t, err)
 	require.Empty(t, acc.diff(got))
 	assert.Equal(t, Balance{Posted: 50, Held: 30, Available: 20}, got.Balances["USD"])
