@@ -93,7 +93,7 @@ func (r recordRef) id() string {
 // the few fields most accounts share (snapCache.sets) however many holds an account has.
 type snapshot struct {
 	acc    *Account
-	fields map[string]bool // but hold:<id>
+	fields map[string]bool // every field of the hash except the hold:<id> ones
 }
 
 // read returns the snapshots of accounts and the records of refs, in one round trip,
